@@ -1,0 +1,748 @@
+"""Local ONNX inference for the gate: list model signatures, validate inputs, run.
+
+Models are ``<folder>/<name>.onnx`` files and nothing else: a name never
+becomes a path on its own. Signatures are read straight from the ONNX protobuf
+(without loading weights, so listing stays cheap and tells a scalar from an
+input of unknown rank, which onnxruntime's ``get_inputs`` cannot). Inputs are
+checked by a pure function against that signature before anything is
+converted or run, so an assistant gets one precise sentence instead of an
+onnxruntime stack trace. onnxruntime is imported only when a model first runs:
+it costs 0.15 s at import and the server must start fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import mmap
+import os
+import re
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import ToolError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = [
+    "MODELS_DIR_DEFAULT",
+    "MODEL_NAME_PATTERN",
+    "InferArgs",
+    "InferResult",
+    "ListModelsArgs",
+    "ListModelsResult",
+    "ModelInfo",
+    "ModelInputError",
+    "ModelRuntimeError",
+    "ModelStore",
+    "TensorOut",
+    "TensorSpec",
+    "check_inputs",
+    "count_elements",
+    "parse_signature",
+]
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR_DEFAULT: Final[Path] = Path(__file__).resolve().parent / "models"
+MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_MODEL_NAME_RE: Final = re.compile(MODEL_NAME_PATTERN)
+_SUFFIX: Final = ".onnx"
+# Deeper nesting than any real tensor; bounds the walk over untrusted lists.
+_MAX_RANK: Final = 32
+
+
+# --------------------------------------------------------------------------- models
+
+
+class TensorSpec(BaseModel):
+    """One input or output of a model, as declared in the ONNX file."""
+
+    name: str
+    dtype: str = Field(description='numpy dtype name, e.g. "float32", "int64", "bool", "string".')
+    shape: list[int | str | None] | None = Field(
+        description="Dimensions: an int is fixed, a string is a named (symbolic) size that must agree "
+        "across inputs, null is free. The whole shape is null when the model does not fix the rank."
+    )
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="Model name to pass to infer (the file stem).")
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    size_bytes: int
+
+
+class ListModelsArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListModelsResult(BaseModel):
+    models: list[ModelInfo]
+
+
+class InferArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        pattern=MODEL_NAME_PATTERN,
+        description='Model name exactly as returned by list_models (e.g. "iris"); a name, never a path.',
+    )
+    inputs: dict[str, Any] = Field(
+        description="Every input of the model by name (see list_models), each a nested list of numbers "
+        'whose nesting matches the input\'s shape, e.g. {"features": [[5.1, 3.5, 1.4, 0.2]]} for shape '
+        "[batch, 4]; a bare number for a 0-d input. Integer inputs take whole numbers only; NaN and "
+        "infinity are refused."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _no_dot_dot(cls, value: str) -> str:
+        if ".." in value:
+            raise ValueError('must not contain ".."')
+        return value
+
+
+class TensorOut(BaseModel):
+    name: str
+    dtype: str
+    shape: list[int]
+    data: Any = Field(description="Nested lists matching shape; non-finite floats are null.")
+
+
+class InferResult(BaseModel):
+    model: str
+    outputs: list[TensorOut]
+
+
+class ModelInputError(ToolError):
+    """The caller's fault: bad model name or inputs. ``message`` is safe to show the assistant.
+
+    A ToolError, so the gate returns field and rule as a structured error instead of a crash.
+    """
+
+    field: str
+    rule: str
+
+    def __init__(self, field: str, rule: str, message: str) -> None:
+        super().__init__(message, code="invalid_arguments", field=field, rule=rule)
+
+
+class ModelRuntimeError(ToolError):
+    """The model failed: an unreadable file, or onnxruntime erring on inputs that passed the checks."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="model_error")
+
+
+# --------------------------------------------------------------------------- ONNX signature reader
+#
+# A minimal protobuf walk over ModelProto -> GraphProto -> ValueInfoProto -> TypeProto,
+# skipping everything else (nodes, weights) by length. Field numbers are from onnx.proto3.
+
+_Buffer = bytes | mmap.mmap
+
+_ONNX_DTYPES: Final[dict[int, str]] = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    8: "string",
+    9: "bool",
+    10: "float16",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+    14: "complex64",
+    15: "complex128",
+    16: "bfloat16",
+}
+_TYPE_KINDS: Final[dict[int, str]] = {4: "sequence", 5: "map", 8: "sparse_tensor", 9: "optional"}
+
+
+def _varint(buf: _Buffer, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise ValueError("truncated protobuf varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("protobuf varint too long")
+
+
+def _fields(buf: _Buffer, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (field number, wire type, a, b): a varint's value in a, else the payload span [a, b)."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+            yield number, wire, value, pos
+            continue
+        if wire == 2:
+            length, pos = _varint(buf, pos, end)
+            size = length
+        elif wire == 1:
+            size = 8
+        elif wire == 5:
+            size = 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos + size > end:
+            raise ValueError("truncated protobuf field")
+        yield number, wire, pos, pos + size
+        pos += size
+
+
+def _text(buf: _Buffer, start: int, end: int) -> str:
+    return bytes(buf[start:end]).decode("utf-8")
+
+
+def _dim(buf: _Buffer, start: int, end: int) -> int | str | None:
+    dim: int | str | None = None
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == 1 and wire == 0:
+            value = a - (1 << 64) if a >= 1 << 63 else a
+            dim = value if value >= 0 else None
+        elif number == 2 and wire == 2:
+            dim = _text(buf, a, b) or None
+    return dim
+
+
+def _tensor_type(buf: _Buffer, start: int, end: int) -> tuple[str, list[int | str | None] | None]:
+    dtype = "undefined"
+    shape: list[int | str | None] | None = None
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == 1 and wire == 0:
+            dtype = _ONNX_DTYPES.get(a, f"onnx-type-{a}")
+        elif number == 2 and wire == 2:
+            shape = [_dim(buf, da, db) for n, w, da, db in _fields(buf, a, b) if n == 1 and w == 2]
+    return dtype, shape
+
+
+def _value_info(buf: _Buffer, start: int, end: int) -> TensorSpec:
+    name = ""
+    dtype = "undefined"
+    shape: list[int | str | None] | None = None
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == 1 and wire == 2:
+            name = _text(buf, a, b)
+        elif number == 2 and wire == 2:
+            for t_number, t_wire, ta, tb in _fields(buf, a, b):
+                if t_number == 1 and t_wire == 2:
+                    dtype, shape = _tensor_type(buf, ta, tb)
+                elif t_number in _TYPE_KINDS and t_wire == 2:
+                    dtype, shape = _TYPE_KINDS[t_number], None
+    return TensorSpec(name=name, dtype=dtype, shape=shape)
+
+
+def _tensor_name(buf: _Buffer, start: int, end: int) -> str:
+    for number, wire, a, b in _fields(buf, start, end):
+        if number == 8 and wire == 2:
+            return _text(buf, a, b)
+    return ""
+
+
+def parse_signature(buf: _Buffer) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of a serialized ModelProto; inputs backed by an initializer are not inputs.
+
+    Raises ValueError when the bytes are not a model.
+    """
+    graph: tuple[int, int] | None = None
+    for number, wire, a, b in _fields(buf, 0, len(buf)):
+        if number == 7 and wire == 2:
+            graph = (a, b)
+    if graph is None:
+        raise ValueError("not an ONNX model: no graph")
+    inputs: list[TensorSpec] = []
+    outputs: list[TensorSpec] = []
+    initialized: set[str] = set()
+    for number, wire, a, b in _fields(buf, *graph):
+        if wire != 2:
+            continue
+        if number == 11:
+            inputs.append(_value_info(buf, a, b))
+        elif number == 12:
+            outputs.append(_value_info(buf, a, b))
+        elif number == 5:
+            initialized.add(_tensor_name(buf, a, b))
+        elif number == 15:  # SparseTensorProto: its values tensor carries the name
+            for s_number, s_wire, sa, sb in _fields(buf, a, b):
+                if s_number == 1 and s_wire == 2:
+                    initialized.add(_tensor_name(buf, sa, sb))
+    return [s for s in inputs if s.name not in initialized], outputs
+
+
+# --------------------------------------------------------------------------- input validation
+
+_NUMPY_DTYPES: Final[dict[str, np.dtype[Any]]] = {
+    name: np.dtype(name)
+    for name in (
+        "float16",
+        "float32",
+        "float64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+    )
+}
+_NUMPY_DTYPES["string"] = np.dtype(object)
+_INT_BOUNDS: Final[dict[str, tuple[int, int]]] = {
+    name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
+    for name, dt in _NUMPY_DTYPES.items()
+    if dt.kind in "iu"
+}
+# dtype.name costs 1.5 us per call; outputs ask it on every inference.
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {dt: name for name, dt in _NUMPY_DTYPES.items()}
+
+
+def _kind(tp: type) -> str:
+    kind = _KINDS.get(tp)
+    if kind is None:
+        kind = _KINDS[tp] = _classify(tp)
+    return kind
+
+
+_KINDS: dict[type, str] = {}
+
+
+def _classify(tp: type) -> str:
+    if issubclass(tp, bool | np.bool_):
+        return "bool"
+    if issubclass(tp, int | np.integer):
+        return "int"
+    if issubclass(tp, float | np.floating):
+        return "float"
+    if issubclass(tp, str):
+        return "str"
+    if issubclass(tp, list | tuple):
+        return "list"
+    return "other"
+
+
+_KIND_WORDS: Final = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string"}
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    word = _KIND_WORDS.get(_kind(type(value)), f"a {type(value).__name__}")
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's int-to-str digit limit
+        text = "a very long integer"
+    return f"{word} ({text[:40]}{'...' if len(text) > 40 else ''})"
+
+
+def _fmt_shape(shape: list[int | str | None] | list[int] | None) -> str:
+    if shape is None:
+        return "any"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _first_chain_shape(value: Any) -> list[int]:
+    """Shape implied by the first element at every level; exact unless the nesting is ragged."""
+    shape: list[int] = []
+    node = value
+    while isinstance(node, list | tuple) and len(shape) <= _MAX_RANK:
+        shape.append(len(node))
+        if not node:
+            break
+        node = node[0]
+    return shape
+
+
+def count_elements(inputs: dict[str, Any]) -> int:
+    """Cheap element count over all inputs (O(rank) per input), for policy bounds.
+
+    Exact for well-formed inputs; ragged inputs are refused by check_inputs anyway.
+    """
+    total = 0
+    for value in inputs.values():
+        if isinstance(value, np.ndarray):
+            total += int(value.size)
+        else:
+            total += math.prod(_first_chain_shape(value))
+    return total
+
+
+def _flatten(field: str, value: Any, budget: int, max_elements: int) -> tuple[list[int], list[Any]]:
+    """Shape and row-major leaves of a nested list; refuses ragged nesting and over ``budget`` leaves."""
+
+    def too_many() -> ModelInputError:
+        return ModelInputError(
+            field,
+            "size",
+            f"{field}: more than {budget} elements; at most {max_elements} elements in total "
+            f"are accepted across all inputs of one call",
+        )
+
+    if isinstance(value, np.ndarray):
+        if value.size > budget:
+            raise too_many()
+        return list(value.shape), value.ravel().tolist()
+    shape = _first_chain_shape(value)
+    if len(shape) > _MAX_RANK:
+        raise ModelInputError(field, "shape", f"{field}: nested more than {_MAX_RANK} levels deep")
+    level: list[Any] = [value]
+    for depth, size in enumerate(shape):
+        below: list[Any] = []
+        for item in level:
+            if not isinstance(item, list | tuple) or len(item) != size:
+                got = f"a list of {len(item)}" if isinstance(item, list | tuple) else _describe(item)
+                raise ModelInputError(
+                    field,
+                    "ragged",
+                    f"{field}: ragged nesting; every list at depth {depth} must have {size} items "
+                    f"like the first one, found {got}",
+                )
+            if len(below) + size > budget:
+                raise too_many()
+            below.extend(item)
+        level = below
+    if len(level) > budget:
+        raise too_many()
+    return shape, level
+
+
+def _convert(field: str, dtype_name: str, leaves: list[Any]) -> np.ndarray[Any, Any]:
+    """Leaves -> 1-d array of the model's dtype, refusing anything that would not convert exactly."""
+    dtype = _NUMPY_DTYPES[dtype_name]
+    kinds = {_kind(tp) for tp in set(map(type, leaves))}
+    if "list" in kinds:
+        raise ModelInputError(
+            field, "ragged", f"{field}: ragged nesting; some items are nested deeper than others"
+        )
+    if dtype.kind in "fiu":
+        allowed = {"int", "float"}
+        expected = f"{dtype_name} {'numbers' if dtype.kind == 'f' else 'integers'}"
+    elif dtype.kind == "b":
+        allowed, expected = {"bool"}, "booleans (true/false)"
+    else:
+        allowed, expected = {"str"}, "strings"
+    if not kinds <= allowed:
+        bad = next(v for v in leaves if _kind(type(v)) not in allowed)
+        raise ModelInputError(field, "dtype", f"{field}: expected {expected}, got {_describe(bad)}")
+
+    if dtype.kind == "f":
+        try:
+            with np.errstate(over="ignore"):
+                array = np.array(leaves, dtype=dtype)
+        except OverflowError:
+            array = np.array([math.inf])  # an int beyond float range; reported below
+        if not np.isfinite(array).all():
+            bad = next(v for v in leaves if not _finite_in(v, dtype))
+            overflow = not (isinstance(bad, float | np.floating) and not math.isfinite(bad))
+            why = f", beyond the {dtype_name} range" if overflow else ""
+            raise ModelInputError(
+                field, "finite", f"{field}: expected finite {dtype_name} numbers, got {_describe(bad)}{why}"
+            )
+        return array
+    if dtype.kind in "iu":
+        if "float" in kinds:
+            for v in leaves:
+                if isinstance(v, float | np.floating) and not float(v).is_integer():
+                    raise ModelInputError(field, "dtype", f"{field}: expected {expected}, got {_describe(v)}")
+            leaves = [int(v) for v in leaves]
+        if leaves:
+            least, most = _INT_BOUNDS[dtype_name]
+            low, high = min(leaves), max(leaves)
+            if low < least or high > most:
+                bad = low if low < least else high
+                raise ModelInputError(
+                    field, "dtype", f"{field}: expected {expected} in [{least}, {most}], got {_describe(bad)}"
+                )
+    return np.array(leaves, dtype=dtype)
+
+
+def _finite_in(value: Any, dtype: np.dtype[Any]) -> bool:
+    try:
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(np.array(value, dtype=dtype)))
+    except OverflowError:
+        return False
+
+
+def _check_shape(field: str, spec: TensorSpec, shape: list[int], bound: dict[str, tuple[int, str]]) -> None:
+    """Fixed dims exact, symbolic dims consistent across inputs (recorded in ``bound``), null dims free."""
+    if spec.shape is None:
+        return
+
+    def mismatch(why: str = "") -> ModelInputError:
+        text = f"{field}: expected shape {_fmt_shape(spec.shape)}{why}, got {_fmt_shape(shape)}"
+        return ModelInputError(field, "shape", text)
+
+    if len(shape) != len(spec.shape):
+        raise mismatch()
+    new: dict[str, tuple[int, str]] = {}
+    for got, want in zip(shape, spec.shape, strict=True):
+        if isinstance(want, int) and got != want:
+            raise mismatch()
+        if isinstance(want, str):
+            size, source = bound.get(want) or new.get(want) or (got, field)
+            if size != got:
+                raise mismatch(f" with {want}={size} as in {source}")
+            new[want] = (size, source)
+    bound.update(new)
+
+
+def check_inputs(spec: list[TensorSpec], inputs: dict[str, Any], max_elements: int) -> dict[str, np.ndarray]:
+    """Validate ``inputs`` against a model's input ``spec``; return the arrays to feed.
+
+    Pure: raises ModelInputError with the first problem found, in the order names,
+    then per input (in spec order) nesting and size, shape, dtype, finiteness.
+    """
+    expected_names = [s.name for s in spec]
+
+    def listed() -> str:
+        return ", ".join(expected_names) or "(none)"
+
+    for name in inputs:
+        if name not in expected_names:
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            raise ModelInputError(
+                f"inputs.{shown}",
+                "unknown-input",
+                f"inputs.{shown}: the model has no input of that name; its inputs are: {listed()}",
+            )
+    for s in spec:
+        if s.name not in inputs:
+            raise ModelInputError(
+                f"inputs.{s.name}",
+                "missing-input",
+                f"inputs.{s.name}: missing; the model's inputs are: {listed()}",
+            )
+    feeds: dict[str, np.ndarray] = {}
+    bound: dict[str, tuple[int, str]] = {}
+    budget = max_elements
+    for s in spec:
+        field = f"inputs.{s.name}"
+        if s.dtype not in _NUMPY_DTYPES:
+            raise ModelInputError(field, "dtype", f"{field}: inputs of type {s.dtype} are not supported here")
+        shape, leaves = _flatten(field, inputs[s.name], budget, max_elements)
+        budget -= len(leaves)
+        _check_shape(field, s, shape, bound)
+        feeds[s.name] = _convert(field, s.dtype, leaves).reshape(shape)
+    return feeds
+
+
+def _tensor_out(name: str, value: Any) -> TensorOut:
+    """An output array as JSON-ready lists; NaN and infinities become null."""
+    if not isinstance(value, np.ndarray):
+        raise ModelRuntimeError(
+            f"output {name!r} is not a tensor ({type(value).__name__}); not supported here"
+        )
+    dtype = _DTYPE_NAMES.get(value.dtype) or value.dtype.name
+    if value.dtype.kind == "f":
+        finite = np.isfinite(value)
+        if not finite.all():
+            cells = value.astype(object)
+            cells[~finite] = None
+            return TensorOut(name=name, dtype=dtype, shape=list(value.shape), data=cells.tolist())
+    return TensorOut(name=name, dtype=dtype, shape=list(value.shape), data=value.tolist())
+
+
+# --------------------------------------------------------------------------- store (the I/O edge)
+
+_Stamp = tuple[int, int, int, int]
+
+
+def _stamp(st: os.stat_result) -> _Stamp:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    stamp: _Stamp
+    info: ModelInfo
+    session: onnxruntime.InferenceSession
+    output_names: list[str]
+
+
+def _new_session(data: bytes) -> onnxruntime.InferenceSession:
+    import onnxruntime  # lazy: 0.15 s at import, paid on first inference, not at server start
+
+    options = onnxruntime.SessionOptions()
+    # Small models: a thread pool costs more in hand-offs than it saves; calls run in parallel instead.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only, and onnxruntime logs to stderr
+    return onnxruntime.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class ModelStore:
+    """The models of one folder: signatures cached per file stamp, one session per model, reused.
+
+    Thread-safe: lookups are lock-free; loading a model takes a lock so a session is built once.
+    """
+
+    def __init__(self, folder: Path, max_input_elements: int = 100_000) -> None:
+        self.folder = Path(folder).resolve()
+        self._prefix = os.path.join(self.folder, "")  # str paths: Path objects cost ~2 us per call
+        self.max_input_elements = max_input_elements
+        self._infos: dict[str, tuple[_Stamp, ModelInfo]] = {}
+        self._loaded: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+
+    # -- resolution
+
+    def _names_on_disk(self) -> list[str]:
+        try:
+            files = os.listdir(self.folder)
+        except OSError:
+            return []
+        names = (f[: -len(_SUFFIX)] for f in files if f.endswith(_SUFFIX))
+        return sorted(n for n in names if _valid_name(n))
+
+    def _locate(self, name: str) -> tuple[str, os.stat_result]:
+        """``<folder>/<name>.onnx`` if it is a regular file that is (or links to one) inside the folder."""
+        found = self._regular_file(name) if _valid_name(name) else None
+        if found is not None:
+            return found
+        available = ", ".join(self._names_on_disk()) or "(none)"
+        raise ModelInputError(
+            "model", "unknown-model", f"model: no model named {name!r}; available: {available}"
+        )
+
+    def _regular_file(self, name: str) -> tuple[str, os.stat_result] | None:
+        path = f"{self._prefix}{name}{_SUFFIX}"
+        try:
+            st = os.lstat(path)  # the common case, a plain file: no resolve() on the hot path
+            if stat.S_ISLNK(st.st_mode):
+                target = Path(path).resolve(strict=True)
+                if not target.is_relative_to(self.folder):
+                    return None
+                path = str(target)
+                st = os.stat(path)
+        except (OSError, RuntimeError):  # RuntimeError: symlink loop on older Pythons
+            return None
+        return (path, st) if stat.S_ISREG(st.st_mode) else None
+
+    # -- signatures
+
+    def list_models(self) -> ListModelsResult:
+        """Signatures of every model in the folder, re-read only when a file's stamp changes."""
+        models: list[ModelInfo] = []
+        names = self._names_on_disk()
+        for name in names:
+            try:
+                path, st = self._locate(name)
+            except ModelInputError:
+                continue  # a directory, or a symlink leading out of the folder
+            cached = self._infos.get(name)
+            if cached is not None and cached[0] == _stamp(st):
+                models.append(cached[1])
+                continue
+            try:
+                stamp, info = _read_info(name, path)
+            except (OSError, ValueError) as exc:
+                log.warning("skipping unreadable model %s: %s", path, exc)
+                continue
+            with self._lock:
+                self._infos[name] = (stamp, info)
+            models.append(info)
+        with self._lock:
+            for gone in self._infos.keys() - set(names):
+                del self._infos[gone]
+            for gone in self._loaded.keys() - set(names):
+                del self._loaded[gone]
+        return ListModelsResult(models=models)
+
+    # -- inference
+
+    def _session(self, name: str) -> _Loaded:
+        try:
+            path, st = self._locate(name)
+        except ModelInputError:
+            with self._lock:  # the file is gone: let its session go too
+                self._loaded.pop(name, None)
+            raise
+        loaded = self._loaded.get(name)
+        if loaded is not None and loaded.stamp == _stamp(st):
+            return loaded
+        with self._lock:
+            loaded = self._loaded.get(name)
+            if loaded is not None and loaded.stamp == _stamp(st):
+                return loaded
+            loaded = _load(name, path)
+            self._loaded[name] = loaded
+            self._infos[name] = (loaded.stamp, loaded.info)
+            return loaded
+
+    def input_elements(self, args: InferArgs) -> int:
+        """Element count of the call's inputs, without touching the model (for policy bounds)."""
+        return count_elements(args.inputs)
+
+    def infer(self, args: InferArgs) -> InferResult:
+        """Validate ``args`` against the model's signature, run it, return JSON-ready outputs."""
+        loaded = self._session(args.model)
+        feeds = check_inputs(loaded.info.inputs, args.inputs, self.max_input_elements)
+        try:
+            values = loaded.session.run(loaded.output_names, feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelRuntimeError(f"model {args.model!r} failed to run: {exc}") from exc
+        return InferResult(
+            model=args.model,
+            outputs=[_tensor_out(n, v) for n, v in zip(loaded.output_names, values, strict=True)],
+        )
+
+
+def _valid_name(name: str) -> bool:
+    return _MODEL_NAME_RE.fullmatch(name) is not None and ".." not in name
+
+
+def _read_info(name: str, path: str) -> tuple[_Stamp, ModelInfo]:
+    """Signature through mmap, so the weights of a big model are skipped, not read."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_size == 0:
+            raise ValueError("empty file")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            inputs, outputs = parse_signature(view)
+    return _stamp(st), ModelInfo(name=name, inputs=inputs, outputs=outputs, size_bytes=st.st_size)
+
+
+def _load(name: str, path: str) -> _Loaded:
+    """Read the file once; the signature and the session come from the same bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            data = fh.read()
+        inputs, outputs = parse_signature(data)
+        session = _new_session(data)
+    except Exception as exc:  # OSError, ValueError, or onnxruntime's own types
+        raise ModelRuntimeError(f"model {name!r} could not be loaded: {exc}") from exc
+    info = ModelInfo(name=name, inputs=inputs, outputs=outputs, size_bytes=st.st_size)
+    declared = sorted(i.name for i in session.get_inputs())
+    if declared != sorted(s.name for s in inputs):
+        raise ModelRuntimeError(f"model {name!r}: inputs read from the file disagree with onnxruntime's")
+    return _Loaded(_stamp(st), info, session, [o.name for o in outputs])
