@@ -1,0 +1,127 @@
+"""``whoami`` and ``explain_access``: the gate describing itself to the assistant.
+
+They live beside the gate, not in ``tools/``, because what they report is the
+gate's own state (identity, policy, mode); they still run through the gate.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from opsgate.tools.context import CallContext
+
+from .toolspec import ToolSpec
+
+if TYPE_CHECKING:
+    from .gate import Gate
+
+ACCESS_TOOLS = ("whoami", "explain_access")
+NAMESPACE_PATTERN = r"^(-|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$"
+
+
+class WhoamiArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Grant(BaseModel):
+    effect: str = Field(description="allow or deny")
+    namespaces: str = Field(description="namespace pattern ('*' = all, '-' = tools without a namespace)")
+    tools: str = Field(description="tool name or pattern")
+    verb: str = Field(description="read, write or *")
+    via: str = Field(description="the subject or role the rule names")
+    source: str = Field(description="policy file and line")
+
+
+class WhoamiResult(BaseModel):
+    principal: str
+    principal_source: str = Field(description="config (--principal) or os-user")
+    os_user: str
+    client: str | None = Field(description="the MCP client's self-reported name/version (recorded, not trusted)")
+    read_only: bool
+    grants: list[Grant]
+    tools: list[str] = Field(description="every tool this server offers")
+    policy_hash: str
+    audit_log: str
+
+
+class ExplainAccessArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tool: str = Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$", description="tool name, e.g. 'deploy'")
+    namespace: str = Field(
+        default="-", max_length=63, pattern=NAMESPACE_PATTERN,
+        description="target namespace; '-' for tools that take none",
+    )
+
+
+class ExplainAccessResult(BaseModel):
+    tool: str
+    namespace: str
+    verb: str
+    allowed: bool
+    reason: str = Field(description="one sentence naming the rule that decided")
+    rule: str | None = None
+    source: str | None = Field(default=None, description="policy file and line of the rule")
+    policy_hash: str | None = None
+
+
+def access_tools(gate: Gate) -> list[ToolSpec[Any, Any]]:
+    async def whoami(_: WhoamiArgs, ctx: CallContext) -> WhoamiResult:
+        caller = gate.caller
+        grants = [
+            Grant(
+                effect=rule.fields[4], namespaces=rule.fields[1], tools=rule.fields[2], verb=rule.fields[3],
+                via=rule.fields[0], source=rule.source,
+            )
+            for rule in gate.policy.grants_of(ctx.principal)
+        ]
+        return WhoamiResult(
+            principal=ctx.principal,
+            principal_source=caller.principal_source,
+            os_user=caller.os_user,
+            client=ctx.client,
+            read_only=gate.read_only,
+            grants=grants,
+            tools=gate.tool_names,
+            policy_hash=gate.policy.hash,
+            audit_log=str(gate.audit.path),
+        )
+
+    async def explain_access(args: ExplainAccessArgs, ctx: CallContext) -> ExplainAccessResult:
+        from opsgate.tools.errors import ToolError
+
+        verb = gate.verb_of(args.tool)
+        if verb is None:
+            raise ToolError(
+                f"no tool named {args.tool!r}; tools: {', '.join(gate.tool_names)}",
+                code="invalid_arguments", field="tool", rule="unknown-tool",
+            )
+        d = gate.decide(ctx.principal, args.namespace, args.tool)
+        return ExplainAccessResult(
+            tool=args.tool, namespace=args.namespace, verb=verb, allowed=d.allowed, reason=d.reason,
+            rule=d.rule, source=d.source, policy_hash=d.policy_hash,
+        )
+
+    def render_whoami(r: WhoamiResult) -> str:
+        lines = [f"principal {r.principal} ({r.principal_source}); read_only={r.read_only}"]
+        lines += [f"{g.effect} {g.verb} {g.tools} in {g.namespaces} via {g.via} [{g.source}]" for g in r.grants]
+        return "\n".join(lines)
+
+    def render_explain(r: ExplainAccessResult) -> str:
+        return f"{'ALLOWED' if r.allowed else 'DENIED'}: {r.tool} ({r.verb}) in {r.namespace}: {r.reason}"
+
+    specs: list[ToolSpec[Any, Any]] = [
+        ToolSpec(
+            name="whoami",
+            description="Who you act as, what the policy grants you per namespace, and the server's mode.",
+            args_model=WhoamiArgs, result_model=WhoamiResult, run=whoami, render=render_whoami,
+        ),
+        ToolSpec(
+            name="explain_access",
+            description="Would a call to this tool in this namespace be allowed, and by which policy rule?",
+            args_model=ExplainAccessArgs, result_model=ExplainAccessResult, run=explain_access,
+            render=render_explain,
+        ),
+    ]
+    return specs

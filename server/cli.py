@@ -1,0 +1,100 @@
+"""``opsgate`` command line. Heavy imports (the MCP SDK, onnxruntime) happen inside
+the subcommand that needs them, so ``opsgate audit verify`` starts instantly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from opsgate.server import __version__
+
+EXIT_OK, EXIT_DAMAGED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def _err(message: str) -> None:
+    print(f"opsgate: {message}", file=sys.stderr)
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the MCP server over stdio (what an IDE starts)")
+    p.add_argument("--config", type=Path, help="TOML file with the settings below")
+    p.add_argument("--principal", help="who the assistant acts for (default: the OS user)")
+    p.add_argument("--policy", type=Path, help="Casbin policy folder (model.conf + *.csv) or .csv file")
+    p.add_argument("--audit-log", type=Path, help="audit log path (JSON Lines)")
+    p.add_argument("--models", type=Path, help="folder of local ONNX models")
+    p.add_argument("--kubeconfig", type=Path, help="kubeconfig file")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--read-only", action="store_const", const=True, default=None,
+                   help="refuse every tool that changes something")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("audit", help="read and verify the audit log")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True)
+    v = audit_sub.add_parser("verify", help="check the hash chain; exit 0 intact, 1 damaged, 2 unreadable")
+    v.add_argument("path", type=Path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opsgate",
+        description="An MCP server that lets AI assistants operate Kubernetes and ONNX models "
+        "through one policy-checked, audited gate.",
+    )
+    parser.add_argument("--version", action="version", version=f"opsgate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    _add_audit(sub)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import SettingsError, load_settings
+    from .main import StartupError, serve
+
+    flags = {
+        name: getattr(args, name)
+        for name in ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only", "log_level")
+    }
+    try:
+        settings = load_settings(flags, config_file=args.config)
+    except SettingsError as exc:
+        _err(str(exc))
+        return EXIT_UNUSABLE
+    try:
+        serve(settings)
+    except StartupError as exc:
+        _err(str(exc))
+        return EXIT_UNUSABLE
+    return EXIT_OK
+
+
+def _audit_verify(path: Path) -> int:
+    from opsgate.audit import verify_log
+
+    try:
+        report = verify_log(path)
+    except OSError as exc:
+        _err(f"cannot read {path}: {exc.strerror or exc}")
+        return EXIT_UNUSABLE
+    if report.ok:
+        print(f"ok: {report.records} records, chain intact ({path})")
+        return EXIT_OK
+    print(f"DAMAGED: line {report.first_bad_line}: {report.problem}: {report.detail or ''}".rstrip(": "))
+    return EXIT_DAMAGED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "audit" and args.audit_command == "verify":
+        return _audit_verify(args.path)
+    return EXIT_UNUSABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The one settings model, and how it is assembled from file, environment and flags.
+
+Precedence, lowest first: the TOML file (``--config``), ``OPSGATE_*`` environment
+variables, command-line flags. Every source goes through the same pydantic model
+with ``extra="forbid"``, so an unknown or invalid setting stops the server at
+start with a message that names it, wherever it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from opsgate.policies.engine import validate_principal
+
+ENV_PREFIX = "OPSGATE_"
+# Variables with these prefixes belong to the test suite, not to the server.
+ENV_IGNORED_PREFIXES = ("OPSGATE_E2E_", "OPSGATE_TEST_")
+
+
+def default_audit_log() -> Path:
+    """XDG state dir: the log outlives the process and is not a cache."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "opsgate" / "audit.jsonl"
+
+
+class Settings(BaseModel):
+    """Everything ``opsgate serve`` can be told. Defaults are the safe choice."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    principal: str | None = Field(
+        default=None, description="Who the assistant acts for; the OS user when unset."
+    )
+    policy: Path | None = Field(
+        default=None, description="Casbin policy: a folder (model.conf + *.csv) or one .csv file."
+    )
+    audit_log: Path = Field(default_factory=default_audit_log, description="Audit log (JSON Lines).")
+    models: Path | None = Field(default=None, description="Folder of local ONNX models.")
+    kubeconfig: Path | None = Field(default=None, description="Kubeconfig file.")
+    context: str | None = Field(default=None, description="Kubeconfig context.")
+    read_only: bool = Field(default=False, description="Refuse every tool that changes something.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("principal")
+    @classmethod
+    def _principal_is_safe(cls, value: str | None) -> str | None:
+        return None if value is None else validate_principal(value)
+
+    @field_validator("policy", "models", "kubeconfig")
+    @classmethod
+    def _path_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.exists():
+            raise ValueError(f"path does not exist: {value}")
+        return value
+
+
+class SettingsError(Exception):
+    """A setting that stops the server; the message names the setting and its source."""
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key.startswith(ENV_IGNORED_PREFIXES):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in Settings.model_fields:
+            raise SettingsError(f"unknown setting {key} (environment)")
+        values[name] = value
+    return values
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(f"--config {path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"--config {path}: {exc}") from exc
+    # Accept a flat file or an [opsgate] table, with dashes or underscores in keys.
+    table = data.get("opsgate", data)
+    if not isinstance(table, dict):
+        raise SettingsError(f"--config {path}: [opsgate] must be a table")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in Settings.model_fields:
+            raise SettingsError(f"unknown setting {key!r} in {path}")
+        values[name] = value
+    # Relative paths in a config file are relative to the file, as users expect.
+    for name in ("policy", "audit_log", "models", "kubeconfig"):
+        if isinstance(values.get(name), str):
+            values[name] = str((path.parent / values[name]).expanduser())
+    return values
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge file < env < flags and validate once; flags set to None do not count."""
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if config_file is not None:
+        for key, value in _from_file(config_file).items():
+            merged[key], sources[key] = value, f"in {config_file}"
+    for key, value in _from_env(os.environ if environ is None else environ).items():
+        merged[key], sources[key] = value, f"from {ENV_PREFIX}{key.upper()}"
+    for key, value in flags.items():
+        if value is not None:
+            merged[key], sources[key] = value, f"from --{key.replace('_', '-')}"
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            where = sources.get(name.split(".")[0], "")
+            problems.append(f"setting {name} {where}: {err['msg']}".replace("  ", " "))
+        raise SettingsError("; ".join(problems)) from exc

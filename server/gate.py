@@ -1,0 +1,251 @@
+"""The gate: the one code path every tool call takes.
+
+principal -> argument validation -> Casbin decision -> decision record (fsynced)
+-> run -> outcome record. A call whose decision cannot be written is refused
+before anything happens; nothing a tool or a client does can crash the server.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types as types
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from opsgate.audit import AuditLog, AuditWriteError
+from opsgate.policies.engine import Decision, Policy
+from opsgate.tools.context import CallContext, ProgressFn
+from opsgate.tools.errors import ToolError
+
+from .records import Caller, compact, decision_record, outcome_record
+from .toolspec import ToolSpec
+
+log = structlog.get_logger("opsgate.gate")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """A Casbin decision, or the gate's own refusal (read-only mode), in audit form."""
+
+    allowed: bool
+    reason: str
+    rule: str | None = None
+    source: str | None = None
+    policy_hash: str | None = None
+
+    @classmethod
+    def from_policy(cls, decision: Decision) -> GateDecision:
+        rule = decision.rule
+        return cls(
+            allowed=decision.allowed,
+            reason=decision.reason,
+            rule=rule.text if rule else None,
+            source=rule.source if rule else None,
+            policy_hash=decision.policy_hash,
+        )
+
+    def record(self) -> dict[str, Any]:
+        fields = {
+            "effect": "allow" if self.allowed else "deny",
+            "reason": self.reason,
+            "rule": self.rule,
+            "source": self.source,
+            "policy_hash": self.policy_hash,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+def error_result(code: str, message: str, call_id: str, **details: Any) -> types.CallToolResult:
+    """Errors are data too: a code, one sentence, and the fields to act on."""
+    error = {"code": code, "message": message, "call_id": call_id, **details}
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=f"error ({code}): {message} [call {call_id}]")],
+        structured_content={"error": error},
+        is_error=True,
+    )
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Field and rule only: the rejected values are the caller's data and may be secrets."""
+    return [
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "arguments",
+            "rule": err["type"],
+            "message": err["msg"],
+        }
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+class Gate:
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        audit: AuditLog,
+        caller: Caller,
+        read_only: bool = False,
+    ) -> None:
+        self._tools: dict[str, ToolSpec[Any, Any]] = {}
+        self._listing: list[types.Tool] = []
+        self.policy = policy
+        self.audit = audit
+        self.caller = caller
+        self.read_only = read_only
+
+    def register(self, specs: Iterable[ToolSpec[Any, Any]]) -> None:
+        """The only way a tool reaches a client: through this gate's list and call handlers."""
+        for spec in specs:
+            if spec.name in self._tools:
+                raise ValueError(f"tool {spec.name!r} registered twice")
+            self._tools[spec.name] = spec
+            self._listing.append(spec.mcp_tool())
+
+    @property
+    def tool_names(self) -> list[str]:
+        return list(self._tools)
+
+    def verb_of(self, tool: str) -> str | None:
+        spec = self._tools.get(tool)
+        return spec.verb if spec else None
+
+    def list_tools(self) -> list[types.Tool]:
+        return list(self._listing)
+
+    def decide(self, principal: str, namespace: str, tool: str) -> GateDecision:
+        """The decision alone, for ``explain_access`` and for the call path."""
+        verb = self.verb_of(tool) or "read"
+        if self.read_only and verb == "write":
+            return GateDecision(False, "denied: the server runs with --read-only; no tool may change anything")
+        try:
+            return GateDecision.from_policy(self.policy.decide(principal, namespace, tool, verb))
+        except Exception as exc:  # a policy that fails while deciding denies
+            log.error("policy_error", error=repr(exc))
+            return GateDecision(False, f"denied: policy error ({type(exc).__name__})")
+
+    def with_client(self, name: str | None, version: str | None) -> Caller:
+        c = self.caller
+        return Caller(c.principal, c.principal_source, c.os_user, name, version, c.session_id)
+
+    async def call(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        caller: Caller,
+        progress: ProgressFn | None = None,
+    ) -> types.CallToolResult:
+        call_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        bound = log.bind(call_id=call_id, tool=name, principal=caller.principal)
+        raw: Any = dict(arguments) if arguments is not None else {}
+
+        spec = self._tools.get(name)
+        if spec is None:
+            errors = [{"field": "name", "rule": "unknown-tool", "message": f"no tool named {name!r}"}]
+            return self._invalid(call_id, caller, name, raw, errors, bound)
+        try:
+            args = spec.args_model.model_validate(raw)
+        except ValidationError as exc:
+            return self._invalid(call_id, caller, name, raw, validation_errors(exc), bound)
+
+        namespace = spec.namespace_of(args)
+        decision = self.decide(caller.principal, namespace, name)
+        record = decision_record(
+            call_id=call_id, caller=caller, tool=name, verb=spec.verb, namespace=namespace,
+            arguments=args.model_dump(mode="json"), decision=decision.record(),
+        )
+        if not self._append(record, bound):
+            return self._audit_refusal(call_id)
+        if not decision.allowed:
+            bound.info("call_denied", reason=decision.reason)
+            return error_result("denied", decision.reason, call_id, decision=decision.record())
+
+        return await self._run(spec, args, call_id, caller, started, progress, bound)
+
+    async def _run(
+        self,
+        spec: ToolSpec[Any, Any],
+        args: BaseModel,
+        call_id: str,
+        caller: Caller,
+        started: float,
+        progress: ProgressFn | None,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> types.CallToolResult:
+        client = f"{caller.client_name}/{caller.client_version}" if caller.client_name else None
+        context = CallContext(call_id=call_id, principal=caller.principal, client=client, report_progress=progress)
+        result: BaseModel | None = None
+        error: dict[str, Any] | None = None
+        try:
+            result = await spec.run(args, context)
+        except ToolError as exc:
+            error = {"code": exc.code, "message": exc.message, "field": exc.field, "rule": exc.rule}
+            error = {k: v for k, v in error.items() if v is not None}
+        except Exception as exc:  # never crash the server; the log keeps the traceback
+            bound.exception("tool_crashed")
+            error = {"code": "internal_error", "message": f"internal error in {spec.name} ({type(exc).__name__})"}
+        duration_ms = (time.perf_counter() - started) * 1000
+        summary = getattr(result, "audit_summary", None)
+        outcome = outcome_record(
+            call_id=call_id, caller=caller, tool=spec.name,
+            status="ok" if error is None else "error", duration_ms=duration_ms, error=error,
+            result=summary() if callable(summary) else None,
+        )
+        if not self._append(outcome, bound):
+            return error_result(
+                "audit_unavailable",
+                "the call ran but its outcome could not be written to the audit log; the result is withheld",
+                call_id,
+            )
+        if error is not None:
+            bound.info("call_failed", code=error["code"], duration_ms=round(duration_ms, 3))
+            return error_result(error.pop("code"), error.pop("message"), call_id, **error)
+        assert result is not None
+        bound.info("call_ok", duration_ms=round(duration_ms, 3))
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=spec.render(result))],
+            structured_content=result.model_dump(mode="json"),
+            is_error=False,
+        )
+
+    def _invalid(
+        self,
+        call_id: str,
+        caller: Caller,
+        tool: str,
+        raw: Any,
+        errors: list[dict[str, str]],
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> types.CallToolResult:
+        decision = {"effect": "invalid", "reason": "arguments rejected before any decision", "errors": errors}
+        record = decision_record(
+            call_id=call_id, caller=caller, tool=tool, verb=self.verb_of(tool) or "unknown",
+            namespace="-", arguments=raw, decision=decision,
+        )
+        if not self._append(record, bound):
+            return self._audit_refusal(call_id)
+        bound.info("call_invalid", fields=[e["field"] for e in errors])
+        summary = "; ".join(f"{e['field']}: {e['message']} ({e['rule']})" for e in errors[:5])
+        return error_result("invalid_arguments", summary, call_id, errors=errors)
+
+    def _append(self, record: dict[str, Any], bound: structlog.typing.FilteringBoundLogger) -> bool:
+        try:
+            self.audit.append(record)
+        except AuditWriteError as exc:
+            bound.error("audit_write_failed", error=str(exc), stage=record.get("stage"))
+            return False
+        return True
+
+    @staticmethod
+    def _audit_refusal(call_id: str) -> types.CallToolResult:
+        return error_result(
+            "audit_unavailable", "refused: the audit log cannot be written, so nothing was run", call_id
+        )
+
+
+__all__ = ["Gate", "GateDecision", "compact", "error_result"]

@@ -1,0 +1,130 @@
+"""Start-up: settings -> identity -> policy -> audit log -> gate -> stdio.
+
+Everything that can be wrong with the setup is found here, before the first
+message is read, and stops the server with a message naming what is wrong:
+a server that starts is a server whose policy loaded and whose log is writable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from opsgate.audit import AuditLog, AuditWriteError
+from opsgate.policies.engine import Policy, PolicyError
+
+from . import __version__
+from .access import ACCESS_TOOLS, access_tools
+from .catalog import build_tools
+from .config import Settings
+from .gate import Gate
+from .identity import resolve_identity
+from .logs import configure_logging
+from .records import Caller, server_record
+
+log = structlog.get_logger("opsgate.server")
+
+
+class StartupError(Exception):
+    """A setup problem that stops the server before it serves anything."""
+
+
+def open_audit_log(path: Path) -> AuditLog:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return AuditLog(path)
+    except (OSError, AuditWriteError) as exc:
+        raise StartupError(f"audit log {path} cannot be written ({exc}); refusing to serve") from exc
+
+
+def load_policy(settings: Settings, known_tools: list[str]) -> Policy:
+    try:
+        if settings.policy is None:
+            return Policy.default()
+        return Policy.load(settings.policy, known_tools=known_tools)
+    except PolicyError as exc:
+        raise StartupError(f"policy does not load: {exc}") from exc
+
+
+def build_gate(settings: Settings) -> Gate:
+    try:
+        identity = resolve_identity(settings.principal)
+    except ValueError as exc:
+        raise StartupError(f"principal: {exc}; set --principal") from exc
+    caller = Caller(
+        principal=identity.principal,
+        principal_source=identity.source,
+        os_user=identity.os_user,
+        client_name=None,
+        client_version=None,
+        session_id=uuid.uuid4().hex,
+    )
+    specs = build_tools(settings)
+    policy = load_policy(settings, [*ACCESS_TOOLS, *(s.name for s in specs)])
+    audit = open_audit_log(settings.audit_log)
+    gate = Gate(policy=policy, audit=audit, caller=caller, read_only=settings.read_only)
+    gate.register(access_tools(gate))
+    gate.register(specs)
+    return gate
+
+
+def banner(gate: Gate, settings: Settings) -> str:
+    """For a person at a terminal: what this is and how to use it; an IDE never sees it."""
+    exe = Path(sys.argv[0]).resolve() if sys.argv[0] else "opsgate"
+    return "\n".join(
+        [
+            f"opsgate {__version__}: an MCP server speaking JSON-RPC on stdin/stdout.",
+            f"  principal  {gate.caller.principal} ({gate.caller.principal_source})",
+            f"  policy     {', '.join(str(s) for s in gate.policy.sources)} (sha256 {gate.policy.hash[:12]})",
+            f"  audit log  {settings.audit_log}",
+            f"  tools      {', '.join(gate.tool_names)}",
+            "It waits for an MCP client. Connect one by adding to its mcpServers config:",
+            f'  "opsgate": {{"command": "{exe}", "args": ["serve"]}}',
+            "Ctrl-C to quit.",
+        ]
+    )
+
+
+def serve(settings: Settings) -> None:
+    configure_logging(settings.log_level)
+    gate = build_gate(settings)
+    from .app import build_server  # the SDK import is the slow part of start-up
+
+    server = build_server(gate, version=__version__)
+    start = server_record(
+        "start", gate.caller, version=__version__, pid=os.getpid(),
+        policy_hash=gate.policy.hash, read_only=settings.read_only, tools=gate.tool_names,
+    )
+    try:
+        gate.audit.append(start)
+    except AuditWriteError as exc:
+        raise StartupError(f"audit log {settings.audit_log} cannot be written ({exc}); refusing to serve") from exc
+    if sys.stdin.isatty():
+        print(banner(gate, settings), file=sys.stderr, flush=True)
+    log.info("serving", transport="stdio", principal=gate.caller.principal, audit_log=str(settings.audit_log),
+             policy_hash=gate.policy.hash, tools=len(gate.tool_names))
+
+    async def run() -> None:
+        from mcp.server.stdio import stdio_server
+
+        async with stdio_server() as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+    try:
+        anyio.run(run)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop: dict[str, Any] = server_record("stop", gate.caller, pid=os.getpid())
+        try:
+            gate.audit.append(stop)
+        except AuditWriteError as exc:
+            log.error("audit_write_failed", stage="stop", error=str(exc))
+        gate.audit.close()
+        log.info("stopped")

@@ -1,0 +1,77 @@
+"""What a tool is, as the gate sees it: typed arguments, typed result, a verb, hints.
+
+A ``ToolSpec`` is data, not a registration: the only way a spec reaches a
+client is through ``Gate``, which owns ``tools/list`` and ``tools/call``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import mcp_types as types
+from pydantic import BaseModel
+
+from opsgate.tools.context import CallContext
+
+A = TypeVar("A", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+
+Verb = Literal["read", "write"]
+
+
+def _no_namespace(_: BaseModel) -> str:
+    return "-"
+
+
+def _compact_json(result: BaseModel) -> str:
+    return json.dumps(result.model_dump(mode="json", exclude_none=True), separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class ToolSpec(Generic[A, R]):
+    name: str
+    description: str
+    args_model: type[A]
+    result_model: type[R]
+    run: Callable[[A, CallContext], Awaitable[R]]
+    verb: Verb = "read"
+    destructive: bool = False
+    idempotent: bool = True
+    open_world: bool = False
+    # The Casbin domain of a call: its namespace, or "-" for tools that have none.
+    namespace_of: Callable[[A], str] = field(default=_no_namespace)
+    render: Callable[[R], str] = field(default=_compact_json)
+
+    def mcp_tool(self) -> types.Tool:
+        return types.Tool(
+            name=self.name,
+            description=self.description,
+            input_schema=_schema(self.args_model),
+            output_schema=_schema(self.result_model, drop=("title", "description")),
+            annotations=types.ToolAnnotations(
+                read_only_hint=self.verb == "read",
+                destructive_hint=self.destructive,
+                idempotent_hint=self.idempotent,
+                open_world_hint=self.open_world,
+            ),
+        )
+
+
+def _schema(model: type[BaseModel], drop: tuple[str, ...] = ("title",)) -> dict[str, Any]:
+    """Pydantic's schema minus annotations that cost bytes on every tools/list.
+
+    Titles repeat field names; output descriptions are for people reading code,
+    while the assistant learns a result from the result itself.
+    """
+    return _strip(model.model_json_schema(), drop)  # type: ignore[no-any-return]
+
+
+def _strip(node: Any, drop: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip(v, drop) for k, v in node.items() if not (k in drop and isinstance(v, str))}
+    if isinstance(node, list):
+        return [_strip(v, drop) for v in node]
+    return node

@@ -1,0 +1,61 @@
+"""Shared test harness: a real ``opsgate serve`` subprocess driven by the SDK's stdio client."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+
+@dataclass
+class Served:
+    """A live server session plus the files a test inspects afterwards."""
+
+    session: ClientSession
+    audit_log: Path
+    stderr_path: Path
+
+    async def call(self, tool: str, arguments: dict[str, Any] | None = None) -> Any:
+        return await self.session.call_tool(tool, arguments or {})
+
+    def records(self) -> list[dict[str, Any]]:
+        # Split on b"\n" only: canonical JSON keeps U+2028 and friends raw inside strings.
+        return [json.loads(line) for line in self.audit_log.read_bytes().split(b"\n") if line.strip()]
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment: no OPSGATE_* settings leak in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+    env.update(extra or {})
+    return env
+
+
+@asynccontextmanager
+async def serve(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> AsyncIterator[Served]:
+    audit_log = tmp_path / "audit.jsonl"
+    stderr_path = tmp_path / "server.stderr"
+    args = ["-m", "opsgate.server", "serve", "--audit-log", str(audit_log), *flags]
+    params = StdioServerParameters(command=sys.executable, args=args, env=server_env(env))
+    with stderr_path.open("w") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            yield Served(session=session, audit_log=audit_log, stderr_path=stderr_path)
+
+
+def write_policy(folder: Path, lines: list[str]) -> Path:
+    """A policy folder with the shipped model and the given rules."""
+    from importlib.resources import files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = files("opsgate.policies").joinpath("model.conf").read_text()
+    (folder / "model.conf").write_text(model)
+    (folder / "policy.csv").write_text("\n".join(lines) + "\n")
+    return folder

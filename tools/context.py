@@ -1,0 +1,16 @@
+"""What a running tool may know about its call. Plain data, so tools never import the server."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CallContext:
+    call_id: str
+    principal: str
+    client: str | None = None
+    report_progress: ProgressFn | None = None
