@@ -1,0 +1,194 @@
+"""Every benchmark of the project, in one run, each figure beside its floor and target.
+
+    python bench/run.py            # prints a table and writes bench/RESULTS.md
+
+Figures, not tests: nothing here fails on a busy machine; read them in context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+HERE = Path(__file__).resolve().parent
+BATCH1 = {"features": [[5.1, 3.5, 1.4, 0.2]]}
+ROWS: list[tuple[str, str, str, str]] = []  # figure, value, floor, target
+
+
+def row(figure: str, value: str, floor: str = "", target: str = "") -> None:
+    ROWS.append((figure, value, floor, target))
+    print(f"{figure:<48} {value:>14}  floor {floor or '-':>12}  target {target or '-'}", file=sys.stderr)
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+
+
+@asynccontextmanager
+async def session(args: list[str]) -> AsyncIterator[ClientSession]:
+    params = StdioServerParameters(command=sys.executable, args=args, env=clean_env())
+    with open(os.devnull, "w") as devnull:
+        async with stdio_client(params, errlog=devnull) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            yield s
+
+
+def opsgate_args(tmp: Path, *extra: str) -> list[str]:
+    return ["-m", "opsgate.server", "serve", "--audit-log", str(tmp / "bench-audit.jsonl"), *extra]
+
+
+async def cold_start(args: list[str], runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        async with session(args):
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+async def round_trips(s: ClientSession, tool: str, arguments: dict[str, Any], n: int) -> list[float]:
+    for _ in range(20):
+        await s.call_tool(tool, arguments)
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        result = await s.call_tool(tool, arguments)
+        out.append((time.perf_counter() - started) * 1000)
+        assert not result.is_error, result
+    return out
+
+
+def raw_session_run(n: int) -> list[float]:
+    import numpy as np
+    import onnxruntime as ort
+
+    from opsgate.tools.inference import MODELS_DIR_DEFAULT
+
+    sess = ort.InferenceSession(str(MODELS_DIR_DEFAULT / "iris.onnx"), providers=["CPUExecutionProvider"])
+    x = {"features": np.asarray(BATCH1["features"], dtype=np.float32)}
+    for _ in range(50):
+        sess.run(None, x)
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        sess.run(None, x)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def gate_overhead(tmp: Path, n: int) -> tuple[list[float], list[float]]:
+    """In-process: Gate.call on a no-op tool (policy + two fsynced records) vs calling the no-op."""
+    from pydantic import BaseModel, ConfigDict
+
+    from opsgate.audit import AuditLog
+    from opsgate.policies.engine import Policy
+    from opsgate.server.gate import Gate
+    from opsgate.server.records import Caller
+    from opsgate.server.toolspec import ToolSpec
+    from opsgate.tools.context import CallContext
+
+    class NoArgs(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class Ok(BaseModel):
+        ok: bool = True
+
+    async def noop(_: NoArgs, ctx: CallContext) -> Ok:
+        return Ok()
+
+    caller = Caller("bench", "config", "bench", "bench", "0", "s")
+    gate = Gate(policy=Policy.default(), audit=AuditLog(tmp / "gate.jsonl"), caller=caller)
+    gate.register([ToolSpec(name="noop", description="", args_model=NoArgs, result_model=Ok, run=noop)])
+    gated, direct = [], []
+    ctx = CallContext(call_id="x", principal="bench")
+    for i in range(n + 50):
+        started = time.perf_counter()
+        await gate.call("noop", {}, caller)
+        t1 = time.perf_counter()
+        await noop(NoArgs(), ctx)
+        t2 = time.perf_counter()
+        if i >= 50:
+            gated.append((t1 - started) * 1000)
+            direct.append((t2 - t1) * 1000)
+    gate.audit.close()
+    return gated, direct
+
+
+EXTRA: list[Callable[[Path], Any]] = []  # later issues add their benchmarks here
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        bare = [str(HERE / "bare_server.py")]
+        ours = opsgate_args(tmp, "--principal", "bench")
+        await cold_start(bare, 1)  # warm the page cache for both
+        await cold_start(ours, 1)
+        bare_cold = await cold_start(bare, 8)
+        ours_cold = await cold_start(ours, 8)
+        b, o = statistics.median(bare_cold), statistics.median(ours_cold)
+        row("cold start, spawn to initialize (p50)", f"{o:.0f} ms", f"{b:.0f} ms", "floor + 150 ms")
+        row("cold start overhead over bare SDK", f"{o - b:+.0f} ms", "0 ms", "< 150 ms")
+
+        async with session(ours) as s:
+            listing = await s.list_tools()
+            size = len(json.dumps(listing.model_dump(mode="json", by_alias=True, exclude_none=True),
+                                  separators=(",", ":")))
+            row("tools/list size", f"{size} B", "", "< 6144 B")
+            infer = await round_trips(s, "infer", {"model": "iris", "inputs": BATCH1}, 1000)
+            who = await round_trips(s, "whoami", {}, 300)
+        async with session(bare) as s:
+            noop = await round_trips(s, "noop", {}, 1000)
+        raw = raw_session_run(2000)
+        row("infer round trip over stdio p50", f"{statistics.median(infer):.3f} ms",
+            f"{statistics.median(noop):.3f} ms", "floor + 1 ms (no-op tool, bare SDK)")
+        row("infer round trip over stdio p95", f"{pct(infer, 0.95):.3f} ms", f"{pct(noop, 0.95):.3f} ms")
+        row("raw onnxruntime session.run p50 (iris, batch 1)", f"{statistics.median(raw) * 1000:.1f} us")
+        row("whoami round trip p50", f"{statistics.median(who):.3f} ms", f"{statistics.median(noop):.3f} ms")
+        gated, direct = await gate_overhead(tmp, 2000)
+        row("gate overhead per call p50 (policy + 2 fsynced records)",
+            f"{statistics.median(gated) - statistics.median(direct):.3f} ms",
+            f"{statistics.median(direct) * 1000:.1f} us direct")
+        row("gate overhead per call p95", f"{pct(gated, 0.95):.3f} ms")
+        for extra in EXTRA:
+            await extra(tmp)
+    write_results()
+
+
+def write_results() -> None:
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `python bench/run.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"machine: {os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}. Floors are measured in the same run.",
+        "",
+        "| figure | value | floor | target |",
+        "| --- | --- | --- | --- |",
+        *(f"| {f} | {v} | {fl} | {t} |" for f, v, fl, t in ROWS),
+        "",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
