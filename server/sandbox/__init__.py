@@ -1,0 +1,94 @@
+"""The sandbox cluster: an in-process Kubernetes API over real HTTP on 127.0.0.1.
+
+Used when no kubeconfig is configured and by the tests. The real
+``kubernetes`` Python client, kubectl and client-go based tools talk to it:
+full discovery, typed lists, Table output for ``kubectl get``, the three
+patch formats, ``scale``/``status`` subresources, ``dryRun=All``, 409/422/404
+Status bodies, streamed watches, and a Deployment controller that makes
+ReplicaSets with revisions exactly as kube-controller-manager numbers them.
+
+    with SandboxCluster(rollout_delay=0.05) as cluster:
+        api = kubernetes.config.new_client_from_config_dict(cluster.kubeconfig())
+
+Modules: ``resources`` (the table of served kinds; ``register_resource`` adds
+a CRD), ``kinds`` (built-in kinds: defaults, columns), ``store`` (objects,
+resourceVersion, uid, generation, conflicts, watch log), ``patch`` and
+``validation`` and ``selectors`` and ``rollout`` (pure), ``api`` (REST
+semantics), ``http`` (the socket edge; why the standard library and not kmock
+is said there), ``protobuf`` (kubectl's protobuf request bodies),
+``controllers``, ``faults``, ``discovery`` (and minimal OpenAPI v3),
+``tables``, ``cluster`` (``SandboxCluster``, ``run_sandbox``), ``logs``
+(structlog, never stdout).
+
+Differences from a real API server (on purpose, or not yet done):
+
+- No authentication or authorization: any token, or none, is accepted.
+- No TLS; answers are always JSON whatever ``Accept`` says (no protobuf or
+  CBOR out); protobuf request bodies (kubectl's ``create namespace``/``create
+  deployment``) are read for the common fields of the built-in kinds only,
+  anything else is 415. No aggregated discovery (clients fall back to the
+  per-group lists).
+- OpenAPI: only a minimal v3 document per group version (permissive schemas
+  that advertise ``fieldValidation``), enough for ``kubectl apply``/``create
+  -f``; no v2, nothing for ``kubectl explain``. ``fieldValidation=Strict`` is
+  accepted but unknown fields are kept, not rejected.
+- Server-side apply (``application/apply-patch+yaml``) answers 415; no
+  ``managedFields``. Only the kinds registered are served (no Services,
+  ConfigMaps, RBAC...).
+- Strategic merge patch finds merge keys by field name (containers, env and
+  volumes by ``name``, container ports by ``containerPort``, conditions by
+  ``type``...), not by the full OpenAPI schema; custom resources get 415 for it,
+  as on a real server.
+- Deletion is immediate: no graceful termination, no finalizers, no
+  ``deletionTimestamp``; dependents (by ``ownerReferences``) are deleted at once
+  (background cascade) unless ``propagationPolicy=Orphan``; deleting a
+  namespace deletes its contents at once.
+- ``continue`` tokens resume after the last key but are not consistent
+  snapshots; the watch log keeps the last 10,000 events (older -> 410 Expired).
+- Events are written by the controllers and capped at the newest 1,000
+  (a real server expires them after an hour).
+- Pods are minimal: created by the ReplicaSet controller, Pending, then
+  Running/Ready after ``rollout_delay``; no containers run, no logs/exec.
+- Rolling updates surge the new ReplicaSet to full size and drain the old
+  ones when it is available (``maxSurge``/``maxUnavailable`` are only used for
+  the ``Available`` condition and annotations); no ``ProgressDeadlineExceeded``,
+  no ``minReadySeconds`` wait, no adoption of orphaned ReplicaSets by selector.
+- Generation: every kind gets ``metadata.generation`` (real Namespaces and
+  Pods do not bump it the same way); status writes take ``status`` and
+  annotations from the request, everything else from the stored object.
+"""
+
+from __future__ import annotations
+
+from .cluster import SandboxCluster, run_sandbox
+from .controllers import Controller, ControllerManager
+from .errors import ApiError, Cause
+from .faults import Fault
+from .kinds import DEPLOYMENT, EVENT, NAMESPACE, POD, REPLICASET
+from .resources import POD_MERGE_KEYS, Column, ResourceType, ScaleSubresource
+from .rollout import template_hash
+from .store import Store, WatchEvent
+from .tables import AGE_COLUMN
+
+__all__ = [
+    "AGE_COLUMN",
+    "DEPLOYMENT",
+    "EVENT",
+    "NAMESPACE",
+    "POD",
+    "POD_MERGE_KEYS",
+    "REPLICASET",
+    "ApiError",
+    "Cause",
+    "Column",
+    "Controller",
+    "ControllerManager",
+    "Fault",
+    "ResourceType",
+    "SandboxCluster",
+    "ScaleSubresource",
+    "Store",
+    "WatchEvent",
+    "run_sandbox",
+    "template_hash",
+]

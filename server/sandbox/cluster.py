@@ -1,0 +1,173 @@
+"""``SandboxCluster``: the store, the controllers and the HTTP server put together."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from .api import Api
+from .controllers import Controller, ControllerManager, builtin_controllers
+from .faults import Fault, FaultTable
+from .http import SandboxHTTPServer
+from .kinds import BUILTIN_TYPES, NAMESPACE
+from .logs import log
+from .resources import ResourceRegistry, ResourceType
+from .store import Store
+
+NAME = "opsgate-sandbox"
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+class SandboxCluster:
+    """An in-process Kubernetes API on real HTTP, with a Deployment controller.
+
+    Use as a context manager or with ``start()``/``stop()``; point any client at
+    ``kubeconfig()`` (or ``write_kubeconfig(path)``). ``rollout_delay`` is how long
+    a pod takes to become ready, so how long a rollout takes to converge.
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, rollout_delay: float = 0.2) -> None:
+        self.host = host
+        self.rollout_delay = rollout_delay
+        self._requested_port = port
+        self.registry = ResourceRegistry()
+        for rt in BUILTIN_TYPES:
+            self.registry.register(rt)
+        self.store = Store(self.registry)
+        self.faults = FaultTable()
+        self.api = Api(self.registry, self.store, lambda: f"{self.host}:{self.port}")
+        self.controllers = ControllerManager(self.store, rollout_delay)
+        for controller in builtin_controllers():
+            self.controllers.add(controller)
+        for name in INITIAL_NAMESPACES:
+            self.store.create(NAMESPACE, {"metadata": {"name": name}})
+        self._server: SandboxHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Bind and serve in a daemon thread; a stopped cluster cannot be started again."""
+        if self._server is not None:
+            return self
+        if self.store.closed:
+            raise RuntimeError("this sandbox cluster was stopped; create a new one")
+        self._server = SandboxHTTPServer((self.host, self._requested_port), self.api, self.faults)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-http", daemon=True
+        )
+        self._thread.start()
+        self.controllers.start()
+        return self
+
+    def stop(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        self.store.close()
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        self.controllers.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the sandbox cluster is not started")
+        return f"http://{self.host}:{self.port}"
+
+    # --- client configuration ------------------------------------------------------------------
+
+    def kubeconfig(self) -> dict[str, Any]:
+        """A kubeconfig whose cluster, user and context are all named ``opsgate-sandbox`` (no TLS)."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": NAME, "cluster": {"server": self.url}}],
+            "users": [{"name": NAME, "user": {"token": "opsgate-sandbox-token"}}],
+            "contexts": [{"name": NAME, "context": {"cluster": NAME, "user": NAME, "namespace": "default"}}],
+            "current-context": NAME,
+            "preferences": {},
+        }
+
+    def write_kubeconfig(self, path: Path) -> None:
+        """Write the kubeconfig (JSON, which is YAML too) readable by its owner only."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.kubeconfig(), fh, indent=2)
+            fh.write("\n")
+
+    # --- test hooks and extension points -------------------------------------------------------
+
+    def inject_fault(
+        self,
+        method: str | None,
+        path_regex: str,
+        *,
+        status: int | None = None,
+        delay: float = 0.0,
+        drop: bool = False,
+        times: int = 1,
+    ) -> Fault:
+        """Make the next ``times`` requests matching method and path answer ``status``, sleep ``delay``
+        first, or drop the connection. ``times <= 0`` means until ``clear_faults()``."""
+        return self.faults.add(Fault(method, path_regex, status=status, delay=delay, drop=drop, times=times))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def register_resource(self, resource: ResourceType) -> ResourceType:
+        """Serve a new kind (a CRD): REST paths, discovery, tables and watch follow from the record."""
+        self.registry.register(resource)
+        return resource
+
+    def add_controller(self, controller: Controller) -> Controller:
+        """Run ``controller`` in the controller manager; it is offered every write of the types it watches."""
+        self.controllers.add(controller)
+        return controller
+
+
+def run_sandbox(port: int, kubeconfig_path: Path | None) -> None:
+    """Run a sandbox cluster until SIGINT/SIGTERM (``opsgate sandbox``); logs go to stderr."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with SandboxCluster(port=port) as cluster:
+            hint = None
+            if kubeconfig_path is not None:
+                cluster.write_kubeconfig(kubeconfig_path)
+                hint = f"export KUBECONFIG={Path(kubeconfig_path).resolve()}"
+            log.info("sandbox.ready", url=cluster.url, kubeconfig=str(kubeconfig_path or ""), hint=hint)
+            while not stop.wait(0.5):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
