@@ -28,6 +28,8 @@ import casbin
 from casbin.model import FunctionMap, Model
 from casbin.util import escape_assertion, key_match, key_match_func, remove_comments
 
+from .bounds import BOUNDS_FILE, BoundsError, SubjectBounds, parse_bounds
+
 __all__ = [
     "ACTIONS",
     "EVERYONE",
@@ -468,6 +470,8 @@ class Policy:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.sources: tuple[Path, ...] = tuple(sources)
         self.hash = digest
+        # Limits on arguments, by the subject a grant names (see bounds.py).
+        self.bounds: dict[str, SubjectBounds] = {}
         self._enforcer, self._matcher_line = _build_enforcer(model_path, model_text)
         self._by_fields: dict[tuple[str, ...], Rule] = {}
         p_rules: list[list[str]] = []
@@ -506,6 +510,8 @@ class Policy:
     def load(cls, path: Path | str, *, known_tools: Collection[str] | None = None) -> Policy:
         """Load a policy folder (model.conf + every ``*.csv``, by name) or one ``.csv`` file.
 
+        A ``bounds.toml`` beside the CSV files adds argument bounds (see bounds.py).
+
         With one ``.csv`` file the shipped model.conf is used. Any problem
         raises PolicyError naming the file and line; nothing is half-loaded.
         With ``known_tools``, a tool name (or pattern) that names no known tool
@@ -528,7 +534,19 @@ class Policy:
                 first = rules.setdefault((rule.ptype, *rule.fields), rule)
                 if first is not rule:
                     raise PolicyError(csv_path, line, f"duplicate of {first.source}")
-        return cls(model_path, model_text, rules.values(), (model_path, *csv_paths), digest.hexdigest())
+        bounds: dict[str, SubjectBounds] = {}
+        bounds_path = csv_paths[0].parent / BOUNDS_FILE
+        if bounds_path.is_file():
+            data, _ = _read(bounds_path)
+            digest.update(data)
+            try:
+                bounds = parse_bounds(bounds_path, data)
+            except BoundsError as exc:
+                raise PolicyError(bounds_path, None, exc.message) from exc
+            csv_paths = [*csv_paths, bounds_path]
+        policy = cls(model_path, model_text, rules.values(), (model_path, *csv_paths), digest.hexdigest())
+        policy.bounds = bounds
+        return policy
 
     @classmethod
     def default(cls, *, known_tools: Collection[str] | None = None) -> Policy:

@@ -17,6 +17,7 @@ import pytest
 from casbin.util import key_match_func
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from opsgate.policies import EVERYONE, SHIPPED_DIR, Decision, Policy, PolicyError, Rule, validate_principal
 
 MODEL: Path = SHIPPED_DIR / "model.conf"
@@ -104,8 +105,9 @@ def test_pycasbin_enforce_ex_returns_the_deny_rule_when_deny_overrides(
 
 def test_shipped_files_load_and_hash() -> None:
     policy = Policy.default(known_tools=TOOLS)
-    assert policy.sources == (MODEL, SHIPPED_CSV)
-    expected = hashlib.sha256(MODEL.read_bytes() + SHIPPED_CSV.read_bytes()).hexdigest()
+    bounds = SHIPPED_CSV.parent / "bounds.toml"
+    assert policy.sources == (MODEL, SHIPPED_CSV, bounds)
+    expected = hashlib.sha256(MODEL.read_bytes() + SHIPPED_CSV.read_bytes() + bounds.read_bytes()).hexdigest()
     assert policy.hash == expected
     assert all(rule.source.startswith("policy.csv:") for rule in policy.rules)
     # No real principal is assigned a role in the shipped file.
