@@ -15,6 +15,7 @@ from opsgate.tools.inference import (
     ListModelsArgs,
     ListModelsResult,
     ModelStore,
+    TensorSpec,
 )
 
 from .config import Settings
@@ -30,8 +31,8 @@ def inference_tools(store: ModelStore) -> list[ToolSpec[Any, Any]]:
         return await anyio.to_thread.run_sync(store.infer, args)
 
     def render_models(r: ListModelsResult) -> str:
-        def sig(specs: list[object]) -> str:
-            return ", ".join(f"{s.name}:{s.dtype}{s.shape}" for s in specs)  # type: ignore[attr-defined]
+        def sig(specs: list[TensorSpec]) -> str:
+            return ", ".join(f"{s.name}:{s.dtype}{s.shape}" for s in specs)
 
         return "\n".join(f"{m.name}: ({sig(m.inputs)}) -> ({sig(m.outputs)})" for m in r.models) or "no models"
 

@@ -38,6 +38,12 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     v.add_argument("path", type=Path)
 
 
+def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("sandbox", help="run the built-in sandbox Kubernetes API alone (for kubectl and other clients)")
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free port)")
+    p.add_argument("--write-kubeconfig", type=Path, help="write a kubeconfig for it here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opsgate",
@@ -48,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_audit(sub)
+    _add_sandbox(sub)
     return parser
 
 
@@ -93,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "audit" and args.audit_command == "verify":
         return _audit_verify(args.path)
+    if args.command == "sandbox":
+        from .logs import configure_logging
+        from .sandbox import run_sandbox
+
+        configure_logging("info")
+        run_sandbox(args.port, args.write_kubeconfig)
+        return EXIT_OK
     return EXIT_UNUSABLE
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mcp_types as types
@@ -18,6 +18,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from opsgate.audit import AuditLog, AuditWriteError
+from opsgate.policies.bounds import check_bounds
 from opsgate.policies.engine import Decision, Policy
 from opsgate.tools.context import CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
@@ -37,6 +38,8 @@ class GateDecision:
     rule: str | None = None
     source: str | None = None
     policy_hash: str | None = None
+    subject: str | None = None  # the subject the deciding rule names: whose bounds apply
+    bound: str | None = None  # the bound that refused an allowed call
 
     @classmethod
     def from_policy(cls, decision: Decision) -> GateDecision:
@@ -47,6 +50,7 @@ class GateDecision:
             rule=rule.text if rule else None,
             source=rule.source if rule else None,
             policy_hash=decision.policy_hash,
+            subject=rule.fields[0] if rule else None,
         )
 
     def record(self) -> dict[str, Any]:
@@ -56,6 +60,7 @@ class GateDecision:
             "rule": self.rule,
             "source": self.source,
             "policy_hash": self.policy_hash,
+            "bound": self.bound,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -128,6 +133,21 @@ class Gate:
             log.error("policy_error", error=repr(exc))
             return GateDecision(False, f"denied: policy error ({type(exc).__name__})")
 
+    def apply_bounds(self, decision: GateDecision, attrs: Mapping[str, Any]) -> GateDecision:
+        """An allowed call whose arguments break a bound of the allowing subject is denied, naming both."""
+        bounds = self.policy.bounds.get(decision.subject or "")
+        if bounds is None:
+            return decision
+        reason = check_bounds(decision.subject or "", bounds, attrs)
+        if reason is None:
+            return decision
+        return replace(
+            decision,
+            allowed=False,
+            reason=f"denied by bound: {reason} (the call was allowed by {decision.source}; bounds in bounds.toml)",
+            bound=reason,
+        )
+
     def with_client(self, name: str | None, version: str | None) -> Caller:
         c = self.caller
         return Caller(c.principal, c.principal_source, c.os_user, name, version, c.session_id)
@@ -155,6 +175,8 @@ class Gate:
 
         namespace = spec.namespace_of(args)
         decision = self.decide(caller.principal, namespace, name)
+        if decision.allowed and spec.bound_attrs is not None:
+            decision = self.apply_bounds(decision, spec.bound_attrs(args))
         record = decision_record(
             call_id=call_id, caller=caller, tool=name, verb=spec.verb, namespace=namespace,
             arguments=args.model_dump(mode="json"), decision=decision.record(),

@@ -44,6 +44,8 @@ class ToolSpec(Generic[A, R]):
     # The Casbin domain of a call: its namespace, or "-" for tools that have none.
     namespace_of: Callable[[A], str] = field(default=_no_namespace)
     render: Callable[[R], str] = field(default=_compact_json)
+    # The arguments policy bounds look at (replicas, image, ...); None when the tool has none.
+    bound_attrs: Callable[[A], dict[str, Any]] | None = None
 
     def mcp_tool(self) -> types.Tool:
         return types.Tool(

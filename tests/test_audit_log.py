@@ -129,7 +129,7 @@ def test_tail_read_is_cheap(log_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
             read.append(len(data))
             return data
 
-        monkeypatch.setattr(log_module.os, "pread", counting_pread)
+        monkeypatch.setattr(os, "pread", counting_pread)
         assert b.append({"by": "b"})["seq"] == 3002
     assert 0 < sum(read) <= 8192 < size
 
@@ -401,7 +401,7 @@ def _count_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         opened.append(str(path))
         return real_open(path, flags, mode, dir_fd=dir_fd)
 
-    monkeypatch.setattr(log_module.os, "open", counting_open)
+    monkeypatch.setattr(os, "open", counting_open)
     return opened
 
 
@@ -417,7 +417,7 @@ def test_failed_fsync_drops_the_descriptor_and_reopens(log_path: Path, monkeypat
                 raise OSError(errno.EIO, "Input/output error")
             real_fsync(fd)
 
-        monkeypatch.setattr(log_module.os, "fsync", failing_once)
+        monkeypatch.setattr(os, "fsync", failing_once)
         opened = _count_opens(monkeypatch)
         with pytest.raises(AuditWriteError, match="Input/output"):
             log.append({"n": 2})
@@ -438,12 +438,12 @@ def test_failed_write_then_reopen(log_path: Path, monkeypatch: pytest.MonkeyPatc
         def no_space(fd: int, data: bytes) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(log_module.os, "write", no_space)
+        monkeypatch.setattr(os, "write", no_space)
         with pytest.raises(AuditWriteError, match="No space"):
             log.append({"n": 2})
         with pytest.raises(AuditWriteError):
             log.append({"n": 2})
-        monkeypatch.setattr(log_module.os, "write", real_write)
+        monkeypatch.setattr(os, "write", real_write)
         assert log.append({"n": 2})["seq"] == 2
     assert verify_log(log_path).records == 2
 
@@ -462,10 +462,10 @@ def test_short_write_then_failure_leaves_a_torn_line_that_the_reopen_seals(
                 return real_write(fd, bytes(data[: len(data) // 2]))
             raise OSError(errno.EIO, "Input/output error")
 
-        monkeypatch.setattr(log_module.os, "write", half_then_fail)
+        monkeypatch.setattr(os, "write", half_then_fail)
         with pytest.raises(AuditWriteError):
             log.append({"n": 2, "pad": "x" * 100})
-        monkeypatch.setattr(log_module.os, "write", real_write)
+        monkeypatch.setattr(os, "write", real_write)
         _bad(verify_log(log_path), 2, "torn-line")
         record = log.append({"n": 3})
     assert record["seq"] == 3  # 1, recovery (2), 3
@@ -475,7 +475,7 @@ def test_short_write_then_failure_leaves_a_torn_line_that_the_reopen_seals(
 
 def test_short_writes_are_completed(log_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = os.write
-    monkeypatch.setattr(log_module.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
     with AuditLog(log_path) as log:
         log.append({"n": 1, "text": "a longer record than seven bytes"})
         log.append({"n": 2})

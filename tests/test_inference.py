@@ -16,6 +16,8 @@ import onnxruntime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
+
 from opsgate.tools import inference
 from opsgate.tools.inference import (
     MODELS_DIR_DEFAULT,
@@ -28,7 +30,6 @@ from opsgate.tools.inference import (
     check_inputs,
     parse_signature,
 )
-from pydantic import ValidationError
 
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 

@@ -227,7 +227,7 @@ async def test_unwritable_audit_log_refuses_the_call(tmp_path: Path) -> None:
 
 def test_stdout_carries_only_json_rpc(tmp_path: Path) -> None:
     """Raw JSON-RPC over the pipes: every stdout line is a JSON-RPC message, stderr is JSON logs."""
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {},
             "clientInfo": {"name": "raw", "version": "0"}}},
