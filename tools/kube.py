@@ -1,0 +1,325 @@
+"""The one connection to a Kubernetes cluster per server, and the one door every API call goes through.
+
+``kubernetes`` is imported only when the first call needs it (0.34 s at import;
+the server must answer ``initialize`` fast). Connection settings are read once,
+at that first use, into one ``ApiClient`` whose urllib3 pool is shared by all
+worker threads.
+
+Every API call goes through :meth:`Kube.call`, which
+
+- passes a (connect, read) timeout, 3 s / 10 s by default, so a cluster that
+  does not answer fails the call in seconds, and lets urllib3 retry only the
+  connect step once (never a read: a retried write could be applied twice);
+- asks for the raw response (``_preload_content=False``) and returns the JSON
+  as dicts: the tools reason about API objects as the server sends them, and
+  skip the generated models' per-field conversion on every response;
+- sends the call id as the ``Audit-ID`` request header, which a real API
+  server keeps in its own audit log, so a reviewer can join the two logs;
+- maps ``ApiException`` to :class:`KubeApiError` (code ``api_error``, with the
+  HTTP status and the reason/message/causes of the API's Status body) and
+  socket-level failures to :class:`ClusterUnreachable`
+  (code ``cluster_unreachable``, naming the server URL).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ToolError
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
+
+__all__ = ["DEFAULT_TIMEOUT", "ClusterUnreachable", "Kube", "KubeApiError", "KubeTarget", "api_error"]
+
+DEFAULT_TIMEOUT: Final = (3.0, 10.0)
+_MESSAGE_MAX: Final = 1000
+_WRITE_PREFIXES: Final = ("create_", "patch_", "replace_", "delete_")
+
+
+class KubeTarget(BaseModel):
+    """Which cluster to talk to. Nothing set: the default kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kubeconfig: Path | None = Field(default=None, description="kubeconfig file; None: $KUBECONFIG or ~/.kube/config.")
+    context: str | None = Field(default=None, description="kubeconfig context; None: its current-context.")
+    in_cluster: bool = Field(default=False, description="Use the pod's service account (in-cluster config).")
+    sandbox_url: str | None = Field(default=None, description="URL of an opsgate sandbox cluster (no auth, no TLS).")
+
+
+class KubeApiError(ToolError):
+    """The API server refused or failed a request; ``status`` is the HTTP status, ``reason`` the Status reason.
+
+    ``audit_id`` is the ``Audit-Id`` the server answered with (ours, echoed, on a real API server):
+    the key to this request in the cluster's own audit log.
+    """
+
+    def __init__(self, message: str, *, status: int, reason: str | None, rule: str, field: str | None = None,
+                 causes: list[dict[str, str]] | None = None, audit_id: str | None = None) -> None:
+        super().__init__(message, code="api_error", field=field, rule=rule)
+        self.status = status
+        self.reason = reason
+        self.causes = causes or []
+        self.audit_id = audit_id
+
+
+class ClusterUnreachable(ToolError):
+    """No HTTP answer: connection refused or dropped, TLS failure, or a timeout."""
+
+    def __init__(self, message: str, *, server: str, rule: str) -> None:
+        super().__init__(message, code="cluster_unreachable", rule=rule)
+        self.server = server
+
+
+_RULES: Final[dict[int, str]] = {
+    400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
+    409: "conflict", 410: "gone", 415: "unsupported-media-type", 422: "invalid", 429: "too-many-requests",
+}
+
+
+def _clip(text: str, limit: int = _MESSAGE_MAX) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def api_error(status: int, http_reason: str | None, body: str | None, what: str,
+              audit_id: str | None = None) -> KubeApiError:
+    """A KubeApiError from an HTTP error answer; reads the Kubernetes ``Status`` body when there is one.
+
+    Pure, so the mapping is testable without a cluster: 422 names the first invalid field and
+    lists every cause; a 409 ``AlreadyExists`` is told apart from a stale-write ``Conflict``.
+    """
+    status_body: dict[str, Any] = {}
+    if body:
+        try:
+            parsed = json.loads(body)
+            if isinstance(parsed, dict):
+                status_body = parsed
+        except ValueError:
+            pass
+    reason = status_body.get("reason") or http_reason or ""
+    message = str(status_body.get("message") or (body or "").strip() or http_reason or "no message")
+    details = status_body.get("details") if isinstance(status_body.get("details"), dict) else {}
+    causes = [
+        {k: str(c[k]) for k in ("field", "reason", "message") if c.get(k)}
+        for c in (details or {}).get("causes") or [] if isinstance(c, dict)
+    ]
+    if status == 409 and reason == "AlreadyExists":
+        rule = "already-exists"
+    elif status >= 500:
+        rule = "server-error"
+    else:
+        rule = _RULES.get(status, f"http-{status}")
+    text = f"{what}: the API answered {status} {reason}: {message}"
+    if status == 422 and causes:
+        listed = "; ".join(f"{c.get('field', '?')}: {c.get('message', c.get('reason', ''))}" for c in causes)
+        if listed not in message:
+            text += f" ({listed})"
+    fields = [c["field"] for c in causes if "field" in c]
+    return KubeApiError(_clip(text), status=status, reason=reason or None, rule=rule,
+                        field=fields[0] if fields else None, causes=causes, audit_id=audit_id)
+
+
+class Kube:
+    """One cluster connection, built once per server from a KubeTarget or a kubeconfig dict.
+
+    Nothing is read or connected at construction: the kubeconfig is loaded on the first call
+    (or :meth:`connect`), so a missing or slow cluster never delays server start.
+    """
+
+    def __init__(
+        self,
+        target: KubeTarget | None = None,
+        *,
+        config_dict: Mapping[str, Any] | None = None,
+        sandbox: bool | None = None,
+        request_timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.target = target or KubeTarget()
+        self._config_dict = dict(config_dict) if config_dict is not None else None
+        self.is_sandbox = sandbox if sandbox is not None else self.target.sandbox_url is not None
+        self.request_timeout = request_timeout
+        self._lock = threading.Lock()
+        self._client: ApiClient | None = None
+        self._apps: AppsV1Api | None = None
+        self._core: CoreV1Api | None = None
+        self._server: str | None = None
+        self._context: str | None = None
+
+    @classmethod
+    def from_kubeconfig_dict(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        context: str | None = None,
+        sandbox: bool = False,
+        request_timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+    ) -> Kube:
+        return cls(KubeTarget(context=context), config_dict=config, sandbox=sandbox, request_timeout=request_timeout)
+
+    # ------------------------------------------------------------------ connection
+
+    def connect(self) -> ApiClient:
+        """The shared ApiClient, created on first use. ToolError ``cluster_config`` if settings do not load."""
+        client = self._client
+        if client is not None:
+            return client
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def _build(self) -> ApiClient:
+        import urllib3
+        from kubernetes import client as k8s
+        from kubernetes import config as k8s_config
+
+        cfg = k8s.Configuration()
+        t = self.target
+        try:
+            if t.sandbox_url is not None:
+                cfg.host = t.sandbox_url.rstrip("/")
+                self._context = "sandbox"
+            elif t.in_cluster:
+                k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+                self._context = "in-cluster"
+            elif self._config_dict is not None:
+                k8s_config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+                    self._config_dict, context=t.context, client_configuration=cfg, persist_config=False
+                )
+                self._context = t.context or self._config_dict.get("current-context")
+            else:
+                path = str(t.kubeconfig) if t.kubeconfig is not None else None
+                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=path, context=t.context, client_configuration=cfg, persist_config=False
+                )
+                if t.context is not None:
+                    self._context = t.context
+                else:
+                    _, current = k8s_config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+                    self._context = current.get("name") if isinstance(current, dict) else None
+        except Exception as exc:  # ConfigException, a missing file, bad YAML, a failing exec plugin
+            where = str(t.kubeconfig) if t.kubeconfig else ("in-cluster config" if t.in_cluster else "kubeconfig")
+            raise ToolError(f"cannot load cluster settings from {where}: {exc}", code="cluster_config") from None
+        # Retry a failed connect once; never a read (a write might be applied twice) nor a status.
+        cfg.retries = urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0)
+        self._server = cfg.host
+        return k8s.ApiClient(cfg)
+
+    @property
+    def apps(self) -> AppsV1Api:
+        if self._apps is None:
+            from kubernetes.client import AppsV1Api
+
+            self._apps = AppsV1Api(self.connect())
+        return self._apps
+
+    @property
+    def core(self) -> CoreV1Api:
+        if self._core is None:
+            from kubernetes.client import CoreV1Api
+
+            self._core = CoreV1Api(self.connect())
+        return self._core
+
+    @property
+    def server(self) -> str:
+        if self._server is None:
+            self.connect()
+        return self._server or "?"
+
+    def describe(self) -> dict[str, Any]:
+        """Which cluster this is, for ``whoami`` and logs: no network call, never raises."""
+        out: dict[str, Any] = {"sandbox": self.is_sandbox, "in_cluster": self.target.in_cluster}
+        try:
+            self.connect()
+        except ToolError as exc:
+            out.update(server=None, context=self.target.context, error=exc.message)
+            return out
+        out.update(server=self._server, context=self._context)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()  # type: ignore[no-untyped-call]
+            self._client = self._apps = self._core = None
+
+    # ------------------------------------------------------------------ the one call path
+
+    def call(self, fn: Callable[..., Any], *args: Any, what: str, audit_id: str | None = None,
+             **kwargs: Any) -> Any:
+        """Call one ``kubernetes`` API method; return the response JSON (dicts), or raise a ToolError.
+
+        ``what`` names the operation in error messages ("read deployment prod/web").
+        """
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        self.connect()
+        kwargs.setdefault("_request_timeout", self.request_timeout)
+        kwargs["_preload_content"] = False
+        if audit_id:
+            kwargs["_headers"] = {"Audit-ID": audit_id}
+        is_write = getattr(fn, "__name__", "").startswith(_WRITE_PREFIXES)
+        response: Any = None
+        try:
+            response = fn(*args, **kwargs)
+            data = response.data
+        except ApiException as exc:
+            if not exc.status:  # the client's own wrapper for TLS failures
+                raise self._unreachable(what, str(exc.reason), "tls", is_write) from None
+            echoed = exc.headers.get("Audit-Id") if exc.headers is not None else None
+            raise api_error(int(exc.status), exc.reason, exc.body, what, echoed) from None
+        except (Urllib3Error, OSError) as exc:
+            raise self._unreachable_from(exc, what, is_write) from None
+        finally:
+            if response is not None and hasattr(response, "release_conn"):
+                response.release_conn()
+        if not data:
+            return {}
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ToolError(f"{what}: the API answered something that is not JSON", code="api_error",
+                            rule="bad-response") from None
+
+    def _unreachable_from(self, exc: BaseException, what: str, is_write: bool) -> ClusterUnreachable:
+        from urllib3.exceptions import (
+            ConnectTimeoutError,
+            MaxRetryError,
+            NewConnectionError,
+            ProtocolError,
+            ReadTimeoutError,
+            SSLError,
+        )
+
+        cause: BaseException = exc
+        if isinstance(exc, MaxRetryError) and exc.reason is not None:
+            cause = exc.reason
+        connect_s, read_s = self.request_timeout
+        # NewConnectionError subclasses ConnectTimeoutError in urllib3: test it first.
+        if isinstance(cause, NewConnectionError):
+            return self._unreachable(what, f"cannot connect ({cause})", "connect-failed", False)
+        if isinstance(cause, ConnectTimeoutError):
+            return self._unreachable(what, f"no connection within {connect_s:g} s", "timeout", False)
+        if isinstance(cause, ReadTimeoutError | TimeoutError):
+            return self._unreachable(what, f"no answer within {read_s:g} s", "timeout", is_write)
+        if isinstance(cause, SSLError):
+            return self._unreachable(what, f"TLS failed: {cause}", "tls", False)
+        if isinstance(cause, ProtocolError | ConnectionError):
+            return self._unreachable(what, f"the connection was dropped ({cause})", "connection-dropped", is_write)
+        return self._unreachable(what, f"{type(cause).__name__}: {cause}", "connect-failed", is_write)
+
+    def _unreachable(self, what: str, why: str, rule: str, maybe_applied: bool) -> ClusterUnreachable:
+        server = self._server or "?"
+        text = f"{what}: the cluster at {server} did not answer: {why}"
+        if maybe_applied:
+            text += "; the change may or may not have been applied: check its state before retrying"
+        return ClusterUnreachable(_clip(text), server=server, rule=rule)
