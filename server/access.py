@@ -6,6 +6,7 @@ gate's own state (identity, policy, mode); they still run through the gate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +45,9 @@ class WhoamiResult(BaseModel):
     tools: list[str] = Field(description="every tool this server offers")
     policy_hash: str
     audit_log: str
+    cluster: dict[str, Any] | None = Field(
+        default=None, description="the cluster the Kubernetes tools use; sandbox=true means the built-in one"
+    )
 
 
 class ExplainAccessArgs(BaseModel):
@@ -66,7 +70,7 @@ class ExplainAccessResult(BaseModel):
     policy_hash: str | None = None
 
 
-def access_tools(gate: Gate) -> list[ToolSpec[Any, Any]]:
+def access_tools(gate: Gate, cluster: Mapping[str, Any] | None = None) -> list[ToolSpec[Any, Any]]:
     async def whoami(_: WhoamiArgs, ctx: CallContext) -> WhoamiResult:
         caller = gate.caller
         grants = [
@@ -86,6 +90,7 @@ def access_tools(gate: Gate) -> list[ToolSpec[Any, Any]]:
             tools=gate.tool_names,
             policy_hash=gate.policy.hash,
             audit_log=str(gate.audit.path),
+            cluster=dict(cluster) if cluster is not None else None,
         )
 
     async def explain_access(args: ExplainAccessArgs, ctx: CallContext) -> ExplainAccessResult:
@@ -105,6 +110,8 @@ def access_tools(gate: Gate) -> list[ToolSpec[Any, Any]]:
 
     def render_whoami(r: WhoamiResult) -> str:
         lines = [f"principal {r.principal} ({r.principal_source}); read_only={r.read_only}"]
+        if r.cluster is not None:
+            lines.append(f"cluster: {'SANDBOX ' if r.cluster.get('sandbox') else ''}{r.cluster}")
         lines += [f"{g.effect} {g.verb} {g.tools} in {g.namespaces} via {g.via} [{g.source}]" for g in r.grants]
         return "\n".join(lines)
 

@@ -3,10 +3,12 @@ only through ``Gate.register``; this module just builds the specs."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
+from opsgate.tools import workloads as wl
 from opsgate.tools.context import CallContext
 from opsgate.tools.inference import (
     MODELS_DIR_DEFAULT,
@@ -17,6 +19,7 @@ from opsgate.tools.inference import (
     ModelStore,
     TensorSpec,
 )
+from opsgate.tools.kube import Kube
 
 from .config import Settings
 from .toolspec import ToolSpec
@@ -52,7 +55,67 @@ def inference_tools(store: ModelStore) -> list[ToolSpec[Any, Any]]:
     return specs
 
 
-def build_tools(settings: Settings) -> list[ToolSpec[Any, Any]]:
+def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
+    def bind(fn: Callable[[Kube, Any, CallContext], Any]) -> Callable[[Any, CallContext], Awaitable[Any]]:
+        """The kubernetes client is synchronous: run it in a worker thread so the loop keeps serving."""
+
+        async def run(args: Any, ctx: CallContext) -> Any:
+            return await anyio.to_thread.run_sync(fn, kube, args, ctx)
+
+        return run
+
+    async def deploy(args: wl.DeployArgs, ctx: CallContext) -> wl.DeployResult:
+        report = ctx.report_progress
+
+        def progress(done: float, total: float | None, message: str | None) -> None:
+            if report is not None:
+                anyio.from_thread.run(report, done, total, message)
+
+        return await anyio.to_thread.run_sync(wl.deploy, kube, args, ctx, progress)
+
+    def ns(args: Any) -> str:
+        return str(args.namespace)
+
+    return [
+        ToolSpec(
+            name="list_workloads", description="Deployments in a namespace: replicas desired/ready, images, revision.",
+            args_model=wl.ListWorkloadsArgs, result_model=wl.ListWorkloadsResult, run=bind(wl.list_workloads),
+            namespace_of=ns, open_world=True,
+        ),
+        ToolSpec(
+            name="rollout_status", description="One Deployment's rollout state and conditions.",
+            args_model=wl.RolloutStatusArgs, result_model=wl.RolloutStatusResult, run=bind(wl.rollout_status),
+            namespace_of=ns, open_world=True,
+        ),
+        ToolSpec(
+            name="rollout_history", description="A Deployment's revisions with change-cause and images.",
+            args_model=wl.RolloutHistoryArgs, result_model=wl.RolloutHistoryResult, run=bind(wl.rollout_history),
+            namespace_of=ns, open_world=True,
+        ),
+        ToolSpec(
+            name="deploy",
+            description="Create or update a Deployment. dry_run: server-side dry run and a diff, nothing stored; "
+            "wait: follow the rollout with progress.",
+            args_model=wl.DeployArgs, result_model=wl.DeployResult, run=deploy, verb="write",
+            destructive=True, idempotent=True, open_world=True, namespace_of=ns,
+            bound_attrs=lambda a: {"replicas": a.replicas, "image": a.image},
+        ),
+        ToolSpec(
+            name="scale", description="Set a Deployment's replicas (scale subresource); dry_run supported.",
+            args_model=wl.ScaleArgs, result_model=wl.ScaleResult, run=bind(wl.scale), verb="write",
+            destructive=True, idempotent=True, open_world=True, namespace_of=ns,
+            bound_attrs=lambda a: {"replicas": a.replicas},
+        ),
+        ToolSpec(
+            name="rollback",
+            description="Roll a Deployment back to the previous or a given revision (kubectl rollout undo).",
+            args_model=wl.RollbackArgs, result_model=wl.RollbackResult, run=bind(wl.rollback), verb="write",
+            destructive=True, idempotent=False, open_world=True, namespace_of=ns,
+        ),
+    ]
+
+
+def build_tools(settings: Settings, kube: Kube) -> list[ToolSpec[Any, Any]]:
     """Tools that need configuration but not the gate itself."""
     store = ModelStore(settings.models or MODELS_DIR_DEFAULT)
-    return inference_tools(store)
+    return [*inference_tools(store), *workload_tools(kube)]

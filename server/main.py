@@ -22,6 +22,7 @@ from opsgate.policies.engine import Policy, PolicyError
 from . import __version__
 from .access import ACCESS_TOOLS, access_tools
 from .catalog import build_tools
+from .cluster import Cluster, describe_cluster, open_cluster
 from .config import Settings
 from .gate import Gate
 from .identity import resolve_identity
@@ -52,7 +53,7 @@ def load_policy(settings: Settings, known_tools: list[str]) -> Policy:
         raise StartupError(f"policy does not load: {exc}") from exc
 
 
-def build_gate(settings: Settings) -> Gate:
+def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
     try:
         identity = resolve_identity(settings.principal)
     except ValueError as exc:
@@ -65,16 +66,21 @@ def build_gate(settings: Settings) -> Gate:
         client_version=None,
         session_id=uuid.uuid4().hex,
     )
-    specs = build_tools(settings)
-    policy = load_policy(settings, [*ACCESS_TOOLS, *(s.name for s in specs)])
-    audit = open_audit_log(settings.audit_log)
+    cluster = open_cluster(settings)
+    try:
+        specs = build_tools(settings, cluster.kube)
+        policy = load_policy(settings, [*ACCESS_TOOLS, *(s.name for s in specs)])
+        audit = open_audit_log(settings.audit_log)
+    except BaseException:
+        cluster.close()
+        raise
     gate = Gate(policy=policy, audit=audit, caller=caller, read_only=settings.read_only)
-    gate.register(access_tools(gate))
+    gate.register(access_tools(gate, cluster.describe()))
     gate.register(specs)
-    return gate
+    return gate, cluster
 
 
-def banner(gate: Gate, settings: Settings) -> str:
+def banner(gate: Gate, cluster: Cluster, settings: Settings) -> str:
     """For a person at a terminal: what this is and how to use it; an IDE never sees it."""
     exe = Path(sys.argv[0]).resolve() if sys.argv[0] else "opsgate"
     return "\n".join(
@@ -83,6 +89,7 @@ def banner(gate: Gate, settings: Settings) -> str:
             f"  principal  {gate.caller.principal} ({gate.caller.principal_source})",
             f"  policy     {', '.join(str(s) for s in gate.policy.sources)} (sha256 {gate.policy.hash[:12]})",
             f"  audit log  {settings.audit_log}",
+            f"  cluster    {describe_cluster(cluster)}",
             f"  tools      {', '.join(gate.tool_names)}",
             "It waits for an MCP client. Connect one by adding to its mcpServers config:",
             f'  "opsgate": {{"command": "{exe}", "args": ["serve"]}}',
@@ -93,7 +100,11 @@ def banner(gate: Gate, settings: Settings) -> str:
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
-    gate = build_gate(settings)
+    gate, cluster = build_gate(settings)
+    if cluster.sandbox is not None:
+        log.warning("sandbox_cluster", server=cluster.sandbox.url,
+                    message="no kubeconfig found: the Kubernetes tools use the built-in sandbox cluster, "
+                    "in memory, not a real cluster")
     from .app import build_server  # the SDK import is the slow part of start-up
 
     server = build_server(gate, version=__version__)
@@ -106,7 +117,7 @@ def serve(settings: Settings) -> None:
     except AuditWriteError as exc:
         raise StartupError(f"audit log {settings.audit_log} cannot be written ({exc}); refusing to serve") from exc
     if sys.stdin.isatty():
-        print(banner(gate, settings), file=sys.stderr, flush=True)
+        print(banner(gate, cluster, settings), file=sys.stderr, flush=True)
     log.info("serving", transport="stdio", principal=gate.caller.principal, audit_log=str(settings.audit_log),
              policy_hash=gate.policy.hash, tools=len(gate.tool_names))
 
@@ -127,4 +138,5 @@ def serve(settings: Settings) -> None:
         except AuditWriteError as exc:
             log.error("audit_write_failed", stage="stop", error=str(exc))
         gate.audit.close()
+        cluster.close()
         log.info("stopped")

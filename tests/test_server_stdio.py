@@ -18,7 +18,10 @@ from tests.harness import serve, server_env, write_policy
 
 pytestmark = pytest.mark.anyio
 
-EXPECTED_TOOLS = {"whoami", "explain_access", "list_models", "infer"}
+EXPECTED_TOOLS = {
+    "whoami", "explain_access", "list_models", "infer",
+    "list_workloads", "rollout_status", "rollout_history", "deploy", "scale", "rollback",
+}
 BATCH = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
 

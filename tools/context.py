@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+ProgressFn = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
