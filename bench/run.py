@@ -15,7 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the other bench modules sit beside this one
 BATCH1 = {"features": [[5.1, 3.5, 1.4, 0.2]]}
 ROWS: list[tuple[str, str, str, str]] = []  # figure, value, floor, target
 
@@ -132,9 +133,6 @@ async def gate_overhead(tmp: Path, n: int) -> tuple[list[float], list[float]]:
     return gated, direct
 
 
-EXTRA: list[Callable[[Path], Any]] = []  # later issues add their benchmarks here
-
-
 async def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -168,8 +166,9 @@ async def main() -> None:
             f"{statistics.median(gated) - statistics.median(direct):.3f} ms",
             f"{statistics.median(direct) * 1000:.1f} us direct")
         row("gate overhead per call p95", f"{pct(gated, 0.95):.3f} ms")
-        for extra in EXTRA:
-            await extra(tmp)
+        from deployments_bench import run as deployments
+
+        await deployments(tmp, row, session, opsgate_args)
     write_results()
 
 

@@ -4,34 +4,47 @@ only through ``Gate.register``; this module just builds the specs."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from opsgate.tools import workloads as wl
 from opsgate.tools.context import CallContext
-from opsgate.tools.inference import (
+from opsgate.tools.kube import Kube
+from opsgate.tools.tensors import (
     MODELS_DIR_DEFAULT,
     InferArgs,
     InferResult,
     ListModelsArgs,
     ListModelsResult,
-    ModelStore,
     TensorSpec,
 )
-from opsgate.tools.kube import Kube
 
 from .config import Settings
+
+if TYPE_CHECKING:
+    from opsgate.tools.inference import ModelStore
 from .toolspec import ToolSpec
 
 
-def inference_tools(store: ModelStore) -> list[ToolSpec[Any, Any]]:
+def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
+    stores: list[ModelStore] = []
+
+    def store() -> ModelStore:
+        """Built on first use: numpy and the model folder are not needed to start serving."""
+        if not stores:
+            from opsgate.tools.inference import ModelStore
+
+            stores.append(ModelStore(folder))
+        return stores[0]
+
     async def list_models(_: ListModelsArgs, ctx: CallContext) -> ListModelsResult:
-        return await anyio.to_thread.run_sync(store.list_models)
+        return await anyio.to_thread.run_sync(lambda: store().list_models())
 
     async def infer(args: InferArgs, ctx: CallContext) -> InferResult:
         # onnxruntime releases the GIL; a worker thread keeps the event loop answering.
-        return await anyio.to_thread.run_sync(store.infer, args)
+        return await anyio.to_thread.run_sync(lambda: store().infer(args))
 
     def render_models(r: ListModelsResult) -> str:
         def sig(specs: list[TensorSpec]) -> str:
@@ -117,5 +130,4 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
 
 def build_tools(settings: Settings, kube: Kube) -> list[ToolSpec[Any, Any]]:
     """Tools that need configuration but not the gate itself."""
-    store = ModelStore(settings.models or MODELS_DIR_DEFAULT)
-    return [*inference_tools(store), *workload_tools(kube)]
+    return [*inference_tools(settings.models or MODELS_DIR_DEFAULT), *workload_tools(kube)]

@@ -63,17 +63,27 @@ class ToolSpec(Generic[A, R]):
 
 
 def _schema(model: type[BaseModel], drop: tuple[str, ...] = ("title",)) -> dict[str, Any]:
-    """Pydantic's schema minus annotations that cost bytes on every tools/list.
+    """Pydantic's schema, compacted: every byte here is paid on every tools/list.
 
-    Titles repeat field names; output descriptions are for people reading code,
-    while the assistant learns a result from the result itself.
+    Titles repeat field names; output descriptions are for people reading code
+    (the assistant learns a result from the result); ``anyOf [T, null]`` with a
+    ``null`` default says no more than ``type: [T, "null"]``.
     """
-    return _strip(model.model_json_schema(), drop)  # type: ignore[no-any-return]
+    return _compact(model.model_json_schema(), drop)  # type: ignore[no-any-return]
 
 
-def _strip(node: Any, drop: tuple[str, ...]) -> Any:
-    if isinstance(node, dict):
-        return {k: _strip(v, drop) for k, v in node.items() if not (k in drop and isinstance(v, str))}
+def _compact(node: Any, drop: tuple[str, ...]) -> Any:
     if isinstance(node, list):
-        return [_strip(v, drop) for v in node]
-    return node
+        return [_compact(v, drop) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _compact(v, drop) for k, v in node.items() if not (k in drop and isinstance(v, str))}
+    if "default" in out and out["default"] is None:
+        del out["default"]
+    options = out.get("anyOf")
+    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
+        other = options[0] if options[1] == {"type": "null"} else options[1]
+        if isinstance(other.get("type"), str):
+            del out["anyOf"]
+            out = {**other, **out, "type": [other["type"], "null"]}
+    return out
