@@ -32,8 +32,8 @@ class Served:
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A clean environment: no OPSGATE_* settings leak in from the developer's shell."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+    """A clean environment: no OPSGATE_* settings or KUBECONFIG leak in from the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_") and k != "KUBECONFIG"}
     env.update(extra or {})
     return env
 
