@@ -44,6 +44,10 @@ def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--write-kubeconfig", type=Path, help="write a kubeconfig for it here")
 
 
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub.add_parser("demo", help="watch an assistant's session against opsgate on the sandbox cluster (~10 s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="opsgate",
@@ -55,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_audit(sub)
     _add_sandbox(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -100,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "audit" and args.audit_command == "verify":
         return _audit_verify(args.path)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo()
     if args.command == "sandbox":
         from .logs import configure_logging
         from .sandbox import run_sandbox

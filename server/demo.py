@@ -1,0 +1,207 @@
+"""``opsgate demo``: a real MCP client session against ``opsgate serve``, narrated.
+
+Nothing here is staged: the server is a subprocess on the sandbox cluster, the
+client is the SDK's stdio client, every step is a real tool call through the gate,
+and the audit log verified at the end is the one this session wrote. A step whose
+capability is not built yet says so and is skipped; it is never faked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+PRINCIPAL = "demo"
+NS = "default"
+V1, V2 = "registry.example.com/shop/web:1.0", "registry.example.com/shop/web:2.0"
+
+
+@dataclass
+class Narrator:
+    out: TextIO
+    steps: int = 0
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def step(self, title: str) -> None:
+        self.steps += 1
+        self.say(f"\n[{self.steps}] {title}")
+
+    def call(self, tool: str, arguments: dict[str, Any]) -> None:
+        shown = json.dumps(arguments, separators=(", ", ": "))
+        self.say(f"  assistant -> {tool} {shown if len(shown) < 160 else shown[:157] + '...'}")
+
+    def result(self, text: str) -> None:
+        for line in text.splitlines()[:12]:
+            self.say(f"  opsgate   <- {line[:150]}")
+
+    def ok(self, note: str) -> None:
+        self.say(f"  ok: {note}")
+
+    def fail(self, title: str, note: str) -> None:
+        self.failed.append(title)
+        self.say(f"  FAILED: {note}")
+
+    def skip(self, title: str, why: str) -> None:
+        self.skipped.append(title)
+        self.say(f"  skipped: {why}")
+
+
+def _policy(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = files("opsgate.policies")
+    for name in ("model.conf", "policy.csv", "bounds.toml"):
+        (folder / name).write_text(shipped.joinpath(name).read_text())
+    with (folder / "policy.csv").open("a") as fh:
+        fh.write("\n# demo: the demo principal operates the default namespace only\n")
+        fh.write(f"g, {PRINCIPAL}, role:operator, {NS}\n")
+    return folder
+
+
+def _text(result: Any) -> str:
+    return "\n".join(getattr(c, "text", "") for c in result.content)
+
+
+async def _session(workdir: Path, narrator: Narrator) -> None:
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    audit_log = workdir / "audit.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_") and k != "KUBECONFIG"}
+    env["HOME"] = str(workdir)  # no ~/.kube/config here: the server uses its sandbox cluster
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "opsgate.server", "serve", "--principal", PRINCIPAL, "--policy", str(_policy(workdir / "policy")),
+              "--audit-log", str(audit_log), "--log-level", "warning"],
+        env=env,
+    )
+    with (workdir / "server.stderr").open("w") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+            init = await session.initialize()
+            narrator.say(f"connected to {init.server_info.name} {init.server_info.version} over stdio")
+
+            async def call(tool: str, arguments: dict[str, Any]) -> Any:
+                narrator.call(tool, arguments)
+                result = await session.call_tool(tool, arguments)
+                narrator.result(_text(result))
+                return result
+
+            for title, run in _steps(call, narrator):
+                narrator.step(title)
+                try:
+                    await run()
+                except Exception as exc:  # a broken step is reported, the demo goes on
+                    narrator.fail(title, f"{type(exc).__name__}: {exc}")
+    _audit_steps(audit_log, narrator)
+
+
+Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+def _steps(call: Call, n: Narrator) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+    def expect(title: str, cond: bool, note: str) -> None:
+        (n.ok if cond else (lambda msg: n.fail(title, msg)))(note)
+
+    async def whoami() -> None:
+        who = (await call("whoami", {})).structured_content
+        expect("whoami", who["principal"] == PRINCIPAL and who["cluster"]["sandbox"],
+               "the server knows who it acts for, and that this is the sandbox cluster")
+
+    async def denied() -> None:
+        r = await call("deploy", {"name": "web", "namespace": "kube-system", "image": V1})
+        error = r.structured_content["error"]
+        expect("denied", r.is_error and error["code"] == "denied",
+               f"refused by {error.get('decision', {}).get('source')}: the rule is named, and audited")
+
+    async def deploy_v1() -> None:
+        r = await call("deploy", {"name": "web", "namespace": NS, "image": V1, "replicas": 2, "wait": True})
+        expect("deploy v1", not r.is_error and r.structured_content["rollout"]["done"], "rolled out")
+
+    async def deploy_v2() -> None:
+        preview = await call("deploy", {"name": "web", "namespace": NS, "image": V2, "dry_run": True})
+        changes = preview.structured_content["changes"] if not preview.is_error else []
+        n.say(f"  the dry run would change: {', '.join(c['path'] for c in changes)}; nothing stored yet")
+        r = await call("deploy", {"name": "web", "namespace": NS, "image": V2, "wait": True})
+        expect("deploy v2", not r.is_error and r.structured_content["revision"] == 2, "revision 2 rolled out")
+
+    async def scale() -> None:
+        r = await call("scale", {"name": "web", "namespace": NS, "replicas": 3})
+        beyond = await call("scale", {"name": "web", "namespace": NS, "replicas": 50})
+        expect("scale", not r.is_error and beyond.is_error and "max_replicas" in _text(beyond),
+               "within the bound it scales; beyond it, the bound refuses")
+
+    async def rollback() -> None:
+        await call("rollout_history", {"name": "web", "namespace": NS})
+        r = await call("rollback", {"name": "web", "namespace": NS})
+        history = (await call("rollout_history", {"name": "web", "namespace": NS})).structured_content
+        expect("rollback", not r.is_error and [x["revision"] for x in history["revisions"]] == [2, 3],
+               "back on v1: its ReplicaSet is reused and renumbered to revision 3, as kubectl does")
+
+    async def inference() -> None:
+        await call("list_models", {})
+        r = await call("infer", {"model": "iris", "inputs": {"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}})
+        expect("inference", not r.is_error, "the shipped iris model ran locally with onnxruntime")
+
+    async def kserve() -> None:
+        n.skip("kserve", "KServe InferenceServices are not built yet (issue 4)")
+
+    return [
+        ("who am I, and what may I do?", whoami),
+        ("a denied action, and the rule that denied it", denied),
+        ("deploy v1 and wait for the rollout", deploy_v1),
+        ("deploy v2, with a dry-run diff first", deploy_v2),
+        ("scale within the policy bound, then beyond it", scale),
+        ("roll back, with the history", rollback),
+        ("local inference on the shipped model", inference),
+        ("KServe: deploy an InferenceService, call it, canary, roll back", kserve),
+    ]
+
+
+def _audit_steps(audit_log: Path, n: Narrator) -> None:
+    from opsgate.audit import verify_log
+
+    n.step("audit verify on this session's log")
+    report = verify_log(audit_log)
+    n.say(f"  $ opsgate audit verify {audit_log}")
+    if report.ok:
+        n.ok(f"{report.records} records, hash chain intact")
+    else:
+        n.fail("audit verify", f"line {report.first_bad_line}: {report.problem}")
+    n.step("what the security team reads: decisions and outcomes")
+    rows = [json.loads(line) for line in audit_log.read_bytes().split(b"\n") if line.strip()]
+    for r in rows:
+        if r["stage"] == "decision":
+            d = r["decision"]
+            n.say(f"  {r['seq']:>3} {r['principal']:<6} {r['tool']:<16} {r['namespace']:<12} {d['effect']:<7} "
+                  f"{(d.get('bound') or d.get('source') or '')[:60]}")
+        elif r["stage"] == "outcome":
+            n.say(f"  {r['seq']:>3} {'':<6} {r['tool']:<16} {'':<12} {r['outcome']['status']:<7} "
+                  f"{r['duration_ms']:.1f} ms")
+    n.ok("every call has its decision (with the rule) and its outcome, joined by call id")
+
+
+def run_demo(out: TextIO = sys.stdout) -> int:
+    narrator = Narrator(out)
+    started = time.monotonic()
+    narrator.say("opsgate demo: an AI assistant's session, played by the MCP stdio client, against")
+    narrator.say("`opsgate serve` on the built-in sandbox cluster. Every step is a real call through the gate.")
+    with tempfile.TemporaryDirectory(prefix="opsgate-demo-") as tmp:
+        anyio.run(_session, Path(tmp), narrator)
+    took = time.monotonic() - started
+    built = narrator.steps - len(narrator.skipped)
+    narrator.say(f"\n{built - len(narrator.failed)} of {built} built steps ok, {len(narrator.skipped)} skipped, "
+                 f"{took:.1f} s; the server and its sandbox have exited.")
+    return 1 if narrator.failed else 0
