@@ -48,9 +48,9 @@ def _direct_scale(apps: Any, n: int) -> list[float]:
     out = []
     for i in range(n):
         started = time.perf_counter()
-        apps.read_namespaced_deployment("web", NS, _preload_content=False).data
-        apps.patch_namespaced_deployment_scale("web", NS, {"spec": {"replicas": 2 + i % 2}},
-                                               _preload_content=False).data
+        json.loads(apps.read_namespaced_deployment("web", NS, _preload_content=False).data)
+        json.loads(apps.patch_namespaced_deployment_scale("web", NS, {"spec": {"replicas": 2 + i % 2}},
+                                                          _preload_content=False).data)
         out.append((time.perf_counter() - started) * 1000)
     return out
 
@@ -68,8 +68,8 @@ def _direct_rollback(apps: Any, n: int) -> list[float]:
         template = owned[-2]["spec"]["template"]
         template["metadata"]["labels"].pop("pod-template-hash", None)
         patch = [{"op": "replace", "path": "/spec/template", "value": template}]
-        apps.patch_namespaced_deployment("web", NS, patch, _preload_content=False).data  # a list: json-patch
-        apps.read_namespaced_deployment("web", NS, _preload_content=False).data
+        json.loads(apps.patch_namespaced_deployment("web", NS, patch, _preload_content=False).data)  # json-patch
+        json.loads(apps.read_namespaced_deployment("web", NS, _preload_content=False).data)
         out.append((time.perf_counter() - started) * 1000)
     return out
 
