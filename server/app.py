@@ -35,7 +35,7 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=gate.list_tools())
+        return types.ListToolsResult(tools=gate.list_tools(gate.caller.principal))
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams

@@ -28,7 +28,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--read-only", action="store_const", const=True, default=None,
                    help="refuse every tool that changes something")
+    p.add_argument("--disable-destructive", action="store_const", const=True, default=None,
+                   help="refuse and hide every tool marked destructive")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--policy-reload-seconds", type=float, help="poll interval for policy changes (0: off)")
 
 
 def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,7 +72,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     flags = {
         name: getattr(args, name)
-        for name in ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only", "log_level")
+        for name in ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only",
+                     "disable_destructive", "log_level", "policy_reload_seconds")
     }
     try:
         settings = load_settings(flags, config_file=args.config)

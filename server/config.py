@@ -45,6 +45,12 @@ class Settings(BaseModel):
     kubeconfig: Path | None = Field(default=None, description="Kubeconfig file.")
     context: str | None = Field(default=None, description="Kubeconfig context.")
     read_only: bool = Field(default=False, description="Refuse every tool that changes something.")
+    disable_destructive: bool = Field(
+        default=False, description="Refuse (and hide) every tool marked destructive; reads and safe writes stay."
+    )
+    policy_reload_seconds: float = Field(
+        default=2.0, ge=0, le=3600, description="How often to look for a changed policy; 0 turns reload off."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("principal")

@@ -95,6 +95,7 @@ class Gate:
         audit: AuditLog,
         caller: Caller,
         read_only: bool = False,
+        disable_destructive: bool = False,
     ) -> None:
         self._tools: dict[str, ToolSpec[Any, Any]] = {}
         self._listing: list[types.Tool] = []
@@ -102,6 +103,7 @@ class Gate:
         self.audit = audit
         self.caller = caller
         self.read_only = read_only
+        self.disable_destructive = disable_destructive
 
     def register(self, specs: Iterable[ToolSpec[Any, Any]]) -> None:
         """The only way a tool reaches a client: through this gate's list and call handlers."""
@@ -119,14 +121,34 @@ class Gate:
         spec = self._tools.get(tool)
         return spec.verb if spec else None
 
-    def list_tools(self) -> list[types.Tool]:
-        return list(self._listing)
+    def list_tools(self, principal: str | None = None) -> list[types.Tool]:
+        """What this principal may call somewhere: a tool it can never call is noise for the assistant."""
+        who = principal or self.caller.principal
+        return [tool for tool in self._listing if self._offered(self._tools[tool.name], who)]
+
+    def _offered(self, spec: ToolSpec[Any, Any], principal: str) -> bool:
+        if self.read_only and spec.verb == "write":
+            return False
+        if self.disable_destructive and spec.destructive:
+            return False
+        return any(self.decide(principal, ns, spec.name).allowed for ns in self._probe_namespaces(spec))
+
+    def _probe_namespaces(self, spec: ToolSpec[Any, Any]) -> list[str]:
+        """One concrete namespace per domain pattern the policy names: enough to find any allow."""
+        if not spec.namespaced:
+            return ["-"]
+        patterns = {rule.fields[-1] if rule.ptype == "g" else rule.fields[1] for rule in self.policy.rules}
+        names = {p.replace("*", "x") if p != "*" else "default" for p in patterns if p != "-"}
+        return sorted(names | {"default"})
 
     def decide(self, principal: str, namespace: str, tool: str) -> GateDecision:
         """The decision alone, for ``explain_access`` and for the call path."""
         verb = self.verb_of(tool) or "read"
         if self.read_only and verb == "write":
             return GateDecision(False, "denied: the server runs with --read-only; no tool may change anything")
+        spec = self._tools.get(tool)
+        if self.disable_destructive and spec is not None and spec.destructive:
+            return GateDecision(False, "denied: the server runs with --disable-destructive")
         try:
             return GateDecision.from_policy(self.policy.decide(principal, namespace, tool, verb))
         except Exception as exc:  # a policy that fails while deciding denies

@@ -28,6 +28,7 @@ from .gate import Gate
 from .identity import resolve_identity
 from .logs import configure_logging
 from .records import Caller, server_record
+from .reload import watch_policy
 
 log = structlog.get_logger("opsgate.server")
 
@@ -74,7 +75,8 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
     except BaseException:
         cluster.close()
         raise
-    gate = Gate(policy=policy, audit=audit, caller=caller, read_only=settings.read_only)
+    gate = Gate(policy=policy, audit=audit, caller=caller, read_only=settings.read_only,
+                disable_destructive=settings.disable_destructive)
     gate.register(access_tools(gate, cluster.describe()))
     gate.register(specs)
     return gate, cluster
@@ -124,8 +126,12 @@ def serve(settings: Settings) -> None:
     async def run() -> None:
         from mcp.server.stdio import stdio_server
 
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with anyio.create_task_group() as tasks:
+            if settings.policy_reload_seconds > 0:
+                tasks.start_soon(watch_policy, gate, settings.policy, gate.tool_names, settings.policy_reload_seconds)
+            async with stdio_server() as (read_stream, write_stream):
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+            tasks.cancel_scope.cancel()
 
     try:
         anyio.run(run)

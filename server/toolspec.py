@@ -47,6 +47,10 @@ class ToolSpec(Generic[A, R]):
     # The arguments policy bounds look at (replicas, image, ...); None when the tool has none.
     bound_attrs: Callable[[A], dict[str, Any]] | None = None
 
+    @property
+    def namespaced(self) -> bool:
+        return self.namespace_of is not _no_namespace
+
     def mcp_tool(self) -> types.Tool:
         return types.Tool(
             name=self.name,

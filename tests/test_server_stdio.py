@@ -18,10 +18,10 @@ from tests.harness import serve, server_env, write_policy
 
 pytestmark = pytest.mark.anyio
 
-EXPECTED_TOOLS = {
-    "whoami", "explain_access", "list_models", "infer",
-    "list_workloads", "rollout_status", "rollout_history", "deploy", "scale", "rollback",
-}
+READ_TOOLS = {"whoami", "explain_access", "list_models", "infer", "list_workloads", "rollout_status", "rollout_history"}
+WRITE_TOOLS = {"deploy", "scale", "rollback"}
+EXPECTED_TOOLS = READ_TOOLS | WRITE_TOOLS
+ADMIN_POLICY = ["g, root, role:admin, *"]
 BATCH = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
 
@@ -31,7 +31,8 @@ def structured_error(result: Any) -> dict[str, Any]:
 
 
 async def test_initialize_and_list_tools(tmp_path: Path) -> None:
-    async with serve(tmp_path, "--principal", "alice") as s:
+    policy = write_policy(tmp_path / "policy", [*ADMIN_POLICY, "p, role:admin, *, *, *, allow"])
+    async with serve(tmp_path, "--principal", "root", "--policy", str(policy)) as s:
         tools = (await s.session.list_tools()).tools
         assert {t.name for t in tools} == EXPECTED_TOOLS
         for tool in tools:
@@ -53,10 +54,33 @@ async def test_whoami_names_the_principal_and_its_grants(tmp_path: Path) -> None
         who = result.structured_content
         assert who["principal"] == "alice" and who["principal_source"] == "config"
         assert who["client"].startswith("mcp/")
-        assert set(who["tools"]) == EXPECTED_TOOLS
+        assert set(who["tools"]) == EXPECTED_TOOLS  # what the server has; tools/list shows what alice may call
         # The shipped default policy: everyone is a viewer, and viewers only read.
         assert who["grants"]
         assert all(g["verb"] == "read" for g in who["grants"] if g["effect"] == "allow")
+
+
+@pytest.mark.parametrize(
+    ("flags", "policy", "expected"),
+    [
+        ((), [], READ_TOOLS),  # the shipped policy: everyone is a viewer
+        (("--principal", "alice"), ["g, alice, role:operator, team-*"], EXPECTED_TOOLS),
+        (("--principal", "root", "--read-only"), ADMIN_POLICY, READ_TOOLS),
+        (("--principal", "root", "--disable-destructive"), ADMIN_POLICY, READ_TOOLS),
+        (("--principal", "carol"), ["p, carol, -, infer, read, allow"], {"infer"}),
+    ],
+)
+async def test_tools_list_shows_what_the_principal_may_call(
+    tmp_path: Path, flags: tuple[str, ...], policy: list[str], expected: set[str]
+) -> None:
+    from importlib.resources import files
+
+    shipped = [line for line in files("opsgate.policies").joinpath("policy.csv").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    rules = policy if policy and policy[0].startswith("p, carol") else [*shipped, *policy]
+    folder = write_policy(tmp_path / "policy", rules)
+    async with serve(tmp_path, "--policy", str(folder), *flags) as s:
+        assert {t.name for t in (await s.session.list_tools()).tools} == expected
 
 
 async def test_unnamed_principal_is_the_os_user_with_read_only_grants(tmp_path: Path) -> None:
@@ -165,8 +189,10 @@ async def test_bad_input_gets_a_structured_error_is_audited_and_server_goes_on(t
 
 async def test_every_listed_tool_goes_through_the_gate(tmp_path: Path) -> None:
     """Walk tools/list: every tool, called, leaves a decision record; none bypasses the gate."""
-    async with serve(tmp_path, "--principal", "alice") as s:
+    policy = write_policy(tmp_path / "policy", [*ADMIN_POLICY, "p, role:admin, *, *, *, allow"])
+    async with serve(tmp_path, "--principal", "root", "--policy", str(policy)) as s:
         tools = [t.name for t in (await s.session.list_tools()).tools]
+        assert set(tools) == EXPECTED_TOOLS
         call_ids = {}
         for name in tools:
             error = structured_error(await s.call(name, {"__probe__": 1}))

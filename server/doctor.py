@@ -1,0 +1,657 @@
+"""``opsgate doctor``: check the setup a user has, before an assistant finds out the hard way.
+
+Each check is isolated (one that fails, or crashes, never stops the others) and
+every step that touches the network is bounded by ``timeout``: it runs in a
+daemon thread that is abandoned when it overruns, so an unreachable cluster, a
+black-holed address or a hanging credential plugin costs at most ``timeout``
+seconds, never the user's patience. Nothing here prints and nothing is started:
+no sandbox, no server, no audit log is created. The CLI prints
+:func:`format_checks` and exits with :func:`doctor_exit_code`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.metadata
+import logging
+import os
+import platform
+import re
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+from . import __version__
+from .config import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from opsgate.policies.engine import Policy
+    from opsgate.tools.kube import Kube
+
+__all__ = [
+    "REQUIRED_PACKAGES",
+    "Check",
+    "Status",
+    "doctor_exit_code",
+    "format_checks",
+    "run_doctor",
+    "settings_error_check",
+]
+
+Status = Literal["ok", "warning", "error"]
+T = TypeVar("T")
+
+# Distribution names (pycasbin is imported as ``casbin``).
+REQUIRED_PACKAGES: Final = ("mcp", "kubernetes", "pydantic", "pycasbin", "structlog", "onnxruntime")
+MIN_PYTHON: Final = (3, 11)
+DEFAULT_NAMESPACE: Final = "default"
+SA_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+# What the Deployment tools call (tools/workloads.py), as (resource, verbs) in group apps/v1.
+NEEDED_VERBS: Final[dict[str, tuple[str, ...]]] = {
+    "deployments": ("get", "list", "create", "patch"),
+    "deployments/scale": ("get", "patch"),
+    "replicasets": ("list",),
+}
+READ_VERBS: Final = frozenset({"get", "list"})
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the doctor's table; ``fix`` says what to do when ``status`` is not ok."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+class _StepTimeout(Exception):
+    pass
+
+
+def _bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """Run ``fn`` in a daemon thread and give up after ``timeout`` s.
+
+    Why a thread: a kubeconfig's exec credential plugin or a connect to a
+    black-holed address can block for minutes inside the client, and only
+    abandoning the thread bounds that from outside.
+    """
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:  # handed to the caller below
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name=f"opsgate-doctor-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise _StepTimeout(f"{what}: no answer within {timeout:g} s")
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _guarded(name: str, fn: Callable[[], list[Check]]) -> list[Check]:
+    """A check that crashes becomes an error row; the others still run."""
+    try:
+        return fn()
+    except Exception as exc:
+        return [Check(name, "error", f"the check itself failed: {type(exc).__name__}: {exc}",
+                      "this is a bug in opsgate doctor; please report it with this line")]
+
+
+def run_doctor(
+    settings: Settings,
+    *,
+    timeout: float = 3.0,
+    environ: Mapping[str, str] | None = None,
+    home: Path | None = None,
+) -> list[Check]:
+    """Every check, in the order a newcomer would fix things. ``environ``/``home`` default to this process's."""
+    env = os.environ if environ is None else environ
+    home_dir = Path.home() if home is None else home
+    checks: list[Check] = []
+    checks += _guarded("python", _check_python)
+    checks += _guarded("packages", _check_packages)
+    checks += _guarded("cluster", lambda: _check_cluster(settings, env, home_dir, timeout))
+    policy_holder: list[Policy] = []
+    checks += _guarded("policy", lambda: _check_policy(settings, policy_holder))
+    checks += _guarded("principal", lambda: _check_principal(settings, policy_holder))
+    checks += _guarded("audit log", lambda: _check_audit_log(settings.audit_log))
+    checks += _guarded("models", lambda: _check_models(settings.models))
+    return checks
+
+
+def settings_error_check(exc: SettingsError) -> Check:
+    """The row to show when the settings themselves do not load (so run_doctor cannot run)."""
+    return Check("settings", "error", str(exc),
+                 "fix or remove that setting (flag, OPSGATE_* variable or --config file); `opsgate serve` "
+                 "would stop with the same message")
+
+
+def doctor_exit_code(checks: Iterable[Check]) -> int:
+    """0 when everything is ok or only warned about, 1 when anything is an error."""
+    return 1 if any(c.status == "error" for c in checks) else 0
+
+
+def format_checks(checks: Sequence[Check], *, width: int = 110) -> str:
+    """An aligned table: status, check, detail, and for each row not ok a ``fix:`` line under it."""
+    name_w = max([len("check"), *(len(c.name) for c in checks)])
+    status_w = len("warning")
+    indent = " " * (status_w + 2 + name_w + 2)
+    text_w = max(40, width - len(indent))
+    lines = [f"{'status':<{status_w}}  {'check':<{name_w}}  detail",
+             f"{'-' * status_w}  {'-' * name_w}  {'-' * min(text_w, 40)}"]
+    for c in checks:
+        wrapped = _wrap(c.detail or "-", text_w)
+        lines.append(f"{c.status:<{status_w}}  {c.name:<{name_w}}  {wrapped[0]}")
+        lines.extend(indent + more for more in wrapped[1:])
+        if c.status != "ok" and c.fix:
+            lines.extend(indent + part for part in _wrap("fix: " + c.fix, text_w, subsequent="     "))
+    counts = {s: sum(1 for c in checks if c.status == s) for s in ("ok", "warning", "error")}
+    summary = ", ".join(f"{n} {s}{'s' if n != 1 and s != 'ok' else ''}" for s, n in counts.items())
+    lines.append("")
+    lines.append(f"{len(checks)} checks: {summary}")
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int, subsequent: str = "") -> list[str]:
+    out = textwrap.wrap(text, width, subsequent_indent=subsequent, break_long_words=False,
+                        break_on_hyphens=False)
+    return out or [""]
+
+
+# --------------------------------------------------------------------------- python and packages
+
+
+def _check_python() -> list[Check]:
+    version = platform.python_version()
+    detail = f"Python {version} at {sys.executable}; opsgate {__version__}"
+    if sys.version_info[:2] < MIN_PYTHON:
+        need = ".".join(map(str, MIN_PYTHON))
+        return [Check("python", "error", detail, f"opsgate needs Python {need} or newer: "
+                      f"create the venv with python{need} (python{need} -m venv .venv)")]
+    return [Check("python", "ok", detail)]
+
+
+def _declared_requirements() -> dict[str, str]:
+    """name -> version specifier as declared by the installed opsgate distribution (empty from a source tree)."""
+    try:
+        declared = importlib.metadata.requires("opsgate") or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    specs: dict[str, str] = {}
+    for line in declared:
+        if ";" in line:  # an extra's requirement (dev tools): not needed to serve
+            continue
+        match = re.match(r"\s*([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*(.*)", line)
+        if match:
+            specs[match.group(1).lower()] = match.group(2).strip().strip("()")
+    return specs
+
+
+def _satisfies(version: str, spec: str) -> bool | None:
+    """None when it cannot be told (``packaging`` missing or an odd version string)."""
+    if not spec:
+        return True
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import InvalidVersion
+    except ImportError:
+        return None
+    try:
+        return SpecifierSet(spec).contains(version, prereleases=True)
+    except (InvalidVersion, ValueError):
+        return None
+
+
+def _check_packages() -> list[Check]:
+    declared = _declared_requirements()
+    found: list[str] = []
+    missing: list[str] = []
+    outdated: list[str] = []
+    for name in REQUIRED_PACKAGES:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        found.append(f"{name} {version}")
+        spec = declared.get(name, "")
+        if _satisfies(version, spec) is False:
+            outdated.append(f"{name} {version} (needs {spec})")
+    detail = ", ".join(found) or "none found"
+    if missing or outdated:
+        problems = []
+        if missing:
+            problems.append(f"missing: {', '.join(missing)}")
+        if outdated:
+            problems.append(f"too old: {', '.join(outdated)}")
+        return [Check("packages", "error", "; ".join(problems) + f" (found {detail})",
+                      f"reinstall opsgate into this environment: {sys.executable} -m pip install --upgrade .")]
+    return [Check("packages", "ok", detail)]
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class _Target:
+    """Which cluster ``opsgate serve`` would use, found without any network call."""
+
+    source: str  # "kubeconfig" or "in-cluster"
+    kubeconfig: Path | None = None
+    origin: str = ""  # where the kubeconfig path came from
+    context: str | None = None
+    namespace: str = DEFAULT_NAMESPACE
+
+
+def _kubeconfig_origin(settings: Settings, environ: Mapping[str, str]) -> str:
+    if settings.kubeconfig is not None:
+        return "from --kubeconfig / OPSGATE_KUBECONFIG"
+    if environ.get("KUBECONFIG"):
+        return "from $KUBECONFIG"
+    return "the default ~/.kube/config"
+
+
+def _check_cluster(settings: Settings, environ: Mapping[str, str], home: Path, timeout: float) -> list[Check]:
+    """Which cluster, kubeconfig, context, API reachable, discovery, RBAC: each step needs the one before."""
+    from .cluster import find_kubeconfig
+
+    path = find_kubeconfig(settings, environ, home)
+    if path is None:
+        if environ.get("KUBERNETES_SERVICE_HOST"):
+            namespace = DEFAULT_NAMESPACE
+            with contextlib.suppress(OSError):
+                namespace = SA_NAMESPACE_FILE.read_text(encoding="utf-8").strip() or DEFAULT_NAMESPACE
+            in_cluster = _Target("in-cluster", namespace=namespace)
+            checks = [Check("cluster", "ok", f"in-cluster service account (namespace {namespace})")]
+            return checks + _check_api(in_cluster, timeout)
+        return [Check(
+            "cluster", "warning",
+            "no kubeconfig: `opsgate serve` would use the built-in sandbox (in memory, not a real cluster)",
+            "to use a real cluster, pass --kubeconfig (or set OPSGATE_KUBECONFIG or $KUBECONFIG), or create "
+            "~/.kube/config; the sandbox is fine for trying opsgate out",
+        )]
+    origin = _kubeconfig_origin(settings, environ)
+    checks = [Check("cluster", "ok", f"kubeconfig {path} ({origin})")]
+    target, more = _check_kubeconfig(settings, path, origin)
+    checks += more
+    if target is None:
+        return checks
+    return checks + _check_api(target, timeout)
+
+
+def _check_kubeconfig(settings: Settings, path: Path, origin: str) -> tuple[_Target | None, list[Check]]:
+    """The file parses and the context exists; no credential plugin runs here (that is the API step)."""
+    from kubernetes import config as k8s_config
+
+    try:
+        contexts, current = k8s_config.list_kube_config_contexts(config_file=str(path))  # type: ignore[no-untyped-call]
+    except Exception as exc:  # ConfigException, bad YAML, unreadable file
+        return None, [Check("kubeconfig", "error", f"{path} does not load: {exc}",
+                            f"check it with `kubectl config view --kubeconfig {path}`")]
+    names = [c.get("name") for c in contexts or [] if isinstance(c, dict)]
+    checks = [Check("kubeconfig", "ok", f"{path}: {len(names)} context(s)")]
+    wanted = settings.context
+    if wanted is None:
+        chosen = current if isinstance(current, dict) else None
+        if chosen is None:
+            checks.append(Check("context", "error", f"{path} has no current-context and no --context was given",
+                                f"pass --context (one of: {', '.join(map(str, names)) or 'none'}) or run "
+                                "`kubectl config use-context NAME`"))
+            return None, checks
+        how = "current-context"
+    else:
+        chosen = next((c for c in contexts or [] if isinstance(c, dict) and c.get("name") == wanted), None)
+        if chosen is None:
+            checks.append(Check("context", "error", f"context {wanted!r} is not in {path}",
+                                f"pass --context with one of: {', '.join(map(str, names)) or 'none'}"))
+            return None, checks
+        how = "from --context / OPSGATE_CONTEXT"
+    ctx = chosen.get("context") or {}
+    namespace = str(ctx.get("namespace") or DEFAULT_NAMESPACE)
+    name = str(chosen.get("name"))
+    checks.append(Check("context", "ok", f"{name} ({how}): cluster {ctx.get('cluster')}, user {ctx.get('user')}, "
+                                         f"namespace {namespace}"))
+    return _Target("kubeconfig", kubeconfig=path, origin=origin, context=name, namespace=namespace), checks
+
+
+def _reach_hint(target: _Target) -> str:
+    if target.kubeconfig is None:
+        return "`kubectl get --raw /version` from this pod"
+    return f"`kubectl --kubeconfig {target.kubeconfig} --context {target.context} get --raw /version`"
+
+
+def _short(message: str) -> str:
+    """Drop urllib3's object reprs ("<...HTTPConnection object at 0x7f..>: ") from a message."""
+    return re.sub(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*", "", message)
+
+
+def _check_api(target: _Target, timeout: float) -> list[Check]:
+    from kubernetes import client as k8s  # imported here, not in a bounded thread: imports take a lock
+
+    from opsgate.tools.errors import ToolError
+    from opsgate.tools.kube import ClusterUnreachable, Kube, KubeApiError, KubeTarget
+
+    kt = (KubeTarget(in_cluster=True) if target.source == "in-cluster"
+          else KubeTarget(kubeconfig=target.kubeconfig, context=target.context))
+    kube = Kube(kt, request_timeout=(timeout, timeout))
+    try:
+        try:
+            _bounded(kube.connect, timeout, "load the cluster credentials")
+        except (ToolError, _StepTimeout) as exc:
+            text = exc.message if isinstance(exc, ToolError) else f"{exc} (an exec credential plugin?)"
+            return [Check("credentials", "error", text,
+                          "check the user entry of the context (tokens, certificates, exec plugin); "
+                          f"{_reach_hint(target)} shows the same problem")]
+        server = kube.server
+        started = time.monotonic()
+        try:
+            version = _bounded(lambda: kube.call(k8s.VersionApi(kube.connect()).get_code,
+                                                 what="GET /version"), timeout, "GET /version")
+        except (ClusterUnreachable, _StepTimeout) as exc:
+            why = _short(exc.message) if isinstance(exc, ClusterUnreachable) else (
+                f"the cluster at {server} did not answer GET /version within {timeout:g} s")
+            if isinstance(exc, ClusterUnreachable) and exc.rule == "tls":
+                return [Check("api", "error", why,
+                              f"the TLS connection to {server} failed: check the server address and the cluster's "
+                              f"certificate-authority in the kubeconfig; try {_reach_hint(target)}")]
+            return [Check("api", "error", why,
+                          f"is the cluster running (a local kind/minikube/k3d cluster may be stopped) and is {server} "
+                          f"the right address? Try {_reach_hint(target)}. Without a kubeconfig, `opsgate serve` uses "
+                          "the built-in sandbox instead")]
+        except KubeApiError as exc:
+            if exc.status == 401:
+                fix = "the credentials are refused: refresh them (log in again) or pick another --context"
+            elif exc.status == 403:
+                fix = "this identity may not even read /version: check its RBAC with the cluster admin"
+            else:
+                fix = f"{server} does not answer like a Kubernetes API server: check the server URL in the kubeconfig"
+            return [Check("api", "error", _short(exc.message), fix)]
+        elapsed = time.monotonic() - started
+        git = version.get("gitVersion") if isinstance(version, dict) else None
+        checks = [Check("api", "ok", f"{server} answered in {elapsed:.2f} s: Kubernetes {git or '?'}")]
+        discovery = _check_discovery(kube, timeout)
+        checks.append(discovery)
+        if discovery.status != "error":
+            checks.append(_check_rbac(kube, target.namespace, timeout))
+        return checks
+    finally:
+        kube.close()
+
+
+def _check_discovery(kube: Kube, timeout: float) -> Check:
+    from opsgate.tools.errors import ToolError
+
+    try:
+        listing = _bounded(lambda: kube.call(kube.apps.get_api_resources, what="discover apps/v1"), timeout,
+                           "GET /apis/apps/v1")
+    except (ToolError, _StepTimeout) as exc:
+        text = exc.message if isinstance(exc, ToolError) else str(exc)
+        return Check("discovery", "error", _short(text),
+                     "the API does not serve apps/v1 to this identity: check the cluster version and the credentials")
+    served: dict[str, set[str]] = {}
+    for res in (listing.get("resources") or []) if isinstance(listing, dict) else []:
+        if isinstance(res, dict) and isinstance(res.get("name"), str):
+            served[res["name"]] = {str(v) for v in res.get("verbs") or []}
+    lacking = [f"{name} ({', '.join(v for v in verbs if v not in served.get(name, set()))})"
+               for name, verbs in NEEDED_VERBS.items() if not set(verbs) <= served.get(name, set())]
+    if lacking:
+        return Check("discovery", "error", f"/apis/apps/v1 does not offer: {'; '.join(lacking)}",
+                     "opsgate's Deployment tools need these resources and verbs; use a conformant Kubernetes API")
+    shown = "; ".join(f"{name} {', '.join(verbs)}" for name, verbs in NEEDED_VERBS.items())
+    return Check("discovery", "ok", f"apps/v1 serves {shown}")
+
+
+def _access_review(namespace: str, resource: str, verb: str) -> dict[str, Any]:
+    name, _, sub = resource.partition("/")
+    attrs: dict[str, str] = {"namespace": namespace, "verb": verb, "group": "apps", "resource": name}
+    if sub:
+        attrs["subresource"] = sub
+    return {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": attrs}}
+
+
+def _check_rbac(kube: Kube, namespace: str, timeout: float) -> Check:
+    """Ask the API (SelfSubjectAccessReview) whether this identity may do what the tools do."""
+    from kubernetes import client as k8s
+
+    from opsgate.tools.errors import ToolError
+    from opsgate.tools.kube import KubeApiError
+
+    authz = k8s.AuthorizationV1Api(kube.connect())
+    asks = [(res, verb) for res, verbs in NEEDED_VERBS.items() for verb in verbs]
+
+    def review_all() -> list[tuple[str, str, dict[str, Any]]]:
+        return [(res, verb, kube.call(authz.create_self_subject_access_review, _access_review(namespace, res, verb),
+                                      what=f"review {verb} {res}"))
+                for res, verb in asks]
+
+    try:
+        answers = _bounded(review_all, timeout, "SelfSubjectAccessReview")
+    except KubeApiError as exc:
+        if exc.status in (404, 405):
+            return Check("rbac", "warning",
+                         "not checked: the API does not serve SelfSubjectAccessReview (the sandbox does not)",
+                         "on a real cluster, check with `kubectl auth can-i --list -n " + namespace + "`")
+        return Check("rbac", "error", f"the access review was refused: {_short(exc.message)}",
+                     f"check with `kubectl auth can-i --list -n {namespace}`")
+    except (ToolError, _StepTimeout) as exc:
+        text = exc.message if isinstance(exc, ToolError) else str(exc)
+        return Check("rbac", "error", _short(text), f"check with `kubectl auth can-i --list -n {namespace}`")
+    denied = [(res, verb) for res, verb, ans in answers
+              if not (isinstance(ans, dict) and (ans.get("status") or {}).get("allowed") is True)]
+    if not denied:
+        return Check("rbac", "ok", f"the cluster identity may {_verbs(asks)} in namespace {namespace}")
+    reads = [d for d in denied if d[1] in READ_VERBS]
+    status: Status = "error" if reads else "warning"
+    what = "read" if reads else "change"
+    role = "; ".join(f"{res}: {', '.join(v for r, v in denied if r == res)}"
+                     for res in dict.fromkeys(r for r, _ in denied))
+    return Check("rbac", status,
+                 f"in namespace {namespace} the cluster identity may not {_verbs(denied)}, so opsgate cannot "
+                 f"{what} Deployments there (checked with SelfSubjectAccessReview)",
+                 f"ask a cluster admin for a Role in {namespace} granting (apps) {role}; verify with "
+                 f"`kubectl auth can-i {denied[0][1]} {denied[0][0]} -n {namespace}`")
+
+
+def _verbs(pairs: Sequence[tuple[str, str]]) -> str:
+    by_res: dict[str, list[str]] = {}
+    for res, verb in pairs:
+        by_res.setdefault(res, []).append(verb)
+    return "; ".join(f"{'/'.join(verbs)} {res}" for res, verbs in by_res.items())
+
+
+# --------------------------------------------------------------------------- policy and principal
+
+
+def _known_tools(settings: Settings) -> list[str] | None:
+    """The tool names the server would register, so the policy is checked as serve checks it."""
+    try:
+        from opsgate.tools.kube import Kube
+
+        from .access import ACCESS_TOOLS
+        from .catalog import build_tools
+
+        return [*ACCESS_TOOLS, *(spec.name for spec in build_tools(settings, Kube()))]
+    except Exception:
+        return None
+
+
+def _check_policy(settings: Settings, holder: list[Policy]) -> list[Check]:
+    from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy, PolicyError
+
+    known = _known_tools(settings)
+    try:
+        policy = Policy.default(known_tools=known) if settings.policy is None else Policy.load(
+            settings.policy, known_tools=known)
+    except PolicyError as exc:
+        where = f"{exc.path}:{exc.line}" if exc.line is not None else str(exc.path)
+        return [Check("policy", "error", str(exc),
+                      f"edit {where}; `opsgate serve` refuses to start until the policy loads")]
+    holder.append(policy)
+    sources = ", ".join(str(s) for s in policy.sources)
+    which = "shipped" if settings.policy is None else "from --policy"
+    checks = [Check("policy", "ok", f"{which}: {sources}; {len(policy.rules)} rules, sha256 {policy.hash[:12]}")]
+    lint = _lint(policy, settings.policy or SHIPPED_DIR / POLICY_FILE)
+    if lint is not None:
+        checks.append(lint)
+    return checks
+
+
+def _lint(policy: Policy, load_path: Path) -> Check | None:
+    """``opsgate.policies.lint`` findings, when that module exists (it may not in this version).
+
+    Its API is looked up, not assumed: ``lint_policy`` or ``lint``, given the loaded Policy, or failing
+    that the path it was loaded from; the findings are the result (or its ``findings``) as a list.
+    """
+    try:
+        module = importlib.import_module("opsgate.policies.lint")
+    except ModuleNotFoundError:
+        return None
+    fn = next((getattr(module, n) for n in ("lint_policy", "lint") if callable(getattr(module, n, None))), None)
+    if fn is None:
+        return Check("policy lint", "warning", "opsgate.policies.lint has no lint_policy() or lint()",
+                     "run `opsgate policy check` instead")
+    try:
+        try:
+            result = fn(policy)
+        except (TypeError, AttributeError):
+            result = fn(load_path)
+        findings = getattr(result, "findings", result)
+        items = list(findings)
+    except Exception as exc:
+        return Check("policy lint", "warning", f"the lint could not run here: {type(exc).__name__}: {exc}",
+                     "run `opsgate policy check` instead")
+    if not items:
+        return Check("policy lint", "ok", "no findings")
+    return Check("policy lint", "warning", f"{len(items)} finding(s); the first: {items[0]}",
+                 "run `opsgate policy check` to see them all")
+
+
+def _check_principal(settings: Settings, holder: list[Policy]) -> list[Check]:
+    from .identity import resolve_identity
+
+    try:
+        identity = resolve_identity(settings.principal)
+    except ValueError as exc:
+        return [Check("principal", "error", f"the OS user cannot be a principal: {exc}",
+                      "pass --principal NAME (or set OPSGATE_PRINCIPAL)")]
+    source = "from --principal / OPSGATE_PRINCIPAL" if identity.source == "config" else "the OS user"
+    detail = f"{identity.principal} ({source})"
+    if holder:
+        assigned = [f"{r.fields[1]} in {r.fields[2]}" for r in holder[0].rules
+                    if r.ptype == "g" and r.fields[0] == identity.principal]
+        direct = sum(1 for r in holder[0].rules if r.ptype == "p" and r.fields[0] == identity.principal)
+        if assigned or direct:
+            detail += "; the policy assigns it " + ", ".join(assigned or ["no role"])
+            detail += f" and {direct} rule(s) by name" if direct else ""
+        else:
+            detail += ("; no role is assigned to it in the policy, so it has only role:everyone's grants "
+                       f"(to grant one: g, {identity.principal}, role:operator, NAMESPACE)")
+    return [Check("principal", "ok", detail)]
+
+
+# --------------------------------------------------------------------------- audit log
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path(path.anchor or ".")
+
+
+def _check_audit_log(path: Path) -> list[Check]:
+    """Writable without creating it; if it exists, its chain verifies."""
+    from opsgate.audit import verify_log
+
+    path = path.expanduser()
+    if path.exists():
+        if not path.is_file():
+            return [Check("audit log", "error", f"{path} exists but is not a file",
+                          "pass --audit-log with a file path")]
+        try:
+            with path.open("ab"):
+                pass
+        except OSError as exc:
+            return [Check("audit log", "error", f"{path} cannot be opened for appending: {exc.strerror or exc}",
+                          "fix its permissions or pass --audit-log with a writable path; `opsgate serve` refuses "
+                          "to start without a writable log")]
+        checks = [Check("audit log", "ok", f"{path} is writable ({path.stat().st_size} bytes)")]
+        try:
+            report = verify_log(path)
+        except OSError as exc:
+            return [*checks, Check("audit chain", "error", f"cannot read {path}: {exc.strerror or exc}",
+                                   "fix its permissions")]
+        if report.ok:
+            checks.append(Check("audit chain", "ok", f"{report.records} records, chain intact"))
+        else:
+            checks.append(Check(
+                "audit chain", "error",
+                f"{path} line {report.first_bad_line}: {report.problem}: {report.detail or ''}".rstrip(": "),
+                "the log was changed or damaged after it was written: keep it for review, "
+                "and point --audit-log at a new file to start a new chain",
+            ))
+        return checks
+    existing = _nearest_existing(path)
+    if not existing.is_dir():
+        return [Check("audit log", "error", f"{path} cannot be created: {existing} is not a folder",
+                      "pass --audit-log with a path inside a folder you can write")]
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return [Check("audit log", "error", f"{path} cannot be created: {existing} is not writable",
+                      "pass --audit-log with a path inside a folder you can write")]
+    made = "" if existing == path.parent else f" (with its folders under {existing})"
+    return [Check("audit log", "ok", f"{path} will be created on first start{made}"),
+            Check("audit chain", "ok", "no log yet: nothing to verify")]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _check_models(folder: Path | None) -> list[Check]:
+    from opsgate.tools.inference import ModelStore
+    from opsgate.tools.tensors import MODELS_DIR_DEFAULT
+
+    path = folder if folder is not None else MODELS_DIR_DEFAULT
+    which = "shipped" if folder is None else "from --models"
+    if not path.is_dir():
+        return [Check("models", "error", f"{path} is not a folder", "pass --models with a folder of *.onnx files")]
+    # ModelStore logs each model it skips; collect those (this also keeps them off stderr).
+    logger = logging.getLogger("opsgate.tools.inference")
+    collect = _Collect()
+    logger.addHandler(collect)
+    try:
+        listed = ModelStore(path).list_models().models
+    finally:
+        logger.removeHandler(collect)
+    names = ", ".join(m.name for m in listed)
+    if collect.messages:
+        return [Check("models", "warning", f"{which} {path}: {len(listed)} loaded ({names or 'none'}); "
+                      + "; ".join(collect.messages),
+                      "replace or remove the files that do not load (onnx.checker.check_model tells why)")]
+    if not listed:
+        return [Check("models", "warning", f"{which} {path}: no *.onnx models",
+                      "put NAME.onnx files there or pass --models; infer and list_models will have nothing to offer")]
+    return [Check("models", "ok", f"{which} {path}: {len(listed)} model(s): {names}")]
