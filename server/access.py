@@ -6,9 +6,12 @@ gate's own state (identity, policy, mode); they still run through the gate.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from opsgate.tools.context import CallContext
@@ -18,7 +21,10 @@ from .toolspec import ToolSpec
 if TYPE_CHECKING:
     from .gate import Gate
 
-ACCESS_TOOLS = ("whoami", "explain_access")
+ACCESS_TOOLS = ("whoami", "explain_access", "audit_log")
+OWN_RECORDS_URI = "opsgate://audit/mine"
+# How far back from the end of the live log the resource looks: recent means recent, and reads stay cheap.
+TAIL_BYTES = 1 << 20
 NAMESPACE_PATTERN = r"^(-|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$"
 
 
@@ -70,6 +76,33 @@ class ExplainAccessResult(BaseModel):
     policy_hash: str | None = None
 
 
+class OwnRecordsArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class OwnRecordsResult(BaseModel):
+    principal: str
+    records: list[dict[str, Any]] = Field(description="newest last; decision and outcome records of this principal")
+
+
+def own_records(path: Path, principal: str, limit: int) -> list[dict[str, Any]]:
+    """The principal's own recent records, from the tail of the live log; a torn or foreign line is skipped."""
+    with path.open("rb") as fh:
+        size = fh.seek(0, 2)
+        fh.seek(max(0, size - TAIL_BYTES))
+        lines = fh.read().split(b"\n")[1 if size > TAIL_BYTES else 0:]
+    mine: list[dict[str, Any]] = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("principal") == principal and "call_id" in record:
+            mine.append(record)
+    return mine[-limit:]
+
+
 def access_tools(gate: Gate, cluster: Mapping[str, Any] | None = None) -> list[ToolSpec[Any, Any]]:
     async def whoami(_: WhoamiArgs, ctx: CallContext) -> WhoamiResult:
         caller = gate.caller
@@ -108,6 +141,10 @@ def access_tools(gate: Gate, cluster: Mapping[str, Any] | None = None) -> list[T
             rule=d.rule, source=d.source, policy_hash=d.policy_hash,
         )
 
+    async def audit_log(args: OwnRecordsArgs, ctx: CallContext) -> OwnRecordsResult:
+        records = await anyio.to_thread.run_sync(own_records, gate.audit.path, ctx.principal, args.limit)
+        return OwnRecordsResult(principal=ctx.principal, records=records)
+
     def render_whoami(r: WhoamiResult) -> str:
         lines = [f"principal {r.principal} ({r.principal_source}); read_only={r.read_only}"]
         if r.cluster is not None:
@@ -129,6 +166,11 @@ def access_tools(gate: Gate, cluster: Mapping[str, Any] | None = None) -> list[T
             description="Would a call to this tool in this namespace be allowed, and by which policy rule?",
             args_model=ExplainAccessArgs, result_model=ExplainAccessResult, run=explain_access,
             render=render_explain,
+        ),
+        ToolSpec(
+            name="audit_log",
+            description="Your own recent audit records (decisions and outcomes), newest last.",
+            args_model=OwnRecordsArgs, result_model=OwnRecordsResult, run=audit_log, route="resource",
         ),
     ]
     return specs

@@ -7,14 +7,17 @@ be audited. Here ``tools/list`` and ``tools/call`` belong to the gate alone.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPError
 
 from opsgate.tools.context import ProgressFn
 
+from .access import OWN_RECORDS_URI
 from .gate import Gate
 
 INSTRUCTIONS = (
@@ -44,10 +47,37 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
         progress: ProgressFn = ctx.session.report_progress
         return await gate.call(params.name, params.arguments, caller, progress)
 
+    async def list_resources(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        if not gate.decide(gate.caller.principal, "-", "audit_log").allowed:
+            return types.ListResourcesResult(resources=[])
+        return types.ListResourcesResult(resources=[
+            types.Resource(uri=OWN_RECORDS_URI, name="my-audit-records", mime_type="application/json",
+                           description="Your own recent audit records: what you asked, what was decided, how it ended"),
+        ])
+
+    async def read_resource(
+        ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult:
+        """Through the gate like a tool call: decided, audited, and refused when the policy says so."""
+        if str(params.uri) != OWN_RECORDS_URI:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"no resource {params.uri}")
+        result = await gate.call("audit_log", {}, gate.with_client(*_client_of(ctx)), route="resource")
+        if result.is_error:
+            error = (result.structured_content or {}).get("error", {})
+            raise MCPError(code=types.INVALID_REQUEST, message=str(error.get("message", "refused")), data=error)
+        text = json.dumps(result.structured_content, separators=(",", ":"))
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=OWN_RECORDS_URI, text=text, mime_type="application/json")]
+        )
+
     return Server(
         "opsgate",
         version=version,
         instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_read_resource=read_resource,
     )

@@ -111,10 +111,16 @@ class Gate:
             if spec.name in self._tools:
                 raise ValueError(f"tool {spec.name!r} registered twice")
             self._tools[spec.name] = spec
-            self._listing.append(spec.mcp_tool())
+            if spec.route == "tool":
+                self._listing.append(spec.mcp_tool())
 
     @property
     def tool_names(self) -> list[str]:
+        return [name for name, spec in self._tools.items() if spec.route == "tool"]
+
+    @property
+    def policy_objects(self) -> list[str]:
+        """Every name a policy may grant: tools and gated resources."""
         return list(self._tools)
 
     def verb_of(self, tool: str) -> str | None:
@@ -180,6 +186,7 @@ class Gate:
         arguments: Mapping[str, Any] | None,
         caller: Caller,
         progress: ProgressFn | None = None,
+        route: str = "tool",
     ) -> types.CallToolResult:
         call_id = uuid.uuid4().hex
         started = time.perf_counter()
@@ -187,8 +194,8 @@ class Gate:
         raw: Any = dict(arguments) if arguments is not None else {}
 
         spec = self._tools.get(name)
-        if spec is None:
-            errors = [{"field": "name", "rule": "unknown-tool", "message": f"no tool named {name!r}"}]
+        if spec is None or spec.route != route:
+            errors = [{"field": "name", "rule": "unknown-tool", "message": f"no {route} named {name!r}"}]
             return self._invalid(call_id, caller, name, raw, errors, bound)
         try:
             args = spec.args_model.model_validate(raw)

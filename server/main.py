@@ -128,7 +128,8 @@ def serve(settings: Settings) -> None:
 
         async with anyio.create_task_group() as tasks:
             if settings.policy_reload_seconds > 0:
-                tasks.start_soon(watch_policy, gate, settings.policy, gate.tool_names, settings.policy_reload_seconds)
+                tasks.start_soon(watch_policy, gate, settings.policy, gate.policy_objects,
+                                 settings.policy_reload_seconds)
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             tasks.cancel_scope.cancel()

@@ -46,6 +46,8 @@ class ToolSpec(Generic[A, R]):
     render: Callable[[R], str] = field(default=_compact_json)
     # The arguments policy bounds look at (replicas, image, ...); None when the tool has none.
     bound_attrs: Callable[[A], dict[str, Any]] | None = None
+    # "resource": served as an MCP resource, not in tools/list nor callable by tools/call; still gated.
+    route: Literal["tool", "resource"] = "tool"
 
     @property
     def namespaced(self) -> bool:

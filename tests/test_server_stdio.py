@@ -300,3 +300,32 @@ def test_stdout_carries_only_json_rpc(tmp_path: Path) -> None:
     assert [json.loads(line)["id"] for line in lines] == [1, 2, 3, 4, 5]
     for line in stderr_path.read_text().splitlines():
         assert isinstance(json.loads(line), dict), line
+
+
+async def test_own_audit_records_as_a_resource(tmp_path: Path) -> None:
+    async with serve(tmp_path, "--principal", "alice") as s:
+        await s.call("whoami")
+        resources = (await s.session.list_resources()).resources
+        assert [str(r.uri) for r in resources] == ["opsgate://audit/mine"]
+        read = await s.session.read_resource("opsgate://audit/mine")
+        body = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+        assert body["principal"] == "alice"
+        assert [r["tool"] for r in body["records"]][:2] == ["whoami", "whoami"]
+        assert all(r["principal"] == "alice" for r in body["records"])
+        # the read itself went through the gate
+        assert not any(t.name == "audit_log" for t in (await s.session.list_tools()).tools)
+        hidden = await s.call("audit_log", {})
+        assert hidden.is_error and structured_error(hidden)["errors"][0]["rule"] == "unknown-tool"
+    assert any(r.get("tool") == "audit_log" and r["stage"] == "decision" for r in s.records())
+
+
+async def test_own_audit_records_refused_when_the_policy_says_so(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path / "policy", [
+        "g, role:everyone, role:viewer, *", "p, role:viewer, *, *, read, allow", "p, bob, -, audit_log, read, deny",
+    ])
+    async with serve(tmp_path, "--principal", "bob", "--policy", str(policy)) as s:
+        assert (await s.session.list_resources()).resources == []
+        from mcp.shared.exceptions import MCPError
+
+        with pytest.raises(MCPError):
+            await s.session.read_resource("opsgate://audit/mine")
