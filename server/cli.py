@@ -17,8 +17,18 @@ def _err(message: str) -> None:
     print(f"opsgate: {message}", file=sys.stderr)
 
 
+SETTING_FLAGS = ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only",
+                 "disable_destructive", "log_level", "policy_reload_seconds")
+
+
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the MCP server over stdio (what an IDE starts)")
+    _add_setting_flags(p)
+    doctor = sub.add_parser("doctor", help="check this setup: versions, cluster, RBAC, policy, audit log, models")
+    _add_setting_flags(doctor)
+
+
+def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file with the settings below")
     p.add_argument("--principal", help="who the assistant acts for (default: the OS user)")
     p.add_argument("--policy", type=Path, help="Casbin policy folder (model.conf + *.csv) or .csv file")
@@ -49,6 +59,11 @@ def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub.add_parser("demo", help="watch an assistant's session against opsgate on the sandbox cluster (~10 s)")
+    c = sub.add_parser("config", help="print the MCP client configuration snippet for this installation")
+    c.add_argument("client", choices=["claude", "vscode", "cursor"])
+    c.add_argument("--principal")
+    c.add_argument("--policy", type=Path)
+    c.add_argument("--audit-log", type=Path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,15 +81,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    return {name: getattr(args, name) for name in SETTING_FLAGS}
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .config import SettingsError, load_settings
+    from .doctor import doctor_exit_code, format_checks, run_doctor, settings_error_check
+
+    try:
+        checks = run_doctor(load_settings(_flags(args), config_file=args.config))
+    except SettingsError as exc:
+        checks = [settings_error_check(exc)]
+    print(format_checks(checks))
+    return doctor_exit_code(checks)
+
+
+def _client_config(args: argparse.Namespace) -> int:
+    from .clientconfig import config_paths_hint, render_client_config
+
+    try:
+        text = render_client_config(args.client, principal=args.principal, policy=args.policy,
+                                    audit_log=args.audit_log)
+    except ValueError as exc:
+        _err(str(exc))
+        return EXIT_UNUSABLE
+    print(text)
+    print(config_paths_hint(args.client), file=sys.stderr)
+    return EXIT_OK
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .config import SettingsError, load_settings
     from .main import StartupError, serve
 
-    flags = {
-        name: getattr(args, name)
-        for name in ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only",
-                     "disable_destructive", "log_level", "policy_reload_seconds")
-    }
+    flags = _flags(args)
     try:
         settings = load_settings(flags, config_file=args.config)
     except SettingsError as exc:
@@ -109,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "audit" and args.audit_command == "verify":
         return _audit_verify(args.path)
+    if args.command == "doctor":
+        return _doctor(args)
+    if args.command == "config":
+        return _client_config(args)
     if args.command == "demo":
         from .demo import run_demo
 

@@ -60,6 +60,8 @@ NEEDED_VERBS: Final[dict[str, tuple[str, ...]]] = {
     "replicasets": ("list",),
 }
 READ_VERBS: Final = frozenset({"get", "list"})
+# All cluster steps together get this many times ``timeout``: 4.5 s at the default 3 s.
+CLUSTER_BUDGET: Final = 1.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,18 @@ def _bounded(fn: Callable[[], T], timeout: float, what: str) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+class _Budget:
+    """One deadline for the cluster steps, so several slow steps cannot add up past it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def step(self, timeout: float) -> float:
+        """The time the next step may take: ``timeout``, less if the deadline is nearer; 0 when it has passed."""
+        return max(0.0, min(timeout, self.deadline - time.monotonic()))
 
 
 def _guarded(name: str, fn: Callable[[], list[Check]]) -> list[Check]:
@@ -348,9 +362,10 @@ def _check_api(target: _Target, timeout: float) -> list[Check]:
     kt = (KubeTarget(in_cluster=True) if target.source == "in-cluster"
           else KubeTarget(kubeconfig=target.kubeconfig, context=target.context))
     kube = Kube(kt, request_timeout=(timeout, timeout))
+    budget = _Budget(timeout * CLUSTER_BUDGET)
     try:
         try:
-            _bounded(kube.connect, timeout, "load the cluster credentials")
+            _bounded(kube.connect, budget.step(timeout), "load the cluster credentials")
         except (ToolError, _StepTimeout) as exc:
             text = exc.message if isinstance(exc, ToolError) else f"{exc} (an exec credential plugin?)"
             return [Check("credentials", "error", text,
@@ -358,12 +373,13 @@ def _check_api(target: _Target, timeout: float) -> list[Check]:
                           f"{_reach_hint(target)} shows the same problem")]
         server = kube.server
         started = time.monotonic()
+        limit = budget.step(timeout)
         try:
             version = _bounded(lambda: kube.call(k8s.VersionApi(kube.connect()).get_code,
-                                                 what="GET /version"), timeout, "GET /version")
+                                                 what="GET /version"), limit, "GET /version")
         except (ClusterUnreachable, _StepTimeout) as exc:
             why = _short(exc.message) if isinstance(exc, ClusterUnreachable) else (
-                f"the cluster at {server} did not answer GET /version within {timeout:g} s")
+                f"the cluster at {server} did not answer GET /version within {limit:.2g} s")
             if isinstance(exc, ClusterUnreachable) and exc.rule == "tls":
                 return [Check("api", "error", why,
                               f"the TLS connection to {server} failed: check the server address and the cluster's "
@@ -383,20 +399,28 @@ def _check_api(target: _Target, timeout: float) -> list[Check]:
         elapsed = time.monotonic() - started
         git = version.get("gitVersion") if isinstance(version, dict) else None
         checks = [Check("api", "ok", f"{server} answered in {elapsed:.2f} s: Kubernetes {git or '?'}")]
-        discovery = _check_discovery(kube, timeout)
+        discovery = _check_discovery(kube, budget, timeout)
         checks.append(discovery)
         if discovery.status != "error":
-            checks.append(_check_rbac(kube, target.namespace, timeout))
+            checks.append(_check_rbac(kube, target.namespace, budget, timeout))
         return checks
     finally:
         kube.close()
 
 
-def _check_discovery(kube: Kube, timeout: float) -> Check:
+def _out_of_time(name: str, budget: _Budget) -> Check:
+    return Check(name, "error", f"not checked: the cluster answered too slowly (doctor gives it {budget.seconds:g} s)",
+                 "check the cluster's load and the network to it; pass a longer timeout to doctor")
+
+
+def _check_discovery(kube: Kube, budget: _Budget, timeout: float) -> Check:
     from opsgate.tools.errors import ToolError
 
+    limit = budget.step(timeout)
+    if limit <= 0:
+        return _out_of_time("discovery", budget)
     try:
-        listing = _bounded(lambda: kube.call(kube.apps.get_api_resources, what="discover apps/v1"), timeout,
+        listing = _bounded(lambda: kube.call(kube.apps.get_api_resources, what="discover apps/v1"), limit,
                            "GET /apis/apps/v1")
     except (ToolError, _StepTimeout) as exc:
         text = exc.message if isinstance(exc, ToolError) else str(exc)
@@ -424,7 +448,7 @@ def _access_review(namespace: str, resource: str, verb: str) -> dict[str, Any]:
             "spec": {"resourceAttributes": attrs}}
 
 
-def _check_rbac(kube: Kube, namespace: str, timeout: float) -> Check:
+def _check_rbac(kube: Kube, namespace: str, budget: _Budget, timeout: float) -> Check:
     """Ask the API (SelfSubjectAccessReview) whether this identity may do what the tools do."""
     from kubernetes import client as k8s
 
@@ -439,8 +463,11 @@ def _check_rbac(kube: Kube, namespace: str, timeout: float) -> Check:
                                       what=f"review {verb} {res}"))
                 for res, verb in asks]
 
+    limit = budget.step(timeout)
+    if limit <= 0:
+        return _out_of_time("rbac", budget)
     try:
-        answers = _bounded(review_all, timeout, "SelfSubjectAccessReview")
+        answers = _bounded(review_all, limit, "SelfSubjectAccessReview")
     except KubeApiError as exc:
         if exc.status in (404, 405):
             return Check("rbac", "warning",

@@ -71,3 +71,40 @@ def test_audit_verify_exit_codes_name_the_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "line 3" in proc.stdout
     assert _opsgate("audit", "verify", str(tmp_path / "missing.jsonl")).returncode == 2
+
+
+def test_doctor_reports_an_unreachable_cluster_and_a_broken_policy(tmp_path: Path) -> None:
+    import socket
+
+    from tests.harness import write_policy
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "x"}}],
+    }))
+    policy = write_policy(tmp_path / "policy", ["p, role:viewer, *, *, read, allow", "p, role:x, *, *, read, Deny"])
+    started = time.monotonic()
+    proc = _opsgate("doctor", "--kubeconfig", str(kubeconfig), "--policy", str(policy),
+                    "--audit-log", str(tmp_path / "a.jsonl"))
+    assert time.monotonic() - started < 5 + 3  # doctor's own bound is 5 s; the rest is interpreter start
+    assert proc.returncode == 1
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("error")]
+    assert any(f"127.0.0.1:{port}" in line for line in rows), proc.stdout
+    assert any("policy.csv:2" in line for line in proc.stdout.splitlines()), proc.stdout
+
+
+def test_config_prints_json_naming_an_executable_that_exists(tmp_path: Path) -> None:
+    for client in ("claude", "vscode", "cursor"):
+        proc = _opsgate("config", client, "--principal", "alice")
+        assert proc.returncode == 0, proc.stderr
+        snippet = json.loads(proc.stdout)
+        entry = (snippet.get("mcpServers") or snippet["servers"])["opsgate"]
+        assert Path(entry["command"]).is_absolute() and Path(entry["command"]).exists()
+        assert entry["args"][:3] == ["serve", "--principal", "alice"]
+    assert _opsgate("config", "claude", "--principal", "role:admin").returncode == 2
