@@ -14,8 +14,9 @@ def _commands() -> list[str]:
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
-    install, tests = _commands()[:2]
-    assert "opsgate serve" in install
-    assert "pytest" in tests
+    commands = _commands()
+    assert "pip install ." in commands[0] and "opsgate serve" in commands[0]
+    assert commands[1] == "opsgate demo"
+    tests = next(c for c in commands if "pytest" in c)
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests.strip() in ci
