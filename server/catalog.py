@@ -62,7 +62,7 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
             name="infer",
             description="Run a local ONNX model (onnxruntime). inputs: {input name: nested list of numbers} "
             "matching the model's signature from list_models.",
-            args_model=InferArgs, result_model=InferResult, run=infer,
+            args_model=InferArgs, result_model=InferResult, run=infer, object_kind="Model",
         ),
     ]
     return specs
@@ -93,37 +93,37 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
         ToolSpec(
             name="list_workloads", description="Deployments in a namespace: replicas desired/ready, images, revision.",
             args_model=wl.ListWorkloadsArgs, result_model=wl.ListWorkloadsResult, run=bind(wl.list_workloads),
-            namespace_of=ns, open_world=True,
+            namespace_of=ns, open_world=True, object_kind="Deployment",
         ),
         ToolSpec(
             name="rollout_status", description="One Deployment's rollout state and conditions.",
             args_model=wl.RolloutStatusArgs, result_model=wl.RolloutStatusResult, run=bind(wl.rollout_status),
-            namespace_of=ns, open_world=True,
+            namespace_of=ns, open_world=True, object_kind="Deployment",
         ),
         ToolSpec(
             name="rollout_history", description="A Deployment's revisions with change-cause and images.",
             args_model=wl.RolloutHistoryArgs, result_model=wl.RolloutHistoryResult, run=bind(wl.rollout_history),
-            namespace_of=ns, open_world=True,
+            namespace_of=ns, open_world=True, object_kind="Deployment",
         ),
         ToolSpec(
             name="deploy",
             description="Create or update a Deployment. dry_run: server-side dry run and a diff, nothing stored; "
             "wait: follow the rollout with progress.",
             args_model=wl.DeployArgs, result_model=wl.DeployResult, run=deploy, verb="write",
-            destructive=True, idempotent=True, open_world=True, namespace_of=ns,
+            destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             bound_attrs=lambda a: {"replicas": a.replicas, "image": a.image},
         ),
         ToolSpec(
             name="scale", description="Set a Deployment's replicas (scale subresource); dry_run supported.",
             args_model=wl.ScaleArgs, result_model=wl.ScaleResult, run=bind(wl.scale), verb="write",
-            destructive=True, idempotent=True, open_world=True, namespace_of=ns,
+            destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             bound_attrs=lambda a: {"replicas": a.replicas},
         ),
         ToolSpec(
             name="rollback",
             description="Roll a Deployment back to the previous or a given revision (kubectl rollout undo).",
             args_model=wl.RollbackArgs, result_model=wl.RollbackResult, run=bind(wl.rollback), verb="write",
-            destructive=True, idempotent=False, open_world=True, namespace_of=ns,
+            destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
         ),
     ]
 

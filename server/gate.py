@@ -208,7 +208,7 @@ class Gate:
             decision = self.apply_bounds(decision, spec.bound_attrs(args))
         record = decision_record(
             call_id=call_id, caller=caller, tool=name, verb=spec.verb, namespace=namespace,
-            arguments=args.model_dump(mode="json"), decision=decision.record(),
+            arguments=args.model_dump(mode="json"), decision=decision.record(), object_ref=spec.object_ref(args),
         )
         if not self._append(record, bound):
             return self._audit_refusal(call_id)
@@ -235,7 +235,9 @@ class Gate:
         try:
             result = await spec.run(args, context)
         except ToolError as exc:
-            error = {"code": exc.code, "message": exc.message, "field": exc.field, "rule": exc.rule}
+            status = getattr(exc, "status", None)  # the API's HTTP status, when the failure came from one
+            error = {"code": exc.code, "message": exc.message, "field": exc.field, "rule": exc.rule,
+                     "http_status": status if isinstance(status, int) else None}
             error = {k: v for k, v in error.items() if v is not None}
         except Exception as exc:  # never crash the server; the log keeps the traceback
             bound.exception("tool_crashed")

@@ -77,8 +77,9 @@ def decision_record(
     namespace: str,
     arguments: Any,
     decision: Mapping[str, Any],
+    object_ref: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    record = {
         "v": SCHEMA_VERSION,
         "stage": "decision",
         "time": now(),
@@ -90,6 +91,9 @@ def decision_record(
         "arguments": safe_arguments(arguments),
         "decision": dict(decision),
     }
+    if object_ref is not None:
+        record["object"] = jsonable(dict(object_ref))
+    return record
 
 
 def outcome_record(

@@ -46,8 +46,18 @@ class ToolSpec(Generic[A, R]):
     render: Callable[[R], str] = field(default=_compact_json)
     # The arguments policy bounds look at (replicas, image, ...); None when the tool has none.
     bound_attrs: Callable[[A], dict[str, Any]] | None = None
+    # The kind of object the tool acts on, for the audit record's object reference.
+    object_kind: str | None = None
     # "resource": served as an MCP resource, not in tools/list nor callable by tools/call; still gated.
     route: Literal["tool", "resource"] = "tool"
+
+    def object_ref(self, args: A) -> dict[str, Any] | None:
+        """Who the call is about, as Kubernetes audit events name it: namespace, kind, name."""
+        if self.object_kind is None:
+            return None
+        name = getattr(args, "name", None) or getattr(args, "model", None)
+        ref = {"kind": self.object_kind, "namespace": self.namespace_of(args), "name": name}
+        return {k: v for k, v in ref.items() if v not in (None, "-")}
 
     @property
     def namespaced(self) -> bool:

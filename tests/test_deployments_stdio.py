@@ -210,6 +210,9 @@ async def test_api_faults_come_back_as_clear_errors(tmp_path: Path, cluster: San
     outcomes = [r["outcome"] for r in s.records() if r["stage"] == "outcome"]
     errors = [o["error"] for o in outcomes if o["status"] == "error"]
     assert [e["rule"] for e in errors] == ["conflict", "server-error"]
+    assert [e["http_status"] for e in errors] == [409, 500]
+    deploy = next(r for r in s.records() if r["stage"] == "decision" and r["tool"] == "deploy")
+    assert deploy["object"] == {"kind": "Deployment", "namespace": NS, "name": "web"}
 
 
 async def test_bad_names_never_reach_the_api(tmp_path: Path, cluster: SandboxCluster, api: Any) -> None:
