@@ -2,10 +2,12 @@
 
 Why a wrapper rather than a bare ``casbin.Enforcer``: Casbin silently ignores
 rules it cannot use (an effect spelled ``Deny``, a misspelled tool name), is
-not thread-safe, and reports the rule that decided without saying where it was
-written. This module parses the policy itself with line numbers, rejects what
-Casbin would misread, serializes decisions behind one lock, and names the
-``file:line`` of the deciding rule in every decision.
+not thread-safe, takes milliseconds per decision once a policy grows, and
+reports the rule that decided without saying where it was written. This module
+parses the policy itself with line numbers, rejects what Casbin would misread,
+decides through an index over the rules that answers exactly as Casbin would
+(index.py; a changed matcher falls back to Casbin behind one lock), and names
+the ``file:line`` of the deciding rule in every decision.
 
 Files are read only in :meth:`Policy.load`; everything after that is pure.
 """
@@ -13,6 +15,7 @@ Files are read only in :meth:`Policy.load`; everything after that is pure.
 from __future__ import annotations
 
 import ast
+import bisect
 import difflib
 import hashlib
 import re
@@ -29,6 +32,7 @@ from casbin.model import FunctionMap, Model
 from casbin.util import escape_assertion, key_match, key_match_func, remove_comments
 
 from .bounds import BOUNDS_FILE, BoundsError, SubjectBounds, parse_bounds
+from .index import RuleIndex
 
 __all__ = [
     "ACTIONS",
@@ -58,10 +62,6 @@ EFFECTS: Final = ("allow", "deny")
 P_FIELDS: Final = ("subject", "namespace", "tool", "action", "effect")
 G_FIELDS: Final = ("member", "role", "namespace")
 MAX_PRINCIPAL_LEN: Final = 253
-
-# Casbin's default role manager follows at most 10 levels (the member itself
-# plus 9 hops); roles_of/grants_of mirror that so they agree with decide().
-_MAX_ROLE_HOPS: Final = 9
 
 _R_TOKENS: Final = ("sub", "dom", "obj", "act")
 _P_TOKENS: Final = ("sub", "dom", "obj", "act", "eft")
@@ -277,16 +277,38 @@ def _check_model_shape(path: Path, statements: dict[str, tuple[str, int]]) -> No
         raise PolicyError(path, line, f"policy effect must be 'e = {_EFFECT_EXPR}' (deny overrides allow)")
 
 
-def _check_matcher(path: Path, line: int, matcher: str) -> None:
+def _matcher_ast(matcher: str) -> ast.Expression:
+    """Parse a matcher (already through Casbin's escape_assertion) exactly as Casbin rewrites it."""
+    expr = matcher.replace("&&", "and").replace("||", "or")
+    expr = re.sub(r"!(?!=)", "not ", expr)
+    return ast.parse(expr.strip(), mode="eval")
+
+
+# The matcher the index reproduces (see index.py); a model.conf whose matcher
+# parses to the same tree, whatever its spacing or redundant parentheses, is
+# decided through the index.
+SHIPPED_MATCHER: Final = (
+    '(g(r.sub, p.sub, r.dom) || g("role:everyone", p.sub, r.dom)) && keyMatch(r.dom, p.dom) '
+    '&& keyMatch(r.obj, p.obj) && (p.act == "*" || r.act == p.act)'
+)
+_SHIPPED_MATCHER_TREE: Final = ast.dump(_matcher_ast(escape_assertion(SHIPPED_MATCHER)))
+
+
+def _check_matcher(path: Path, line: int, matcher: str) -> bool:
     """Reject a matcher that does not parse or names an unknown function or field.
 
     Why: Casbin looks names up only while evaluating, and ``&&`` short-circuits,
     so a misspelled ``keyMatsch`` would fail on some requests only, at run time.
+    Returns whether the matcher is the shipped one (so the index may decide).
     """
-    expr = matcher.replace("&&", " and ").replace("||", " or ")
-    expr = re.sub(r"!(?!=)", " not ", expr)  # the same rewrite Casbin applies
+    glued = re.search(r"\S(?:&&|\|\|)|(?:&&|\|\|)\S", matcher)
+    if glued:
+        raise PolicyError(
+            path, line, f"put spaces around && and || (near {glued.group(0)!r}): Casbin rewrites them "
+            "to 'and' and 'or' without adding any, which glues the names on either side together"
+        )
     try:
-        tree = ast.parse(expr.strip(), mode="eval")
+        tree = _matcher_ast(matcher)
     except SyntaxError as exc:
         raise PolicyError(path, line, f"matcher is not a valid expression: {exc.msg}") from exc
     functions = set(FunctionMap.load_function_map().get_functions()) | {"g"}
@@ -300,14 +322,18 @@ def _check_matcher(path: Path, line: int, matcher: str) -> None:
             raise PolicyError(path, line, f"matcher uses unknown name {shown!r}")
         elif isinstance(node, ast.Attribute):
             raise PolicyError(path, line, f"matcher uses unknown name {ast.unparse(node)!r}")
+    return ast.dump(tree) == _SHIPPED_MATCHER_TREE
 
 
-def _build_enforcer(model_path: Path, model_text: str) -> tuple[Any, int]:
-    """Build an empty Enforcer from the model text; returns it and the matcher's line."""
+def _build_enforcer(model_path: Path, model_text: str) -> tuple[Any, int, bool]:
+    """Build an empty Enforcer from the model text.
+
+    Returns it, the matcher's line, and whether the matcher is the shipped one.
+    """
     statements = _model_statements(model_path, model_text)
     _check_model_shape(model_path, statements)
     matcher_line = statements["m"][1]
-    _check_matcher(model_path, matcher_line, remove_comments(escape_assertion(statements["m"][0])))
+    shipped = _check_matcher(model_path, matcher_line, remove_comments(escape_assertion(statements["m"][0])))
     try:
         model = Model()
         model.load_model_from_text(model_text)
@@ -317,7 +343,9 @@ def _build_enforcer(model_path: Path, model_text: str) -> tuple[Any, int]:
     if not enforcer.add_named_domain_matching_func("g", key_match_func):
         raise PolicyError(model_path, statements["g"][1], "Casbin made no role manager for 'g'")
     _probe(enforcer, model_path, matcher_line)
-    return enforcer, matcher_line
+    if shipped and ast.dump(_matcher_ast(enforcer.model["m"]["m"].value)) != _SHIPPED_MATCHER_TREE:
+        shipped = False  # Casbin read the statement differently from us: let Casbin decide
+    return enforcer, matcher_line, shipped
 
 
 def _probe(enforcer: Any, model_path: Path, matcher_line: int) -> None:
@@ -387,44 +415,55 @@ def _check_g(fields: tuple[str, ...]) -> None:
     _check_namespace_pattern(dom)
 
 
+def parse_line(raw: str, known_tools: Collection[str] | None = None) -> tuple[str, tuple[str, ...]] | None:
+    """Parse one policy line into (ptype, fields), None for a blank or comment line.
+
+    Raises ValueError saying what is wrong; the callers add file and line.
+    """
+    line = raw.strip()
+    if not line or line.startswith("#"):
+        return None
+    if "#" in line:
+        raise ValueError("a '#' comment must be on its own line, not after a rule")
+    if '"' in line:
+        raise ValueError("quoted fields are not supported")
+    parts = tuple(part.strip() for part in line.split(","))
+    ptype, fields = parts[0], parts[1:]
+    names: tuple[str, ...]
+    if ptype == "p":
+        names = P_FIELDS
+    elif ptype == "g":
+        names = G_FIELDS
+    else:
+        raise ValueError(f"a rule starts with p or g, got {_clip(ptype)!r}")
+    if len(fields) != len(names):
+        shape = ", ".join((ptype, *(n.upper() for n in names)))
+        raise ValueError(f"a {ptype} rule has {len(names)} fields ({shape}), got {len(fields)}")
+    for name, value in zip(names, fields, strict=True):
+        if not value:
+            raise ValueError(f"{name} is empty")
+    if ptype == "p":
+        _check_p(fields, known_tools)
+    else:
+        _check_g(fields)
+    return ptype, fields
+
+
 def _parse_policy(path: Path, text: str, known_tools: Collection[str] | None) -> list[tuple[Rule, int]]:
     """Parse and check one policy CSV into (rule, line) pairs; every problem names its line."""
     rules: list[tuple[Rule, int]] = []
+    name = path.name
     for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
         try:
-            if "#" in line:
-                raise ValueError("a '#' comment must be on its own line, not after a rule")
-            if '"' in line:
-                raise ValueError("quoted fields are not supported")
-            parts = tuple(part.strip() for part in line.split(","))
-            ptype, fields = parts[0], parts[1:]
-            names: tuple[str, ...]
-            if ptype == "p":
-                names = P_FIELDS
-            elif ptype == "g":
-                names = G_FIELDS
-            else:
-                raise ValueError(f"a rule starts with p or g, got {_clip(ptype)!r}")
-            if len(fields) != len(names):
-                shape = ", ".join((ptype, *(n.upper() for n in names)))
-                raise ValueError(f"a {ptype} rule has {len(names)} fields ({shape}), got {len(fields)}")
-            for name, value in zip(names, fields, strict=True):
-                if not value:
-                    raise ValueError(f"{name} is empty")
-            if ptype == "p":
-                _check_p(fields, known_tools)
-            else:
-                _check_g(fields)
+            parsed = parse_line(raw, known_tools)
         except ValueError as exc:
             raise PolicyError(path, number, str(exc)) from None
-        rules.append((Rule(ptype, fields, f"{path.name}:{number}"), number))
+        if parsed is not None:
+            rules.append((Rule(parsed[0], parsed[1], f"{name}:{number}"), number))
     return rules
 
 
-def _policy_files(path: Path) -> tuple[Path, list[Path]]:
+def policy_files(path: Path) -> tuple[Path, list[Path]]:
     """Resolve a load path to (model.conf, policy CSVs in load order)."""
     if path.is_dir():
         model = path / MODEL_FILE
@@ -450,16 +489,25 @@ def _policy_files(path: Path) -> tuple[Path, list[Path]]:
 
 
 class Policy:
-    """A loaded, checked policy and the one enforcer that decides with it.
+    """A loaded, checked policy and what decides with it.
 
     Immutable once built: to reload, load a new Policy and swap it in whole.
+
+    With the shipped matcher (any spacing or parenthesisation of it) decisions
+    come from :class:`~opsgate.policies.index.RuleIndex`, which narrows the
+    rules by subject, namespace and tool and answers exactly what Casbin's
+    ``enforce_ex`` would (see index.py; tests/test_policy_fast.py proves it
+    against a plain ``casbin.Enforcer``). A changed matcher falls back to
+    Casbin itself, behind one lock: correct, and as slow as Casbin.
     """
 
     # Casbin caches a role manager per request domain and a node per subject
     # inside it; past this many distinct (principal, namespace) pairs the cache
     # is rebuilt, so untrusted namespaces cannot grow memory without bound.
+    # (Casbin fallback only: the index keeps no per-request state.)
     _role_cache_limit: int = 1024
-    # Decisions are memoized (the policy never changes under a Policy object).
+    # Decisions are memoized by the full request (the policy never changes
+    # under a Policy object), least recently used first out.
     _memo_limit: int = 4096
 
     def __init__(
@@ -467,13 +515,33 @@ class Policy:
     ) -> None:
         """Build from already-read, already-checked parts; use :meth:`load` or :meth:`default`."""
         self.model_path = model_path
+        self._model_text = model_text
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.sources: tuple[Path, ...] = tuple(sources)
         self.hash = digest
         # Limits on arguments, by the subject a grant names (see bounds.py).
         self.bounds: dict[str, SubjectBounds] = {}
-        self._enforcer, self._matcher_line = _build_enforcer(model_path, model_text)
+        self._enforcer, self._matcher_line, shipped_matcher = _build_enforcer(model_path, model_text)
+        self._grants = tuple(rule for rule in self.rules if rule.ptype == "p")
+        links = [rule.fields for rule in self.rules if rule.ptype == "g"]
+        self._index = RuleIndex([rule.fields for rule in self._grants], links)
         self._by_fields: dict[tuple[str, ...], Rule] = {}
+        self.indexed = shipped_matcher
+        """True when decisions come from the index; False when Casbin evaluates a changed matcher."""
+        if not shipped_matcher:
+            self._load_into_casbin()
+
+        self._lock = threading.Lock()
+        self._memo: OrderedDict[tuple[str, str, str, str], Decision] = OrderedDict()
+        self._role_cache_keys: set[tuple[str, str]] = set()
+        self._witnesses = _witness_namespaces([r.fields[1] for r in self._grants] + [dom for _, _, dom in links])
+        self._allows_by_subject: dict[str, list[int]] = {}
+        for position, rule in enumerate(self._grants):
+            if rule.fields[4] == "allow":
+                self._allows_by_subject.setdefault(rule.fields[0], []).append(position)
+
+    def _load_into_casbin(self) -> None:
+        """Give the enforcer every rule (only needed when Casbin itself decides)."""
         p_rules: list[list[str]] = []
         g_rules: list[list[str]] = []
         for rule in self.rules:
@@ -486,21 +554,7 @@ class Policy:
                 raise RuntimeError("Casbin refused the g rules")
         except Exception as exc:
             raise PolicyError(self.sources[-1], None, f"Casbin cannot load the rules: {exc}") from exc
-        _probe(self._enforcer, model_path, self._matcher_line)
-
-        self._lock = threading.Lock()
-        self._memo: OrderedDict[tuple[str, str, str, str], Decision] = OrderedDict()
-        self._role_cache_keys: set[tuple[str, str]] = set()
-
-        self._grants = tuple(rule for rule in self.rules if rule.ptype == "p")
-        self._links: dict[str, list[tuple[str, str]]] = {}
-        for rule in self.rules:
-            if rule.ptype == "g":
-                member, role, dom = rule.fields
-                self._links.setdefault(member, []).append((role, dom))
-        self._witnesses = _witness_namespaces(
-            [r.fields[1] for r in self._grants] + [dom for links in self._links.values() for _, dom in links]
-        )
+        _probe(self._enforcer, self.model_path, self._matcher_line)
 
     def __repr__(self) -> str:
         sources = [str(p) for p in self.sources]
@@ -518,11 +572,15 @@ class Policy:
         is an error, so typos are caught at load rather than never matching.
 
         ``hash`` is the SHA-256 of the files' bytes concatenated in load order,
-        so a reviewer can recompute it: ``cat model.conf *.csv | sha256sum``
+        so a reviewer can recompute it: ``cat model.conf *.csv bounds.toml | sha256sum``
         (in the folder; ``LC_ALL=C`` for the same name order).
+
+        Loading is linear in the rules (10,000 rules load in well under a
+        second): with the shipped matcher no Casbin enforcer is filled, so a
+        reload is cheap enough to run on every change of the files.
         """
         path = Path(path)
-        model_path, csv_paths = _policy_files(path)
+        model_path, csv_paths = policy_files(path)
         model_bytes, model_text = _read(model_path)
         digest = hashlib.sha256(model_bytes)
         rules: dict[tuple[str, ...], Rule] = {}
@@ -542,7 +600,7 @@ class Policy:
             try:
                 bounds = parse_bounds(bounds_path, data)
             except BoundsError as exc:
-                raise PolicyError(bounds_path, None, exc.message) from exc
+                raise PolicyError(bounds_path, exc.line, exc.message) from exc
             csv_paths = [*csv_paths, bounds_path]
         policy = cls(model_path, model_text, rules.values(), (model_path, *csv_paths), digest.hexdigest())
         policy.bounds = bounds
@@ -553,27 +611,94 @@ class Policy:
         """Load the shipped model.conf and policy.csv (read-only for everyone)."""
         return cls.load(SHIPPED_DIR / POLICY_FILE, known_tools=known_tools)
 
+    def with_rules(
+        self, lines: Iterable[tuple[int, str]], source: Path, *, known_tools: Collection[str] | None = None
+    ) -> Policy:
+        """A new Policy: these rules plus ``lines`` ((line number, text) read from ``source``), appended.
+
+        For decision tables that bring their own assignments (``g, alice,
+        role:operator, team-*``). A line equal to a rule already loaded is
+        skipped, so a table runs against a policy that already holds it. The
+        new hash covers the old one and the added lines.
+        """
+        known = {(rule.ptype, *rule.fields) for rule in self.rules}
+        added: list[Rule] = []
+        digest = hashlib.sha256(self.hash.encode())
+        for number, raw in lines:
+            try:
+                parsed = parse_line(raw, known_tools)
+            except ValueError as exc:
+                raise PolicyError(source, number, str(exc)) from None
+            if parsed is None:
+                continue
+            digest.update(b"\n" + raw.strip().encode())
+            key = (parsed[0], *parsed[1])
+            if key in known:
+                continue
+            known.add(key)
+            added.append(Rule(parsed[0], parsed[1], f"{source.name}:{number}"))
+        policy = Policy(
+            self.model_path, self._model_text, (*self.rules, *added), (*self.sources, source), digest.hexdigest()
+        )
+        policy.bounds = dict(self.bounds)
+        return policy
+
     # ----------------------------------------------------------------------- deciding
 
     def decide(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
         """Decide one request; never raises: any failure is a denial that says why."""
-        key = (principal, namespace, tool, action)
-        with self._lock:
-            try:
+        try:
+            key = (principal, namespace, tool, action)
+            with self._lock:
                 cached = self._memo.get(key)
                 if cached is not None:
                     self._memo.move_to_end(key)
                     return cached
-                problem = _request_problem(principal, namespace, tool, action)
-                if problem is not None:
-                    return Decision(False, None, f"denied: invalid request: {problem}", self.hash)
-                decision = self._enforce(principal, namespace, tool, action)
+            problem = _request_problem(principal, namespace, tool, action)
+            if problem is not None:
+                return Decision(False, None, f"denied: invalid request: {problem}", self.hash)
+            if self.indexed:
+                decision = self._match(principal, namespace, tool, action)
+            else:
+                with self._lock:
+                    decision = self._enforce(principal, namespace, tool, action)
+            with self._lock:
                 self._memo[key] = decision
                 if len(self._memo) > self._memo_limit:
                     self._memo.popitem(last=False)
-                return decision
-            except Exception as exc:
-                return Decision(False, None, f"denied: policy error ({type(exc).__name__}: {exc})", self.hash)
+            return decision
+        except Exception as exc:
+            return Decision(False, None, f"denied: policy error ({type(exc).__name__}: {exc})", self.hash)
+
+    def decide_uncached(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
+        """:meth:`decide` without the memo: for benchmarks and tests of the matching itself."""
+        problem = _request_problem(principal, namespace, tool, action)
+        if problem is not None:
+            return Decision(False, None, f"denied: invalid request: {problem}", self.hash)
+        if self.indexed:
+            return self._match(principal, namespace, tool, action)
+        with self._lock:
+            return self._enforce(principal, namespace, tool, action)
+
+    def _match(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
+        """Decide through the index: the first matching deny, else the last matching allow."""
+        first_deny, last_allow = self._index.match(principal, namespace, tool, action)
+        if first_deny is not None:
+            rule = self._grants[first_deny]
+            return Decision(False, rule, f"denied by {rule.source} ({rule.text})", self.hash)
+        if last_allow is not None:
+            rule = self._grants[last_allow]
+            return Decision(True, rule, f"allowed by {rule.source} ({rule.text})", self.hash)
+        return self._default_deny(principal, namespace, tool, action)
+
+    def _default_deny(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
+        where = "outside any namespace" if namespace == NO_NAMESPACE else f"in namespace {namespace}"
+        return Decision(
+            False,
+            None,
+            f"denied: no rule allows {principal} to {action} with {tool} {where} (default deny)",
+            self.hash,
+        )
 
     def _enforce(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
         """Ask Casbin (lock held) and turn its matched rule back into our Rule."""
@@ -591,13 +716,7 @@ class Policy:
             return Decision(True, rule, f"allowed by {rule.source} ({rule.text})", self.hash)
         if rule is not None and rule.fields[4] == "deny":
             return Decision(False, rule, f"denied by {rule.source} ({rule.text})", self.hash)
-        where = "outside any namespace" if namespace == NO_NAMESPACE else f"in namespace {namespace}"
-        return Decision(
-            False,
-            None,
-            f"denied: no rule allows {principal} to {action} with {tool} {where} (default deny)",
-            self.hash,
-        )
+        return self._default_deny(principal, namespace, tool, action)
 
     # ----------------------------------------------------------------------- explaining
 
@@ -608,8 +727,8 @@ class Policy:
         """
         validate_principal(principal)
         validate_namespace(namespace)
-        roles = self._reachable(principal, namespace)
-        for role in (EVERYONE, *self._reachable(EVERYONE, namespace)):
+        roles = self._index.reachable(principal, namespace)
+        for role in (EVERYONE, *self._index.reachable(EVERYONE, namespace)):
             if role not in roles:
                 roles.append(role)
         return roles
@@ -624,29 +743,59 @@ class Policy:
         validate_principal(principal)
         applies: set[int] = set()
         for ns in self._witnesses:
-            subjects = {principal, EVERYONE, *self._reachable(principal, ns), *self._reachable(EVERYONE, ns)}
-            for index, rule in enumerate(self._grants):
-                if rule.fields[0] in subjects and key_match(ns, rule.fields[1]):
-                    applies.add(index)
+            applies |= self._index.rules_for(self._index.subjects(principal, ns), ns)
         return [self._grants[i] for i in sorted(applies)]
 
-    def _reachable(self, member: str, namespace: str) -> list[str]:
-        """Roles reachable from ``member`` through g links whose pattern matches the namespace."""
-        found: list[str] = []
-        seen = {member}
-        frontier = [member]
-        for _ in range(_MAX_ROLE_HOPS):
-            following: list[str] = []
-            for node in frontier:
-                for role, pattern in self._links.get(node, ()):
-                    if role not in seen and key_match(namespace, pattern):
-                        seen.add(role)
-                        found.append(role)
-                        following.append(role)
-            if not following:
-                break
-            frontier = following
-        return found
+    def may_call_somewhere(self, principal: str, tool: str, action: str, *, namespaced: bool = True) -> bool:
+        """Whether some namespace lets the principal make this call: for filtering tools/list.
+
+        ``namespaced``: the tool targets a namespace (every Kubernetes
+        namespace is tried, through one representative per way a namespace can
+        match the policy's patterns); otherwise only ``-`` is. Never raises;
+        a listing only, every call is still decided. With a changed matcher
+        (Casbin deciding) a namespaced tool is always listed.
+        """
+        try:
+            if _request_problem(principal, NO_NAMESPACE, tool, action) is not None:
+                return False
+            if not namespaced:
+                return self.decide(principal, NO_NAMESPACE, tool, action).allowed
+            if not self.indexed:
+                return True
+            index = self._index
+            subjects = {principal, EVERYONE, *index.reachable_anywhere(principal), *index.reachable_anywhere(EVERYONE)}
+            tried: set[str] = set()
+            for subject in subjects:
+                for position in self._allows_by_subject.get(subject, ()):
+                    _, dom, obj, act, _ = self._grants[position].fields
+                    if act not in ("*", action) or not key_match(tool, obj):
+                        continue
+                    for ns in self._witnesses_matching(dom):
+                        if ns == NO_NAMESPACE or ns in tried:
+                            continue
+                        tried.add(ns)
+                        first_deny, last_allow = index.match(principal, ns, tool, action)
+                        if first_deny is None and last_allow is not None:
+                            return True
+            return False
+        except Exception:
+            return False
+
+    def _witnesses_matching(self, pattern: str) -> list[str]:
+        """The representative namespaces a keyMatch pattern matches (witnesses are sorted)."""
+        star = pattern.find("*")
+        witnesses = self._witnesses
+        if star == -1:
+            at = bisect.bisect_left(witnesses, pattern)
+            return [pattern] if at < len(witnesses) and witnesses[at] == pattern else []
+        prefix = pattern[:star]
+        start = bisect.bisect_left(witnesses, prefix)
+        end = bisect.bisect_left(witnesses, prefix + "\U0010ffff")
+        return list(witnesses[start:end])
+
+    def subjects_of(self, principal: str, namespace: str) -> set[str]:
+        """Every subject whose rules apply to the principal in the namespace (itself, its roles, everyone's)."""
+        return self._index.subjects(principal, namespace)
 
 
 def _request_problem(principal: str, namespace: str, tool: str, action: str) -> str | None:

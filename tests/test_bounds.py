@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from opsgate.policies.bounds import BoundsError, SubjectBounds, check_bounds, parse_bounds
+from opsgate.policies.bounds import (
+    BoundsError,
+    SubjectBounds,
+    bounds_lines,
+    check_bounds,
+    count_input_elements,
+    parse_bounds,
+)
 from opsgate.policies.engine import Policy, PolicyError
 
 OPERATOR = SubjectBounds(max_replicas=10, allow_scale_to_zero=False, image_prefixes=("registry.example.com/",))
@@ -50,3 +57,156 @@ def test_a_bad_bounds_file_stops_the_policy_load(tmp_path: Path) -> None:
 
 def test_shipped_bounds_limit_operators() -> None:
     assert Policy.default().bounds["role:operator"].max_replicas == 10
+
+
+# --------------------------------------------------------------------------- every bound at, below and above its limit
+
+LIMITS = SubjectBounds(
+    max_replicas=10,
+    max_replicas_change=3,
+    allow_scale_to_zero=False,
+    image_prefixes=("registry.example.com/", "docker.io/library/"),
+    models=("iris", "fraud-*"),
+    max_input_elements=8,
+    rate_limit_per_minute=5,
+)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "refused"),
+    [
+        # max_replicas 10 (current 9 so the change bound stays out of the way)
+        ({"replicas": 9, "current_replicas": 9}, None),
+        ({"replicas": 10, "current_replicas": 9}, None),
+        ({"replicas": 11, "current_replicas": 9}, "replicas 11 exceeds max_replicas 10"),
+        # max_replicas_change 3, up and down from 5
+        ({"replicas": 7, "current_replicas": 5}, None),
+        ({"replicas": 8, "current_replicas": 5}, None),
+        ({"replicas": 9, "current_replicas": 5}, "changing replicas from 5 to 9 (by 4) exceeds max_replicas_change 3"),
+        ({"replicas": 3, "current_replicas": 5}, None),
+        ({"replicas": 2, "current_replicas": 5}, None),
+        ({"replicas": 1, "current_replicas": 5}, "from 5 to 1 (by 4)"),
+        ({"replicas": 3, "current_replicas": 0}, None),  # a create: from nothing
+        ({"replicas": 4, "current_replicas": 0}, "from 0 to 4 (by 4)"),
+        # unknown current count: refused, never guessed
+        ({"replicas": 5}, "cannot be checked: the current replica count is unknown"),
+        ({"replicas": 5, "current_replicas": None}, "cannot be checked"),
+        ({"replicas": 5, "current_replicas": True}, "cannot be checked"),
+        # allow_scale_to_zero = false
+        ({"replicas": 1, "current_replicas": 1}, None),
+        ({"replicas": 0, "current_replicas": 1}, "scaling to zero is not allowed"),
+        # image_prefixes
+        ({"image": "registry.example.com/web:1"}, None),
+        ({"image": "docker.io/library/nginx:1.27"}, None),
+        ({"image": "registry.example.com.evil.io/web:1"}, "not from an allowed registry"),
+        ({"image": "docker.io/evil/web:1"}, "not from an allowed registry"),
+        # models: names and glob patterns, case-sensitive
+        ({"model": "iris"}, None),
+        ({"model": "fraud-v2"}, None),
+        ({"model": "fraud"}, "model 'fraud' is not one role:operator may call (allowed: iris, fraud-*)"),
+        ({"model": "IRIS"}, "is not one"),
+        ({"model": "iris2"}, "is not one"),
+        # max_input_elements 8
+        ({"model": "iris", "input_elements": 7}, None),
+        ({"model": "iris", "input_elements": 8}, None),
+        ({"model": "iris", "input_elements": 9}, "input of 9 elements exceeds max_input_elements 8"),
+        # a call carrying none of the attributes is not touched
+        ({}, None),
+        ({"replicas": None, "image": "registry.example.com/web:2"}, None),
+    ],
+)
+def test_each_bound_at_below_and_above(attrs: dict[str, object], refused: str | None) -> None:
+    reason = check_bounds("role:operator", LIMITS, attrs)
+    if refused is None:
+        assert reason is None
+    else:
+        assert reason is not None and refused in reason and "role:operator" in reason, reason
+
+
+def test_no_bounds_limit_nothing() -> None:
+    free = SubjectBounds()
+    for attrs in ({"replicas": 10_000}, {"replicas": 0}, {"replicas": 5}, {"image": "x"}, {"model": "any"},
+                  {"input_elements": 10**9}):
+        assert check_bounds("role:admin", free, attrs) is None
+
+
+@pytest.mark.parametrize(
+    ("inputs", "count"),
+    [
+        ({"features": [[5.1, 3.5, 1.4, 0.2]]}, 4),
+        ({"a": [[1, 2], [3, 4]], "b": 7}, 5),
+        ({"x": []}, 0),
+        ({}, 0),
+        (3.0, 1),
+    ],
+)
+def test_count_input_elements(inputs: object, count: int) -> None:
+    assert count_input_elements(inputs) == count
+
+
+def test_count_input_elements_survives_deep_nesting() -> None:
+    deep: list[object] = [1.0]
+    for _ in range(50_000):
+        deep = [deep]
+    assert count_input_elements({"x": deep}) == 1
+
+
+def test_all_bounds_parse_and_errors_name_the_line() -> None:
+    text = (
+        "# bounds\n"
+        '[subject."role:operator"]\n'
+        "max_replicas = 10\n"
+        "max_replicas_change = 2\n"
+        "allow_scale_to_zero = false\n"
+        'image_prefixes = ["registry.example.com/"]\n'
+        'models = ["iris", "fraud-*"]\n'
+        "max_input_elements = 4096\n"
+        "rate_limit_per_minute = 30\n"
+    )
+    parsed = parse_bounds(Path("bounds.toml"), text.encode())["role:operator"]
+    assert parsed.max_replicas_change == 2 and parsed.models == ("iris", "fraud-*")
+    assert parsed.max_input_elements == 4096 and parsed.rate_limit_per_minute == 30
+    assert bounds_lines(text)[("role:operator", None)] == 2
+    assert bounds_lines(text)[("role:operator", "models")] == 7
+
+    bad = text.replace("rate_limit_per_minute = 30", "rate_limit_per_minute = 0")
+    with pytest.raises(BoundsError) as info:
+        parse_bounds(Path("bounds.toml"), bad.encode())
+    assert info.value.line == 9 and "rate_limit_per_minute" in info.value.message
+    bad = text.replace('models = ["iris", "fraud-*"]', 'models = ["iris", ""]')
+    with pytest.raises(BoundsError, match="must not be empty") as info:
+        parse_bounds(Path("bounds.toml"), bad.encode())
+    assert info.value.line == 7
+    with pytest.raises(BoundsError) as info:
+        parse_bounds(Path("bounds.toml"), b'[subject."x"]\nmax_replicas = 1\nmax_replicas = [\n')
+    assert info.value.line is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[subject."role:x"]\nmax_replicas_change = -1\n',
+        '[subject."role:x"]\nmax_input_elements = -1\n',
+        '[subject."role:x"]\nrate_limit_per_minute = 0\n',
+        '[subject."role:x"]\nmodels = "iris"\n',
+        '[subject."role:x"]\nimage_prefixes = [""]\n',
+    ],
+)
+def test_bad_new_bounds_are_refused(text: str) -> None:
+    with pytest.raises(BoundsError):
+        parse_bounds(Path("bounds.toml"), text.encode())
+
+
+def test_a_bad_bounds_file_names_its_line_in_the_policy_error(tmp_path: Path) -> None:
+    (tmp_path / "policy.csv").write_text("p, role:viewer, *, *, read, allow\n")
+    (tmp_path / "bounds.toml").write_text('# b\n[subject."role:viewer"]\nmodels = ["iris"]\nmax_replicas = -3\n')
+    with pytest.raises(PolicyError) as info:
+        Policy.load(tmp_path / "policy.csv")
+    assert info.value.line == 4
+    assert str(info.value).startswith(f"{tmp_path / 'bounds.toml'}:4: ")
+
+
+def test_shipped_bounds_rate_limit_operators() -> None:
+    operator = Policy.default().bounds["role:operator"]
+    assert operator.rate_limit_per_minute == 30
+    assert operator.max_replicas_change is None  # needs the gate to know current replicas

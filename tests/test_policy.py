@@ -457,8 +457,13 @@ def test_matcher_failing_on_the_probe_fails_the_load(tmp_path: Path) -> None:
     assert info.value.line is not None
 
 
-def test_caches_stay_bounded_and_correct(tmp_path: Path) -> None:
-    policy = Policy.load(write_policy(tmp_path, "g, alice, role:operator, team-*"))
+@pytest.mark.parametrize("indexed", [True, False])
+def test_caches_stay_bounded_and_correct(tmp_path: Path, indexed: bool) -> None:
+    if not indexed:  # a changed matcher: Casbin decides, and its role-manager cache must stay bounded
+        (tmp_path / "model.conf").write_text(model_variant("keyMatch(r.obj, p.obj)", "keyMatch2(r.obj, p.obj)"))
+    csv = write_policy(tmp_path, "g, alice, role:operator, team-*")
+    policy = Policy.load(csv if indexed else tmp_path)
+    assert policy.indexed is indexed
     policy._role_cache_limit = 5
     policy._memo_limit = 7
     for round_ in range(3):
