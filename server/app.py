@@ -19,6 +19,7 @@ from opsgate.tools.context import ProgressFn
 
 from .access import OWN_RECORDS_URI
 from .gate import Gate
+from .toolspec import AskFn
 
 INSTRUCTIONS = (
     "opsgate operates Kubernetes workloads and ONNX models for the user. Every call is checked "
@@ -34,6 +35,31 @@ def _client_of(ctx: ServerRequestContext[Any]) -> tuple[str | None, str | None]:
     return params.client_info.name, params.client_info.version
 
 
+CONFIRM_SCHEMA = {
+    "type": "object",
+    "properties": {"confirm": {"type": "boolean", "title": "Allow this call?"}},
+    "required": ["confirm"],
+}
+
+
+def _asker(ctx: ServerRequestContext[Any]) -> AskFn | None:
+    """A yes/no question to the user, or None when the client declared no elicitation support."""
+    capabilities = ctx.session.client_capabilities
+    if capabilities is None or capabilities.elicitation is None:
+        return None
+
+    async def ask(question: str) -> str:
+        try:
+            answer = await ctx.session.elicit_form(question, CONFIRM_SCHEMA, related_request_id=ctx.request_id)
+        except Exception:  # the client failed to answer: that is not a yes
+            return "cancel"
+        if answer.action == "accept" and (answer.content or {}).get("confirm") is not True:
+            return "decline"
+        return answer.action
+
+    return ask
+
+
 def build_server(gate: Gate, *, version: str) -> Server[Any]:
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
@@ -45,7 +71,7 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
     ) -> types.CallToolResult:
         caller = gate.with_client(*_client_of(ctx))
         progress: ProgressFn = ctx.session.report_progress
-        return await gate.call(params.name, params.arguments, caller, progress)
+        return await gate.call(params.name, params.arguments, caller, progress, ask=_asker(ctx))
 
     async def list_resources(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None

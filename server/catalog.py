@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from opsgate.policies.bounds import count_input_elements
 from opsgate.tools import workloads as wl
 from opsgate.tools.context import CallContext
+from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import Kube
 from opsgate.tools.tensors import (
     MODELS_DIR_DEFAULT,
@@ -63,6 +65,7 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
             description="Run a local ONNX model (onnxruntime). inputs: {input name: nested list of numbers} "
             "matching the model's signature from list_models.",
             args_model=InferArgs, result_model=InferResult, run=infer, object_kind="Model",
+            bound_attrs=lambda a: {"model": a.model, "input_elements": count_input_elements(a.inputs)},
         ),
     ]
     return specs
@@ -89,6 +92,18 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
     def ns(args: Any) -> str:
         return str(args.namespace)
 
+    async def current_replicas(args: Any) -> dict[str, Any]:
+        """For max_replicas_change: the replicas now (0 for a Deployment not yet created); unknown on error."""
+        def read() -> dict[str, Any]:
+            what = f"read scale of deployment {args.namespace}/{args.name}"
+            try:
+                scale = kube.call(kube.apps.read_namespaced_deployment_scale, args.name, args.namespace, what=what)
+            except ToolError as exc:
+                return {"current_replicas": 0} if getattr(exc, "status", None) == 404 else {}
+            return {"current_replicas": int((scale.get("spec") or {}).get("replicas") or 0)}
+
+        return await anyio.to_thread.run_sync(read)
+
     return [
         ToolSpec(
             name="list_workloads", description="Deployments in a namespace: replicas desired/ready, images, revision.",
@@ -111,13 +126,13 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
             "wait: follow the rollout with progress.",
             args_model=wl.DeployArgs, result_model=wl.DeployResult, run=deploy, verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
-            bound_attrs=lambda a: {"replicas": a.replicas, "image": a.image},
+            bound_attrs=lambda a: {"replicas": a.replicas, "image": a.image}, current_state=current_replicas,
         ),
         ToolSpec(
             name="scale", description="Set a Deployment's replicas (scale subresource); dry_run supported.",
             args_model=wl.ScaleArgs, result_model=wl.ScaleResult, run=bind(wl.scale), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
-            bound_attrs=lambda a: {"replicas": a.replicas},
+            bound_attrs=lambda a: {"replicas": a.replicas}, current_state=current_replicas,
         ),
         ToolSpec(
             name="rollback",
@@ -131,3 +146,11 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
 def build_tools(settings: Settings, kube: Kube) -> list[ToolSpec[Any, Any]]:
     """Tools that need configuration but not the gate itself."""
     return [*inference_tools(settings.models or MODELS_DIR_DEFAULT), *workload_tools(kube)]
+
+
+def tool_verbs() -> dict[str, str]:
+    """Every policy object this server knows and its verb, without a cluster: for lint and tables."""
+    from .access import ACCESS_TOOLS
+
+    specs = build_tools(Settings(), Kube())  # Kube connects lazily: nothing is contacted here
+    return {**{name: "read" for name in ACCESS_TOOLS}, **{spec.name: spec.verb for spec in specs}}

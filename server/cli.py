@@ -51,6 +51,39 @@ def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     v.add_argument("path", type=Path)
 
 
+def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("policy", help="lint a policy, or test it against a table of expected decisions")
+    policy_sub = p.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser("check", help="lint: exit 0 clean (warnings printed), 1 with errors")
+    check.add_argument("path", type=Path, nargs="?", help="policy folder or .csv (default: the shipped one)")
+    test = policy_sub.add_parser("test", help="decide every row of TABLE; print what differs")
+    test.add_argument("table", type=Path)
+    test.add_argument("--policy", type=Path, help="policy folder or .csv (default: the shipped one)")
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy, PolicyError
+    from opsgate.policies.lint import exit_code, format_findings, lint
+    from opsgate.policies.table import TableError, format_table_result, run_table
+
+    from .catalog import tool_verbs
+
+    verbs = tool_verbs()
+    if args.policy_command == "check":
+        path = args.path or SHIPPED_DIR / POLICY_FILE
+        findings = lint(path, verbs)
+        print(format_findings(findings, path))
+        return exit_code(findings)
+    try:
+        policy = Policy.load(args.policy, known_tools=verbs) if args.policy else Policy.default(known_tools=verbs)
+        result = run_table(policy, args.table, verbs)
+    except (PolicyError, TableError) as exc:
+        _err(str(exc))
+        return EXIT_UNUSABLE
+    print(format_table_result(result))
+    return EXIT_OK if result.ok else EXIT_DAMAGED
+
+
 def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("sandbox", help="run the built-in sandbox Kubernetes API alone (for kubectl and other clients)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free port)")
@@ -76,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_audit(sub)
+    _add_policy(sub)
     _add_sandbox(sub)
     _add_demo(sub)
     return parser
@@ -150,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "audit" and args.audit_command == "verify":
         return _audit_verify(args.path)
+    if args.command == "policy":
+        return _policy(args)
     if args.command == "doctor":
         return _doctor(args)
     if args.command == "config":

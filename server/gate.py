@@ -20,11 +20,12 @@ from pydantic import BaseModel, ValidationError
 from opsgate.audit import AuditLog, AuditWriteError
 from opsgate.policies.bounds import check_bounds
 from opsgate.policies.engine import Decision, Policy
+from opsgate.policies.ratelimit import RateLimiter
 from opsgate.tools.context import CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
 
 from .records import Caller, compact, decision_record, outcome_record
-from .toolspec import ToolSpec
+from .toolspec import AskFn, ToolSpec
 
 log = structlog.get_logger("opsgate.gate")
 
@@ -40,6 +41,7 @@ class GateDecision:
     policy_hash: str | None = None
     subject: str | None = None  # the subject the deciding rule names: whose bounds apply
     bound: str | None = None  # the bound that refused an allowed call
+    confirmation: str | None = None  # accepted / decline / cancel / unsupported, when the policy asked
 
     @classmethod
     def from_policy(cls, decision: Decision) -> GateDecision:
@@ -61,6 +63,7 @@ class GateDecision:
             "source": self.source,
             "policy_hash": self.policy_hash,
             "bound": self.bound,
+            "confirmation": self.confirmation,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -104,6 +107,8 @@ class Gate:
         self.caller = caller
         self.read_only = read_only
         self.disable_destructive = disable_destructive
+        # On the gate, not the policy: a reload must not refill anyone's budget.
+        self.limiter = RateLimiter()
 
     def register(self, specs: Iterable[ToolSpec[Any, Any]]) -> None:
         """The only way a tool reaches a client: through this gate's list and call handlers."""
@@ -119,9 +124,9 @@ class Gate:
         return [name for name, spec in self._tools.items() if spec.route == "tool"]
 
     @property
-    def policy_objects(self) -> list[str]:
-        """Every name a policy may grant: tools and gated resources."""
-        return list(self._tools)
+    def verbs(self) -> dict[str, str]:
+        """Every name a policy may grant (tools and gated resources) and its verb."""
+        return {name: spec.verb for name, spec in self._tools.items()}
 
     def verb_of(self, tool: str) -> str | None:
         spec = self._tools.get(tool)
@@ -137,15 +142,7 @@ class Gate:
             return False
         if self.disable_destructive and spec.destructive:
             return False
-        return any(self.decide(principal, ns, spec.name).allowed for ns in self._probe_namespaces(spec))
-
-    def _probe_namespaces(self, spec: ToolSpec[Any, Any]) -> list[str]:
-        """One concrete namespace per domain pattern the policy names: enough to find any allow."""
-        if not spec.namespaced:
-            return ["-"]
-        patterns = {rule.fields[-1] if rule.ptype == "g" else rule.fields[1] for rule in self.policy.rules}
-        names = {p.replace("*", "x") if p != "*" else "default" for p in patterns if p != "-"}
-        return sorted(names | {"default"})
+        return self.policy.may_call_somewhere(principal, spec.name, spec.verb, namespaced=spec.namespaced)
 
     def decide(self, principal: str, namespace: str, tool: str) -> GateDecision:
         """The decision alone, for ``explain_access`` and for the call path."""
@@ -160,6 +157,45 @@ class Gate:
         except Exception as exc:  # a policy that fails while deciding denies
             log.error("policy_error", error=repr(exc))
             return GateDecision(False, f"denied: policy error ({type(exc).__name__})")
+
+    async def _decide_call(
+        self, spec: ToolSpec[Any, Any], args: BaseModel, caller: Caller, namespace: str, ask: AskFn | None
+    ) -> GateDecision:
+        """Casbin, then the allowing subject's bounds, then its rate limit, then the user's confirmation."""
+        decision = self.decide(caller.principal, namespace, spec.name)
+        if not decision.allowed:
+            return decision
+        bounds = self.policy.bounds.get(decision.subject or "")
+        if bounds is None:
+            return decision
+        if spec.bound_attrs is not None:
+            attrs = spec.bound_attrs(args)
+            if bounds.max_replicas_change is not None and spec.current_state is not None:
+                attrs = {**attrs, **await spec.current_state(args)}
+            decision = self.apply_bounds(decision, attrs)
+            if not decision.allowed:
+                return decision
+        if spec.verb == "write":
+            refusal = self.limiter.check(caller.principal, decision.subject or "", bounds, time.monotonic())
+            if refusal is not None:
+                return replace(decision, allowed=False, reason=f"denied by rate limit: {refusal}", bound=refusal)
+        if spec.name in bounds.confirm:
+            return await self._confirm(decision, spec, args, ask)
+        return decision
+
+    async def _confirm(
+        self, decision: GateDecision, spec: ToolSpec[Any, Any], args: BaseModel, ask: AskFn | None
+    ) -> GateDecision:
+        question = f"Allow {spec.name} {compact(args.model_dump(mode='json', exclude_none=True))[:300]}?"
+        answer = "unsupported" if ask is None else await ask(question)
+        if answer == "accept":
+            return replace(decision, confirmation="accepted")
+        reason = {
+            "unsupported": "the policy asks the user to confirm this tool, and this client cannot ask",
+            "decline": "the user declined",
+            "cancel": "the user cancelled the confirmation",
+        }.get(answer, "the confirmation failed")
+        return replace(decision, allowed=False, reason=f"denied: {reason}", confirmation=answer)
 
     def apply_bounds(self, decision: GateDecision, attrs: Mapping[str, Any]) -> GateDecision:
         """An allowed call whose arguments break a bound of the allowing subject is denied, naming both."""
@@ -187,6 +223,7 @@ class Gate:
         caller: Caller,
         progress: ProgressFn | None = None,
         route: str = "tool",
+        ask: AskFn | None = None,
     ) -> types.CallToolResult:
         call_id = uuid.uuid4().hex
         started = time.perf_counter()
@@ -203,9 +240,7 @@ class Gate:
             return self._invalid(call_id, caller, name, raw, validation_errors(exc), bound)
 
         namespace = spec.namespace_of(args)
-        decision = self.decide(caller.principal, namespace, name)
-        if decision.allowed and spec.bound_attrs is not None:
-            decision = self.apply_bounds(decision, spec.bound_attrs(args))
+        decision = await self._decide_call(spec, args, caller, namespace, ask)
         record = decision_record(
             call_id=call_id, caller=caller, tool=name, verb=spec.verb, namespace=namespace,
             arguments=args.model_dump(mode="json"), decision=decision.record(), object_ref=spec.object_ref(args),

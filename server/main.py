@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import anyio
 import structlog
 
 from opsgate.audit import AuditLog, AuditWriteError
-from opsgate.policies.engine import Policy, PolicyError
+from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy
+from opsgate.policies.lint import format_findings, load_checked
 
 from . import __version__
 from .access import ACCESS_TOOLS, access_tools
@@ -45,13 +47,15 @@ def open_audit_log(path: Path) -> AuditLog:
         raise StartupError(f"audit log {path} cannot be written ({exc}); refusing to serve") from exc
 
 
-def load_policy(settings: Settings, known_tools: list[str]) -> Policy:
-    try:
-        if settings.policy is None:
-            return Policy.default()
-        return Policy.load(settings.policy, known_tools=known_tools)
-    except PolicyError as exc:
-        raise StartupError(f"policy does not load: {exc}") from exc
+def load_policy(settings: Settings, verbs: Mapping[str, str]) -> Policy:
+    """Loaded and linted from one read of the files: an error stops the server, a warning is logged."""
+    path = settings.policy or SHIPPED_DIR / POLICY_FILE
+    policy, findings = load_checked(path, verbs)
+    if policy is None:
+        raise StartupError(f"policy does not load:\n{format_findings(findings, path)}")
+    for finding in findings:
+        log.warning("policy_lint", finding=str(finding))
+    return policy
 
 
 def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
@@ -70,7 +74,8 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
     cluster = open_cluster(settings)
     try:
         specs = build_tools(settings, cluster.kube)
-        policy = load_policy(settings, [*ACCESS_TOOLS, *(s.name for s in specs)])
+        verbs = {**{name: "read" for name in ACCESS_TOOLS}, **{spec.name: spec.verb for spec in specs}}
+        policy = load_policy(settings, verbs)
         audit = open_audit_log(settings.audit_log)
     except BaseException:
         cluster.close()
@@ -128,8 +133,7 @@ def serve(settings: Settings) -> None:
 
         async with anyio.create_task_group() as tasks:
             if settings.policy_reload_seconds > 0:
-                tasks.start_soon(watch_policy, gate, settings.policy, gate.policy_objects,
-                                 settings.policy_reload_seconds)
+                tasks.start_soon(watch_policy, gate, settings.policy, gate.verbs, settings.policy_reload_seconds)
             async with stdio_server() as (read_stream, write_stream):
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             tasks.cancel_scope.cancel()

@@ -8,14 +8,15 @@ happened and with which hash, so every later decision can be tied to its policy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import anyio
 import structlog
 
 from opsgate.audit import AuditWriteError
-from opsgate.policies.engine import SHIPPED_DIR, Policy, PolicyError
+from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR
+from opsgate.policies.lint import load_checked
 
 from .gate import Gate
 from .records import server_record
@@ -46,14 +47,14 @@ def stamp(files: Sequence[Path]) -> Stamp:
     return tuple(out)
 
 
-def reload_policy(gate: Gate, path: Path | None, known_tools: Sequence[str]) -> bool:
-    """Load and swap, or keep the old policy; audit both outcomes. Returns whether it swapped."""
+def reload_policy(gate: Gate, path: Path | None, verbs: Mapping[str, str]) -> bool:
+    """Load, lint and swap, or keep the old policy; audit both outcomes. Returns whether it swapped."""
     old_hash = gate.policy.hash
-    try:
-        new = Policy.load(path, known_tools=known_tools) if path is not None else Policy.default()
-    except PolicyError as exc:
-        log.error("policy_reload_failed", error=str(exc), kept=old_hash)
-        _audit(gate, "policy_reload_failed", error=str(exc), kept_policy_hash=old_hash)
+    new, findings = load_checked(path or SHIPPED_DIR / POLICY_FILE, verbs)
+    if new is None:
+        error = "; ".join(str(f) for f in findings if f.severity == "error")
+        log.error("policy_reload_failed", error=error, kept=old_hash)
+        _audit(gate, "policy_reload_failed", error=error, kept_policy_hash=old_hash)
         return False
     if new.hash == old_hash:
         return False
@@ -71,7 +72,7 @@ def _audit(gate: Gate, stage: str, **details: object) -> None:
         log.error("audit_write_failed", stage=stage, error=str(exc))
 
 
-async def watch_policy(gate: Gate, path: Path | None, known_tools: Sequence[str], interval: float) -> None:
+async def watch_policy(gate: Gate, path: Path | None, verbs: Mapping[str, str], interval: float) -> None:
     """Poll the files' (mtime, size): portable, and cheap at one stat per file per interval."""
     seen = stamp(policy_files(path))
     while True:
@@ -79,4 +80,4 @@ async def watch_policy(gate: Gate, path: Path | None, known_tools: Sequence[str]
         now = stamp(policy_files(path))
         if now != seen:
             seen = now
-            await anyio.to_thread.run_sync(reload_policy, gate, path, known_tools)
+            await anyio.to_thread.run_sync(reload_policy, gate, path, verbs)

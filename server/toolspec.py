@@ -20,6 +20,8 @@ A = TypeVar("A", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 
 Verb = Literal["read", "write"]
+# Asks the user a yes/no question through the client: "accept", "decline", "cancel" or "unsupported".
+AskFn = Callable[[str], Awaitable[str]]
 
 
 def _no_namespace(_: BaseModel) -> str:
@@ -46,6 +48,8 @@ class ToolSpec(Generic[A, R]):
     render: Callable[[R], str] = field(default=_compact_json)
     # The arguments policy bounds look at (replicas, image, ...); None when the tool has none.
     bound_attrs: Callable[[A], dict[str, Any]] | None = None
+    # Reads what a bound needs from the world (current replicas); only called when a bound asks for it.
+    current_state: Callable[[A], Awaitable[dict[str, Any]]] | None = None
     # The kind of object the tool acts on, for the audit record's object reference.
     object_kind: str | None = None
     # "resource": served as an MCP resource, not in tools/list nor callable by tools/call; still gated.

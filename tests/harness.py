@@ -39,13 +39,18 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serve(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> AsyncIterator[Served]:
+async def serve(
+    tmp_path: Path, *flags: str, env: dict[str, str] | None = None, elicitation: Any = None
+) -> AsyncIterator[Served]:
     audit_log = tmp_path / "audit.jsonl"
     stderr_path = tmp_path / "server.stderr"
     args = ["-m", "opsgate.server", "serve", "--audit-log", str(audit_log), *flags]
     params = StdioServerParameters(command=sys.executable, args=args, env=server_env(env))
     with stderr_path.open("w") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, elicitation_callback=elicitation) as session,
+        ):
             await session.initialize()
             yield Served(session=session, audit_log=audit_log, stderr_path=stderr_path)
 

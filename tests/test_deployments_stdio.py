@@ -142,9 +142,9 @@ async def test_dry_runs_change_nothing_and_paused_is_refused(
     tmp_path: Path, cluster: SandboxCluster, api: Any
 ) -> None:
     async with opsgate(tmp_path, cluster, "alice") as s:
-        ok(await s.call("deploy", {"name": "web", "namespace": NS, "image": V1}))
-        ok(await s.call("deploy", {"name": "web", "namespace": NS, "image": V2}))
-        before = raw(api)
+        ok(await s.call("deploy", {"name": "web", "namespace": NS, "image": V1, "wait": True}))
+        ok(await s.call("deploy", {"name": "web", "namespace": NS, "image": V2, "wait": True}))
+        before = raw(api)  # the rollout is done: the controller has nothing left to write
         assert ok(await s.call("scale", {"name": "web", "namespace": NS, "replicas": 3, "dry_run": True}))["dry_run"]
         assert ok(await s.call("rollback", {"name": "web", "namespace": NS, "dry_run": True}))["dry_run"]
         assert raw(api) == before, "dry runs leave the object byte for byte"

@@ -18,7 +18,9 @@ semantics), ``http`` (the socket edge; why the standard library and not kmock
 is said there), ``protobuf`` (kubectl's protobuf request bodies),
 ``controllers``, ``faults``, ``discovery`` (and minimal OpenAPI v3),
 ``tables``, ``cluster`` (``SandboxCluster``, ``run_sandbox``), ``logs``
-(structlog, never stdout).
+(structlog, never stdout), ``kserve`` (KServe's InferenceService, its
+controller and the Open Inference Protocol model servers; its own docstring
+lists how it differs from KServe).
 
 Differences from a real API server (on purpose, or not yet done):
 
@@ -65,6 +67,7 @@ from .controllers import Controller, ControllerManager
 from .errors import ApiError, Cause
 from .faults import Fault
 from .kinds import DEPLOYMENT, EVENT, NAMESPACE, POD, REPLICASET
+from .kserve import INFERENCESERVICE, KServeController, ModelRequest
 from .resources import POD_MERGE_KEYS, Column, ResourceType, ScaleSubresource
 from .rollout import template_hash
 from .store import Store, WatchEvent
@@ -74,6 +77,7 @@ __all__ = [
     "AGE_COLUMN",
     "DEPLOYMENT",
     "EVENT",
+    "INFERENCESERVICE",
     "NAMESPACE",
     "POD",
     "POD_MERGE_KEYS",
@@ -84,6 +88,8 @@ __all__ = [
     "Controller",
     "ControllerManager",
     "Fault",
+    "KServeController",
+    "ModelRequest",
     "ResourceType",
     "SandboxCluster",
     "ScaleSubresource",

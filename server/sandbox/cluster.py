@@ -15,6 +15,7 @@ from .controllers import Controller, ControllerManager, builtin_controllers
 from .faults import Fault, FaultTable
 from .http import SandboxHTTPServer
 from .kinds import BUILTIN_TYPES, NAMESPACE
+from .kserve import INFERENCESERVICE, KServeController
 from .logs import log
 from .resources import ResourceRegistry, ResourceType
 from .store import Store
@@ -29,9 +30,15 @@ class SandboxCluster:
     Use as a context manager or with ``start()``/``stop()``; point any client at
     ``kubeconfig()`` (or ``write_kubeconfig(path)``). ``rollout_delay`` is how long
     a pod takes to become ready, so how long a rollout takes to converge.
+
+    ``kserve`` (on by default) adds KServe's InferenceService and a controller that
+    serves ONNX models over the Open Inference Protocol (``kserve.py``); it is
+    ``self.kserve``, with its test hooks. ``models_dir`` is where it resolves a
+    ``storageUri`` that is a bare model name (default: the shipped models).
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, rollout_delay: float = 0.2) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, rollout_delay: float = 0.2,
+                 kserve: bool = True, models_dir: Path | None = None) -> None:
         self.host = host
         self.rollout_delay = rollout_delay
         self._requested_port = port
@@ -44,6 +51,11 @@ class SandboxCluster:
         self.controllers = ControllerManager(self.store, rollout_delay)
         for controller in builtin_controllers():
             self.controllers.add(controller)
+        self.kserve: KServeController | None = None
+        if kserve:
+            self.registry.register(INFERENCESERVICE)
+            self.kserve = KServeController(models_dir)
+            self.controllers.add(self.kserve)
         for name in INITIAL_NAMESPACES:
             self.store.create(NAMESPACE, {"metadata": {"name": name}})
         self._server: SandboxHTTPServer | None = None
@@ -74,6 +86,8 @@ class SandboxCluster:
         server.close_connections()
         server.server_close()
         self.controllers.stop()
+        if self.kserve is not None:
+            self.kserve.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
