@@ -539,32 +539,21 @@ def _check_policy(settings: Settings, holder: list[Policy]) -> list[Check]:
 
 
 def _lint(policy: Policy, load_path: Path) -> Check | None:
-    """``opsgate.policies.lint`` findings, when that module exists (it may not in this version).
+    """The same lint as ``opsgate policy check``, with this server's tools and verbs."""
+    from opsgate.policies.lint import lint
 
-    Its API is looked up, not assumed: ``lint_policy`` or ``lint``, given the loaded Policy, or failing
-    that the path it was loaded from; the findings are the result (or its ``findings``) as a list.
-    """
+    from .catalog import tool_verbs
+
     try:
-        module = importlib.import_module("opsgate.policies.lint")
-    except ModuleNotFoundError:
-        return None
-    fn = next((getattr(module, n) for n in ("lint_policy", "lint") if callable(getattr(module, n, None))), None)
-    if fn is None:
-        return Check("policy lint", "warning", "opsgate.policies.lint has no lint_policy() or lint()",
-                     "run `opsgate policy check` instead")
-    try:
-        try:
-            result = fn(policy)
-        except (TypeError, AttributeError):
-            result = fn(load_path)
-        findings = getattr(result, "findings", result)
-        items = list(findings)
-    except Exception as exc:
+        findings = lint(load_path, tool_verbs())
+    except Exception as exc:  # one check failing never stops the others
         return Check("policy lint", "warning", f"the lint could not run here: {type(exc).__name__}: {exc}",
                      "run `opsgate policy check` instead")
-    if not items:
+    errors = [f for f in findings if f.severity == "error"]
+    if not findings:
         return Check("policy lint", "ok", "no findings")
-    return Check("policy lint", "warning", f"{len(items)} finding(s); the first: {items[0]}",
+    status: Status = "error" if errors else "warning"
+    return Check("policy lint", status, f"{len(findings)} finding(s); the first: {findings[0]}",
                  "run `opsgate policy check` to see them all")
 
 
