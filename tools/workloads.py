@@ -1,5 +1,8 @@
 """Kubernetes Deployment tools: list, rollout status and history, deploy, scale, rollback.
 
+``list_workloads``, ``scale`` and ``rollback`` also take KServe InferenceServices
+(``kind``); those calls are handed to :mod:`.kserve`, imported when first needed.
+
 Plain synchronous functions ``tool(kube, args, ctx) -> Result``; the gate runs them
 in a worker thread. Decisions (which revision, is this a no-op, what changed,
 what fits on a page) are pure functions in :mod:`.rollout`; this module only
@@ -161,9 +164,12 @@ class _Result(BaseModel):
 # --------------------------------------------------------------------------- list_workloads
 
 
+WorkloadKind = Literal["Deployment", "InferenceService"]
+
+
 class ListWorkloadsArgs(_Args):
     namespace: Namespace
-    kind: Literal["Deployment"] | None = Field(
+    kind: WorkloadKind | None = Field(
         default=None, description="Only this kind; omit for every kind of workload opsgate manages."
     )
     cursor: str | None = Field(
@@ -175,10 +181,11 @@ class ListWorkloadsArgs(_Args):
 class WorkloadRow(_Result):
     name: str
     kind: str
-    desired: int = Field(description="Replicas asked for (spec.replicas).")
-    ready: int = Field(description="Replicas ready now.")
-    images: list[str]
-    revision: int | None = Field(description="Current rollout revision; null before the first rollout.")
+    desired: int = Field(description="Replicas asked for (spec.replicas; an InferenceService: minReplicas).")
+    ready: int = Field(description="Replicas ready now (an InferenceService: desired when Ready, else 0).")
+    images: list[str] = Field(description="Container images (an InferenceService: its storageUri).")
+    revision: int | None = Field(description="Current rollout revision (an InferenceService: its latest ready "
+                                 "revision's number); null before the first rollout.")
     age_seconds: int | None
 
 
@@ -218,7 +225,7 @@ def _list_all(kube: Kube, fn: Callable[..., Any], namespace: str, what: str, ctx
 
 
 def list_workloads(kube: Kube, args: ListWorkloadsArgs, ctx: CallContext) -> ListWorkloadsResult:
-    """Deployments in a namespace as compact rows, paginated under a ~4 KB JSON budget per page."""
+    """Deployments and InferenceServices in a namespace as compact rows, paginated under a ~4 KB JSON budget."""
     after = decode_cursor(args.cursor, args.namespace, args.kind) if args.cursor else None
     now = datetime.now(UTC)
     rows: list[WorkloadRow] = []
@@ -233,10 +240,16 @@ def list_workloads(kube: Kube, args: ListWorkloadsArgs, ctx: CallContext) -> Lis
                 images=images_of(spec_of(d).get("template")), revision=revision_of(d) or None,
                 age_seconds=_age_seconds(d, now),
             ))
+    if args.kind in (None, "InferenceService"):
+        from .kserve import inference_service_rows
+
+        rows.extend(inference_service_rows(kube, args.namespace, ctx, now, required=args.kind is not None))
     rows.sort(key=lambda r: (r.name, r.kind))
-    remaining = [r for r in rows if after is None or r.name > after]
+    # The cursor names the last row as "name/kind": a Deployment and an InferenceService may share a name.
+    resume = tuple(after.split("/", 1)) if after is not None else None
+    remaining = [r for r in rows if resume is None or (r.name, r.kind) > resume]
     # The page's own fields, with the longest cursor a name can make, come out of the budget first.
-    longest_cursor = encode_cursor(args.namespace, args.kind, "x" * DNS1123_SUBDOMAIN_MAX)
+    longest_cursor = encode_cursor(args.namespace, args.kind, "x" * DNS1123_SUBDOMAIN_MAX + "/InferenceService")
     envelope = json_size(ListWorkloadsResult(namespace=args.namespace, workloads=[], total=len(rows),
                                              next_cursor=longest_cursor).model_dump(mode="json"))
     count = fit_page([json_size(r.model_dump(mode="json")) for r in remaining], PAGE_BUDGET_BYTES - envelope)
@@ -244,7 +257,8 @@ def list_workloads(kube: Kube, args: ListWorkloadsArgs, ctx: CallContext) -> Lis
     more = count < len(remaining)
     return ListWorkloadsResult(
         namespace=args.namespace, workloads=page, total=len(rows),
-        next_cursor=encode_cursor(args.namespace, args.kind, page[-1].name) if more and page else None,
+        next_cursor=encode_cursor(args.namespace, args.kind, f"{page[-1].name}/{page[-1].kind}") if more and page
+        else None,
     )
 
 
@@ -687,21 +701,64 @@ def _deploy_result(args: DeployArgs, action: Literal["created", "updated", "unch
 class ScaleArgs(_Args):
     name: ObjectName
     namespace: Namespace
-    replicas: int = Field(ge=0, le=MAX_REPLICAS, description="Replicas to run (0 stops every pod).")
+    kind: WorkloadKind = Field(default="Deployment", description="InferenceService: set min/max_replicas.")
+    replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS,
+                                 description="Deployment: replicas to run (0 stops every pod).")
+    min_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, description="InferenceService.")
+    max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS, description="InferenceService.")
     dry_run: bool = Field(default=False, description="Validate on the server; change nothing.")
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> ScaleArgs:
+        if self.kind == "Deployment":
+            if self.replicas is None:
+                raise PydanticCustomError("replicas_required", "a Deployment is scaled with replicas")
+            if self.min_replicas is not None or self.max_replicas is not None:
+                raise PydanticCustomError("not_for_deployment", "min_replicas/max_replicas are for an "
+                                          "InferenceService; a Deployment takes replicas")
+            return self
+        if self.replicas is not None:
+            raise PydanticCustomError("not_for_inferenceservice", "an InferenceService is scaled with "
+                                      "min_replicas/max_replicas, not replicas")
+        if self.min_replicas is None and self.max_replicas is None:
+            raise PydanticCustomError("range_required", "give min_replicas, max_replicas or both")
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise PydanticCustomError("replica_range", "min_replicas ({low}) must not exceed max_replicas ({high})",
+                                      {"low": low, "high": high})
+        return self
+
+    def bound_replicas(self) -> int | None:
+        """The replica count policy bounds check: replicas, or the most an InferenceService may run."""
+        if self.kind == "Deployment":
+            return self.replicas
+        asked = [v for v in (self.min_replicas, self.max_replicas) if v is not None]
+        return max(asked) if asked else None
 
 
 class ScaleResult(_Result):
     name: str
     namespace: str
+    kind: str = "Deployment"
     action: Literal["scaled", "unchanged", "dry-run"]
-    replicas_before: int
-    replicas_after: int
+    replicas_before: int | None = Field(description="A Deployment's replicas (null for an InferenceService).")
+    replicas_after: int | None
+    min_replicas_before: int | None = None
+    min_replicas_after: int | None = None
+    max_replicas_before: int | None = None
+    max_replicas_after: int | None = None
     dry_run: bool
+    message: str | None = None
 
     def audit_summary(self) -> dict[str, Any]:
-        return {"action": self.action, "dry_run": self.dry_run,
-                "replicas": {"before": self.replicas_before, "after": self.replicas_after}}
+        summary: dict[str, Any] = {"action": self.action, "dry_run": self.dry_run}
+        if self.kind == "Deployment":
+            summary["replicas"] = {"before": self.replicas_before, "after": self.replicas_after}
+        else:
+            summary.update(kind=self.kind,
+                           min_replicas={"before": self.min_replicas_before, "after": self.min_replicas_after},
+                           max_replicas={"before": self.max_replicas_before, "after": self.max_replicas_after})
+        return summary
 
 
 def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
@@ -710,6 +767,10 @@ def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
     The scale subresource carries no annotations, so no change-cause is written: the audit log
     holds the call, and the current revision's change-cause keeps naming the call that made it.
     """
+    if args.kind == "InferenceService":
+        from .kserve import scale_inference_service
+
+        return scale_inference_service(kube, args, ctx)
     ns, name = args.namespace, args.name
     what = f"scale deployment {ns}/{name}"
     dry = "All" if args.dry_run else None
@@ -743,6 +804,8 @@ def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
 class RollbackArgs(_Args):
     name: ObjectName
     namespace: Namespace
+    kind: WorkloadKind = Field(default="Deployment", description="InferenceService: canary traffic back to the "
+                               "last rolled-out revision, or the previous spec opsgate recorded.")
     to_revision: int | None = Field(default=None, ge=1,
                                     description="Revision to go back to (see rollout_history); omit for the "
                                     "previous one.")
@@ -753,24 +816,35 @@ class RollbackResult(_Result):
     name: str
     namespace: str
     action: Literal["rolled-back", "unchanged", "dry-run"]
+    kind: str = "Deployment"
     from_revision: int | None
-    to_revision: int = Field(description="The revision whose pod template was restored.")
+    to_revision: int | None = Field(description="The revision restored (its pod template, or for an "
+                                    "InferenceService the one taking all traffic again).")
     new_revision: int | None = Field(description="Revision number after the rollback: the controller renumbers "
                                      "the restored template to the next revision (null for dry-run/unchanged).")
     changes: list[FieldChange]
     dry_run: bool
     message: str
+    strategy: str | None = Field(default=None, description="InferenceService: canary-traffic-to-0 or "
+                                 "restored-previous-spec.")
 
     def audit_summary(self) -> dict[str, Any]:
-        return {
+        summary: dict[str, Any] = {
             "action": self.action, "dry_run": self.dry_run, "from_revision": self.from_revision,
             "to_revision": self.to_revision, "revision": self.new_revision,
             "changes": [c.model_dump(mode="json") for c in self.changes],
         }
+        if self.strategy is not None:
+            summary.update(kind=self.kind, strategy=self.strategy)
+        return summary
 
 
 def rollback(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult:
     """``kubectl rollout undo``, natively: owned ReplicaSets, target revision, one guarded JSON Patch."""
+    if args.kind == "InferenceService":
+        from .kserve import rollback_inference_service
+
+        return rollback_inference_service(kube, args, ctx)
     ns, name = args.namespace, args.name
     what = f"rollback deployment {ns}/{name}"
     dry = "All" if args.dry_run else None

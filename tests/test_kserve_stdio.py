@@ -1,0 +1,182 @@
+"""InferenceServices through the stdio MCP client, against the sandbox cluster over HTTP.
+
+The sandbox (with its KServe controller and model servers) runs in this test
+process; ``opsgate serve`` is a subprocess that reaches it through a kubeconfig,
+as it would a real cluster, and calls the model servers at the URLs their status
+names. Tool names are deploy_model, model_status, kserve_infer, plus scale,
+rollback and list_workloads with ``kind: InferenceService``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opsgate.audit import verify_log
+from opsgate.server.sandbox import KServeController, SandboxCluster
+from opsgate.tools.tensors import MODELS_DIR_DEFAULT
+from tests.harness import Served, serve
+
+pytestmark = pytest.mark.anyio
+
+NS = "team-ml"
+IRIS = f"file://{MODELS_DIR_DEFAULT}/iris.onnx"
+IRIS_V2 = f"file://{MODELS_DIR_DEFAULT}/iris-v2.onnx"
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+SERVICE = {"name": "iris", "namespace": NS}
+
+
+@pytest.fixture
+def cluster() -> Iterator[SandboxCluster]:
+    with SandboxCluster(rollout_delay=0.05) as sandbox:
+        from kubernetes import client, config
+
+        new_client: Any = config.new_client_from_config_dict
+        api = new_client(sandbox.kubeconfig())
+        core: Any = client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": NS}})
+        api.close()
+        yield sandbox
+
+
+def hooks(cluster: SandboxCluster) -> KServeController:
+    assert cluster.kserve is not None
+    return cluster.kserve
+
+
+def policy_folder(tmp_path: Path) -> Path:
+    """The shipped roles, bounds and protections, plus alice as operator in team-* only."""
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    shipped = files("opsgate.policies")
+    for name in ("model.conf", "policy.csv", "bounds.toml"):
+        (folder / name).write_text(shipped.joinpath(name).read_text())
+    with (folder / "policy.csv").open("a") as fh:
+        fh.write("g, alice, role:operator, team-*\n")
+    return folder
+
+
+@asynccontextmanager
+async def opsgate(tmp_path: Path, cluster: SandboxCluster, principal: str) -> AsyncIterator[Served]:
+    kubeconfig = tmp_path / "kubeconfig"
+    cluster.write_kubeconfig(kubeconfig)
+    async with serve(tmp_path, "--principal", principal, "--kubeconfig", str(kubeconfig),
+                     "--policy", str(policy_folder(tmp_path))) as served:
+        yield served
+
+
+def ok(result: Any) -> dict[str, Any]:
+    assert not result.is_error, result.content[0].text
+    return result.structured_content  # type: ignore[no-any-return]
+
+
+def err(result: Any) -> dict[str, Any]:
+    assert result.is_error, result.structured_content
+    return result.structured_content["error"]  # type: ignore[no-any-return]
+
+
+async def test_deploy_call_canary_and_roll_back(tmp_path: Path, cluster: SandboxCluster) -> None:
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async with opsgate(tmp_path, cluster, "alice") as s:
+        arguments: dict[str, Any] = {**SERVICE, "storage_uri": IRIS, "max_replicas": 3, "wait": True}
+        created = ok(await s.session.call_tool("deploy_model", arguments, progress_callback=on_progress))
+        assert created["action"] == "created" and created["status"]["ready"] is True
+        assert progress and progress[-1] == 3.0, "wait sends MCP progress notifications"
+
+        remote = ok(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}}))
+        local = ok(await s.call("infer", {"model": "iris", "inputs": {"features": ROWS}}))
+        assert remote["outputs"] == local["outputs"], "the same numbers as a local infer of the same model"
+        assert remote["served_by"] == "iris-predictor-00001"
+
+        canary = ok(await s.call("deploy_model", {**SERVICE, "storage_uri": IRIS_V2, "canary_traffic_percent": 20,
+                                                  "wait": True}))
+        assert canary["canary_traffic_percent"] == 20 and canary["notes"]
+        status = ok(await s.call("model_status", SERVICE))
+        assert [(t["revision"], t["percent"]) for t in status["traffic"]] == [
+            ("iris-predictor-00002", 20), ("iris-predictor-00001", 80)]
+        served = Counter([ok(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}}))["served_by"]
+                          for _ in range(5)])
+        assert served == {"iris-predictor-00001": 4, "iris-predictor-00002": 1}
+
+        back = ok(await s.call("rollback", {**SERVICE, "kind": "InferenceService"}))
+        assert back["strategy"] == "canary-traffic-to-0" and "iris-predictor-00001" in back["message"]
+        status = ok(await s.call("model_status", SERVICE))
+        assert [(t["revision"], t["percent"]) for t in status["traffic"]] == [
+            ("iris-predictor-00002", 0), ("iris-predictor-00001", 100)]
+
+        raw = {"name": "raw", "namespace": NS}
+        ok(await s.call("deploy_model", {**raw, "storage_uri": IRIS, "deployment_mode": "RawDeployment",
+                                         "wait": True}))
+        refused = err(await s.call("deploy_model", {**raw, "storage_uri": IRIS_V2, "canary_traffic_percent": 20}))
+        assert refused["rule"] == "canary-unsupported"
+        ok(await s.call("deploy_model", {**raw, "storage_uri": IRIS_V2, "wait": True}))
+        restored = ok(await s.call("rollback", {**raw, "kind": "InferenceService"}))
+        assert restored["strategy"] == "restored-previous-spec"
+        assert restored["message"].startswith("RawDeployment mode has no canary")
+
+        too_many = err(await s.call("scale", {**SERVICE, "kind": "InferenceService", "max_replicas": 11}))
+        assert too_many["code"] == "denied" and "max_replicas 10" in too_many["message"]
+        scaled = ok(await s.call("scale", {**SERVICE, "kind": "InferenceService", "max_replicas": 5}))
+        assert scaled["max_replicas_before"] == 3 and scaled["max_replicas_after"] == 5
+        listed = ok(await s.call("list_workloads", {"namespace": NS, "kind": "InferenceService"}))
+        assert [w["name"] for w in listed["workloads"]] == ["iris", "raw"]
+
+    decisions = [r for r in s.records() if r["stage"] == "decision"]
+    outcomes = {r["call_id"]: r for r in s.records() if r["stage"] == "outcome"}
+    assert len(decisions) == 19
+    for decision in decisions:
+        if decision["decision"]["effect"] == "allow":
+            assert decision["call_id"] in outcomes, f"every allowed call has its outcome: {decision['tool']}"
+    infers = [r for r in outcomes.values() if r["tool"] == "kserve_infer"]
+    assert infers and all(r["outcome"]["result"]["url"].startswith("http://127.0.0.1:") for r in infers)
+    rollbacks = [r["outcome"]["result"]["strategy"] for r in outcomes.values() if r["tool"] == "rollback"]
+    assert rollbacks == ["canary-traffic-to-0", "restored-previous-spec"]
+    assert verify_log(s.audit_log).ok
+
+
+async def test_refusals_and_failures_are_clear_and_audited(tmp_path: Path, cluster: SandboxCluster) -> None:
+    async with opsgate(tmp_path, cluster, "alice") as s:
+        ok(await s.call("deploy_model", {**SERVICE, "storage_uri": IRIS, "wait": True}))
+        bad = [
+            ({"features": [[5.1, 3.5, 1.4]]}, "inputs.features", "shape"),
+            ([{"name": "features", "datatype": "INT64", "shape": [1, 4], "data": [5, 3, 1, 0]}],
+             "inputs.features", "datatype"),
+            ({"petals": ROWS}, "inputs.petals", "unknown-input"),
+        ]
+        for inputs, field, rule in bad:
+            error = err(await s.call("kserve_infer", {**SERVICE, "inputs": inputs}))
+            assert (error["code"], error["field"], error["rule"]) == ("invalid_arguments", field, rule)
+        assert hooks(cluster).infer_requests("iris", NS) == [], "refused before any request"
+
+        failed = err(await s.call("deploy_model", {"name": "gone", "namespace": NS,
+                                                   "storage_uri": "file:///nowhere/gone.onnx", "wait": True}))
+        assert failed["code"] == "rollout_failed" and "ModelLoadFailed" in failed["message"]
+        not_ready = err(await s.call("kserve_infer", {"name": "gone", "namespace": NS, "inputs": {"features": ROWS}}))
+        assert not_ready["rule"] == "not-ready" and "RevisionFailed" in not_ready["message"]
+
+        hooks(cluster).inject_fault("iris", NS, status=500)
+        broken = err(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}}))
+        assert broken["code"] == "model_error" and "answered 500" in broken["message"]
+        hooks(cluster).inject_fault("iris", NS, delay=1.0)
+        slow = err(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}, "timeout_seconds": 0.3}))
+        assert slow["code"] == "timeout" and slow["rule"] == "read-timeout"
+
+    async with opsgate(tmp_path / "bob", cluster, "bob") as viewer:
+        assert ok(await viewer.call("model_status", SERVICE))["ready"] is True
+        assert ok(await viewer.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}}))["outputs"]
+        denied = err(await viewer.call("deploy_model", {**SERVICE, "storage_uri": IRIS_V2}))
+        assert denied["code"] == "denied"
+    outcomes = [r["outcome"] for r in s.records() if r["stage"] == "outcome"]
+    errors = [o["error"]["code"] for o in outcomes if o["status"] == "error"]
+    assert errors == ["invalid_arguments"] * 3 + ["rollout_failed", "failed_precondition", "model_error", "timeout"]
+    assert verify_log(s.audit_log).ok and verify_log(viewer.audit_log).ok

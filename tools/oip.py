@@ -1,0 +1,365 @@
+"""The Open Inference Protocol (KServe v2) as pure functions: datatypes, metadata, request and response bodies.
+
+Shared by both ends, so the client (``kserve_infer``) and the sandbox's model
+server agree byte for byte: the client checks a caller's inputs against the
+model's metadata and encodes the request; the server decodes and checks it
+again (a real server would) and encodes its answer; the client decodes that.
+No I/O and no numpy at import: input checking reuses :func:`check_inputs` of
+local inference (same sentences, same rules), imported when a check runs.
+
+Wire shapes (https://kserve.github.io/website/docs/concepts/architecture/data-plane/v2-protocol):
+metadata ``{"name", "versions", "platform", "inputs": [{"name", "datatype", "shape"}], "outputs": [...]}``
+with ``-1`` for a dynamic dimension; infer request ``{"id"?, "inputs": [{"name", "shape", "datatype",
+"data"}], "outputs"?: [{"name"}]}`` with ``data`` flat in row-major order (nested is accepted);
+response ``{"model_name", "model_version"?, "id"?, "outputs": [...]}``; errors ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ToolError
+from .tensors import ModelInputError, TensorOut, TensorSpec
+
+__all__ = [
+    "DTYPE_TO_OIP",
+    "OIP_TO_DTYPE",
+    "ModelMetadata",
+    "OipTensorIn",
+    "ProtocolError",
+    "TensorMeta",
+    "decode_request",
+    "decode_response",
+    "encode_outputs",
+    "encode_request",
+    "error_text",
+    "flatten",
+    "input_elements",
+    "metadata_doc",
+    "nest",
+    "parse_metadata",
+    "specs_of",
+]
+
+#: OIP datatype -> the numpy dtype name local inference uses (TensorSpec.dtype, TensorOut.dtype).
+OIP_TO_DTYPE: Final[Mapping[str, str]] = {
+    "BOOL": "bool",
+    "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+    "BYTES": "string",
+}
+DTYPE_TO_OIP: Final[Mapping[str, str]] = {v: k for k, v in OIP_TO_DTYPE.items()}
+_MAX_RANK: Final = 32
+_ERROR_MAX: Final = 1000
+
+
+def _bad_response(what: str, why: str) -> ToolError:
+    return ToolError(f"{what}: the model server answered something that is not the Open Inference Protocol: {why}",
+                     code="model_error", rule="bad-response")
+
+
+# --------------------------------------------------------------------------- typed views
+
+
+class TensorMeta(BaseModel):
+    """One input or output in model metadata."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 is a dynamic dimension.")
+
+
+class ModelMetadata(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    versions: list[str] = Field(default_factory=list)
+    platform: str = ""
+    inputs: list[TensorMeta]
+    outputs: list[TensorMeta] = Field(default_factory=list)
+
+
+class OipTensorIn(BaseModel):
+    """An input in the protocol's own form; datatype and shape, when given, are checked against the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=256)
+    datatype: str | None = Field(default=None, description='e.g. "FP32", "INT64", "BOOL", "BYTES".')
+    shape: list[int] | None = Field(default=None, max_length=_MAX_RANK, description="e.g. [1, 4].")
+    data: Any = Field(description="Flat row-major values (or nested lists matching shape).")
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def flatten(value: Any) -> tuple[list[int], list[Any]]:
+    """Shape and row-major leaves of nested lists; ValueError on ragged nesting or rank over 32.
+
+    The shape comes from the first element at each level; every list at a level must match it.
+    """
+    shape: list[int] = []
+    node = value
+    while isinstance(node, list | tuple):
+        if len(shape) >= _MAX_RANK:
+            raise ValueError(f"nested more than {_MAX_RANK} levels deep")
+        shape.append(len(node))
+        if not node:
+            break
+        node = node[0]
+    level: list[Any] = [value]
+    for depth, size in enumerate(shape):
+        below: list[Any] = []
+        for item in level:
+            if not isinstance(item, list | tuple) or len(item) != size:
+                raise ValueError(f"ragged nesting: every list at depth {depth} must have {size} items")
+            below.extend(item)
+        level = below
+    if any(isinstance(v, list | tuple) for v in level):
+        raise ValueError("ragged nesting: some items are nested deeper than others")
+    return shape, level
+
+
+def nest(flat: Sequence[Any], shape: Sequence[int]) -> Any:
+    """Row-major ``flat`` as nested lists of ``shape`` (a 0-d shape gives the one value)."""
+    if not shape:
+        return flat[0] if flat else None
+    dims = list(shape)
+
+    def build(offset: int, depth: int) -> list[Any]:
+        if depth == len(dims) - 1:
+            return list(flat[offset:offset + dims[depth]])
+        step = math.prod(dims[depth + 1:])
+        return [build(offset + i * step, depth + 1) for i in range(dims[depth])]
+
+    return build(0, 0)
+
+
+def _elements(shape: Iterable[int]) -> int:
+    return math.prod(shape)
+
+
+def input_elements(inputs: Mapping[str, Any] | Sequence[OipTensorIn]) -> int:
+    """How many values a call sends (the policy's ``input_elements``), without numpy and without walking data.
+
+    Named inputs count by the nesting of their first elements (ragged ones are refused later);
+    protocol-form inputs by their shape when given, else their data.
+    """
+    if isinstance(inputs, Mapping):
+        return sum(_first_chain_count(v) for v in inputs.values())
+    return sum(_elements(max(d, 0) for d in t.shape) if t.shape is not None else _first_chain_count(t.data)
+               for t in inputs)
+
+
+def _first_chain_count(value: Any) -> int:
+    node, count, depth = value, 1, 0
+    while isinstance(node, list | tuple) and depth <= _MAX_RANK:
+        count *= len(node)
+        if not node:
+            break
+        node, depth = node[0], depth + 1
+    return count
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def metadata_doc(name: str, versions: Sequence[str], platform: str, inputs: Sequence[TensorSpec],
+                 outputs: Sequence[TensorSpec]) -> dict[str, Any]:
+    """A model metadata body from local signatures: symbolic and free dimensions become -1."""
+
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        shape = [d if isinstance(d, int) else -1 for d in spec.shape] if spec.shape is not None else [-1]
+        return {"name": spec.name, "datatype": DTYPE_TO_OIP.get(spec.dtype, spec.dtype.upper()), "shape": shape}
+
+    return {"name": name, "versions": list(versions), "platform": platform,
+            "inputs": [tensor(s) for s in inputs], "outputs": [tensor(s) for s in outputs]}
+
+
+def parse_metadata(doc: Any, what: str) -> ModelMetadata:
+    """The metadata a server answered, checked enough to check inputs against; ToolError ``bad-response``."""
+    if not isinstance(doc, dict):
+        raise _bad_response(what, "model metadata is not a JSON object")
+    try:
+        meta = ModelMetadata.model_validate(doc)
+    except ValueError as exc:
+        raise _bad_response(what, f"model metadata: {str(exc).splitlines()[0]}") from None
+    for t in meta.inputs:
+        if t.datatype not in OIP_TO_DTYPE:
+            raise ToolError(f"{what}: input {t.name!r} has datatype {t.datatype!r}, which opsgate cannot send",
+                            code="model_error", rule="unsupported-datatype")
+    return meta
+
+
+def specs_of(tensors: Sequence[TensorMeta]) -> list[TensorSpec]:
+    """Metadata tensors as local signatures: -1 is a free dimension, shared by no other input."""
+    return [TensorSpec(name=t.name, dtype=OIP_TO_DTYPE.get(t.datatype, t.datatype),
+                       shape=[None if d < 0 else d for d in t.shape]) for t in tensors]
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def _named(inputs: Mapping[str, Any] | Sequence[OipTensorIn], meta: ModelMetadata) -> dict[str, Any]:
+    """Protocol-form inputs as {name: nested value}, after checking what they state against the metadata."""
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    declared = {t.name: t for t in meta.inputs}
+    named: dict[str, Any] = {}
+    for t in inputs:
+        field = f"inputs.{t.name}"
+        if t.name in named:
+            raise ModelInputError(field, "duplicate-input", f"{field}: given twice")
+        want = declared.get(t.name)
+        if want is not None and t.datatype is not None and t.datatype != want.datatype:
+            raise ModelInputError(field, "datatype",
+                                  f"{field}: datatype {t.datatype} does not match the model's {want.datatype}")
+        value = t.data
+        if t.shape is not None:
+            try:
+                got_shape, leaves = flatten(value)
+            except ValueError as exc:
+                raise ModelInputError(field, "ragged", f"{field}: {exc}") from None
+            if any(d < 0 for d in t.shape):
+                raise ModelInputError(field, "shape", f"{field}: shape {t.shape} has a negative dimension")
+            if got_shape == list(t.shape):
+                pass  # already nested as stated
+            elif len(got_shape) <= 1 and len(leaves) == _elements(t.shape):
+                value = nest(leaves, t.shape)
+            else:
+                raise ModelInputError(
+                    field, "shape",
+                    f"{field}: shape {t.shape} needs {_elements(t.shape)} values, got {len(leaves)}"
+                    + (f" nested as {got_shape}" if len(got_shape) > 1 else ""),
+                )
+        named[t.name] = value
+    return named
+
+
+def encode_request(meta: ModelMetadata, inputs: Mapping[str, Any] | Sequence[OipTensorIn],
+                   max_elements: int) -> dict[str, Any]:
+    """The infer body for ``inputs``, checked against the model's metadata first.
+
+    Raises ModelInputError (field ``inputs.<name>``) for an unknown or missing input, a datatype
+    the model does not take, a shape that does not fit, or too many values: before any request.
+    """
+    from .inference import check_inputs  # numpy: loaded on the first call, not at server start
+
+    named = _named(inputs, meta)
+    arrays = check_inputs(specs_of(meta.inputs), named, max_elements)
+    by_name = {t.name: t for t in meta.inputs}
+    body = []
+    for name, array in arrays.items():
+        body.append({"name": name, "shape": list(array.shape), "datatype": by_name[name].datatype,
+                     "data": array.ravel().tolist()})
+    return {"inputs": body}
+
+
+def decode_response(doc: Any, what: str) -> tuple[list[TensorOut], str | None, str | None]:
+    """(outputs, model_name, model_version) of an infer answer; outputs nested by their shape."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
+        raise _bad_response(what, 'no "outputs" list')
+    outputs: list[TensorOut] = []
+    for i, item in enumerate(doc["outputs"]):
+        if not isinstance(item, dict):
+            raise _bad_response(what, f"outputs[{i}] is not an object")
+        name, datatype, shape, data = item.get("name"), item.get("datatype"), item.get("shape"), item.get("data")
+        if not isinstance(name, str) or not isinstance(datatype, str):
+            raise _bad_response(what, f"outputs[{i}] has no name or datatype")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise _bad_response(what, f"output {name!r}: shape {shape!r} is not a list of sizes")
+        if not isinstance(data, list):
+            raise _bad_response(what, f"output {name!r}: data is not a list")
+        try:
+            got, leaves = flatten(data)
+        except ValueError as exc:
+            raise _bad_response(what, f"output {name!r}: {exc}") from None
+        if len(leaves) != _elements(shape):
+            raise _bad_response(what, f"output {name!r}: shape {shape} needs {_elements(shape)} values, "
+                                f"got {len(leaves)}")
+        value = data if got == shape else nest(leaves, shape)
+        outputs.append(TensorOut(name=name, dtype=OIP_TO_DTYPE.get(datatype, datatype), shape=shape, data=value))
+    version = doc.get("model_version")
+    model = doc.get("model_name")
+    return (outputs, model if isinstance(model, str) else None,
+            str(version) if isinstance(version, str | int) and not isinstance(version, bool) else None)
+
+
+def error_text(body: bytes, limit: int = _ERROR_MAX) -> str:
+    """The server's ``{"error": "..."}`` message, else the body's text, clipped; never raises."""
+    text = body[: limit * 4].decode("utf-8", "replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        text = doc["error"]
+    elif isinstance(doc, dict) and isinstance(doc.get("detail"), str):  # FastAPI-style servers
+        text = doc["detail"]
+    text = " ".join(text.split()) or "(empty body)"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- server side
+
+
+class ProtocolError(ValueError):
+    """A request the server refuses with 400; the message is the ``error`` text."""
+
+
+def decode_request(doc: Any, inputs: Sequence[TensorSpec]) -> tuple[dict[str, Any], list[str] | None, Any]:
+    """({input name: nested value}, requested output names or None, id) of an infer request.
+
+    Checks what the protocol says (names known, datatypes equal, data fills the shape); the values
+    themselves are checked by the model's own input check.
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        raise ProtocolError('the request must be a JSON object with an "inputs" list')
+    declared = {s.name: s for s in inputs}
+    named: dict[str, Any] = {}
+    for i, item in enumerate(doc["inputs"]):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"inputs[{i}] is not an object")
+        name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+        if not isinstance(name, str):
+            raise ProtocolError(f"inputs[{i}] has no name")
+        spec = declared.get(name)
+        if spec is None:
+            raise ProtocolError(f"unexpected input {name!r}; the model's inputs are: {', '.join(declared)}")
+        if name in named:
+            raise ProtocolError(f"input {name!r} is given twice")
+        want = DTYPE_TO_OIP.get(spec.dtype, spec.dtype)
+        if datatype != want:
+            raise ProtocolError(f"input {name!r}: datatype {datatype!r} does not match the model's {want}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ProtocolError(f"input {name!r}: shape must be a list of non-negative sizes")
+        try:
+            got, leaves = flatten(item.get("data"))
+        except ValueError as exc:
+            raise ProtocolError(f"input {name!r}: {exc}") from None
+        if len(leaves) != _elements(shape):
+            raise ProtocolError(f"input {name!r}: shape {shape} needs {_elements(shape)} values, got {len(leaves)}")
+        named[name] = item.get("data") if got == shape else nest(leaves, shape)
+    wanted = doc.get("outputs")
+    names: list[str] | None = None
+    if isinstance(wanted, list):
+        names = [str(o.get("name")) for o in wanted if isinstance(o, dict)]
+    return named, names, doc.get("id")
+
+
+def encode_outputs(outputs: Sequence[TensorOut]) -> list[dict[str, Any]]:
+    """Outputs of a local run as protocol tensors with flat data."""
+    encoded = []
+    for out in outputs:
+        _, leaves = flatten(out.data)
+        encoded.append({"name": out.name, "datatype": DTYPE_TO_OIP.get(out.dtype, out.dtype.upper()),
+                        "shape": list(out.shape), "data": leaves})
+    return encoded
