@@ -66,7 +66,8 @@ TOOL_ATTRS: Final[Mapping[str, frozenset[str]]] = {
     "deploy": frozenset({"replicas", "current_replicas", "image"}),
     "scale": frozenset({"replicas", "current_replicas"}),
     "infer": frozenset({"model", "input_elements"}),
-    "kserve_infer": frozenset({"model", "input_elements"}),
+    "kserve_infer": frozenset({"model", "input_elements", "url_override"}),
+    "deploy_model": frozenset({"replicas", "current_replicas", "model"}),
 }
 
 

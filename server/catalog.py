@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from opsgate.policies.bounds import count_input_elements
+from opsgate.tools import kserve as ks
 from opsgate.tools import workloads as wl
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
@@ -89,11 +90,23 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
 
         return await anyio.to_thread.run_sync(wl.deploy, kube, args, ctx, progress)
 
+    async def deploy_model(args: ks.DeployModelArgs, ctx: CallContext) -> ks.DeployModelResult:
+        report = ctx.report_progress
+
+        def progress(done: float, total: float | None, message: str | None) -> None:
+            if report is not None:
+                anyio.from_thread.run(report, done, total, message)
+
+        return await anyio.to_thread.run_sync(ks.deploy_model, kube, args, ctx, progress)
+
     def ns(args: Any) -> str:
         return str(args.namespace)
 
     async def current_replicas(args: Any) -> dict[str, Any]:
         """For max_replicas_change: the replicas now (0 for a Deployment not yet created); unknown on error."""
+        if isinstance(args, ks.DeployModelArgs) or getattr(args, "kind", None) == "InferenceService":
+            return await anyio.to_thread.run_sync(ks.current_replicas, kube, args.namespace, args.name)
+
         def read() -> dict[str, Any]:
             what = f"read scale of deployment {args.namespace}/{args.name}"
             try:
@@ -106,7 +119,9 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
 
     return [
         ToolSpec(
-            name="list_workloads", description="Deployments in a namespace: replicas desired/ready, images, revision.",
+            name="list_workloads",
+            description="Deployments and InferenceServices in a namespace: replicas desired/ready, images/model, "
+            "revision.",
             args_model=wl.ListWorkloadsArgs, result_model=wl.ListWorkloadsResult, run=bind(wl.list_workloads),
             namespace_of=ns, open_world=True, object_kind="Deployment",
         ),
@@ -129,16 +144,40 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
             bound_attrs=lambda a: {"replicas": a.replicas, "image": a.image}, current_state=current_replicas,
         ),
         ToolSpec(
-            name="scale", description="Set a Deployment's replicas (scale subresource); dry_run supported.",
+            name="scale", description="Set a Deployment's replicas, or an InferenceService's min/max_replicas "
+            "(kind); dry_run supported.",
             args_model=wl.ScaleArgs, result_model=wl.ScaleResult, run=bind(wl.scale), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
-            bound_attrs=lambda a: {"replicas": a.replicas}, current_state=current_replicas,
+            bound_attrs=lambda a: {"replicas": a.bound_replicas()}, current_state=current_replicas,
         ),
         ToolSpec(
             name="rollback",
-            description="Roll a Deployment back to the previous or a given revision (kubectl rollout undo).",
+            description="Roll a Deployment back to the previous or a given revision (kubectl rollout undo); an "
+            "InferenceService (kind): canary traffic to 0, or the previous spec opsgate recorded.",
             args_model=wl.RollbackArgs, result_model=wl.RollbackResult, run=bind(wl.rollback), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
+        ),
+        ToolSpec(
+            name="deploy_model",
+            description="Create or update a KServe InferenceService for an ONNX model. canary_traffic_percent: "
+            "canary update; promote: roll it out; dry_run: diff only; wait: until Ready, with progress.",
+            args_model=ks.DeployModelArgs, result_model=ks.DeployModelResult, run=deploy_model, verb="write",
+            destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
+            bound_attrs=lambda a: a.policy_attrs(), current_state=current_replicas,
+        ),
+        ToolSpec(
+            name="model_status",
+            description="One InferenceService: URL, Ready or why not, model state, revisions, traffic split.",
+            args_model=ks.ModelStatusArgs, result_model=ks.ModelStatusResult, run=bind(ks.model_status),
+            namespace_of=ns, open_world=True, object_kind="InferenceService",
+        ),
+        ToolSpec(
+            name="kserve_infer",
+            description="Call a Ready InferenceService (Open Inference Protocol v2, or v1). inputs are checked "
+            "against the model's metadata before sending.",
+            args_model=ks.KServeInferArgs, result_model=ks.KServeInferResult, run=bind(ks.kserve_infer),
+            namespace_of=ns, open_world=True, object_kind="InferenceService",
+            bound_attrs=lambda a: a.policy_attrs(),
         ),
     ]
 

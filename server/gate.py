@@ -25,6 +25,7 @@ from opsgate.tools.context import CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
 
 from .records import Caller, compact, decision_record, outcome_record
+from .results import cap_strings, cap_text
 from .toolspec import AskFn, ToolSpec
 
 log = structlog.get_logger("opsgate.gate")
@@ -296,8 +297,8 @@ class Gate:
         assert result is not None
         bound.info("call_ok", duration_ms=round(duration_ms, 3))
         return types.CallToolResult(
-            content=[types.TextContent(type="text", text=spec.render(result))],
-            structured_content=result.model_dump(mode="json"),
+            content=[types.TextContent(type="text", text=cap_text(spec.render(result)))],
+            structured_content=cap_strings(result.model_dump(mode="json")),
             is_error=False,
         )
 

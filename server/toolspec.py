@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 from opsgate.tools.context import CallContext
 
+from .results import cap_strings
+
 A = TypeVar("A", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 
@@ -29,7 +31,9 @@ def _no_namespace(_: BaseModel) -> str:
 
 
 def _compact_json(result: BaseModel) -> str:
-    return json.dumps(result.model_dump(mode="json", exclude_none=True), separators=(",", ":"))
+    """The default text: the same data as the structured result, as JSON, strings capped like it."""
+    data = cap_strings(result.model_dump(mode="json", exclude_none=True))
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,8 @@ class ToolSpec(Generic[A, R]):
         if self.object_kind is None:
             return None
         name = getattr(args, "name", None) or getattr(args, "model", None)
-        ref = {"kind": self.object_kind, "namespace": self.namespace_of(args), "name": name}
+        kind = getattr(args, "kind", None) or self.object_kind  # scale/rollback act on either kind
+        ref = {"kind": kind, "namespace": self.namespace_of(args), "name": name}
         return {k: v for k, v in ref.items() if v not in (None, "-")}
 
     @property
@@ -72,7 +77,7 @@ class ToolSpec(Generic[A, R]):
             name=self.name,
             description=self.description,
             input_schema=_schema(self.args_model),
-            output_schema=_schema(self.result_model, drop=("title", "description")),
+            output_schema=_schema(self.result_model, drop=OUTPUT_SCHEMA_DROP),
             annotations=types.ToolAnnotations(
                 read_only_hint=self.verb == "read",
                 destructive_hint=self.destructive,
@@ -80,6 +85,10 @@ class ToolSpec(Generic[A, R]):
                 open_world_hint=self.open_world,
             ),
         )
+
+
+# Outputs are produced by us, not typed by the assistant: their schema needs shape and types, not prose.
+OUTPUT_SCHEMA_DROP = ("title", "description", "default", "additionalProperties")
 
 
 def _schema(model: type[BaseModel], drop: tuple[str, ...] = ("title",)) -> dict[str, Any]:
@@ -97,7 +106,7 @@ def _compact(node: Any, drop: tuple[str, ...]) -> Any:
         return [_compact(v, drop) for v in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _compact(v, drop) for k, v in node.items() if not (k in drop and isinstance(v, str))}
+    out = {k: _compact(v, drop) for k, v in node.items() if not (k in drop and not isinstance(v, dict))}
     if "default" in out and out["default"] is None:
         del out["default"]
     options = out.get("anyOf")

@@ -18,8 +18,9 @@ from tests.harness import serve, server_env, write_policy
 
 pytestmark = pytest.mark.anyio
 
-READ_TOOLS = {"whoami", "explain_access", "list_models", "infer", "list_workloads", "rollout_status", "rollout_history"}
-WRITE_TOOLS = {"deploy", "scale", "rollback"}
+READ_TOOLS = {"whoami", "explain_access", "list_models", "infer", "list_workloads", "rollout_status", "rollout_history",
+              "model_status", "kserve_infer"}
+WRITE_TOOLS = {"deploy", "scale", "rollback", "deploy_model"}
 EXPECTED_TOOLS = READ_TOOLS | WRITE_TOOLS
 ADMIN_POLICY = ["g, root, role:admin, *"]
 BATCH = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
