@@ -64,7 +64,7 @@ def open_cluster(settings: Settings, environ: Mapping[str, str] | None = None) -
         return Cluster(Kube(KubeTarget(in_cluster=True)), "in-cluster")
     from .sandbox import SandboxCluster
 
-    sandbox = SandboxCluster().start()
+    sandbox = SandboxCluster(models_dir=settings.models).start()  # its InferenceServices serve our models
     return Cluster(Kube(KubeTarget(sandbox_url=sandbox.url), sandbox=True), "sandbox", sandbox)
 
 

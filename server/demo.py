@@ -156,7 +156,21 @@ def _steps(call: Call, n: Narrator) -> list[tuple[str, Callable[[], Awaitable[No
         expect("inference", not r.is_error, "the shipped iris model ran locally with onnxruntime")
 
     async def kserve() -> None:
-        n.skip("kserve", "KServe InferenceServices are not built yet (issue 4)")
+        base = {"name": "iris", "namespace": NS}
+        served = await call("deploy_model", {**base, "storage_uri": "iris", "wait": True})
+        rows = {"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
+        answer = await call("kserve_infer", {**base, "inputs": rows})
+        canary = await call("deploy_model", {**base, "storage_uri": "iris-v2", "canary_traffic_percent": 20,
+                                             "wait": True})
+        status = (await call("model_status", base)).structured_content
+        split = {t["tag"] or t["revision"]: t["percent"] for t in status.get("traffic", [])}
+        n.say(f"  traffic split after the canary: {split}")
+        back = await call("rollback", {**base, "kind": "InferenceService"})
+        after = (await call("model_status", base)).structured_content
+        expect("kserve", not (served.is_error or answer.is_error or canary.is_error or back.is_error)
+               and sorted(split.values()) == [20, 80]
+               and [t["percent"] for t in after.get("traffic", []) if t["percent"]] == [100],
+               "served over the Open Inference Protocol, canaried at 20%, and rolled back to 100% on v1")
 
     return [
         ("who am I, and what may I do?", whoami),
