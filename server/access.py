@@ -7,7 +7,7 @@ gate's own state (identity, policy, mode); they still run through the gate.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +103,9 @@ def own_records(path: Path, principal: str, limit: int) -> list[dict[str, Any]]:
     return mine[-limit:]
 
 
-def access_tools(gate: Gate, cluster: Mapping[str, Any] | None = None) -> list[ToolSpec[Any, Any]]:
+def access_tools(
+    gate: Gate, cluster: Callable[[], Mapping[str, Any]] | None = None
+) -> list[ToolSpec[Any, Any]]:
     async def whoami(_: WhoamiArgs, ctx: CallContext) -> WhoamiResult:
         caller = gate.caller
         grants = [
@@ -123,7 +125,7 @@ def access_tools(gate: Gate, cluster: Mapping[str, Any] | None = None) -> list[T
             tools=gate.tool_names,
             policy_hash=gate.policy.hash,
             audit_log=str(gate.audit.path),
-            cluster=dict(cluster) if cluster is not None else None,
+            cluster=dict(await anyio.to_thread.run_sync(cluster)) if cluster is not None else None,
         )
 
     async def explain_access(args: ExplainAccessArgs, ctx: CallContext) -> ExplainAccessResult:

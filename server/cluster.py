@@ -9,39 +9,80 @@ stderr and in ``whoami`` so nobody mistakes it for a real cluster.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from opsgate.tools.kube import Kube, KubeTarget
 
 from .config import Settings
 
 if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
     from .sandbox import SandboxCluster
+
+log = structlog.get_logger("opsgate.cluster")
+
+
+class SandboxKube(Kube):
+    """The built-in sandbox, started on first use: a session that never touches a cluster never pays for one."""
+
+    def __init__(self, models_dir: Path | None) -> None:
+        super().__init__(KubeTarget(), sandbox=True)
+        self._models_dir = models_dir
+        self._start_lock = threading.Lock()
+        self.sandbox: SandboxCluster | None = None
+
+    def ensure_started(self) -> SandboxCluster:
+        with self._start_lock:
+            if self.sandbox is None:
+                from .sandbox import SandboxCluster
+
+                self.sandbox = SandboxCluster(models_dir=self._models_dir).start()  # serves our models folder
+                self.target = KubeTarget(sandbox_url=self.sandbox.url)
+                log.info("sandbox_started", server=self.sandbox.url)
+            return self.sandbox
+
+    def _build(self) -> ApiClient:
+        self.ensure_started()
+        return super()._build()
+
+    def stop(self) -> None:
+        self.close()
+        with self._start_lock:
+            if self.sandbox is not None:
+                self.sandbox.stop()
 
 
 @dataclass
 class Cluster:
     kube: Kube
     source: str  # "kubeconfig", "in-cluster" or "sandbox"
-    sandbox: SandboxCluster | None = None
+
+    @property
+    def is_sandbox(self) -> bool:
+        return isinstance(self.kube, SandboxKube)
 
     def describe(self) -> dict[str, Any]:
-        """No network call: what we were told, for whoami and the banner."""
-        info: dict[str, Any] = {"source": self.source, "sandbox": self.sandbox is not None}
-        if self.sandbox is not None:
-            info["server"] = self.sandbox.url
+        """What we were told, for whoami and the banner (the sandbox starts if it has not yet)."""
+        info: dict[str, Any] = {"source": self.source, "sandbox": self.is_sandbox}
+        if isinstance(self.kube, SandboxKube):
+            info["server"] = self.kube.ensure_started().url
         else:
             info["kubeconfig"] = str(self.kube.target.kubeconfig) if self.kube.target.kubeconfig else None
             info["context"] = self.kube.target.context
         return info
 
     def close(self) -> None:
-        self.kube.close()
-        if self.sandbox is not None:
-            self.sandbox.stop()
+        if isinstance(self.kube, SandboxKube):
+            self.kube.stop()
+        else:
+            self.kube.close()
 
 
 def find_kubeconfig(settings: Settings, environ: Mapping[str, str], home: Path) -> Path | None:
@@ -62,16 +103,13 @@ def open_cluster(settings: Settings, environ: Mapping[str, str] | None = None) -
         return Cluster(Kube(KubeTarget(kubeconfig=path, context=settings.context)), "kubeconfig")
     if env.get("KUBERNETES_SERVICE_HOST"):
         return Cluster(Kube(KubeTarget(in_cluster=True)), "in-cluster")
-    from .sandbox import SandboxCluster
-
-    sandbox = SandboxCluster(models_dir=settings.models).start()  # its InferenceServices serve our models
-    return Cluster(Kube(KubeTarget(sandbox_url=sandbox.url), sandbox=True), "sandbox", sandbox)
+    return Cluster(SandboxKube(settings.models), "sandbox")
 
 
 def describe_cluster(cluster: Cluster) -> str:
     """One line for people: the banner and logs."""
     info = cluster.describe()
-    if cluster.sandbox is not None:
+    if cluster.is_sandbox:
         return f"SANDBOX (built in, in memory) at {info['server']}"
     if cluster.source == "in-cluster":
         return "in-cluster service account"

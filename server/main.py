@@ -82,7 +82,7 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
         raise
     gate = Gate(policy=policy, audit=audit, caller=caller, read_only=settings.read_only,
                 disable_destructive=settings.disable_destructive)
-    gate.register(access_tools(gate, cluster.describe()))
+    gate.register(access_tools(gate, cluster.describe))
     gate.register(specs)
     return gate, cluster
 
@@ -108,10 +108,10 @@ def banner(gate: Gate, cluster: Cluster, settings: Settings) -> str:
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     gate, cluster = build_gate(settings)
-    if cluster.sandbox is not None:
-        log.warning("sandbox_cluster", server=cluster.sandbox.url,
+    if cluster.is_sandbox:
+        log.warning("sandbox_cluster",
                     message="no kubeconfig found: the Kubernetes tools use the built-in sandbox cluster, "
-                    "in memory, not a real cluster")
+                    "in memory, not a real cluster (started on first use)")
     from .app import build_server  # the SDK import is the slow part of start-up
 
     server = build_server(gate, version=__version__)
