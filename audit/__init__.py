@@ -1,23 +1,31 @@
-"""opsgate.audit: the append-only, hash-chained audit log (writer, verifier, redaction).
+"""opsgate.audit: the append-only, hash-chained audit log (writer, verifier, checkpoints, reader, redaction).
 
-Hashing and redaction are pure functions (``chain``, ``redact``); file I/O lives
-only in ``log`` (the writer) and ``verify`` (the reader).
+Hashing, signing bodies, redaction and filter parsing are pure functions
+(``chain``, ``checkpoint``, ``redact``, ``query``); file I/O lives in ``log``
+(the writer), ``verify`` and ``query`` (the readers) and the key-file helpers;
+``cli`` is the reviewer's command line.
 """
 
 from .chain import GENESIS_HASH, canonical, record_hash, seal
-from .log import AuditLog, AuditWriteError
+from .checkpoint import KeyRing, generate_keypair
+from .log import SCHEMA_VERSION, AuditLog, AuditWriteError
 from .redact import REDACTED, redact
-from .verify import VerifyReport, verify_log
+from .verify import CheckpointSummary, VerifyReport, verify_audit, verify_log
 
 __all__ = [
     "GENESIS_HASH",
     "REDACTED",
+    "SCHEMA_VERSION",
     "AuditLog",
     "AuditWriteError",
+    "CheckpointSummary",
+    "KeyRing",
     "VerifyReport",
     "canonical",
+    "generate_keypair",
     "record_hash",
     "redact",
     "seal",
+    "verify_audit",
     "verify_log",
 ]

@@ -1,23 +1,45 @@
-"""The audit log writer: one hash chain in one append-only JSON Lines file.
+"""The audit log writer: one hash chain in append-only JSON Lines segments, with signed checkpoints.
 
 Durability and ordering rules (see DESIGN.md, "Pitfalls checked here > Audit"):
 
-* Every record is one canonical line written with a single ``write`` on an
-  ``O_APPEND`` descriptor and ``fsync``-ed before :meth:`AuditLog.append`
-  returns, so the gate can run the tool only after its decision is on disk.
-* A ``threading.Lock`` serialises threads and an exclusive ``flock`` serialises
-  processes; under the lock the writer re-reads the tail whenever the file size
+* :meth:`AuditLog.append` returns only once its record is written and
+  ``fsync``-ed, so the gate runs a tool only after its decision is on disk.
+* **Group commit.** Threads calling ``append`` at the same time share one
+  ``fsync``. A caller serialises its body in its own thread (the costly part),
+  then queues it. If no thread is writing, it becomes the *leader*: it takes
+  every record queued so far, seals them in order (consecutive seq, each
+  ``prev`` the hash before), writes them with ONE ``write`` of whole lines on
+  the ``O_APPEND`` descriptor, fsyncs once, and wakes each caller whose record
+  is now durable; then it hands the lead to the oldest caller still queued
+  (who queued during that fsync and forms the next batch), or, if none, leaves
+  it free. Each caller is woken exactly once, by its own lock. A batch fails or
+  succeeds as a whole: no caller is told "written" unless the fsync that
+  covered its record returned. One write per batch rather than per record:
+  the lines are whole in the buffer, the flock keeps other writers out, and a
+  crash can only cut the last line short, which recovery handles as before.
+* The leader hand-off orders threads and an exclusive ``flock`` orders
+  processes; under the lock the leader re-reads the tail whenever the file size
   is not what it last left, so several processes extend ONE chain.
 * After a failed ``write``/``fsync`` the descriptor is never used again: the
   kernel may have dropped the dirty pages and a retried ``fsync`` can report
   success for data that is gone. The next append reopens the file, re-reads
   and re-checks the tail, and only then goes on.
 * A last line without its newline is a torn write from a crash. It is sealed
-  by appending a newline and a ``recovery`` record that names it (line number,
-  length, SHA-256) and chains to the last good record; old bytes are never
-  rewritten or removed.
+  by appending a newline and a ``recovery`` record that names it (line number
+  in its file, length, SHA-256) and chains to the last good record; old bytes
+  are never rewritten or removed.
 * The writer refuses (fails closed) when the tail it would chain onto is not a
   valid record, or when the file shrank, vanished or was replaced under it.
+* **Rotation.** With ``max_segment_bytes`` set, a batch that would take the live
+  file past that size first renames it to the next numbered segment
+  (``audit.jsonl.000001``, ...; made read-only) and starts a new live file;
+  the chain simply continues. A writer that finds its file renamed to a
+  segment by another process follows to the new live file.
+* **Checkpoints.** A signed (seq, hash) of the head goes to
+  ``<log>.checkpoints`` when the log is opened, closed, rotated and every
+  ``checkpoint_every`` records (see ``checkpoint.py``). A checkpoint that cannot
+  be written at open stops the open; later ones are retried after the next
+  batch and never fail an append whose record is durable.
 """
 
 from __future__ import annotations
@@ -28,23 +50,42 @@ import fcntl
 import hashlib
 import logging
 import os
+import socket
 import stat
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .chain import GENESIS_HASH, canonical, is_hash, loads, record_hash, seal_line
+from .chain import GENESIS_HASH, Prepared, canonical, is_hash, loads, prepare, record_hash, seal_line
+from .checkpoint import (
+    Checkpoint,
+    HmacSigner,
+    Signer,
+    checkpoint_line,
+    load_or_create_hmac_key,
+    load_private_key,
+)
+from .segments import checkpoints_path, hmac_key_path, list_segments, segment_path
 
-__all__ = ["MAX_LINE_BYTES", "AuditLog", "AuditWriteError"]
+__all__ = ["MAX_LINE_BYTES", "SCHEMA_VERSION", "AuditLog", "AuditWriteError"]
+
+SCHEMA_VERSION = 2
+"""Version of the record schema in SCHEMA.md; the ``v`` of records this module writes (recovery)."""
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 """Longest line the writer produces or accepts at the tail; bounds memory when reading back."""
 
 _TAIL_WINDOW = 4096
 _COUNT_CHUNK = 1 << 20
+_MAX_BATCH = 1024
+_MAX_BATCH_BYTES = 8 * 1024 * 1024
+_EXTRA_BATCHES = 4  # batches a leader writes for others after its own record is durable
+_CHAIN_OVERHEAD = 180  # bytes the chain members add to a line (hash, prev, seq up to 16 digits, commas)
+_FOLLOW_LIMIT = 16
 
 log = logging.getLogger("opsgate.audit")
 
@@ -135,7 +176,7 @@ def _check_record(line: bytes) -> dict[str, Any]:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """One ``write`` for the whole line; loop only on a short write (the rest lands right after)."""
+    """One ``write`` for the whole buffer; loop only on a short write (the rest lands right after)."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -145,7 +186,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    """Make a newly created file's directory entry durable (best effort: some filesystems refuse)."""
+    """Make a directory entry (a new or renamed file) durable (best effort: some filesystems refuse)."""
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -158,26 +199,103 @@ def _fsync_dir(directory: Path) -> None:
         os.close(dfd)
 
 
-class AuditLog:
-    """Append-only writer of the hash-chained audit log at ``path``; safe across threads and processes."""
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
 
-    def __init__(self, path: Path) -> None:
+
+@dataclass(eq=False)
+class _Pending:
+    """One caller's record on its way to disk; filled in by the leader that writes it.
+
+    The caller sleeps on ``wake`` (a lock it does not hold), which is released
+    exactly once: when the record is settled, or when this caller is handed
+    the lead. One wake-up per caller, not one per caller per batch.
+    """
+
+    prepared: Prepared
+    wake: threading.Lock = field(default_factory=lambda: _held_lock())  # looked up late: tests replace it
+    record: dict[str, Any] | None = None
+    error: str | None = None
+    cause: BaseException | None = None
+    done: bool = False
+    woken: bool = False
+
+    def rouse(self) -> None:
+        if not self.woken:
+            self.woken = True
+            self.wake.release()
+
+
+class AuditLog:
+    """Append-only writer of the hash-chained audit log at ``path``; safe across threads and processes.
+
+    ``signing_key``: an Ed25519 private key (PEM, unencrypted) that signs the
+    checkpoints; without it they are HMAC-SHA256 with ``<path>.hmac-key``,
+    created (0600) when absent. ``checkpoint_every``: records between periodic
+    checkpoints. ``max_segment_bytes``: rotate the live file before it would
+    grow past this size (None: never).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        signing_key: Path | None = None,
+        checkpoint_every: int = 1000,
+        max_segment_bytes: int | None = None,
+    ) -> None:
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
+        if max_segment_bytes is not None and max_segment_bytes < 1:
+            raise ValueError(f"max_segment_bytes must be positive, got {max_segment_bytes!r}")
         self._path = Path(os.path.abspath(path))  # stays valid if the process changes directory
-        self._lock = threading.Lock()
+        self._checkpoint_every = checkpoint_every
+        self._max_segment_bytes = max_segment_bytes
+        self._origin = f"opsgate.audit/{socket.gethostname()}{self._path}"
+        self._mutex = threading.Lock()  # guards the queue and the flags; held only for a moment
+        self._idle = threading.Condition(self._mutex)  # close() waits on it for the leader to finish
+        self._queue: list[_Pending] = []
+        self._leading = False  # a thread is doing I/O; only it touches the fields below
+        self._closed = False
+        self._own: _Pending | None = None  # the leader's own entry (it is not woken, it returns)
         self._fd: int | None = None
         self._ident: tuple[int, int] = (0, 0)
-        self._closed = False
+        self._known = False  # this writer has read the tail before (so a regression is refused)
         self._last_seq = 0
         self._last_hash = GENESIS_HASH
-        self._size = 0  # file size right after our last write or tail read
-        with self._lock:
-            self._open(create=True)
+        self._size = -1  # file size right after our last write or tail read; -1: not read yet
+        self._cp_fd: int | None = None
+        self._checkpoint_due: str | None = None  # an event whose checkpoint failed and is owed
+        # The log is opened first, so nothing is created beside a path that cannot be a log.
+        self._open_fd(create=True)
+        try:
+            self._signer = self._load_signer(signing_key)
+            self._acquire()
+            try:
+                self._write_checkpoint("start")
+            finally:
+                self._release()
+        except BaseException:
+            self._discard()
+            self._close_checkpoints()
+            raise
 
     # -- public --------------------------------------------------------------------------------
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return checkpoints_path(self._path)
+
+    @property
+    def key_id(self) -> str:
+        """``alg key_id`` of the key that signs this writer's checkpoints."""
+        return f"{self._signer.alg} {self._signer.key_id}"
 
     @property
     def last_seq(self) -> int:
@@ -194,33 +312,59 @@ class AuditLog:
 
         Raises AuditWriteError when the record is not durable (or cannot be
         serialised); in that case nothing the record describes may be run.
+        Safe to call from many threads at once: they share fsyncs (group commit).
         """
-        with self._lock:
+        try:
+            prepared = prepare(body)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
+        entry = _Pending(prepared)
+        with self._mutex:
             if self._closed:
                 raise AuditWriteError(f"audit log {self._path} is closed")
-            if self._fd is None:
-                self._open(create=False)
-            fd = self._fd
-            assert fd is not None
+            self._queue.append(entry)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
-                self._discard()
-                raise AuditWriteError(f"cannot lock audit log {self._path}: {exc}") from exc
-            try:
-                return self._append_locked(fd, body)
-            finally:
-                if self._fd is not None:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_UN)
-                    except OSError:
-                        self._discard()
+                entry.wake.acquire()  # until the record is settled, or the lead is handed to us
+            except BaseException:  # interrupted (Ctrl-C in the main thread): never strand the queue
+                self._abandon(entry)
+                raise
+        if not entry.done:
+            self._lead(entry)
+        if entry.error is not None:
+            raise AuditWriteError(entry.error) from entry.cause
+        assert entry.record is not None
+        return entry.record
 
     def close(self) -> None:
-        """Close the file; later appends raise AuditWriteError."""
-        with self._lock:
+        """Write the stop checkpoint and close the files; later appends raise AuditWriteError.
+
+        Records queued before the close are still written (their callers wait for them).
+        """
+        with self._mutex:
+            if self._closed:
+                return
             self._closed = True
+            while self._leading:
+                self._idle.wait()
+            self._leading = True
+        try:
+            if self._fd is not None:
+                try:
+                    self._acquire()
+                    try:
+                        self._write_checkpoint("stop")
+                    finally:
+                        self._release()
+                except AuditWriteError as exc:
+                    log.warning("audit log %s: no stop checkpoint: %s", self._path, exc)
+        finally:
             self._discard()
+            self._close_checkpoints()
+            with self._mutex:
+                self._leading = False
 
     def __enter__(self) -> AuditLog:
         return self
@@ -236,28 +380,184 @@ class AuditLog:
     def __repr__(self) -> str:
         return f"AuditLog({str(self._path)!r}, last_seq={self._last_seq})"
 
-    # -- internals (all called with self._lock held) --------------------------------------------
+    # -- group commit ----------------------------------------------------------------------------
 
-    def _append_locked(self, fd: int, body: Mapping[str, Any]) -> dict[str, Any]:
-        size = self._check_same_file(fd)
-        if size != self._size:
+    def _lead(self, own: _Pending) -> None:
+        """Write batches until our own record is settled, then a few more while callers are queued,
+        then hand the lead to the oldest caller still queued.
+
+        Going on with the records that queued during our fsync starts the next
+        fsync at once, while this thread holds the GIL; a woken successor would
+        first have to win the GIL from the callers just woken. The extra batches
+        delay only this caller's return (its record is already durable), and
+        are bounded so that no caller leads for ever under steady load.
+        """
+        self._own = own
+        extra = 0
+        while True:
+            with self._mutex:
+                batch = self._take_batch()
+            finished = False
             try:
-                self._sync_tail(fd, size, known=True)  # another process appended (or left a torn tail)
-            except AuditWriteError:
-                self._discard()
-                raise
+                self._commit(batch)
+                finished = True
+            finally:
+                with self._mutex:
+                    for entry in batch:
+                        entry.done = True
+                    successor = None
+                    if not finished and not own.done and own in self._queue:  # leaving on an exception
+                        self._queue.remove(own)
+                        own.done, own.error = True, f"audit log {self._path}: interrupted while writing"
+                    if own.done:
+                        extra += 1
+                    stay = finished and (not own.done or (bool(self._queue) and extra <= _EXTRA_BATCHES))
+                    if not stay:
+                        if self._queue:
+                            successor = self._queue[0]  # it leads next; _leading stays True
+                        else:
+                            self._leading = False
+                            if self._closed:
+                                self._idle.notify_all()
+                for entry in batch:
+                    if entry is not own:
+                        entry.rouse()
+                if successor is not None:
+                    successor.rouse()
+            if not stay:
+                self._own = None
+                return
+
+    def _abandon(self, entry: _Pending) -> None:
+        """A caller stops waiting: drop its record if not yet taken, and pass on the lead if it had it."""
+        successor = None
+        with self._mutex:
+            if entry in self._queue:
+                self._queue.remove(entry)
+                handed_lead = entry.woken and not entry.done
+                entry.done, entry.error = True, f"audit log {self._path}: the caller stopped waiting"
+                if handed_lead:
+                    if self._queue:
+                        successor = self._queue[0]
+                    else:
+                        self._leading = False
+                        if self._closed:
+                            self._idle.notify_all()
+        if successor is not None:
+            successor.rouse()
+
+    def _take_batch(self) -> list[_Pending]:
+        """The oldest queued records, bounded in count and bytes (at least one). Called under the mutex."""
+        total, count = 0, 0
+        for entry in self._queue[:_MAX_BATCH]:
+            total += entry.prepared.size
+            if count and total > _MAX_BATCH_BYTES:
+                break
+            count += 1
+        batch = self._queue[:count]
+        del self._queue[:count]
+        return batch
+
+    def _release_early(self, entries: list[_Pending]) -> None:
+        """Wake the callers of settled entries now, before the leader's remaining work (a checkpoint)."""
+        with self._mutex:
+            for entry in entries:
+                entry.done = True
+        for entry in entries:
+            if entry is not self._own:
+                entry.rouse()
+
+    @staticmethod
+    def _fail(batch: list[_Pending], message: str, cause: BaseException | None) -> None:
+        for entry in batch:
+            if not entry.done and entry.error is None:
+                entry.record, entry.error, entry.cause = None, message, cause
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """Leader only: write ``batch`` durably in one write + one fsync; give every entry a record or an error."""
         try:
-            record, line = seal_line(body, self._last_seq + 1, self._last_hash)
-            line += b"\n"
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
-        if len(line) > MAX_LINE_BYTES:
-            raise AuditWriteError(f"audit record is {len(line)} bytes, over the {MAX_LINE_BYTES} limit")
-        self._write_durably(fd, line)
-        self._last_seq = record["seq"]
-        self._last_hash = record["hash"]
-        self._size += len(line)
-        return record
+            self._acquire()
+            try:
+                self._write_batch(batch)
+            finally:
+                self._release()
+        except AuditWriteError as exc:
+            self._fail(batch, str(exc), exc.__cause__ or exc)
+        except BaseException as exc:
+            self._fail(batch, f"audit log {self._path}: internal error ({type(exc).__name__})", exc)
+            raise
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        if self._max_segment_bytes is not None and self._size > 0:
+            incoming = sum(e.prepared.size + _CHAIN_OVERHEAD for e in batch)
+            if self._size + incoming > self._max_segment_bytes:
+                self._rotate()
+        seq, prev = self._last_seq, self._last_hash
+        lines: list[bytes] = []
+        written: list[_Pending] = []
+        for entry in batch:
+            try:
+                record, line = entry.prepared.seal(seq + 1, prev)
+            except ValueError as exc:
+                entry.error, entry.cause = f"audit record cannot be sealed: {exc}", exc
+                continue
+            if len(line) + 1 > MAX_LINE_BYTES:
+                entry.error = f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit"
+                continue
+            entry.record = record
+            seq, prev = record["seq"], record["hash"]
+            lines.append(line)
+            written.append(entry)
+        if not lines:
+            return
+        data = b"\n".join(lines) + b"\n"
+        fd = self._fd
+        assert fd is not None
+        self._write_durably(fd, data)
+        before = self._last_seq
+        self._last_seq, self._last_hash = seq, prev
+        self._size += len(data)
+        every = self._checkpoint_every
+        due = "every" if before // every != seq // every else self._checkpoint_due
+        if due is not None:
+            self._release_early(written)  # durable: the callers need not wait for the checkpoint
+            self._try_checkpoint(due)
+
+    # -- files (leader only) ----------------------------------------------------------------------
+
+    def _acquire(self) -> int:
+        """Lock the live file and learn its tail; follow a rotation done by another writer."""
+        create = False
+        for _ in range(_FOLLOW_LIMIT):
+            if self._fd is None:
+                self._open_fd(create=create)
+            fd = self._fd
+            assert fd is not None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                self._discard()
+                raise AuditWriteError(f"cannot lock audit log {self._path}: {exc}") from exc
+            size = self._check_same_file(fd)
+            if size is None:  # renamed to a segment by another writer: go to the new live file
+                self._discard()
+                create = True
+                continue
+            if size != self._size:
+                try:
+                    self._sync_tail(fd, size)  # another process appended (or left a torn tail)
+                except AuditWriteError:
+                    self._discard()
+                    raise
+            return fd
+        raise AuditWriteError(f"audit log {self._path} kept being rotated under this writer")
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            except OSError:
+                self._discard()
 
     def _write_durably(self, fd: int, data: bytes) -> None:
         """Write and fsync, or give up this descriptor for good and raise."""
@@ -269,17 +569,31 @@ class AuditLog:
             log.warning("audit log write failed; descriptor dropped, will reopen: %s", exc)
             raise AuditWriteError(f"cannot write audit log {self._path}: {exc}") from exc
 
-    def _check_same_file(self, fd: int) -> int:
-        """Return the file size, after making sure ``path`` still names the file we hold open."""
+    def _check_same_file(self, fd: int) -> int | None:
+        """The file size, after making sure ``path`` still names the file we hold open.
+
+        None when our file is now a rotated segment (another writer rotated it).
+        """
         try:
             st = os.fstat(fd)
-            on_disk = os.stat(self._path)
         except OSError as exc:
             self._discard()
             raise AuditWriteError(f"audit log {self._path} is gone: {exc}") from exc
-        if st.st_nlink == 0 or (on_disk.st_dev, on_disk.st_ino) != self._ident:
+        try:
+            on_disk: os.stat_result | None = os.stat(self._path)
+        except FileNotFoundError:
+            on_disk = None
+        except OSError as exc:
+            self._discard()
+            raise AuditWriteError(f"audit log {self._path} is gone: {exc}") from exc
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != self._ident:
+            if st.st_nlink > 0 and self._is_segment(self._ident):
+                return None
             self._discard()
             raise AuditWriteError(f"audit log {self._path} was removed or replaced while open")
+        if st.st_nlink == 0:
+            self._discard()
+            raise AuditWriteError(f"audit log {self._path} was removed while open")
         if st.st_size < self._size:
             self._discard()
             raise AuditWriteError(
@@ -287,14 +601,27 @@ class AuditLog:
             )
         return st.st_size
 
-    def _open(self, *, create: bool) -> None:
-        """Open (create only the first time), lock, learn the tail; a reopen also refuses a regressed tail."""
+    def _is_segment(self, ident: tuple[int, int]) -> bool:
+        for _, segment in reversed(list_segments(self._path)):
+            with contextlib.suppress(OSError):
+                st = os.stat(segment)
+                if (st.st_dev, st.st_ino) == ident:
+                    return True
+        return False
+
+    def _open_fd(self, *, create: bool) -> None:
+        """Open the live file (create it only when told, or when it was rotated away)."""
         if not self._path.parent.is_dir():
             raise AuditWriteError(f"directory of audit log {self._path} does not exist")
         existed = os.path.lexists(self._path)
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
         try:
-            fd = os.open(self._path, flags, 0o600)
+            try:
+                fd = os.open(self._path, flags | (os.O_CREAT if create else 0), 0o600)
+            except FileNotFoundError:
+                if create or not self._is_segment(self._ident):
+                    raise
+                fd = os.open(self._path, flags | os.O_CREAT, 0o600)  # a rotation stopped short of creating it
         except OSError as exc:
             raise AuditWriteError(f"cannot open audit log {self._path}: {exc}") from exc
         try:
@@ -303,53 +630,74 @@ class AuditLog:
                 raise AuditWriteError(f"audit log {self._path} is not a regular file")
             if not existed:
                 _fsync_dir(self._path.parent)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                self._sync_tail(fd, os.fstat(fd).st_size, known=not create)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        except AuditWriteError:
-            os.close(fd)
-            raise
         except OSError as exc:
             os.close(fd)
             raise AuditWriteError(f"cannot open audit log {self._path}: {exc}") from exc
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
         self._ident = (st.st_dev, st.st_ino)
-        if not create:
-            log.warning("audit log %s reopened at seq %d", self._path, self._last_seq)
+        self._size = -1
 
-    def _sync_tail(self, fd: int, size: int, *, known: bool) -> None:
+    def _segment_tail(self) -> tuple[int, str]:
+        """(seq, hash) at the end of the newest rotated segment; (0, genesis) when there is none."""
+        segments = list_segments(self._path)
+        if not segments:
+            return 0, GENESIS_HASH
+        segment = segments[-1][1]
+        try:
+            fd = os.open(segment, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                last, torn = _read_tail(fd, size) if size else (None, None)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise AuditWriteError(f"cannot read audit segment {segment}: {exc}") from exc
+        if last is None or torn is not None:
+            raise AuditWriteError(
+                f"audit segment {segment} is empty or ends in a torn line; run `opsgate audit verify`"
+            )
+        try:
+            record = _check_record(last)
+        except (ValueError, RecursionError) as exc:
+            raise AuditWriteError(f"the last record of audit segment {segment} is damaged ({exc})") from exc
+        return record["seq"], record["hash"]
+
+    def _sync_tail(self, fd: int, size: int) -> None:
         """Learn the last record from the end of the file; seal a torn tail first if there is one.
 
-        ``known``: this writer has seen the file before, so the tail must not be
-        behind what it last saw (a truncated or replaced log is refused, not extended).
+        An empty live file continues the newest rotated segment. Once this writer
+        has seen the log, the tail must not be behind what it saw before (a
+        truncated or replaced log is refused, not extended).
         """
+        torn: bytes | None = None
         if size == 0:
-            last_line: bytes | None = None
-            torn: bytes | None = None
+            seq, digest = self._segment_tail()
         else:
             try:
                 last_line, torn = _read_tail(fd, size)
             except OSError as exc:
                 raise AuditWriteError(f"cannot read the tail of audit log {self._path}: {exc}") from exc
-        if last_line is None:
-            seq, digest = 0, GENESIS_HASH
-        else:
-            try:
-                record = _check_record(last_line)
-            except (ValueError, RecursionError) as exc:
-                raise AuditWriteError(
-                    f"the last complete record of audit log {self._path} is damaged ({exc}); "
-                    "refusing to chain onto it; run `opsgate audit verify`"
-                ) from exc
-            seq, digest = record["seq"], record["hash"]
-        if known and (seq < self._last_seq or (seq == self._last_seq and digest != self._last_hash)):
+            if last_line is None:
+                seq, digest = self._segment_tail()
+            else:
+                try:
+                    record = _check_record(last_line)
+                except (ValueError, RecursionError) as exc:
+                    raise AuditWriteError(
+                        f"the last complete record of audit log {self._path} is damaged ({exc}); "
+                        "refusing to chain onto it; run `opsgate audit verify`"
+                    ) from exc
+                seq, digest = record["seq"], record["hash"]
+        if self._known and (seq < self._last_seq or (seq == self._last_seq and digest != self._last_hash)):
             raise AuditWriteError(
                 f"audit log {self._path} now ends at seq {seq}, behind seq {self._last_seq} written before: "
                 "it was truncated or replaced; refusing to append"
             )
         self._last_seq, self._last_hash, self._size = seq, digest, size
+        self._known = True
         if torn is not None:
             self._recover(fd, size, torn)
 
@@ -360,6 +708,7 @@ class AuditLog:
         except OSError as exc:
             raise AuditWriteError(f"cannot read audit log {self._path}: {exc}") from exc
         body = {
+            "v": SCHEMA_VERSION,
             "stage": "recovery",
             "time": _utc_now(),
             "torn": {"line": line_no, "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest()},
@@ -375,6 +724,70 @@ class AuditLog:
             record["seq"],
         )
         self._last_seq, self._last_hash, self._size = record["seq"], record["hash"], size + len(data)
+
+    def _rotate(self) -> None:
+        """Rename the live file (locked, tail known) to the next segment and continue in a new live file."""
+        segments = list_segments(self._path)
+        target = segment_path(self._path, segments[-1][0] + 1 if segments else 1)
+        if os.path.lexists(target):
+            raise AuditWriteError(f"cannot rotate audit log {self._path}: {target} already exists")
+        try:
+            os.rename(self._path, target)
+        except OSError as exc:
+            raise AuditWriteError(f"cannot rotate audit log {self._path} to {target}: {exc}") from exc
+        _fsync_dir(self._path.parent)
+        with contextlib.suppress(OSError):
+            os.chmod(target, 0o400)  # a closed segment is never written again
+        log.info("audit log %s rotated to %s at seq %d", self._path, target.name, self._last_seq)
+        self._try_checkpoint("rotate")
+        self._discard()
+        self._open_fd(create=True)
+        self._acquire()
+
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def _load_signer(self, signing_key: Path | None) -> Signer:
+        try:
+            if signing_key is not None:
+                return load_private_key(signing_key)
+            return HmacSigner(load_or_create_hmac_key(hmac_key_path(self._path)))
+        except (OSError, ValueError) as exc:
+            which = signing_key or hmac_key_path(self._path)
+            raise AuditWriteError(f"cannot load the audit checkpoint key {which}: {exc}") from exc
+
+    def _write_checkpoint(self, event: str) -> None:
+        """Sign the current head and append it, fsynced, to the checkpoints file (under the log's lock)."""
+        stamp = Checkpoint(self._origin, self._last_seq, self._last_hash, _utc_now(), event)
+        line = checkpoint_line(stamp, self._signer) + b"\n"
+        target = checkpoints_path(self._path)
+        try:
+            if self._cp_fd is None:
+                existed = os.path.lexists(target)
+                self._cp_fd = os.open(target, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                if not existed:
+                    _fsync_dir(target.parent)
+                size = os.fstat(self._cp_fd).st_size
+                if size and os.pread(self._cp_fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a crash cut the last checkpoint short: keep it, start a new line
+            _write_all(self._cp_fd, line)
+            os.fsync(self._cp_fd)
+        except OSError as exc:
+            self._close_checkpoints()
+            self._checkpoint_due = event
+            raise AuditWriteError(f"cannot write audit checkpoint to {target}: {exc}") from exc
+        self._checkpoint_due = None
+
+    def _try_checkpoint(self, event: str) -> None:
+        try:
+            self._write_checkpoint(event)
+        except AuditWriteError as exc:
+            log.warning("audit log %s: checkpoint deferred: %s", self._path, exc)
+
+    def _close_checkpoints(self) -> None:
+        if self._cp_fd is not None:
+            fd, self._cp_fd = self._cp_fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _discard(self) -> None:
         """Drop the descriptor (never reused after a failure); the next append reopens."""

@@ -44,7 +44,14 @@ Rules, in the order they apply to a value:
    credentials; the password in ``scheme://user:password@host``; JWTs;
    AWS access key ids (AKIA/ASIA); GitHub tokens (ghp_, gho_, ghu_, ghs_,
    ghr_, github_pat_); Slack tokens (xox?-).
-4. Numbers, booleans and ``None`` outside secret keys are returned unchanged,
+4. **Kubernetes Secrets.** In a mapping with ``"kind": "Secret"``, every
+   value under ``data`` and ``stringData`` is redacted, whatever its key
+   (``tls.crt``, ``config.json``): the keys stay, so a reviewer sees which
+   entries a call set. A *string* that holds a Secret manifest (``kind:
+   Secret`` in YAML, or JSON such as kubectl's last-applied-configuration
+   annotation) is parsed and redacted the same way when it is JSON, and
+   replaced whole when it is not.
+5. Numbers, booleans and ``None`` outside secret keys are returned unchanged,
    as are objects of non-JSON types (they are not inspected).
 
 Every pattern runs in time linear in the text (bounded repeats, literal
@@ -59,6 +66,7 @@ secret with no telling key or shape (``"hunter2"``) cannot be recognised.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -170,12 +178,29 @@ def _redact_after_keys(text: str, key_sep: re.Pattern[str], value_re: re.Pattern
 _STEM = re.compile(r"pass|pwd|secret|token|key|cred|auth|cookie|bearer|basic")
 
 
+_SECRET_KIND = re.compile(r"""(?<![A-Za-z0-9_])kind\\?["']?[ \t]*[:=][ \t]*\\?["']?Secret(?![A-Za-z0-9_\-])""")
+_SECRET_DATA_KEYS = frozenset({"data", "stringData"})
+
+
+def _redact_secret_manifest(text: str) -> str:
+    """A string holding a Secret manifest: redact it as structure if it is JSON, else drop it whole."""
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        return REDACTED
+    if not isinstance(parsed, dict | list):
+        return REDACTED
+    return json.dumps(redact(parsed), ensure_ascii=False, separators=(",", ":"))
+
+
 def redact_text(text: str) -> str:
-    """Replace the credential parts of one string (rule 3).
+    """Replace the credential parts of one string (rules 3 and 4).
 
     Each pass is guarded by a cheap substring test, so ordinary strings cost well
     under a microsecond and large payloads (base64 inputs) stay linear.
     """
+    if "Secret" in text and _SECRET_KIND.search(text) is not None:
+        return _redact_secret_manifest(text)
     if "PRIVATE KEY" in text:
         text = _PEM.sub(REDACTED, text)
     low = text.lower()
@@ -217,8 +242,16 @@ def _pair_is_secret(mapping: Mapping[Any, Any]) -> bool:
     return False
 
 
+def _conceal_entries(value: Any) -> Any:
+    """A Secret's ``data``: keep the entry names, drop every value."""
+    if isinstance(value, Mapping):
+        return {redact_text(k) if isinstance(k, str) else k: _conceal(v) for k, v in value.items()}
+    return _conceal(value)
+
+
 def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
     pair_secret = _pair_is_secret(mapping)
+    secret_kind = mapping.get("kind") == "Secret"
     out: dict[Any, Any] = {}
     for key, value in mapping.items():
         if isinstance(key, str):
@@ -231,7 +264,10 @@ def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
                 new_key = f"{new_key}#{n}"
         else:
             secret, new_key = False, key
-        out[new_key] = _conceal(value) if secret else redact(value)
+        if secret_kind and key in _SECRET_DATA_KEYS:
+            out[new_key] = _conceal_entries(value)
+        else:
+            out[new_key] = _conceal(value) if secret else redact(value)
     return out
 
 

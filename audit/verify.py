@@ -1,18 +1,22 @@
-"""Verify an audit log: find the first line where the hash chain breaks.
+"""Verify an audit log: find the first place where the hash chain or a checkpoint is broken.
 
-Streams the file line by line (memory bounded by the longest line, itself
+The chain runs through the rotated segments (``audit.jsonl.000001``, ...) in
+number order, then the live file; line numbers count physical lines within
+each file. Streams every file (memory bounded by the longest line, itself
 capped), so a reviewer can check a log of any size. What is checked, per
 physical line, in this order:
 
-1. ``not-json``       the line is not a JSON object (or is over the length cap);
-2. ``not-canonical``  the bytes are not the RFC 8785 form of that object, so the
-                      hash (over canonical bytes) would not pin what is on disk;
-3. ``hash-mismatch``  ``hash`` is missing or is not SHA-256 of the record without it
-                      (an edited field);
-4. ``seq-gap``        ``seq`` is not the previous seq + 1 (a deleted, inserted or
-                      moved record: a forged record that reuses a seq lands here);
-5. ``prev-mismatch``  ``prev`` is not the previous record's hash (an edited and
-                      re-hashed record, or a spliced chain).
+1. ``not-json``        the line is not a JSON object (or is over the length cap);
+2. ``not-canonical``   the bytes are not the RFC 8785 form of that object, so the
+                       hash (over canonical bytes) would not pin what is on disk;
+3. ``hash-mismatch``   ``hash`` is missing or is not SHA-256 of the record without it
+                       (an edited field);
+4. ``seq-gap``         ``seq`` is not the previous seq + 1 (a deleted, inserted or
+                       moved record: a forged record that reuses a seq lands here);
+5. ``prev-mismatch``   ``prev`` is not the previous record's hash (an edited and
+                       re-hashed record, or a spliced chain);
+6. ``missing-segment`` a file starts later in the chain than the one before it
+                       ended (a rotated segment was removed); the detail names it.
 
 ``torn-line`` is a line the writer did not finish: the last line with no
 newline, or a line whose following ``recovery`` record names it but does not
@@ -20,29 +24,62 @@ match its bytes. A line immediately followed by a recovery record that names
 exactly it (same line number, byte length and SHA-256) and that chains to the
 last good record is skipped; nothing else is.
 
-Truncation of the tail cannot be seen from the log alone; compare
-``head_seq``/``head_hash`` against a checkpoint kept elsewhere.
+With checkpoints (:func:`verify_audit`), each checkpointed (seq, hash) must
+still be in the log: ``checkpoint-mismatch`` at the record whose hash differs
+(the log was rewritten, e.g. replaced whole by a fresh valid chain),
+``truncated`` when the log ends before a checkpointed seq. Given keys, every
+checkpoint must carry a valid signature (``bad-signature``, ``unknown-key``)
+and a non-empty log must have at least one (``no-checkpoints``).
+
+Speed: each line is parsed once; whether it is canonical is decided by the C
+JSON encoder where that is exact (see ``chain.matches_canonical``), and the
+hash input is cut out of the line instead of re-serialised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import itertools
+import json
+import multiprocessing
 import os
+import sys
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .chain import GENESIS_HASH, canonical, is_hash, loads, record_hash
+from .chain import GENESIS_HASH, is_hash, matches_canonical, record_hash, unhashed_line
+from .checkpoint import KeyRing, SignedCheckpoint, parse_checkpoint_line
 from .log import MAX_LINE_BYTES
+from .segments import checkpoints_path, list_segments, segment_number
 
-__all__ = ["VerifyReport", "verify_log"]
+__all__ = ["CheckpointSummary", "VerifyReport", "verify_audit", "verify_log"]
+
+_CHUNK = 1 << 20
+_SAFE_INT = 2**53 - 1
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What the checkpoints file held and how much of it could be trusted."""
+
+    path: Path
+    total: int  # lines that parse as checkpoints
+    trusted: int  # with a signature valid under a key the reviewer gave (or found)
+    unchecked: int  # compared with the log, but signatures not checked (no key for them)
+    unreadable: int  # lines that do not parse (e.g. cut short by a crash); they claim nothing
+    latest: int  # highest checkpointed seq that was compared with the log
+    keys: tuple[str, ...]  # the keys signatures were checked with
 
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """Result of :func:`verify_log`. ``first_bad_line`` is 1-based, counting physical lines.
+    """Result of :func:`verify_log` / :func:`verify_audit`. ``first_bad_line`` is 1-based within ``file``.
 
     ``records`` counts the valid records before the first bad line (all of them
     when ok). ``head_seq``/``head_hash`` are those of the last valid record
@@ -56,6 +93,10 @@ class VerifyReport:
     detail: str | None
     head_seq: int = 0
     head_hash: str = GENESIS_HASH
+    file: Path | None = field(default=None, compare=False)
+    bad_seq: int | None = field(default=None, compare=False)  # the seq the bad line claims, when it has one
+    files: tuple[Path, ...] = field(default=(), compare=False)  # the files walked, in chain order
+    checkpoints: CheckpointSummary | None = field(default=None, compare=False)
 
 
 class _Bad(Exception):
@@ -65,60 +106,98 @@ class _Bad(Exception):
         self.detail = detail
 
 
-@dataclass
+@dataclass(slots=True)
 class _Line:
     number: int
     data: bytes  # without the newline
     terminated: bool
     obj: dict[str, Any] | None  # parsed JSON object, or None
     error: str | None  # why it is not a JSON object
+    floats_need_care: bool = False
+    offset: int = 0  # where the line starts in its file
 
 
-def _parse(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        obj = loads(data)
-    except (ValueError, RecursionError) as exc:
-        return None, f"not JSON: {exc}"
-    if not isinstance(obj, dict):
-        return None, f"a JSON {type(obj).__name__}, not an object"
-    return obj, None
+class _Parser:
+    """``chain.loads`` with a reused decoder, also noting float literals the fast canonical check cannot vouch for."""
+
+    def __init__(self) -> None:
+        self.floats_need_care = False
+        decoder = json.JSONDecoder(parse_int=self._int, parse_float=self._float, parse_constant=self._constant)
+        self._decode = decoder.decode
+        self._scan = decoder.scan_once  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _int(literal: str) -> int | float:
+        value = int(literal)
+        return value if -_SAFE_INT <= value <= _SAFE_INT else float(literal)
+
+    def _float(self, literal: str) -> float:
+        value = float(literal)
+        if "e" in literal or "E" in literal or value.is_integer():
+            self.floats_need_care = True
+        return value
+
+    @staticmethod
+    def _constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    def line(self, number: int, data: bytes, terminated: bool, offset: int) -> _Line:
+        self.floats_need_care = False
+        try:
+            if data[:1] == b"{" and data[1:2] != b"\x00":  # what every record looks like: UTF-8, no padding
+                text = data.decode("utf-8", "surrogatepass")
+                try:
+                    obj, end = self._scan(text, 0)
+                except StopIteration:
+                    end = -1
+                if end != len(text):  # let the full decoder say what is wrong, as json.loads would
+                    self.floats_need_care = False
+                    obj = self._decode(text)
+            else:
+                obj = self._decode(data.decode(json.detect_encoding(data), "surrogatepass"))
+        except (ValueError, RecursionError) as exc:
+            return _Line(number, data, terminated, None, f"not JSON: {exc}", False, offset)
+        if not isinstance(obj, dict):
+            return _Line(number, data, terminated, None, f"a JSON {type(obj).__name__}, not an object", False, offset)
+        return _Line(number, data, terminated, obj, None, self.floats_need_care, offset)
 
 
-def _lines(stream: IO[bytes], limit: int) -> Iterator[_Line]:
-    """Physical lines of the first ``limit`` bytes, parsed once (verify looks one line ahead)."""
-    number = 0
-    while limit > 0:
-        raw = stream.readline(min(MAX_LINE_BYTES + 1, limit))
-        if not raw:
-            return
-        limit -= len(raw)
-        number += 1
-        terminated = raw.endswith(b"\n")
-        data = raw[:-1] if terminated else raw
-        if len(data) > MAX_LINE_BYTES:
-            yield _Line(number, b"", True, None, f"line longer than {MAX_LINE_BYTES} bytes")
-            return
-        obj, error = _parse(data)
-        yield _Line(number, data, terminated, obj, error)
+def _lines(fd: int, start: int, limit: int, base: int, parser: _Parser) -> Iterator[_Line]:
+    """Physical lines of bytes ``start``..``limit`` of ``fd`` (numbered from ``base`` + 1), each parsed once.
 
-
-def _snapshot_size(stream: IO[bytes]) -> int:
-    """Size of the log at a record boundary.
-
-    Writers hold an exclusive ``flock`` only while writing one line; taking the
-    shared lock for a moment means no write is half done, so a live log is not
-    reported torn just because a writer was mid-line. Records appended after
-    this point are not checked.
+    Reads with ``pread`` in large chunks, so ranges of one file can be read by
+    several processes at once. Verify looks one line ahead (recovery records).
     """
-    fd = stream.fileno()
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:  # no lock support here: fall back to the size as it is
-        return os.fstat(fd).st_size
-    try:
-        return os.fstat(fd).st_size
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    number = base
+    offset = start  # where the next line starts
+    pos = start
+    partial: list[bytes] = []
+    partial_size = 0
+    while pos < limit:
+        chunk = os.pread(fd, min(_CHUNK, limit - pos), pos)
+        if not chunk:
+            break
+        pos += len(chunk)
+        pieces = chunk.split(b"\n")
+        last = pieces.pop()
+        for piece in pieces:
+            if partial:
+                piece = b"".join(partial) + piece
+                partial, partial_size = [], 0
+            number += 1
+            at, offset = offset, offset + len(piece) + 1
+            if len(piece) > MAX_LINE_BYTES:
+                yield _Line(number, b"", True, None, f"line longer than {MAX_LINE_BYTES} bytes", False, at)
+                return
+            yield parser.line(number, piece, True, at)
+        if last:
+            partial.append(last)
+            partial_size += len(last)
+            if partial_size > MAX_LINE_BYTES:
+                yield _Line(number + 1, b"", True, None, f"line longer than {MAX_LINE_BYTES} bytes", False, offset)
+                return
+    if partial:
+        yield parser.line(number + 1, b"".join(partial), False, offset)
 
 
 def _names_line(candidate: _Line, number: int) -> bool:
@@ -141,64 +220,433 @@ def _torn_matches(line: _Line, recovery: dict[str, Any]) -> str | None:
     return None
 
 
-def _check(line: _Line, seq: int, prev: str) -> dict[str, Any]:
-    """Check one line as record ``seq`` chained to ``prev``; raise _Bad with the kind of problem."""
-    if line.obj is None:
-        raise _Bad("not-json", line.error or "not a JSON object")
+def _content(line: _Line) -> dict[str, Any]:
+    """Check one line on its own (JSON object, canonical, hash); raise _Bad with the kind of problem."""
     obj = line.obj
+    if obj is None:
+        raise _Bad("not-json", line.error or "not a JSON object")
     try:
-        canon = canonical(obj)
+        canonical = matches_canonical(obj, line.data, floats_need_care=line.floats_need_care)
     except (ValueError, TypeError, RecursionError) as exc:
         raise _Bad("not-canonical", f"cannot be canonicalised: {exc}") from None
-    if canon != line.data:
+    if not canonical:
         raise _Bad("not-canonical", "bytes differ from the RFC 8785 form of the record")
     stored = obj.get("hash")
     if not is_hash(stored):
         raise _Bad("hash-mismatch", "no valid hash field")
-    if record_hash(obj) != stored:
+    assert isinstance(stored, str)
+    unhashed = unhashed_line(line.data, stored)
+    actual = hashlib.sha256(unhashed).hexdigest() if unhashed is not None else record_hash(obj)
+    if actual != stored:
         raise _Bad("hash-mismatch", "hash does not match the record's content")
-    found = obj.get("seq")
-    if isinstance(found, bool) or found != seq:
-        raise _Bad("seq-gap", f"expected seq {seq}, found {found!r}")
-    if obj.get("prev") != prev:
-        raise _Bad("prev-mismatch", f"prev does not match the hash of record {seq - 1}")
     return obj
 
 
-def verify_log(path: Path) -> VerifyReport:
-    """Check the whole chain in ``path`` (as of the moment it is opened).
+def _position(found: Any, found_prev: Any, seq: int, prev: str) -> None:
+    """Check a record's place: it must be ``seq``, chained to ``prev``."""
+    if isinstance(found, bool) or found != seq:
+        raise _Bad("seq-gap", f"expected seq {seq}, found {found!r}")
+    if found_prev != prev:
+        raise _Bad("prev-mismatch", f"prev does not match the hash of record {seq - 1}")
 
-    Raises OSError when the file cannot be read (e.g. missing, a directory, no permission).
+
+# --- the files of one log, at one moment ------------------------------------------------------
+
+
+@dataclass
+class _Snapshot:
+    files: list[tuple[Path, IO[bytes], int]]  # chain order: segments by number, then the live file
+    checkpoints: bytes | None  # the checkpoints file as of the same moment (None: there is none)
+
+    def close(self) -> None:
+        for _, stream, _ in self.files:
+            stream.close()
+
+
+def _read_optional(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _snapshot(live: Path, checkpoints: Path | None) -> _Snapshot:
+    """Open every file of the log and note its size at a record boundary.
+
+    Writers hold an exclusive ``flock`` on the live file while they write records,
+    checkpoints or rotate; holding the shared lock for a moment means no line is
+    half written, no rotation is half done, and every checkpoint read refers to
+    records already in the snapshot. Records appended after it are not checked.
+    Raises OSError when there is no log at ``live`` (no live file, no segment).
     """
-    with open(path, "rb") as stream:
-        return _verify(stream, _snapshot_size(stream))
+    for _ in range(8):
+        try:
+            live_stream: IO[bytes] | None = open(live, "rb")  # noqa: SIM115 - closed by _Snapshot.close
+        except FileNotFoundError:
+            live_stream = None  # a rotation stopped before creating it, or no log at all
+        streams: list[tuple[Path, IO[bytes], int]] = []
+        try:
+            locked = False
+            if live_stream is not None:
+                try:
+                    fcntl.flock(live_stream.fileno(), fcntl.LOCK_SH)
+                    locked = True
+                except OSError:
+                    pass  # no lock support here: take the sizes as they are
+                st = os.fstat(live_stream.fileno())
+                try:
+                    on_disk = os.stat(live)
+                except FileNotFoundError:
+                    on_disk = None
+                if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (st.st_dev, st.st_ino):
+                    live_stream.close()  # rotated between open and lock: look again
+                    continue
+            try:
+                for _, segment in list_segments(live):
+                    stream: IO[bytes] = open(segment, "rb")  # noqa: SIM115
+                    streams.append((segment, stream, os.fstat(stream.fileno()).st_size))
+                if live_stream is not None:
+                    streams.append((live, live_stream, os.fstat(live_stream.fileno()).st_size))
+                elif not streams:
+                    raise FileNotFoundError(2, "No such file or directory", str(live))
+                cp_bytes = _read_optional(checkpoints)
+            finally:
+                if locked and live_stream is not None:
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(live_stream.fileno(), fcntl.LOCK_UN)
+        except BaseException:
+            for _, stream, _ in streams:
+                stream.close()
+            if live_stream is not None:
+                live_stream.close()
+            raise
+        return _Snapshot(streams, cp_bytes)
+    raise OSError(f"audit log {live} kept being rotated while it was being opened")
 
 
-def _verify(stream: IO[bytes], size: int) -> VerifyReport:
-    records = 0
-    seq, prev = 0, GENESIS_HASH
+# --- the walk -----------------------------------------------------------------------------------
 
-    def bad(number: int, problem: str, detail: str) -> VerifyReport:
-        return VerifyReport(False, records, number, problem, detail, seq, prev)
 
-    lines = _lines(stream, size)
+@dataclass
+class _Expect:
+    """Checkpointed heads the log must still hold: seq -> (hash, where the checkpoint is)."""
+
+    by_seq: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Bytes ``start``..``stop`` of one file, whole lines; ``base`` lines of that file come before them."""
+
+    fd: int
+    start: int
+    stop: int
+    limit: int  # the file's size in the snapshot (the line after ``stop`` is read as lookahead)
+    base: int
+
+
+@dataclass
+class _Outcome:
+    """What one range holds, checked on its own: its first record's claimed place is checked by the caller."""
+
+    records: int = 0
+    lines: int = 0  # number of the last line of the range that was looked at
+    first: tuple[int, Any, Any] | None = None  # (line, seq, prev) of the first record, as claimed
+    last: tuple[int, str] | None = None  # (seq, hash) of the last valid record
+    error: tuple[int, str, str, Any] | None = None  # (line, problem, detail, claimed seq)
+    hashes: dict[int, tuple[str, int]] = field(default_factory=dict)  # wanted seq -> (hash, line)
+
+
+def _check_range(part: _Range, wanted: frozenset[int]) -> _Outcome:
+    """Check the records of one range: each line alone, and each link after the range's first record."""
+    out = _Outcome()
+    lines = _lines(part.fd, part.start, part.limit, part.base, _Parser())
+    seq: int | None = None
+    prev = GENESIS_HASH
     current = next(lines, None)
-    while current is not None:
+    while current is not None and current.offset < part.stop:
         following = next(lines, None)
+        out.lines = current.number
         if following is not None and _names_line(following, current.number):
             assert following.obj is not None
             mismatch = _torn_matches(current, following.obj)
             if mismatch is not None:
-                return bad(current.number, "torn-line", mismatch)
+                out.error = (current.number, "torn-line", mismatch, None)
+                return out
             current = following  # the torn line is accounted for; the recovery record is checked next
             continue
-        if not current.terminated:
-            return bad(current.number, "torn-line", "last line has no newline and no recovery record")
+        claimed = current.obj.get("seq") if current.obj is not None else None
         try:
-            record = _check(current, seq + 1, prev)
+            if not current.terminated:
+                raise _Bad("torn-line", "last line has no newline and no recovery record")
+            record = _content(current)
+            if seq is None:
+                out.first = (current.number, record.get("seq"), record.get("prev"))
+            else:
+                _position(record.get("seq"), record.get("prev"), seq + 1, prev)
         except _Bad as exc:
-            return bad(current.number, exc.problem, exc.detail)
-        records += 1
+            out.error = (current.number, exc.problem, exc.detail, claimed)
+            return out
         seq, prev = record["seq"], record["hash"]
+        out.records += 1
+        out.last = (seq, prev)
+        if seq in wanted:
+            out.hashes[seq] = (prev, current.number)
         current = following
-    return VerifyReport(True, records, None, None, None, seq, prev)
+    return out
+
+
+def _check_range_task(part: _Range, wanted: frozenset[int]) -> _Outcome:
+    return _check_range(part, wanted)
+
+
+def _count_newlines(fd: int, start: int, stop: int) -> int:
+    count = 0
+    while start < stop:
+        chunk = os.pread(fd, min(_CHUNK, stop - start), start)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        start += len(chunk)
+    return count
+
+
+def _line_start_after(fd: int, offset: int, limit: int) -> int:
+    """The offset just after the first newline at or after ``offset`` (``limit`` if there is none)."""
+    while offset < limit:
+        chunk = os.pread(fd, min(65536, limit - offset), offset)
+        if not chunk:
+            break
+        at = chunk.find(b"\n")
+        if at >= 0:
+            return offset + at + 1
+        offset += len(chunk)
+    return limit
+
+
+def _split(fd: int, size: int, parts: int) -> list[_Range]:
+    """Cut one file into about ``parts`` ranges at line boundaries, each knowing its first line number."""
+    cuts = [0]
+    for k in range(1, parts):
+        cut = _line_start_after(fd, max(size * k // parts, cuts[-1]), size)
+        if cut > cuts[-1] and cut < size:
+            cuts.append(cut)
+    cuts.append(size)
+    ranges = []
+    base = 0
+    for start, stop in itertools.pairwise(cuts):
+        ranges.append(_Range(fd, start, stop, size, base))
+        base += _count_newlines(fd, start, stop)
+    return ranges
+
+
+PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+"""Below this much log, verify runs in this process; above, in one process per core (when it is safe to fork)."""
+
+
+MIN_RANGE_BYTES = 1 << 20
+"""Smallest piece of a file handed to one worker process."""
+RANGES_PER_WORKER = 2
+
+
+def _workers(total: int, requested: int | None) -> int:
+    if requested is not None:
+        return max(1, requested)
+    if total < PARALLEL_MIN_BYTES or threading.active_count() > 1 or not sys.platform.startswith("linux"):
+        return 1  # forking a process with other threads running can deadlock the child
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _run(ranges: list[_Range], wanted: frozenset[int], workers: int) -> list[_Outcome]:
+    if workers <= 1 or len(ranges) <= 1:
+        return [_check_range(part, wanted) for part in ranges]
+    context = multiprocessing.get_context("fork")  # the children inherit the snapshot's open files
+    with ProcessPoolExecutor(max_workers=min(workers, len(ranges)), mp_context=context) as pool:
+        return list(pool.map(_check_range_task, ranges, [wanted] * len(ranges)))
+
+
+def _missing_segment_detail(path: Path, live: Path, previous: int | None, found: Any, expected: int) -> str:
+    number = segment_number(live.name, path.name)
+    if number is not None and (previous or 0) + 1 < number:
+        gone = [f"{live.name}.{n:06d}" for n in range((previous or 0) + 1, number)]
+        names = gone[0] if len(gone) == 1 else f"{gone[0]} .. {gone[-1]}"
+        what = f"{names} {'is' if len(gone) == 1 else 'are'} missing"
+    else:
+        what = "a segment before it is missing"
+    return f"{what}: {path.name} starts at seq {found!r}, the chain before it ends at seq {expected - 1}"
+
+
+def _walk(live: Path, snapshot: _Snapshot, expect: _Expect, workers: int | None = None) -> VerifyReport:
+    """Check every file in chain order: ranges are checked alone (maybe in parallel), then linked here."""
+    files = tuple(path for path, _, _ in snapshot.files)
+    total = sum(size for _, _, size in snapshot.files)
+    count = _workers(total, workers)
+    plan: list[tuple[int, _Range]] = []  # (file index, range)
+    for index, (_, stream, size) in enumerate(snapshot.files):
+        fd = stream.fileno()
+        parts = max(1, min(count * RANGES_PER_WORKER, size // MIN_RANGE_BYTES)) if count > 1 else 1
+        ranges = _split(fd, size, parts) if parts > 1 else [_Range(fd, 0, size, size, 0)]
+        plan.extend((index, part) for part in ranges)
+    outcomes = _run([part for _, part in plan], frozenset(expect.by_seq), count)
+
+    records = 0
+    seq, prev = 0, GENESIS_HASH
+    previous_number: int | None = None
+    last_path, last_lines = live, 0
+
+    def bad(path: Path, number: int, problem: str, detail: str, claimed: Any = None) -> VerifyReport:
+        claimed_seq = claimed if isinstance(claimed, int) and not isinstance(claimed, bool) else None
+        return VerifyReport(False, records, number, problem, detail, seq, prev, path, claimed_seq, files)
+
+    for (index, part), out in zip(plan, outcomes, strict=True):
+        path = files[index]
+        number_of_file = segment_number(live.name, path.name)
+        if out.first is not None:
+            line, found, found_prev = out.first
+            try:
+                _position(found, found_prev, seq + 1, prev)
+            except _Bad as exc:
+                boundary = part.start == 0 and (index > 0 or (number_of_file is not None and number_of_file > 1))
+                gap = isinstance(found, int) and not isinstance(found, bool) and found > seq + 1
+                if boundary and gap and exc.problem == "seq-gap":
+                    detail = _missing_segment_detail(path, live, previous_number, found, seq + 1)
+                    return bad(path, line, "missing-segment", detail, found)
+                return bad(path, line, exc.problem, exc.detail, found)
+        for at in sorted(out.hashes):
+            digest, line = out.hashes[at]
+            wanted_hash, where = expect.by_seq[at]
+            if digest != wanted_hash:
+                records, seq, prev = records + at - (seq), at, digest
+                return bad(path, line, "checkpoint-mismatch",
+                           f"record {at} is not the one {where} signed: the log was rewritten or replaced", at)
+        if out.last is not None:
+            records += out.records
+            seq, prev = out.last
+        if out.error is not None:
+            line, problem, detail, claimed = out.error
+            return bad(path, line, problem, detail, claimed)
+        last_path, last_lines = path, max(out.lines, part.base)
+        if number_of_file is not None:
+            previous_number = number_of_file
+    beyond = [s for s in expect.by_seq if s > seq]
+    if beyond:
+        top = max(beyond)
+        return VerifyReport(
+            False,
+            records,
+            last_lines + 1,
+            "truncated",
+            f"the log ends at seq {seq}, but {expect.by_seq[top][1]} signed seq {top}: "
+            f"records {seq + 1}..{top} are gone",
+            seq,
+            prev,
+            last_path,
+            seq + 1,
+            files,
+        )
+    return VerifyReport(True, records, None, None, None, seq, prev, None, None, files)
+
+
+def verify_log(path: Path, *, workers: int | None = None) -> VerifyReport:
+    """Check the whole chain of the log whose live file is ``path``, through all its segments.
+
+    Checks the chain only; see :func:`verify_audit` for checkpoints (truncation,
+    replacement). ``workers``: processes to check with (default: one per core
+    for a large log, when forking is safe). Raises OSError when the log cannot
+    be read (missing, a directory, no permission).
+    """
+    snapshot = _snapshot(Path(path), None)
+    try:
+        return _walk(Path(path), snapshot, _Expect(), workers)
+    finally:
+        snapshot.close()
+
+
+def _checkpoint_lines(data: bytes) -> Iterator[tuple[int, SignedCheckpoint | None]]:
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw:
+            continue
+        try:
+            yield number, parse_checkpoint_line(raw)
+        except (ValueError, RecursionError):
+            yield number, None
+
+
+def verify_audit(
+    path: Path, *, keys: KeyRing | None = None, checkpoints: Path | None = None, workers: int | None = None
+) -> VerifyReport:
+    """Check the chain and the checkpoints (default: ``<path>.checkpoints``, absent is allowed).
+
+    Without ``keys`` every readable checkpoint is compared with the log but its
+    signature is not checked, which catches a careless cut but not someone who
+    also rewrote the checkpoints. With ``keys`` only checkpoints signed by one of
+    them count; one with a bad signature is damage (and, if the ring is strict,
+    one signed by another key too), and a non-empty log needs at least one.
+    Raises OSError when the log cannot be read.
+    """
+    live = Path(path)
+    cp_path = checkpoints if checkpoints is not None else checkpoints_path(live)
+    snapshot = _snapshot(live, cp_path)
+    try:
+        expect = _Expect()
+        total = trusted = unchecked = unreadable = 0
+        bad_checkpoint: tuple[int, str, str] | None = None
+        for number, signed in _checkpoint_lines(snapshot.checkpoints or b""):
+            if signed is None:
+                unreadable += 1
+                continue
+            total += 1
+            where = f"checkpoint line {number} ({signed.checkpoint.event}, {signed.checkpoint.time})"
+            if keys:
+                problem = keys.check(signed)
+                if problem == "unknown-key" and not keys.strict:
+                    unchecked += 1
+                elif problem is not None:
+                    if bad_checkpoint is None:
+                        bad_checkpoint = (number, problem, f"{signed.alg} key {signed.key_id}")
+                    continue
+                else:
+                    trusted += 1
+            else:
+                unchecked += 1
+            size = signed.checkpoint.size
+            if size > 0:
+                known = expect.by_seq.get(size)
+                if known is None or known[0] == signed.checkpoint.head:
+                    expect.by_seq.setdefault(size, (signed.checkpoint.head, where))
+                elif bad_checkpoint is None:  # two checkpoints disagree about one seq: both cannot be true
+                    bad_checkpoint = (number, "checkpoint-mismatch", f"it contradicts {known[1]} about seq {size}")
+        summary = CheckpointSummary(
+            cp_path,
+            total,
+            trusted,
+            unchecked,
+            unreadable,
+            max(expect.by_seq, default=0),
+            tuple(keys.key_ids()) if keys else (),
+        )
+        report = _walk(live, snapshot, expect, workers)
+    finally:
+        snapshot.close()
+    if report.ok and bad_checkpoint is not None:
+        number, problem, detail = bad_checkpoint
+        report = VerifyReport(
+            False, report.records, number, problem, detail, report.head_seq, report.head_hash, cp_path, None,
+            report.files,
+        )
+    elif report.ok and keys and keys.strict and trusted == 0 and report.head_seq > 0:
+        report = VerifyReport(
+            False, report.records, None, "no-checkpoints",
+            f"no checkpoint signed by the given key in {cp_path}: the log cannot be shown complete",
+            report.head_seq, report.head_hash, cp_path, None, report.files,
+        )
+    return VerifyReport(
+        report.ok, report.records, report.first_bad_line, report.problem, report.detail, report.head_seq,
+        report.head_hash, report.file, report.bad_seq, report.files, summary,
+    )

@@ -1,0 +1,298 @@
+"""Concurrency: group commit (threads share fsyncs, none returns early) and several processes on one chain."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opsgate.audit import AuditLog, AuditWriteError, KeyRing, verify_audit, verify_log
+from opsgate.audit.checkpoint import load_hmac_key
+from opsgate.audit.segments import hmac_key_path, list_segments
+
+PROCESSES, THREADS, PER_THREAD = 2, 4, 500
+
+
+def _run_threads(n: int, target: Any) -> None:
+    threads = [threading.Thread(target=target, args=(t,)) for t in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive()
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for segment in [p for _, p in list_segments(path)] + [path]:
+        out += [json.loads(line) for line in segment.read_bytes().splitlines()]
+    return out
+
+
+# --- several processes, several threads each --------------------------------------------------------
+
+
+def _process(path: str, who: str, start: Any, segment_bytes: int) -> None:
+    """Child process body: 4 threads appending 500 records each to one AuditLog."""
+    with AuditLog(Path(path), max_segment_bytes=segment_bytes) as log:
+        start.wait(30)
+
+        def work(thread: int) -> None:
+            for i in range(PER_THREAD):
+                log.append({"stage": "decision", "who": who, "thread": thread, "i": i})
+
+        _run_threads(THREADS, work)
+
+
+def test_two_processes_of_four_threads_keep_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path).close()  # create the log and its key before the children race for them
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(PROCESSES)
+    procs = [
+        context.Process(target=_process, args=(str(path), who, start, 64 * 1024)) for who in ("a", "b")
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+    report = verify_audit(path, keys=KeyRing((), (load_hmac_key(hmac_key_path(path)),)))
+    total = PROCESSES * THREADS * PER_THREAD
+    assert report.ok and report.records == total, report
+    records = _records(path)
+    assert [r["seq"] for r in records] == list(range(1, total + 1))
+    keys = {(r["who"], r["thread"], r["i"]) for r in records}
+    assert len(keys) == total  # none lost, none duplicated
+    switches = sum(1 for x, y in itertools.pairwise(records) if x["who"] != y["who"])
+    assert switches > 1  # the processes really interleaved on one chain
+    assert len(list_segments(path)) > 1  # and rotated under each other's feet
+
+
+# --- group commit ----------------------------------------------------------------------------------
+
+
+class _Disk:
+    """Wraps os.fsync: counts fsyncs of the log and remembers how much of it is durable."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> None:
+        self.path = path
+        self.real = os.fsync
+        self.delay = delay
+        self.log_fsyncs = 0
+        self.durable = 0
+        self.lock = threading.Lock()
+        self.fail_next = False
+        monkeypatch.setattr(os, "fsync", self.fsync)
+
+    def is_log(self, fd: int) -> bool:
+        try:
+            st, on_disk = os.fstat(fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+    def fsync(self, fd: int) -> None:
+        if not self.is_log(fd):
+            self.real(fd)
+            return
+        size = os.fstat(fd).st_size
+        if self.delay:
+            time.sleep(self.delay)
+        with self.lock:
+            if self.fail_next:
+                self.fail_next = False
+                raise OSError(errno.EIO, "Input/output error")
+        self.real(fd)
+        with self.lock:
+            self.log_fsyncs += 1
+            self.durable = max(self.durable, size)
+
+
+def test_concurrent_callers_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        disk = _Disk(path, monkeypatch, delay=0.002)
+
+        def work(thread: int) -> None:
+            for i in range(40):
+                log.append({"thread": thread, "i": i})
+
+        _run_threads(8, work)
+    assert verify_log(path).records == 320
+    assert disk.log_fsyncs <= 320 // 3, f"{disk.log_fsyncs} fsyncs for 320 records: no group commit"
+
+
+def test_one_caller_gets_one_fsync_per_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        disk = _Disk(path, monkeypatch)
+        for i in range(20):
+            log.append({"i": i})
+        assert disk.log_fsyncs == 20
+
+
+def test_no_append_returns_before_its_record_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "audit.jsonl"
+    early: list[int] = []
+    with AuditLog(path) as log:
+        disk = _Disk(path, monkeypatch, delay=0.001)
+
+        def work(thread: int) -> None:
+            for i in range(30):
+                record = log.append({"thread": thread, "i": i, "pad": "x" * (i * 37 % 500)})
+                with disk.lock:
+                    durable = disk.durable
+                with open(path, "rb") as stream:
+                    if record["hash"].encode() not in stream.read(durable):
+                        early.append(record["seq"])
+
+        _run_threads(6, work)
+    assert early == [], f"appends returned before their fsync: {early[:5]}"
+
+
+def test_a_failed_fsync_fails_every_record_of_its_batch_and_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    disk = _Disk(path, monkeypatch)
+    gate = threading.Event()
+    entered = threading.Event()
+    real_fsync = disk.fsync
+
+    def held_fsync(fd: int) -> None:  # the first batch waits in fsync so the others queue up behind it
+        if disk.is_log(fd) and not gate.is_set():
+            entered.set()
+            gate.wait(10)
+            disk.real(fd)
+            return
+        real_fsync(fd)  # the next batch's fsync: fails once
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    results: dict[int, Any] = {}
+
+    def work(thread: int) -> None:
+        try:
+            results[thread] = log.append({"thread": thread})["seq"]
+        except AuditWriteError as exc:
+            results[thread] = exc
+
+    first = threading.Thread(target=work, args=(0,))
+    first.start()
+    assert entered.wait(10)
+    others = [threading.Thread(target=work, args=(t,)) for t in range(1, 6)]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(log._queue) < 5 and time.monotonic() < deadline:  # all five are waiting for the next batch
+        time.sleep(0.001)
+    disk.fail_next = True
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert results[0] == 1
+    failed = [t for t in range(1, 6) if isinstance(results[t], AuditWriteError)]
+    assert failed == [1, 2, 3, 4, 5], results  # one batch, one fsync, one verdict for all of it
+    record = log.append({"after": True})  # a fresh descriptor, and the chain goes on
+    log.close()
+    assert verify_log(path).ok
+    # The failed batch's bytes reached the file before its fsync failed; the reopen chained after them.
+    assert record["seq"] == 7
+
+
+def test_close_while_threads_append_neither_hangs_nor_breaks_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    acknowledged: list[int] = []
+    lock = threading.Lock()
+
+    def work(thread: int) -> None:
+        for i in itertools.count():
+            try:
+                seq = log.append({"thread": thread, "i": i})["seq"]
+            except AuditWriteError as exc:
+                assert "closed" in str(exc)
+                return
+            with lock:
+                acknowledged.append(seq)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    log.close()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+    report = verify_log(path)
+    assert report.ok and set(acknowledged) <= set(range(1, report.records + 1))
+
+
+def test_a_caller_interrupted_while_waiting_never_strands_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C reaches the main thread while it waits for the lead: the next caller leads instead."""
+    import opsgate.audit.log as log_module
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    gate, entered = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+    real_held_lock = log_module._held_lock
+
+    def held_fsync(fd: int) -> None:
+        if not gate.is_set() and not entered.is_set():
+            entered.set()
+            gate.wait(10)
+        real_fsync(fd)
+
+    class InterruptedWhenWoken:
+        def __init__(self) -> None:
+            self.lock = real_held_lock()
+
+        def acquire(self) -> bool:
+            self.lock.acquire()  # woken: handed the lead...
+            raise KeyboardInterrupt  # ...and interrupted right then
+
+        def release(self) -> None:
+            self.lock.release()
+
+    def held_lock() -> Any:
+        return InterruptedWhenWoken() if threading.current_thread().name == "b" else real_held_lock()
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    monkeypatch.setattr(log_module, "_held_lock", held_lock)
+    monkeypatch.setattr(log_module, "_EXTRA_BATCHES", 0)  # a hands the lead on instead of writing b and c itself
+    results: dict[str, Any] = {}
+
+    def work(name: str) -> None:
+        try:
+            results[name] = log.append({"who": name})["seq"]
+        except BaseException as exc:
+            results[name] = exc
+
+    threads = {name: threading.Thread(target=work, args=(name,), name=name) for name in "abc"}
+    threads["a"].start()
+    assert entered.wait(10)
+    for name in "bc":  # b queues first, so it is handed the lead when a's batch is done
+        threads[name].start()
+        deadline = time.monotonic() + 10
+        while len(log._queue) < (1 if name == "b" else 2) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    gate.set()
+    for thread in threads.values():
+        thread.join(10)
+        assert not thread.is_alive(), "a caller was stranded"
+    assert results["a"] == 1 and results["c"] == 2
+    assert isinstance(results["b"], KeyboardInterrupt)
+    log.close()
+    assert verify_log(path).records == 2

@@ -1,0 +1,157 @@
+"""The fast paths are exact: the C-encoder canonical form, the cut-out hash input, and verify in ranges.
+
+Each shortcut must give the very answer of the slow, obviously-right way, on
+every input, or the reviewer's verdict would depend on which path a line took.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rfc8785
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import opsgate.audit.verify as verify_module
+from opsgate.audit import AuditLog, canonical, verify_log
+from opsgate.audit.chain import loads, matches_canonical, prepare, seal_line, unhashed_line
+
+keys = st.text(max_size=6) | st.sampled_from(["a", "é", "\uff61", "\U0001f600", "hash", "seq", "B", "a\u0000"])
+numbers = (
+    st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([0.1, 1e-5, 1e-7, 1e16, 1e21, 1e22, -0.0, 2.0**53, 123.456, 5e-324, 1.7976931348623157e308])
+)
+values = st.recursive(
+    st.none() | st.booleans() | numbers | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(keys, values, max_size=6))
+def test_fast_canonical_equals_rfc8785(obj: dict[str, Any]) -> None:
+    try:
+        expected = rfc8785.dumps(obj)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(ValueError):
+            canonical(obj)
+        return
+    assert canonical(obj) == expected
+
+
+def _mutations(line: bytes) -> list[bytes]:
+    text = line.decode("utf-8", "surrogatepass")
+    out = [
+        json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogatepass"
+        ),
+        json.dumps(json.loads(text), separators=(",", ":")).encode(),
+        line.replace(b":", b": ", 1),
+        line + b" ",
+    ]
+    for old, new in ((b"1", b"1.0"), (b"0", b"-0"), (b"e+", b"E+"), (b"e-", b"e-0"), (b'"a"', b'"\\u0061"')):
+        if old in line:
+            out.append(line.replace(old, new, 1))
+    return out
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(keys.filter(lambda k: k not in ("seq", "prev", "hash")), values, max_size=6))
+def test_verify_canonical_check_agrees_with_rfc8785_on_good_and_mangled_lines(body: dict[str, Any]) -> None:
+    try:
+        _, line = seal_line(body, 3, "0" * 64)
+    except ValueError:
+        return
+    for candidate in [line, *_mutations(line)]:
+        parser = verify_module._Parser()
+        parsed = parser.line(1, candidate, True, 0)
+        if parsed.obj is None:
+            continue
+        try:
+            slow = rfc8785.dumps(parsed.obj) == candidate
+        except rfc8785.CanonicalizationError:
+            slow = None
+        try:
+            fast: bool | None = matches_canonical(parsed.obj, candidate, floats_need_care=parsed.floats_need_care)
+        except ValueError:
+            fast = None
+        assert fast == slow, candidate
+
+
+@given(st.dictionaries(keys.filter(lambda k: k not in ("seq", "prev", "hash")), values, max_size=6))
+def test_cut_out_hash_input_equals_the_record_without_hash(body: dict[str, Any]) -> None:
+    try:
+        record, line = seal_line(body, 9, "f" * 64)
+    except ValueError:
+        return
+    unhashed = unhashed_line(line, record["hash"])
+    assert unhashed == canonical({k: v for k, v in record.items() if k != "hash"})
+    assert hashlib.sha256(unhashed).hexdigest() == record["hash"]
+
+
+def test_a_nested_hash_member_falls_back_to_re_serialising() -> None:
+    record, line = seal_line({"a": {"hash": "x"}}, 1, "0" * 64)
+    twin = json.loads(line)
+    twin["a"]["hash"] = record["hash"]  # the same member text twice: the cut would be ambiguous
+    twin_line = canonical(twin)
+    assert unhashed_line(twin_line, record["hash"]) is None
+
+
+def test_prepare_refuses_what_seal_refuses() -> None:
+    for bad in ({"seq": 1}, {"x": float("nan")}, {1: "x"}, {"x": object()}):
+        with pytest.raises((ValueError, TypeError)):
+            prepare(bad)  # type: ignore[arg-type]
+    assert loads(prepare({"k": [1, 2.5, "é"]}).seal(1, "0" * 64)[1])["k"] == [1, 2.5, "é"]
+
+
+# --- verify in ranges (worker processes) gives the same verdict as verify in one pass --------------
+
+
+@pytest.fixture(scope="module")
+def torn_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A log with torn lines sealed by recovery records, to cut into ranges at every kind of place."""
+    path = tmp_path_factory.mktemp("torn") / "audit.jsonl"
+    rng = random.Random(7)
+    for round_ in range(4):
+        with AuditLog(path) as log:
+            for i in range(12):
+                log.append({"round": round_, "i": i, "pad": "x" * rng.randrange(0, 200)})
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) - rng.randrange(5, 40)])  # tear the last record
+    AuditLog(path).close()
+    assert verify_log(path).ok
+    return path
+
+
+def _verdict(report: Any) -> tuple[Any, ...]:
+    return (report.ok, report.problem, report.first_bad_line, report.records, report.head_seq, report.head_hash,
+            report.detail, report.file)
+
+
+def test_ranges_agree_with_one_pass_on_every_single_line_mutation(
+    torn_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify_module, "MIN_RANGE_BYTES", 1)
+    monkeypatch.setattr(verify_module, "RANGES_PER_WORKER", 40)  # cuts at nearly every line
+    lines = torn_log.read_bytes().splitlines(keepends=True)
+    target = tmp_path / "audit.jsonl"
+    rng = random.Random(11)
+    cases: list[list[bytes]] = [lines]
+    for i in rng.sample(range(len(lines)), 12):
+        cases.append(lines[:i] + lines[i + 1 :])  # delete
+        edited = list(lines)
+        edited[i] = edited[i].replace(b'"i":', b'"i": ', 1) if b'"i":' in edited[i] else b"x" + edited[i]
+        cases.append(edited)  # not canonical / not JSON
+    cases.append([*lines[:-1], lines[-1].rstrip(b"\n")])  # torn at the very end
+    for case in cases:
+        target.write_bytes(b"".join(case))
+        one = verify_log(target, workers=1)
+        ranged = verify_log(target, workers=2)
+        assert _verdict(ranged) == _verdict(one), (one, ranged)
