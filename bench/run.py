@@ -172,6 +172,7 @@ async def main() -> None:
             f"{statistics.median(gated) - statistics.median(direct):.3f} ms",
             f"{statistics.median(direct) * 1000:.1f} us direct")
         row("gate overhead per call p95", f"{pct(gated, 0.95):.3f} ms")
+        from audit_bench import run as audit
         from deployments_bench import run as deployments
         from kserve_bench import run as kserve
         from policy_bench import run as policy
@@ -179,6 +180,7 @@ async def main() -> None:
         await deployments(tmp, row, session, opsgate_args)
         await kserve(tmp, row, session, opsgate_args)
         policy(row)
+        audit(row)
     write_results()
 
 

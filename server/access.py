@@ -6,7 +6,6 @@ gate's own state (identity, policy, mode); they still run through the gate.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,20 +86,13 @@ class OwnRecordsResult(BaseModel):
 
 
 def own_records(path: Path, principal: str, limit: int) -> list[dict[str, Any]]:
-    """The principal's own recent records, from the tail of the live log; a torn or foreign line is skipped."""
-    with path.open("rb") as fh:
-        size = fh.seek(0, 2)
-        fh.seek(max(0, size - TAIL_BYTES))
-        lines = fh.read().split(b"\n")[1 if size > TAIL_BYTES else 0:]
-    mine: list[dict[str, Any]] = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("principal") == principal and "call_id" in record:
-            mine.append(record)
-    return mine[-limit:]
+    """The principal's own recent call records, read backwards across segments within a byte budget."""
+    from opsgate.audit.query import last_matching
+
+    def mine(record: dict[str, Any]) -> bool:
+        return record.get("principal") == principal and "call_id" in record
+
+    return last_matching(path, mine, limit, max_bytes=TAIL_BYTES)
 
 
 def access_tools(

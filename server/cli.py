@@ -18,7 +18,8 @@ def _err(message: str) -> None:
 
 
 SETTING_FLAGS = ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only",
-                 "disable_destructive", "log_level", "policy_reload_seconds")
+                 "disable_destructive", "log_level", "policy_reload_seconds", "audit_signing_key",
+                 "audit_checkpoint_every", "audit_max_segment_bytes")
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,13 +43,16 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
                    help="refuse and hide every tool marked destructive")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--policy-reload-seconds", type=float, help="poll interval for policy changes (0: off)")
+    p.add_argument("--audit-signing-key", type=Path, help="Ed25519 private key for checkpoints (audit keygen)")
+    p.add_argument("--audit-checkpoint-every", type=int, help="records between signed checkpoints")
+    p.add_argument("--audit-max-segment-bytes", type=int, help="rotate the log into segments past this size")
 
 
 def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("audit", help="read and verify the audit log")
-    audit_sub = p.add_subparsers(dest="audit_command", required=True)
-    v = audit_sub.add_parser("verify", help="check the hash chain; exit 0 intact, 1 damaged, 2 unreadable")
-    v.add_argument("path", type=Path)
+    from opsgate.audit.cli import add_audit_commands
+
+    p = sub.add_parser("audit", help="verify, query, tail and show the audit log; make checkpoint keys")
+    add_audit_commands(p.add_subparsers(dest="audit_command", required=True))
 
 
 def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -163,27 +167,14 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _audit_verify(path: Path) -> int:
-    from opsgate.audit import verify_log
-
-    try:
-        report = verify_log(path)
-    except OSError as exc:
-        _err(f"cannot read {path}: {exc.strerror or exc}")
-        return EXIT_UNUSABLE
-    if report.ok:
-        print(f"ok: {report.records} records, chain intact ({path})")
-        return EXIT_OK
-    print(f"DAMAGED: line {report.first_bad_line}: {report.problem}: {report.detail or ''}".rstrip(": "))
-    return EXIT_DAMAGED
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
-    if args.command == "audit" and args.audit_command == "verify":
-        return _audit_verify(args.path)
+    if args.command == "audit":
+        from opsgate.audit.cli import run_audit_command
+
+        return run_audit_command(args)
     if args.command == "policy":
         return _policy(args)
     if args.command == "doctor":

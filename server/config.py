@@ -41,6 +41,14 @@ class Settings(BaseModel):
         default=None, description="Casbin policy: a folder (model.conf + *.csv) or one .csv file."
     )
     audit_log: Path = Field(default_factory=default_audit_log, description="Audit log (JSON Lines).")
+    audit_signing_key: Path | None = Field(
+        default=None, description="Ed25519 private key (opsgate audit keygen) that signs checkpoints; "
+        "without one, checkpoints are HMAC-signed with a key kept beside the log."
+    )
+    audit_checkpoint_every: int = Field(default=1000, ge=1, description="Records between signed checkpoints.")
+    audit_max_segment_bytes: int | None = Field(
+        default=None, ge=4096, description="Rotate the log into numbered segments past this size."
+    )
     models: Path | None = Field(default=None, description="Folder of local ONNX models.")
     kubeconfig: Path | None = Field(default=None, description="Kubeconfig file.")
     context: str | None = Field(default=None, description="Kubeconfig context.")
@@ -58,7 +66,7 @@ class Settings(BaseModel):
     def _principal_is_safe(cls, value: str | None) -> str | None:
         return None if value is None else validate_principal(value)
 
-    @field_validator("policy", "models", "kubeconfig")
+    @field_validator("policy", "models", "kubeconfig", "audit_signing_key")
     @classmethod
     def _path_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.exists():
@@ -101,7 +109,7 @@ def _from_file(path: Path) -> dict[str, Any]:
             raise SettingsError(f"unknown setting {key!r} in {path}")
         values[name] = value
     # Relative paths in a config file are relative to the file, as users expect.
-    for name in ("policy", "audit_log", "models", "kubeconfig"):
+    for name in ("policy", "audit_log", "models", "kubeconfig", "audit_signing_key"):
         if isinstance(values.get(name), str):
             values[name] = str((path.parent / values[name]).expanduser())
     return values

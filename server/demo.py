@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,7 +100,10 @@ async def _session(workdir: Path, narrator: Narrator) -> None:
                 narrator.result(_text(result))
                 return result
 
-            for title, run in _steps(call, narrator):
+            async def quiet(tool: str, arguments: dict[str, Any]) -> Any:
+                return await session.call_tool(tool, arguments)
+
+            for title, run in _steps(call, narrator, quiet):
                 narrator.step(title)
                 try:
                     await run()
@@ -111,7 +115,7 @@ async def _session(workdir: Path, narrator: Narrator) -> None:
 Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
-def _steps(call: Call, n: Narrator) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+def _steps(call: Call, n: Narrator, session_call: Call) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
     def expect(title: str, cond: bool, note: str) -> None:
         (n.ok if cond else (lambda msg: n.fail(title, msg)))(note)
 
@@ -157,19 +161,31 @@ def _steps(call: Call, n: Narrator) -> list[tuple[str, Callable[[], Awaitable[No
 
     async def kserve() -> None:
         base = {"name": "iris", "namespace": NS}
+
+        async def traffic(want: list[int]) -> dict[str, int]:
+            """model_status until the split is the one asked for: the controller moves traffic after a write."""
+            split: dict[str, int] = {}
+            for _ in range(50):
+                status = (await session_call("model_status", base)).structured_content
+                split = {t["tag"] or t["revision"]: t["percent"] for t in status.get("traffic", []) if t["percent"]}
+                if sorted(split.values()) == want:
+                    break
+                await anyio.sleep(0.1)
+            return split
+
         served = await call("deploy_model", {**base, "storage_uri": "iris", "wait": True})
         rows = {"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}
         answer = await call("kserve_infer", {**base, "inputs": rows})
         canary = await call("deploy_model", {**base, "storage_uri": "iris-v2", "canary_traffic_percent": 20,
                                              "wait": True})
-        status = (await call("model_status", base)).structured_content
-        split = {t["tag"] or t["revision"]: t["percent"] for t in status.get("traffic", [])}
+        await call("model_status", base)
+        split = await traffic([20, 80])
         n.say(f"  traffic split after the canary: {split}")
         back = await call("rollback", {**base, "kind": "InferenceService"})
-        after = (await call("model_status", base)).structured_content
+        after = await traffic([100])
+        n.say(f"  traffic split after the rollback: {after}")
         expect("kserve", not (served.is_error or answer.is_error or canary.is_error or back.is_error)
-               and sorted(split.values()) == [20, 80]
-               and [t["percent"] for t in after.get("traffic", []) if t["percent"]] == [100],
+               and sorted(split.values()) == [20, 80] and list(after.values()) == [100],
                "served over the Open Inference Protocol, canaried at 20%, and rolled back to 100% on v1")
 
     return [
@@ -185,26 +201,31 @@ def _steps(call: Call, n: Narrator) -> list[tuple[str, Callable[[], Awaitable[No
 
 
 def _audit_steps(audit_log: Path, n: Narrator) -> None:
-    from opsgate.audit import verify_log
-
-    n.step("audit verify on this session's log")
-    report = verify_log(audit_log)
+    """The reviewer's own commands, run as a reviewer would, on this session's log."""
+    n.step("audit verify on this session's log (hash chain, segments, signed checkpoints)")
+    verify = _opsgate("audit", "verify", str(audit_log))
     n.say(f"  $ opsgate audit verify {audit_log}")
-    if report.ok:
-        n.ok(f"{report.records} records, hash chain intact")
+    n.result(verify.stdout.strip())
+    if verify.returncode == 0:
+        n.ok("intact: nothing edited, removed, inserted or reordered")
     else:
-        n.fail("audit verify", f"line {report.first_bad_line}: {report.problem}")
-    n.step("what the security team reads: decisions and outcomes")
-    rows = [json.loads(line) for line in audit_log.read_bytes().split(b"\n") if line.strip()]
-    for r in rows:
-        if r["stage"] == "decision":
-            d = r["decision"]
-            n.say(f"  {r['seq']:>3} {r['principal']:<6} {r['tool']:<16} {r['namespace']:<12} {d['effect']:<7} "
-                  f"{(d.get('bound') or d.get('source') or '')[:60]}")
-        elif r["stage"] == "outcome":
-            n.say(f"  {r['seq']:>3} {'':<6} {r['tool']:<16} {'':<12} {r['outcome']['status']:<7} "
-                  f"{r['duration_ms']:.1f} ms")
-    n.ok("every call has its decision (with the rule) and its outcome, joined by call id")
+        n.fail("audit verify", f"exit {verify.returncode}: {verify.stdout.strip()[:200]}")
+    n.step("what the security team reads: one row per call, decision joined with outcome")
+    query = _opsgate("audit", "query", str(audit_log), "--limit", "12")
+    n.say(f"  $ opsgate audit query {audit_log} --limit 12")
+    for line in query.stdout.splitlines()[:16]:
+        n.say(f"  {line[:150]}")
+    denied = _opsgate("audit", "query", str(audit_log), "--decision", "deny", "--json")
+    refusals = [json.loads(line) for line in denied.stdout.splitlines() if line.strip()]
+    if query.returncode == 0 and refusals:
+        n.ok(f"{len(refusals)} refused calls on record, each with the rule or bound that refused it")
+    else:
+        n.fail("audit query", f"exit {query.returncode}: {query.stderr.strip()[:200]}")
+
+
+def _opsgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "opsgate.server", *args], capture_output=True, text=True,
+                          timeout=60)
 
 
 def run_demo(out: TextIO = sys.stdout) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import anyio
 import mcp_types as types
 import structlog
 from pydantic import BaseModel, ValidationError
@@ -234,11 +235,11 @@ class Gate:
         spec = self._tools.get(name)
         if spec is None or spec.route != route:
             errors = [{"field": "name", "rule": "unknown-tool", "message": f"no {route} named {name!r}"}]
-            return self._invalid(call_id, caller, name, raw, errors, bound)
+            return await self._invalid(call_id, caller, name, raw, errors, bound)
         try:
             args = spec.args_model.model_validate(raw)
         except ValidationError as exc:
-            return self._invalid(call_id, caller, name, raw, validation_errors(exc), bound)
+            return await self._invalid(call_id, caller, name, raw, validation_errors(exc), bound)
 
         namespace = spec.namespace_of(args)
         decision = await self._decide_call(spec, args, caller, namespace, ask)
@@ -246,7 +247,7 @@ class Gate:
             call_id=call_id, caller=caller, tool=name, verb=spec.verb, namespace=namespace,
             arguments=args.model_dump(mode="json"), decision=decision.record(), object_ref=spec.object_ref(args),
         )
-        if not self._append(record, bound):
+        if not await self._append(record, bound):
             return self._audit_refusal(call_id)
         if not decision.allowed:
             bound.info("call_denied", reason=decision.reason)
@@ -285,7 +286,7 @@ class Gate:
             status="ok" if error is None else "error", duration_ms=duration_ms, error=error,
             result=summary() if callable(summary) else None,
         )
-        if not self._append(outcome, bound):
+        if not await self._append(outcome, bound):
             return error_result(
                 "audit_unavailable",
                 "the call ran but its outcome could not be written to the audit log; the result is withheld",
@@ -302,7 +303,7 @@ class Gate:
             is_error=False,
         )
 
-    def _invalid(
+    async def _invalid(
         self,
         call_id: str,
         caller: Caller,
@@ -316,15 +317,16 @@ class Gate:
             call_id=call_id, caller=caller, tool=tool, verb=self.verb_of(tool) or "unknown",
             namespace="-", arguments=raw, decision=decision,
         )
-        if not self._append(record, bound):
+        if not await self._append(record, bound):
             return self._audit_refusal(call_id)
         bound.info("call_invalid", fields=[e["field"] for e in errors])
         summary = "; ".join(f"{e['field']}: {e['message']} ({e['rule']})" for e in errors[:5])
         return error_result("invalid_arguments", summary, call_id, errors=errors)
 
-    def _append(self, record: dict[str, Any], bound: structlog.typing.FilteringBoundLogger) -> bool:
+    async def _append(self, record: dict[str, Any], bound: structlog.typing.FilteringBoundLogger) -> bool:
+        """In a worker thread: the fsync never stalls the loop, and concurrent calls share one (group commit)."""
         try:
-            self.audit.append(record)
+            await anyio.to_thread.run_sync(self.audit.append, record)
         except AuditWriteError as exc:
             bound.error("audit_write_failed", error=str(exc), stage=record.get("stage"))
             return False

@@ -39,10 +39,13 @@ class StartupError(Exception):
     """A setup problem that stops the server before it serves anything."""
 
 
-def open_audit_log(path: Path) -> AuditLog:
+def open_audit_log(settings: Settings) -> AuditLog:
+    path = settings.audit_log
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return AuditLog(path)
+        return AuditLog(path, signing_key=settings.audit_signing_key,
+                        checkpoint_every=settings.audit_checkpoint_every,
+                        max_segment_bytes=settings.audit_max_segment_bytes)
     except (OSError, AuditWriteError) as exc:
         raise StartupError(f"audit log {path} cannot be written ({exc}); refusing to serve") from exc
 
@@ -76,7 +79,7 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
         specs = build_tools(settings, cluster.kube)
         verbs = {**{name: "read" for name in ACCESS_TOOLS}, **{spec.name: spec.verb for spec in specs}}
         policy = load_policy(settings, verbs)
-        audit = open_audit_log(settings.audit_log)
+        audit = open_audit_log(settings)
     except BaseException:
         cluster.close()
         raise

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from opsgate.audit import canonical, redact
+from opsgate.audit import SCHEMA_VERSION, canonical, redact
 
-SCHEMA_VERSION = 1
 # Arguments bigger than this are stored as a digest: an inference batch is data, not an audit fact.
 MAX_ARGUMENT_BYTES = 8192
 
