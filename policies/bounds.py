@@ -58,6 +58,7 @@ BOUND_ATTRS: Final[Mapping[str, str]] = {
     "image_prefixes": "image",
     "models": "model",
     "max_input_elements": "input_elements",
+    "allow_url_override": "url_override",
 }
 
 # The attributes the gate supplies per tool (ToolSpec.bound_attrs); the lint
@@ -83,6 +84,8 @@ class SubjectBounds(BaseModel):
     models: tuple[str, ...] | None = None
     max_input_elements: int | None = Field(default=None, ge=0)
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    # kserve_infer's `url` sends a request wherever the caller says: refused unless a subject opts in.
+    allow_url_override: bool = False
     # Tools whose calls the user must confirm through the MCP client (elicitation);
     # a client that cannot ask gets a refusal, never a silent allow.
     confirm: tuple[str, ...] = ()

@@ -168,10 +168,14 @@ class Gate:
         if not decision.allowed:
             return decision
         bounds = self.policy.bounds.get(decision.subject or "")
+        attrs = spec.bound_attrs(args) if spec.bound_attrs is not None else {}
+        if attrs.get("url_override") and not (bounds is not None and bounds.allow_url_override):
+            # An address the caller picks is a request from inside the cluster's network: opt-in only.
+            reason = f"a url override needs allow_url_override = true in bounds.toml for {decision.subject}"
+            return replace(decision, allowed=False, reason=f"denied by bound: {reason}", bound=reason)
         if bounds is None:
             return decision
         if spec.bound_attrs is not None:
-            attrs = spec.bound_attrs(args)
             if bounds.max_replicas_change is not None and spec.current_state is not None:
                 attrs = {**attrs, **await spec.current_state(args)}
             decision = self.apply_bounds(decision, attrs)

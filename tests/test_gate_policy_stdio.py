@@ -112,3 +112,17 @@ def test_policy_check_and_test_commands(tmp_path: Path) -> None:
     table.write_text("nobody team-a deploy -> allow\n")
     wrong = _opsgate("policy", "test", str(table))
     assert wrong.returncode == 1 and "deploy" in wrong.stdout
+
+
+async def test_a_url_override_is_refused_unless_the_policy_opts_in(tmp_path: Path) -> None:
+    inputs = {"features": BATCH}
+    call = {"name": "iris", "namespace": "default", "inputs": inputs, "url": "http://169.254.169.254"}
+    folder = policy_with_bounds(tmp_path, '[subject."role:operator"]\nmax_replicas = 10\n')
+    async with serve(tmp_path, "--principal", "bob", "--policy", str(folder), env={"HOME": str(tmp_path)}) as s:
+        refused = error_of(await s.call("kserve_infer", call))
+        assert refused["code"] == "denied" and "allow_url_override" in refused["message"]
+    opted = policy_with_bounds(tmp_path / "opted", '[subject."role:viewer"]\nallow_url_override = true\n')
+    async with serve(tmp_path / "opted", "--principal", "bob", "--policy", str(opted),
+                     env={"HOME": str(tmp_path)}) as s:
+        reached = error_of(await s.call("kserve_infer", {**call, "url": "http://127.0.0.1:9"}))
+        assert reached["code"] != "denied", reached  # allowed: it fails later, at the closed port
