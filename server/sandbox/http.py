@@ -31,20 +31,16 @@ from .faults import FaultTable
 from .logs import log
 
 
-class SandboxHTTPServer(ThreadingHTTPServer):
-    """Threaded server that remembers its open connections."""
+class TrackingHTTPServer(ThreadingHTTPServer):
+    """A threaded server that remembers its open connections, so stopping it can close keep-alive ones."""
 
     daemon_threads = True
     allow_reuse_address = True
-    request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], api: Api, faults: FaultTable) -> None:
-        self.api = api
-        self.faults = faults
-        self.log_requests = False
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self._conn_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
-        super().__init__(address, Handler)
+        super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conn_lock:
@@ -62,6 +58,18 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+
+
+class SandboxHTTPServer(TrackingHTTPServer):
+    """The API server's socket edge."""
+
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], api: Api, faults: FaultTable) -> None:
+        self.api = api
+        self.faults = faults
+        self.log_requests = False
+        super().__init__(address, Handler)
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -76,17 +76,15 @@ Deployment's Available condition, which stays True while old pods serve).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import re
-import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
@@ -98,6 +96,7 @@ from opsgate.tools.tensors import MODEL_NAME_RE, MODELS_DIR_DEFAULT, InferArgs, 
 from .controllers import Controller
 from .errors import Cause
 from .faults import Fault, FaultTable
+from .http import TrackingHTTPServer
 from .logs import log
 from .resources import Column, ResourceType
 from .store import now_rfc3339
@@ -540,34 +539,12 @@ class _Service:
             return targets[index].revision if index >= 0 else None
 
 
-class _ModelHTTPServer(ThreadingHTTPServer):
-    """A threaded server that can close its keep-alive connections when the service goes away."""
-
-    daemon_threads = True
-    allow_reuse_address = True
+class _ModelHTTPServer(TrackingHTTPServer):
+    """One InferenceService's endpoint; closes its keep-alive connections when the service goes away."""
 
     def __init__(self, endpoint: ModelServer) -> None:
         self.endpoint = endpoint
-        self._conn_lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
         super().__init__(("127.0.0.1", 0), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._conn_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conn_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        with self._conn_lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
 
 
 class _Handler(BaseHTTPRequestHandler):
