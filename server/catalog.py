@@ -81,23 +81,19 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
 
         return run
 
-    async def deploy(args: wl.DeployArgs, ctx: CallContext) -> wl.DeployResult:
-        report = ctx.report_progress
+    def bind_waiting(fn: Callable[..., Any]) -> Callable[[Any, CallContext], Awaitable[Any]]:
+        """Like bind, for tools that wait: their sync progress reports become MCP progress notifications."""
 
-        def progress(done: float, total: float | None, message: str | None) -> None:
-            if report is not None:
-                anyio.from_thread.run(report, done, total, message)
+        async def run(args: Any, ctx: CallContext) -> Any:
+            report = ctx.report_progress
 
-        return await anyio.to_thread.run_sync(wl.deploy, kube, args, ctx, progress)
+            def progress(done: float, total: float | None, message: str | None) -> None:
+                if report is not None:
+                    anyio.from_thread.run(report, done, total, message)
 
-    async def deploy_model(args: ks.DeployModelArgs, ctx: CallContext) -> ks.DeployModelResult:
-        report = ctx.report_progress
+            return await anyio.to_thread.run_sync(fn, kube, args, ctx, progress)
 
-        def progress(done: float, total: float | None, message: str | None) -> None:
-            if report is not None:
-                anyio.from_thread.run(report, done, total, message)
-
-        return await anyio.to_thread.run_sync(ks.deploy_model, kube, args, ctx, progress)
+        return run
 
     def ns(args: Any) -> str:
         return str(args.namespace)
@@ -139,7 +135,7 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
             name="deploy",
             description="Create or update a Deployment. dry_run: server-side dry run and a diff, nothing stored; "
             "wait: follow the rollout with progress.",
-            args_model=wl.DeployArgs, result_model=wl.DeployResult, run=deploy, verb="write",
+            args_model=wl.DeployArgs, result_model=wl.DeployResult, run=bind_waiting(wl.deploy), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             bound_attrs=lambda a: {"replicas": a.replicas, "image": a.image}, current_state=current_replicas,
         ),
@@ -161,7 +157,8 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
             name="deploy_model",
             description="Create or update a KServe InferenceService for an ONNX model. canary_traffic_percent: "
             "canary update; promote: roll it out; dry_run: diff only; wait: until Ready, with progress.",
-            args_model=ks.DeployModelArgs, result_model=ks.DeployModelResult, run=deploy_model, verb="write",
+            args_model=ks.DeployModelArgs, result_model=ks.DeployModelResult, run=bind_waiting(ks.deploy_model),
+            verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
             bound_attrs=lambda a: a.policy_attrs(), current_state=current_replicas,
         ),

@@ -55,6 +55,40 @@ async def serve(
             yield Served(session=session, audit_log=audit_log, stderr_path=stderr_path)
 
 
+def shipped_policy(folder: Path, *extra: str) -> Path:
+    """The shipped model, roles, bounds and protections, plus the given lines (users for a test)."""
+    from importlib.resources import files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = files("opsgate.policies")
+    for name in ("model.conf", "policy.csv", "bounds.toml"):
+        (folder / name).write_text(shipped.joinpath(name).read_text())
+    with (folder / "policy.csv").open("a") as fh:
+        fh.write("".join(f"{line}\n" for line in extra))
+    return folder
+
+
+@asynccontextmanager
+async def serve_on(cluster: Any, tmp_path: Path, principal: str, *extra_policy: str) -> AsyncIterator[Served]:
+    """A server for ``principal`` on a sandbox cluster, reached through a kubeconfig as a real one would be."""
+    kubeconfig = tmp_path / "kubeconfig"
+    cluster.write_kubeconfig(kubeconfig)
+    policy = shipped_policy(tmp_path / "policy", *extra_policy)
+    async with serve(tmp_path, "--principal", principal, "--kubeconfig", str(kubeconfig),
+                     "--policy", str(policy)) as served:
+        yield served
+
+
+def ok(result: Any) -> dict[str, Any]:
+    assert not result.is_error, result.content[0].text
+    return result.structured_content  # type: ignore[no-any-return]
+
+
+def err(result: Any) -> dict[str, Any]:
+    assert result.is_error, result.structured_content
+    return result.structured_content["error"]  # type: ignore[no-any-return]
+
+
 def write_policy(folder: Path, lines: list[str]) -> Path:
     """A policy folder with the shipped model and the given rules."""
     from importlib.resources import files

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from opsgate.audit import verify_log
 from opsgate.server.sandbox import KServeController, SandboxCluster
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
-from tests.harness import Served, serve
+from tests.harness import Served, err, ok, serve_on
 
 pytestmark = pytest.mark.anyio
 
@@ -50,35 +49,11 @@ def hooks(cluster: SandboxCluster) -> KServeController:
     return cluster.kserve
 
 
-def policy_folder(tmp_path: Path) -> Path:
-    """The shipped roles, bounds and protections, plus alice as operator in team-* only."""
-    folder = tmp_path / "policy"
-    folder.mkdir()
-    shipped = files("opsgate.policies")
-    for name in ("model.conf", "policy.csv", "bounds.toml"):
-        (folder / name).write_text(shipped.joinpath(name).read_text())
-    with (folder / "policy.csv").open("a") as fh:
-        fh.write("g, alice, role:operator, team-*\n")
-    return folder
-
-
 @asynccontextmanager
 async def opsgate(tmp_path: Path, cluster: SandboxCluster, principal: str) -> AsyncIterator[Served]:
-    kubeconfig = tmp_path / "kubeconfig"
-    cluster.write_kubeconfig(kubeconfig)
-    async with serve(tmp_path, "--principal", principal, "--kubeconfig", str(kubeconfig),
-                     "--policy", str(policy_folder(tmp_path))) as served:
+    """The shipped policy, plus alice as operator in team-* only."""
+    async with serve_on(cluster, tmp_path, principal, "g, alice, role:operator, team-*") as served:
         yield served
-
-
-def ok(result: Any) -> dict[str, Any]:
-    assert not result.is_error, result.content[0].text
-    return result.structured_content  # type: ignore[no-any-return]
-
-
-def err(result: Any) -> dict[str, Any]:
-    assert result.is_error, result.structured_content
-    return result.structured_content["error"]  # type: ignore[no-any-return]
 
 
 async def test_deploy_call_canary_and_roll_back(tmp_path: Path, cluster: SandboxCluster) -> None:
