@@ -7,11 +7,11 @@ a server that starts is a server whose policy loaded and whose log is writable.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -90,20 +90,34 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
     return gate, cluster
 
 
+def roles_line(gate: Gate) -> str:
+    """The roles the policy gives this principal, with where: ``role:operator in team-*``."""
+    principal = gate.caller.principal
+    links = [r.fields for r in gate.policy.rules if r.ptype == "g"]
+    direct = [f"{role} in {where}" for member, role, where in links if member == principal]
+    everyone = [f"{role} in {where} (everyone)" for member, role, where in links if member == "role:everyone"]
+    parts = direct + everyone
+    return ", ".join(parts) or "none: the policy grants this principal nothing"
+
+
 def banner(gate: Gate, cluster: Cluster, settings: Settings) -> str:
     """For a person at a terminal: what this is and how to use it; an IDE never sees it."""
-    exe = Path(sys.argv[0]).resolve() if sys.argv[0] else "opsgate"
+    from .clientconfig import server_command
+
+    command, *leading = server_command()
+    args = json.dumps([*leading, "serve", "--principal", gate.caller.principal])
     return "\n".join(
         [
-            f"opsgate {__version__}: an MCP server speaking JSON-RPC on stdin/stdout.",
+            f"opsgate {__version__}: an MCP server speaking JSON-RPC on stdin/stdout; it waits for an MCP client.",
             f"  principal  {gate.caller.principal} ({gate.caller.principal_source})",
+            f"  roles      {roles_line(gate)}",
             f"  policy     {', '.join(str(s) for s in gate.policy.sources)} (sha256 {gate.policy.hash[:12]})",
             f"  audit log  {settings.audit_log}",
             f"  cluster    {describe_cluster(cluster)}",
-            f"  tools      {', '.join(gate.tool_names)}",
-            "It waits for an MCP client. Connect one by adding to its mcpServers config:",
-            f'  "opsgate": {{"command": "{exe}", "args": ["serve"]}}',
-            "Ctrl-C to quit.",
+            f"  tools      {', '.join(t.name for t in gate.list_tools(gate.caller.principal))}",
+            "Connect a client: add this to its mcpServers config (`opsgate config claude|vscode|cursor` prints it):",
+            f'  "opsgate": {{"command": "{command}", "args": {args}}}',
+            "To see it work instead: opsgate demo.  Ctrl-C to quit.",
         ]
     )
 
