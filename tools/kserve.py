@@ -129,7 +129,7 @@ def _name_checker(limit: int) -> Callable[[str], str]:
     def check(value: str) -> str:
         if not _NAME_RE.fullmatch(value):
             raise PydanticCustomError(
-                "dns1035_label", "{value!r} is not a valid InferenceService name: lowercase letters, digits and "
+                "dns1035_label", "not a valid InferenceService name: lowercase letters, digits and "
                 "'-', starting with a letter and ending with a letter or digit", {"value": value})
         if len(value) > limit:
             raise PydanticCustomError("name_length", "must be at most {limit} characters", {"limit": limit})

@@ -122,8 +122,8 @@ def api_error(status: int, http_reason: str | None, body: str | None, what: str,
         if listed not in message:
             text += f" ({listed})"
     fields = [c["field"] for c in causes if "field" in c]
-    return KubeApiError(_clip(text), status=status, reason=reason or None, rule=rule,
-                        field=fields[0] if fields else None, causes=causes, audit_id=audit_id)
+    return KubeApiError(_clip(" ".join(text.split())), status=status, reason=reason or None, rule=rule,
+                        field=_clip(fields[0], 256) if fields else None, causes=causes, audit_id=audit_id)
 
 
 class Kube:

@@ -598,7 +598,7 @@ class DeployArgs(_Args):
     def _name_label(self) -> DeployArgs:
         if self.labels and self.labels.get(NAME_LABEL, self.name) != self.name:
             raise PydanticCustomError(
-                "reserved_label", "labels[{key}] is the Deployment's selector and must equal its name {name!r}",
+                "reserved_label", "labels[{key}] is the Deployment's selector and must equal its name '{name}'",
                 {"key": NAME_LABEL, "name": self.name},
             )
         return self
