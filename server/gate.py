@@ -70,9 +70,15 @@ class GateDecision:
         return {k: v for k, v in fields.items() if v is not None}
 
 
+# What a caller can make us repeat back (a tool name, argument keys) is capped like cluster text.
+MAX_NAME = 128
+MAX_ERRORS = 20
+
+
 def error_result(code: str, message: str, call_id: str, **details: Any) -> types.CallToolResult:
-    """Errors are data too: a code, one sentence, and the fields to act on."""
-    error = {"code": code, "message": message, "call_id": call_id, **details}
+    """Errors are data too: a code, one sentence, and the fields to act on; every string capped."""
+    error = cap_strings({"code": code, "message": message, "call_id": call_id, **details})
+    message = error["message"]
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=f"error ({code}): {message} [call {call_id}]")],
         structured_content={"error": error},
@@ -81,15 +87,19 @@ def error_result(code: str, message: str, call_id: str, **details: Any) -> types
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Field and rule only: the rejected values are the caller's data and may be secrets."""
-    return [
+    """Field and rule only (the rejected values are the caller's data and may be secrets), and few of them."""
+    errors = [
         {
-            "field": ".".join(str(p) for p in err["loc"]) or "arguments",
+            "field": cap_strings(".".join(str(p) for p in err["loc"]) or "arguments", MAX_NAME),
             "rule": err["type"],
-            "message": err["msg"],
+            "message": cap_strings(err["msg"], MAX_NAME * 2),
         }
         for err in exc.errors(include_url=False, include_input=False)
     ]
+    if len(errors) > MAX_ERRORS:
+        more = len(errors) - MAX_ERRORS
+        errors = [*errors[:MAX_ERRORS], {"field": "arguments", "rule": "more-errors", "message": f"{more} more"}]
+    return errors
 
 
 class Gate:
@@ -236,6 +246,7 @@ class Gate:
         bound = log.bind(call_id=call_id, tool=name, principal=caller.principal)
         raw: Any = dict(arguments) if arguments is not None else {}
 
+        name = cap_strings(name, MAX_NAME)  # the name is the caller's text: recorded and echoed, but short
         spec = self._tools.get(name)
         if spec is None or spec.route != route:
             errors = [{"field": "name", "rule": "unknown-tool", "message": f"no {route} named {name!r}"}]

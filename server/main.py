@@ -31,6 +31,7 @@ from .identity import resolve_identity
 from .logs import configure_logging
 from .records import Caller, server_record
 from .reload import watch_policy
+from .wire import ScreenedStdin
 
 log = structlog.get_logger("opsgate.server")
 
@@ -151,7 +152,7 @@ def serve(settings: Settings) -> None:
         async with anyio.create_task_group() as tasks:
             if settings.policy_reload_seconds > 0:
                 tasks.start_soon(watch_policy, gate, settings.policy, gate.verbs, settings.policy_reload_seconds)
-            async with stdio_server() as (read_stream, write_stream):
+            async with stdio_server(stdin=ScreenedStdin()) as (read_stream, write_stream):  # type: ignore[arg-type]
                 await server.run(read_stream, write_stream, server.create_initialization_options())
             tasks.cancel_scope.cancel()
 
