@@ -1,4 +1,4 @@
-"""Every benchmark of the project, in one run, each figure beside its floor and target.
+"""Every benchmark of the project, in one run, each figure beside its floor and target (about 3 minutes).
 
     python bench/run.py            # prints a table and writes bench/RESULTS.md
 
@@ -176,11 +176,13 @@ async def main() -> None:
         from deployments_bench import run as deployments
         from kserve_bench import run as kserve
         from policy_bench import run as policy
+        from soak_bench import run as soak
 
         await deployments(tmp, row, session, opsgate_args)
         await kserve(tmp, row, session, opsgate_args)
         policy(row)
         audit(row)
+        await soak(tmp, row)
     write_results()
 
 
