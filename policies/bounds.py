@@ -152,7 +152,7 @@ def parse_bounds(path: Path, data: bytes) -> dict[str, SubjectBounds]:
         if line is None and "end of document" in str(exc):
             line = max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
         raise BoundsError(path, str(exc), line) from exc
-    unknown = set(doc) - {"subject"}
+    unknown = set(doc) - {"subject", "protected"}
     if unknown:
         raise BoundsError(path, f"unknown table(s) {sorted(unknown)}; bounds go under [subject.\"<name>\"]")
     subjects = doc.get("subject", {})
@@ -170,6 +170,18 @@ def parse_bounds(path: Path, data: bytes) -> dict[str, SubjectBounds]:
             line = lines.get((subject, key)) or lines.get((subject, None))
             raise BoundsError(path, f'subject "{subject}": {where}: {first["msg"]}', line) from exc
     return bounds
+
+
+def parse_protected(path: Path, data: bytes) -> tuple[str, ...]:
+    """``[protected] namespaces = [...]``: where writes need a rule that names the namespace itself."""
+    doc = tomllib.loads(data.decode("utf-8"))  # parse_bounds has already checked the file reads
+    table = doc.get("protected", {})
+    if not isinstance(table, dict) or set(table) - {"namespaces"}:
+        raise BoundsError(path, "[protected] takes one key: namespaces = [\"kube-system\", ...]")
+    names = table.get("namespaces", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() and "*" not in n for n in names):
+        raise BoundsError(path, "[protected] namespaces must be a list of namespace names (no patterns)")
+    return tuple(names)
 
 
 def _int(value: Any) -> int | None:

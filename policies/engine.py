@@ -31,7 +31,7 @@ import casbin
 from casbin.model import FunctionMap, Model
 from casbin.util import escape_assertion, key_match, key_match_func, remove_comments
 
-from .bounds import BOUNDS_FILE, BoundsError, SubjectBounds, parse_bounds
+from .bounds import BOUNDS_FILE, BoundsError, SubjectBounds, parse_bounds, parse_protected
 from .index import RuleIndex
 
 __all__ = [
@@ -172,6 +172,7 @@ class Decision:
     rule: Rule | None
     reason: str
     policy_hash: str
+    protected: str | None = None  # the protected namespace that refused an otherwise allowed write
 
 
 # --------------------------------------------------------------------------- loading
@@ -521,6 +522,8 @@ class Policy:
         self.hash = digest
         # Limits on arguments, by the subject a grant names (see bounds.py).
         self.bounds: dict[str, SubjectBounds] = {}
+        # Namespaces where a write needs an allow rule naming the namespace itself (bounds.toml [protected]).
+        self.protected: tuple[str, ...] = ()
         self._enforcer, self._matcher_line, shipped_matcher = _build_enforcer(model_path, model_text)
         self._grants = tuple(rule for rule in self.rules if rule.ptype == "p")
         links = [rule.fields for rule in self.rules if rule.ptype == "g"]
@@ -593,17 +596,20 @@ class Policy:
                 if first is not rule:
                     raise PolicyError(csv_path, line, f"duplicate of {first.source}")
         bounds: dict[str, SubjectBounds] = {}
+        protected: tuple[str, ...] = ()
         bounds_path = csv_paths[0].parent / BOUNDS_FILE
         if bounds_path.is_file():
             data, _ = _read(bounds_path)
             digest.update(data)
             try:
                 bounds = parse_bounds(bounds_path, data)
+                protected = parse_protected(bounds_path, data)
             except BoundsError as exc:
                 raise PolicyError(bounds_path, exc.line, exc.message) from exc
             csv_paths = [*csv_paths, bounds_path]
         policy = cls(model_path, model_text, rules.values(), (model_path, *csv_paths), digest.hexdigest())
         policy.bounds = bounds
+        policy.protected = protected
         return policy
 
     @classmethod
@@ -641,6 +647,7 @@ class Policy:
             self.model_path, self._model_text, (*self.rules, *added), (*self.sources, source), digest.hexdigest()
         )
         policy.bounds = dict(self.bounds)
+        policy.protected = self.protected
         return policy
 
     # ----------------------------------------------------------------------- deciding
@@ -662,6 +669,7 @@ class Policy:
             else:
                 with self._lock:
                     decision = self._enforce(principal, namespace, tool, action)
+            decision = self._protect(decision, namespace, action)
             with self._lock:
                 self._memo[key] = decision
                 if len(self._memo) > self._memo_limit:
@@ -670,15 +678,36 @@ class Policy:
         except Exception as exc:
             return Decision(False, None, f"denied: policy error ({type(exc).__name__}: {exc})", self.hash)
 
+    def _protect(self, decision: Decision, namespace: str, action: str) -> Decision:
+        """A write Casbin allowed in a protected namespace stands only if the allowing rule names it.
+
+        Deny rules cannot express "unless a rule names it" (deny always overrides), so
+        protection is this one step after Casbin: ``*`` or ``kube-*`` never reaches
+        kube-system; ``p, role:platform, kube-system, deploy, write, allow`` does.
+        """
+        if not decision.allowed or action != "write" or namespace not in self.protected:
+            return decision
+        rule = decision.rule
+        if rule is not None and rule.fields[1] == namespace:
+            return decision
+        named = f"{rule.source} allows it only through the pattern {rule.fields[1]!r}" if rule else "no rule names it"
+        return Decision(
+            False, None,
+            f"denied: namespace {namespace} is protected (bounds.toml [protected]): a write there needs an allow "
+            f"rule that names {namespace} itself; {named}",
+            self.hash, protected=namespace,
+        )
+
     def decide_uncached(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
         """:meth:`decide` without the memo: for benchmarks and tests of the matching itself."""
         problem = _request_problem(principal, namespace, tool, action)
         if problem is not None:
             return Decision(False, None, f"denied: invalid request: {problem}", self.hash)
         if self.indexed:
-            return self._match(principal, namespace, tool, action)
+            return self._protect(self._match(principal, namespace, tool, action), namespace, action)
         with self._lock:
-            return self._enforce(principal, namespace, tool, action)
+            decision = self._enforce(principal, namespace, tool, action)
+        return self._protect(decision, namespace, action)
 
     def _match(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
         """Decide through the index: the first matching deny, else the last matching allow."""

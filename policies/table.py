@@ -10,7 +10,7 @@ documentation of a policy and diffs well in review::
     alice        team-a     deploy  {"replicas": 3}          -> allow
     alice        team-a     scale   {"replicas": 11}         -> deny(bound)
     alice        prod       deploy                           -> deny(default)
-    alice        kube-system deploy                          -> deny(rule)
+    alice        kube-system deploy                          -> deny(protected)
 
 * ``policy: LINE`` adds one policy line (``p, ...`` or ``g, ...``) to the
   policy under test for this table: tables bring their own principals, so the
@@ -23,6 +23,7 @@ documentation of a policy and diffs well in review::
   ``input_elements``); bounds are checked only when the policy allowed.
 * EXPECTED is ``allow`` or ``deny``; a deny may say why:
   ``deny(rule)`` a deny rule decided, ``deny(default)`` no rule allowed,
+  ``deny(protected)`` a rule allowed it but the namespace is protected and the rule does not name it,
   ``deny(bound)`` a rule allowed and a bound refused.
 
 Rate limits are stateful and are not part of a table.
@@ -55,7 +56,7 @@ __all__ = [
 BoundsCheck = Callable[[Policy, Decision, Mapping[str, Any]], str | None]
 """(policy, an allowing decision, attrs) -> the bound's refusal, or None."""
 
-_EXPECTED_RE: Final = re.compile(r"(allow|deny)(?:\((rule|default|bound)\))?\Z")
+_EXPECTED_RE: Final = re.compile(r"(allow|deny)(?:\((rule|default|bound|protected)\))?\Z")
 
 
 class TableError(Exception):
@@ -78,7 +79,7 @@ class TableRow:
     namespace: str
     tool: str
     attrs: Mapping[str, Any]
-    expected: str  # allow, deny, deny(rule), deny(default), deny(bound)
+    expected: str  # allow, deny, deny(rule), deny(default), deny(bound), deny(protected)
 
     @property
     def request(self) -> str:
@@ -89,7 +90,7 @@ class TableRow:
 @dataclass(frozen=True)
 class RowResult:
     row: TableRow
-    got: str  # allow, deny(rule), deny(default), deny(bound)
+    got: str  # allow, deny(rule), deny(default), deny(bound), deny(protected)
     reason: str  # the decision's reason, naming the deciding rule or bound
 
     @property
@@ -134,7 +135,8 @@ def parse_table(path: Path, known_tools: Mapping[str, str]) -> tuple[list[tuple[
         expected = expected.strip()
         if not _EXPECTED_RE.match(expected):
             raise TableError(
-                path, number, f"expected allow, deny, deny(rule), deny(default) or deny(bound), got {expected!r}"
+                path, number, "expected allow, deny, deny(rule), deny(default), deny(bound) or deny(protected), "
+                f"got {expected!r}"
             )
         parts = request.strip().split(None, 3)
         if len(parts) < 3:
@@ -192,6 +194,8 @@ def run_table(
                 results.append(RowResult(row, "allow", decision.reason))
             else:
                 results.append(RowResult(row, "deny(bound)", f"denied by bound: {refusal} ({decision.reason})"))
+        elif decision.protected is not None:
+            results.append(RowResult(row, "deny(protected)", decision.reason))
         elif decision.rule is not None:
             results.append(RowResult(row, "deny(rule)", decision.reason))
         else:

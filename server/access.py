@@ -49,6 +49,7 @@ class WhoamiResult(BaseModel):
     grants: list[Grant]
     tools: list[str] = Field(description="every tool this server offers")
     policy_hash: str
+    protected_namespaces: list[str] = Field(description="writes there need a rule that names the namespace itself")
     audit_log: str
     cluster: dict[str, Any] | None = Field(
         default=None, description="the cluster the Kubernetes tools use; sandbox=true means the built-in one"
@@ -116,6 +117,7 @@ def access_tools(
             grants=grants,
             tools=gate.tool_names,
             policy_hash=gate.policy.hash,
+            protected_namespaces=list(gate.policy.protected),
             audit_log=str(gate.audit.path),
             cluster=dict(await anyio.to_thread.run_sync(cluster)) if cluster is not None else None,
         )

@@ -87,7 +87,7 @@ def test_diff_names_expected_got_and_the_deciding_rule(tmp_path: Path) -> None:
         "policy: g, alice, role:operator, team-*\n"
         "alice team-a deploy -> deny\n"
         "alice prod deploy -> allow\n"
-        "alice kube-system deploy -> deny(default)\n"
+        "alice kube-system deploy -> deny(rule)\n"
         'alice team-a scale {"replicas": 11} -> allow\n'
         "alice team-a list_workloads -> allow\n",
     )
@@ -97,7 +97,7 @@ def test_diff_names_expected_got_and_the_deciding_rule(tmp_path: Path) -> None:
     assert f"{table}:2: alice team-a deploy\n  - expected deny\n  + got      allow: allowed by policy.csv:" in text
     assert "(p, role:operator, *, *, write, allow)" in text
     assert f"{table}:3: alice prod deploy\n  - expected allow\n  + got      deny(default): denied: no rule" in text
-    assert "+ got      deny(rule): denied by policy.csv:" in text
+    assert "- expected deny(rule)\n  + got      deny(default): denied: no rule" in text
     assert f'{table}:5: alice team-a scale {{"replicas": 11}}' in text
     assert "deny(bound): denied by bound: replicas 11 exceeds max_replicas 10 for role:operator" in text
     assert text.splitlines()[-1].startswith(f"{table}: 4 of 5 rows differ (policy ")
