@@ -121,6 +121,7 @@ class Gate:
         self.disable_destructive = disable_destructive
         # On the gate, not the policy: a reload must not refill anyone's budget.
         self.limiter = RateLimiter()
+        self._in_flight = 0  # calls between decision and outcome: decides how records are appended
 
     def register(self, specs: Iterable[ToolSpec[Any, Any]]) -> None:
         """The only way a tool reaches a client: through this gate's list and call handlers."""
@@ -241,6 +242,21 @@ class Gate:
         route: str = "tool",
         ask: AskFn | None = None,
     ) -> types.CallToolResult:
+        self._in_flight += 1
+        try:
+            return await self._call(name, arguments, caller, progress, route, ask)
+        finally:
+            self._in_flight -= 1
+
+    async def _call(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        caller: Caller,
+        progress: ProgressFn | None,
+        route: str,
+        ask: AskFn | None,
+    ) -> types.CallToolResult:
         call_id = uuid.uuid4().hex
         started = time.perf_counter()
         bound = log.bind(call_id=call_id, tool=name, principal=caller.principal)
@@ -339,9 +355,14 @@ class Gate:
         return error_result("invalid_arguments", summary, call_id, errors=errors)
 
     async def _append(self, record: dict[str, Any], bound: structlog.typing.FilteringBoundLogger) -> bool:
-        """In a worker thread: the fsync never stalls the loop, and concurrent calls share one (group commit)."""
+        """Durable before it returns. Alone, inline (a thread hop costs more than the fsync);
+        with other calls in flight, in a worker thread, so they share one fsync (group commit)
+        and none stalls the loop for the others."""
         try:
-            await anyio.to_thread.run_sync(self.audit.append, record)
+            if self._in_flight <= 1:
+                self.audit.append(record)
+            else:
+                await anyio.to_thread.run_sync(self.audit.append, record)
         except AuditWriteError as exc:
             bound.error("audit_write_failed", error=str(exc), stage=record.get("stage"))
             return False
