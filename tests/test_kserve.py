@@ -236,6 +236,11 @@ def test_dry_run_scale_and_list(kube: Kube, ns: str) -> None:
     assert scaled.audit_summary()["max_replicas"] == {"before": 2, "after": 5}
     same = scale(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", max_replicas=5), ctx())
     assert same.action == "unchanged"
+    autoscale = scale(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", scale_target=40,
+                                      scale_metric="concurrency"), ctx())
+    assert (autoscale.scale_target_after, autoscale.scale_metric_after) == (40, "concurrency")
+    predictor = raw(kube, ns, "iris")["spec"]["predictor"]
+    assert (predictor["scaleTarget"], predictor["scaleMetric"], predictor["maxReplicas"]) == (40, "concurrency", 5)
     with pytest.raises(ToolError) as inverted:
         scale(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", min_replicas=9), ctx())
     assert inverted.value.rule == "replica-range"

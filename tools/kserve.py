@@ -756,17 +756,20 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
         current = _read(kube, name, ns, ctx)
         predictor = copy.deepcopy(predictor_of(current))
         low, high = predictor.get("minReplicas"), predictor.get("maxReplicas")
+        target, metric = predictor.get("scaleTarget"), predictor.get("scaleMetric")
         new_low = args.min_replicas if args.min_replicas is not None else low
         new_high = args.max_replicas if args.max_replicas is not None else high
+        new_target = args.scale_target if args.scale_target is not None else target
+        new_metric = args.scale_metric if args.scale_metric is not None else metric
         if isinstance(new_low, int) and isinstance(new_high, int) and 0 < new_high < new_low:
             raise ToolError(f"min_replicas {new_low} would exceed max_replicas {new_high}", code="invalid_arguments",
                             field="min_replicas", rule="replica-range")
-        if (new_low, new_high) == (low, high):
+        if (new_low, new_high, new_target, new_metric) == (low, high, target, metric):
             return _scale_result(args, "unchanged", current, current, None)
-        if new_low is not None:
-            predictor["minReplicas"] = new_low
-        if new_high is not None:
-            predictor["maxReplicas"] = new_high
+        for key, value in (("minReplicas", new_low), ("maxReplicas", new_high), ("scaleTarget", new_target),
+                           ("scaleMetric", new_metric)):
+            if value is not None:
+                predictor[key] = value
         try:
             after = kube.call(_custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
                               spec_patch(current, predictor, cause), dry_run=dry, _content_type=JSON_PATCH,
@@ -793,7 +796,8 @@ def _scale_result(args: ScaleArgs, action: Literal["scaled", "unchanged", "dry-r
     return ScaleResult(name=args.name, namespace=args.namespace, kind=KIND, action=action, replicas_before=None,
                        replicas_after=None, min_replicas_before=b.get("minReplicas"),
                        min_replicas_after=a.get("minReplicas"), max_replicas_before=b.get("maxReplicas"),
-                       max_replicas_after=a.get("maxReplicas"), dry_run=args.dry_run, message=message)
+                       max_replicas_after=a.get("maxReplicas"), scale_target_after=a.get("scaleTarget"),
+                       scale_metric_after=a.get("scaleMetric"), dry_run=args.dry_run, message=message)
 
 
 RollbackStrategy = Literal["canary-traffic-to-0", "restored-previous-spec"]

@@ -706,22 +706,28 @@ class ScaleArgs(_Args):
                                  description="Deployment: replicas to run (0 stops every pod).")
     min_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, description="InferenceService.")
     max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS, description="InferenceService.")
+    scale_target: int | None = Field(default=None, ge=1, le=100_000,
+                                     description="InferenceService: autoscaling target per replica, in scale_metric.")
+    scale_metric: Literal["cpu", "memory", "concurrency", "rps"] | None = Field(
+        default=None, description="InferenceService: what the autoscaler measures.")
     dry_run: bool = Field(default=False, description="Validate on the server; change nothing.")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> ScaleArgs:
+        service_only = (self.min_replicas, self.max_replicas, self.scale_target, self.scale_metric)
         if self.kind == "Deployment":
             if self.replicas is None:
                 raise PydanticCustomError("replicas_required", "a Deployment is scaled with replicas")
-            if self.min_replicas is not None or self.max_replicas is not None:
-                raise PydanticCustomError("not_for_deployment", "min_replicas/max_replicas are for an "
-                                          "InferenceService; a Deployment takes replicas")
+            if any(v is not None for v in service_only):
+                raise PydanticCustomError("not_for_deployment", "min_replicas/max_replicas/scale_target/scale_metric "
+                                          "are for an InferenceService; a Deployment takes replicas")
             return self
         if self.replicas is not None:
             raise PydanticCustomError("not_for_inferenceservice", "an InferenceService is scaled with "
                                       "min_replicas/max_replicas, not replicas")
-        if self.min_replicas is None and self.max_replicas is None:
-            raise PydanticCustomError("range_required", "give min_replicas, max_replicas or both")
+        if all(v is None for v in service_only):
+            raise PydanticCustomError("range_required", "give min_replicas, max_replicas, scale_target or "
+                                      "scale_metric")
         low, high = self.min_replicas, self.max_replicas
         if low is not None and high is not None and low > high:
             raise PydanticCustomError("replica_range", "min_replicas ({low}) must not exceed max_replicas ({high})",
@@ -747,6 +753,8 @@ class ScaleResult(_Result):
     min_replicas_after: int | None = None
     max_replicas_before: int | None = None
     max_replicas_after: int | None = None
+    scale_target_after: int | None = None
+    scale_metric_after: str | None = None
     dry_run: bool
     message: str | None = None
 
@@ -757,7 +765,8 @@ class ScaleResult(_Result):
         else:
             summary.update(kind=self.kind,
                            min_replicas={"before": self.min_replicas_before, "after": self.min_replicas_after},
-                           max_replicas={"before": self.max_replicas_before, "after": self.max_replicas_after})
+                           max_replicas={"before": self.max_replicas_before, "after": self.max_replicas_after},
+                           scale_target=self.scale_target_after, scale_metric=self.scale_metric_after)
         return summary
 
 
