@@ -19,7 +19,7 @@ def _err(message: str) -> None:
 
 SETTING_FLAGS = ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only",
                  "disable_destructive", "log_level", "policy_reload_seconds", "audit_signing_key",
-                 "audit_checkpoint_every", "audit_max_segment_bytes")
+                 "audit_checkpoint_every", "audit_max_segment_bytes", "kube_timeout_seconds")
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +37,7 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, help="folder of local ONNX models")
     p.add_argument("--kubeconfig", type=Path, help="kubeconfig file")
     p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--kube-timeout-seconds", type=float, help="how long one Kubernetes API request may take")
     p.add_argument("--read-only", action="store_const", const=True, default=None,
                    help="refuse every tool that changes something")
     p.add_argument("--disable-destructive", action="store_const", const=True, default=None,

@@ -32,8 +32,8 @@ log = structlog.get_logger("opsgate.cluster")
 class SandboxKube(Kube):
     """The built-in sandbox, started on first use: a session that never touches a cluster never pays for one."""
 
-    def __init__(self, models_dir: Path | None) -> None:
-        super().__init__(KubeTarget(), sandbox=True)
+    def __init__(self, models_dir: Path | None, request_timeout: tuple[float, float]) -> None:
+        super().__init__(KubeTarget(), sandbox=True, request_timeout=request_timeout)
         self._models_dir = models_dir
         self._start_lock = threading.Lock()
         self.sandbox: SandboxCluster | None = None
@@ -99,11 +99,13 @@ def find_kubeconfig(settings: Settings, environ: Mapping[str, str], home: Path) 
 def open_cluster(settings: Settings, environ: Mapping[str, str] | None = None) -> Cluster:
     env = os.environ if environ is None else environ
     path = find_kubeconfig(settings, env, Path.home())
+    timeout = (min(3.0, settings.kube_timeout_seconds), settings.kube_timeout_seconds)  # (connect, read)
     if path is not None:
-        return Cluster(Kube(KubeTarget(kubeconfig=path, context=settings.context)), "kubeconfig")
+        return Cluster(Kube(KubeTarget(kubeconfig=path, context=settings.context), request_timeout=timeout),
+                       "kubeconfig")
     if env.get("KUBERNETES_SERVICE_HOST"):
-        return Cluster(Kube(KubeTarget(in_cluster=True)), "in-cluster")
-    return Cluster(SandboxKube(settings.models), "sandbox")
+        return Cluster(Kube(KubeTarget(in_cluster=True), request_timeout=timeout), "in-cluster")
+    return Cluster(SandboxKube(settings.models, timeout), "sandbox")
 
 
 def describe_cluster(cluster: Cluster) -> str:

@@ -52,6 +52,9 @@ class Settings(BaseModel):
     models: Path | None = Field(default=None, description="Folder of local ONNX models.")
     kubeconfig: Path | None = Field(default=None, description="Kubeconfig file.")
     context: str | None = Field(default=None, description="Kubeconfig context.")
+    kube_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="How long one Kubernetes API request may take to answer."
+    )
     read_only: bool = Field(default=False, description="Refuse every tool that changes something.")
     disable_destructive: bool = Field(
         default=False, description="Refuse (and hide) every tool marked destructive; reads and safe writes stay."

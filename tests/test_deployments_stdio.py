@@ -16,7 +16,7 @@ import pytest
 
 from opsgate.audit import verify_log
 from opsgate.server.sandbox import SandboxCluster
-from tests.harness import Served, err, ok, serve_on
+from tests.harness import Served, err, ok, serve, serve_on
 
 pytestmark = pytest.mark.anyio
 
@@ -201,3 +201,21 @@ async def test_bad_names_never_reach_the_api(tmp_path: Path, cluster: SandboxClu
             error = err(await s.call("deploy", arguments))
             assert error["code"] == "invalid_arguments", error
     assert api.list_namespaced_deployment(NS).items == []
+
+
+async def test_a_slow_cluster_fails_the_call_within_the_configured_timeout(
+    tmp_path: Path, cluster: SandboxCluster, api: Any
+) -> None:
+    import time
+
+    kubeconfig = tmp_path / "kubeconfig"
+    cluster.write_kubeconfig(kubeconfig)
+    async with serve(tmp_path, "--principal", "alice", "--kubeconfig", str(kubeconfig),
+                     "--kube-timeout-seconds", "1") as s:
+        cluster.inject_fault("GET", r"/deployments", delay=5.0, times=0)
+        started = time.monotonic()
+        error = err(await s.call("rollout_status", {"name": "web", "namespace": NS}))
+        took = time.monotonic() - started
+        cluster.clear_faults()
+    assert error["code"] == "cluster_unreachable" and error["rule"] == "timeout", error
+    assert took < 4.5, took  # 1 s read timeout (a read is never retried), not 5 s
