@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -51,6 +52,10 @@ class TrackingHTTPServer(ThreadingHTTPServer):
         with self._conn_lock:
             self._connections.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up mid-answer (a timeout, a dropped connection) is routine: log it, no traceback."""
+        log.debug("sandbox.connection_error", client=str(client_address), error=repr(sys.exc_info()[1]))
 
     def close_connections(self) -> None:
         with self._conn_lock:
