@@ -17,6 +17,11 @@ def _err(message: str) -> None:
     print(f"opsgate: {message}", file=sys.stderr)
 
 
+def _emit(text: str) -> None:
+    """A report command's answer (policy, doctor, config). Never used by `serve`, whose stdout is MCP's."""
+    sys.stdout.write(text + "\n")
+
+
 SETTING_FLAGS = ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only",
                  "disable_destructive", "log_level", "policy_reload_seconds", "audit_signing_key",
                  "audit_checkpoint_every", "audit_max_segment_bytes", "kube_timeout_seconds")
@@ -77,7 +82,7 @@ def _policy(args: argparse.Namespace) -> int:
     if args.policy_command == "check":
         path = args.path or SHIPPED_DIR / POLICY_FILE
         findings = lint(path, verbs)
-        print(format_findings(findings, path))
+        _emit(format_findings(findings, path))
         return exit_code(findings)
     try:
         policy = Policy.load(args.policy, known_tools=verbs) if args.policy else Policy.default(known_tools=verbs)
@@ -85,7 +90,7 @@ def _policy(args: argparse.Namespace) -> int:
     except (PolicyError, TableError) as exc:
         _err(str(exc))
         return EXIT_UNUSABLE
-    print(format_table_result(result))
+    _emit(format_table_result(result))
     return EXIT_OK if result.ok else EXIT_DAMAGED
 
 
@@ -132,7 +137,7 @@ def _doctor(args: argparse.Namespace) -> int:
         checks = run_doctor(load_settings(_flags(args), config_file=args.config))
     except SettingsError as exc:
         checks = [settings_error_check(exc)]
-    print(format_checks(checks))
+    _emit(format_checks(checks))
     return doctor_exit_code(checks)
 
 
@@ -145,7 +150,7 @@ def _client_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _err(str(exc))
         return EXIT_UNUSABLE
-    print(text)
+    _emit(text)
     print(config_paths_hint(args.client), file=sys.stderr)
     return EXIT_OK
 
