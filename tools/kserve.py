@@ -41,7 +41,7 @@ from pydantic_core import PydanticCustomError
 
 from .context import CallContext
 from .errors import ToolError
-from .kube import Kube, KubeApiError
+from .kube import Kube, KubeApiError, retry_on_conflict
 from .oip import (
     ModelMetadata,
     OipTensorIn,
@@ -635,38 +635,37 @@ def deploy_model(kube: Kube, args: DeployModelArgs, ctx: CallContext,
     cause = change_cause(ctx.principal, ctx.call_id)
     dry = "All" if args.dry_run else None
     custom = _custom(kube)
-    for attempt in (1, 2):
+
+    def attempt() -> tuple[JSON | None, JSON, list[str]] | DeployModelResult:
         current = _find(kube, name, ns, ctx)
         predictor = (desired_predictor(predictor_of(current), args, creating=False) if current is not None
                      else desired_predictor({}, args, creating=True))
         notes = deploy_notes(current, args, predictor, mode_of(current) if current is not None else None)
-        try:
-            if current is None:
-                after = kube.call(custom.create_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
-                                  new_inference_service(args, cause), dry_run=dry,
-                                  what=f"create inferenceservice {ns}/{name}", audit_id=ctx.call_id)
-            else:
-                extra = {}
-                if args.deployment_mode is not None:
-                    extra[MODE_ANNOTATION] = args.deployment_mode
-                annotated = _dict(meta(current).get("annotations")).get(MODE_ANNOTATION)
-                if predictor == predictor_of(current) and (not extra or annotated == args.deployment_mode):
-                    status = None
-                    if args.wait and not args.dry_run:
-                        status = _wait_ready(kube, name, ns, ctx, float(args.timeout_seconds), progress,
-                                             f"inferenceservice {ns}/{name} was unchanged", 0)
-                    return _deploy_result(args, "unchanged", current, current, notes, status)
-                after = kube.call(custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
-                                  spec_patch(current, predictor, cause, extra), dry_run=dry,
-                                  _content_type=JSON_PATCH, what=f"update inferenceservice {ns}/{name}",
-                                  audit_id=ctx.call_id)
-        except KubeApiError as exc:
-            if exc.status == 409 and attempt == 1:
-                continue
-            if exc.status == 409:
-                raise _conflict(exc, f"deploy_model {ns}/{name}") from exc
-            raise
-        break
+        if current is None:
+            after = kube.call(custom.create_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
+                              new_inference_service(args, cause), dry_run=dry,
+                              what=f"create inferenceservice {ns}/{name}", audit_id=ctx.call_id)
+            return current, after, notes
+        extra = {}
+        if args.deployment_mode is not None:
+            extra[MODE_ANNOTATION] = args.deployment_mode
+        annotated = _dict(meta(current).get("annotations")).get(MODE_ANNOTATION)
+        if predictor == predictor_of(current) and (not extra or annotated == args.deployment_mode):
+            status = None
+            if args.wait and not args.dry_run:
+                status = _wait_ready(kube, name, ns, ctx, float(args.timeout_seconds), progress,
+                                     f"inferenceservice {ns}/{name} was unchanged", 0)
+            return _deploy_result(args, "unchanged", current, current, notes, status)
+        after = kube.call(custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+                          spec_patch(current, predictor, cause, extra), dry_run=dry,
+                          _content_type=JSON_PATCH, what=f"update inferenceservice {ns}/{name}",
+                          audit_id=ctx.call_id)
+        return current, after, notes
+
+    outcome = retry_on_conflict(attempt, what=f"deploy_model {ns}/{name}", kind="InferenceService")
+    if isinstance(outcome, DeployModelResult):
+        return outcome
+    current, after, notes = outcome
     if args.dry_run:
         return _deploy_result(args, "dry-run", current, after, notes)
     action: Literal["created", "updated"] = "created" if current is None else "updated"
@@ -687,14 +686,6 @@ def _deploy_result(args: DeployModelArgs, action: Literal["created", "updated", 
         storage_uri=_model(after).get("storageUri"), canary_traffic_percent=canary if isinstance(canary, int) else None,
         changes=[] if action == "unchanged" else diff_services(before, after), notes=notes, dry_run=args.dry_run,
         status=status,
-    )
-
-
-def _conflict(exc: KubeApiError, what: str) -> KubeApiError:
-    return KubeApiError(
-        f"{what}: the InferenceService was changed by someone else while this call was changing it, twice in a "
-        f"row (HTTP 409 {exc.reason or 'Conflict'}); nothing was applied by this call. Read it again and retry.",
-        status=409, reason=exc.reason, rule="conflict",
     )
 
 
@@ -752,7 +743,8 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
     what = f"scale inferenceservice {ns}/{name}"
     dry = "All" if args.dry_run else None
     cause = change_cause(ctx.principal, ctx.call_id)
-    for attempt in (1, 2):
+
+    def attempt() -> ScaleResult:
         current = _read(kube, name, ns, ctx)
         predictor = copy.deepcopy(predictor_of(current))
         low, high = predictor.get("minReplicas"), predictor.get("maxReplicas")
@@ -770,16 +762,9 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
                            ("scaleMetric", new_metric)):
             if value is not None:
                 predictor[key] = value
-        try:
-            after = kube.call(_custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
-                              spec_patch(current, predictor, cause), dry_run=dry, _content_type=JSON_PATCH,
-                              what=what, audit_id=ctx.call_id)
-        except KubeApiError as exc:
-            if exc.status == 409 and attempt == 1:
-                continue
-            if exc.status == 409:
-                raise _conflict(exc, what) from exc
-            raise
+        after = kube.call(_custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+                          spec_patch(current, predictor, cause), dry_run=dry, _content_type=JSON_PATCH,
+                          what=what, audit_id=ctx.call_id)
         message = None
         canary = predictor.get("canaryTrafficPercent")
         if mode_of(current) != RAW:
@@ -787,7 +772,8 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
                 f"; canaryTrafficPercent {canary} in the spec makes it a {canary}% canary"
                 if isinstance(canary, int) else "")
         return _scale_result(args, "dry-run" if args.dry_run else "scaled", current, after, message)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return retry_on_conflict(attempt, what=what, kind="InferenceService")
 
 
 def _scale_result(args: ScaleArgs, action: Literal["scaled", "unchanged", "dry-run"], before: JSON, after: JSON,
@@ -856,7 +842,8 @@ def rollback_inference_service(kube: Kube, args: RollbackArgs, ctx: CallContext)
     what = f"rollback inferenceservice {ns}/{name}"
     dry = "All" if args.dry_run else None
     cause = change_cause(ctx.principal, ctx.call_id)
-    for attempt in (1, 2):
+
+    def attempt() -> RollbackResult:
         current = _read(kube, name, ns, ctx)
         strategy, predictor, message = rollback_plan(current)
         comp = _component(current)
@@ -868,22 +855,16 @@ def rollback_inference_service(kube: Kube, args: RollbackArgs, ctx: CallContext)
                               message=message, strategy=strategy)
         if predictor is None:
             return base
-        try:
-            after = kube.call(_custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
-                              spec_patch(current, predictor, cause), dry_run=dry, _content_type=JSON_PATCH,
-                              what=what, audit_id=ctx.call_id)
-        except KubeApiError as exc:
-            if exc.status == 409 and attempt == 1:
-                continue
-            if exc.status == 409:
-                raise _conflict(exc, what) from exc
-            raise
+        after = kube.call(_custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+                          spec_patch(current, predictor, cause), dry_run=dry, _content_type=JSON_PATCH,
+                          what=what, audit_id=ctx.call_id)
         changes = diff_services(current, after)
         if args.dry_run:
             return base.model_copy(update={"action": "dry-run", "changes": changes,
                                            "message": f"would have: {message} (dry-run, nothing changed)"})
         return base.model_copy(update={"action": "rolled-back", "changes": changes})
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return retry_on_conflict(attempt, what=what, kind="InferenceService")
 
 
 # --------------------------------------------------------------------------- list_workloads rows

@@ -27,7 +27,7 @@ import json
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,33 @@ class KubeApiError(ToolError):
         self.reason = reason
         self.causes = causes or []
         self.audit_id = audit_id
+
+
+T = TypeVar("T")
+
+
+def retry_on_conflict(attempt: Callable[[], T], *, what: str, kind: str) -> T:
+    """Run ``attempt`` (read, decide, one write guarded by the resourceVersion it read).
+
+    A 409 means someone changed the object between our read and our write, so
+    nothing of ours was applied: read and decide again, once. A second 409 is
+    reported as a conflict, still with nothing applied.
+    """
+    try:
+        return attempt()
+    except KubeApiError as exc:
+        if exc.status != 409:
+            raise
+    try:
+        return attempt()
+    except KubeApiError as exc:
+        if exc.status != 409:
+            raise
+        raise KubeApiError(
+            f"{what}: the {kind} was changed by someone else while this call was changing it, twice in a row "
+            f"(HTTP 409 {exc.reason or 'Conflict'}); nothing was applied by this call. Read it again and retry.",
+            status=409, reason=exc.reason, rule="conflict",
+        ) from exc
 
 
 class ClusterUnreachable(ToolError):

@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from .context import CallContext
 from .errors import ToolError
-from .kube import Kube, KubeApiError
+from .kube import Kube, KubeApiError, retry_on_conflict
 from .rollout import (
     CURSOR_MAX,
     DNS1123_LABEL_MAX,
@@ -401,14 +401,6 @@ def rollout_history(kube: Kube, args: RolloutHistoryArgs, ctx: CallContext) -> R
 # --------------------------------------------------------------------------- shared write helpers
 
 
-def _conflict(exc: KubeApiError, what: str) -> KubeApiError:
-    return KubeApiError(
-        f"{what}: the Deployment was changed by someone else while this call was changing it, twice in a row "
-        f"(HTTP 409 {exc.reason or 'Conflict'}); nothing was applied by this call. Read it again and retry.",
-        status=409, reason=exc.reason, rule="conflict",
-    )
-
-
 def _await_revision(kube: Kube, name: str, namespace: str, ctx: CallContext, generation: int) -> dict[str, Any]:
     """The Deployment once the controller has seen ``generation`` (so its revision is renumbered), ≤2 s."""
     deadline = time.monotonic() + REVISION_WAIT_SECONDS
@@ -642,30 +634,30 @@ def deploy(kube: Kube, args: DeployArgs, ctx: CallContext, progress: ProgressCal
     dry = "All" if args.dry_run else None
     ns, name = args.namespace, args.name
     what = f"deploy {ns}/{name}"
-    for attempt in (1, 2):
+
+    def attempt() -> tuple[dict[str, Any] | None, dict[str, Any]] | DeployResult:
         current = _find(kube, name, ns, ctx)
-        try:
-            if current is None:
-                after = kube.call(kube.apps.create_namespaced_deployment, ns, new_deployment(spec, ns, cause),
-                                  dry_run=dry, what=f"create deployment {ns}/{name}", audit_id=ctx.call_id)
-            else:
-                desired = updated_deployment(current, spec)
-                if deploy_is_noop(current, desired):
-                    status = None
-                    if args.wait and not args.dry_run:
-                        status = _wait_rollout(kube, name, ns, ctx, float(args.timeout_seconds), progress,
-                                               f"deployment {ns}/{name} was unchanged")
-                    return _deploy_result(args, "unchanged", current, current, current, rollout=status)
-                after = kube.call(kube.apps.patch_namespaced_deployment, name, ns,
-                                  update_patch(current, desired, cause), dry_run=dry, _content_type=JSON_PATCH,
-                                  what=f"update deployment {ns}/{name}", audit_id=ctx.call_id)
-        except KubeApiError as exc:
-            if exc.status == 409 and attempt == 1:  # stale read, or created meanwhile: decide again
-                continue
-            if exc.status == 409:
-                raise _conflict(exc, what) from exc
-            raise
-        break
+        if current is None:
+            after = kube.call(kube.apps.create_namespaced_deployment, ns, new_deployment(spec, ns, cause),
+                              dry_run=dry, what=f"create deployment {ns}/{name}", audit_id=ctx.call_id)
+            return current, after
+        desired = updated_deployment(current, spec)
+        if deploy_is_noop(current, desired):
+            status = None
+            if args.wait and not args.dry_run:
+                status = _wait_rollout(kube, name, ns, ctx, float(args.timeout_seconds), progress,
+                                       f"deployment {ns}/{name} was unchanged")
+            return _deploy_result(args, "unchanged", current, current, current, rollout=status)
+        after = kube.call(kube.apps.patch_namespaced_deployment, name, ns,
+                          update_patch(current, desired, cause), dry_run=dry, _content_type=JSON_PATCH,
+                          what=f"update deployment {ns}/{name}", audit_id=ctx.call_id)
+        return current, after
+
+    # A 409: a stale read, or created meanwhile: decide again.
+    outcome = retry_on_conflict(attempt, what=what, kind="Deployment")
+    if isinstance(outcome, DeployResult):
+        return outcome
+    current, after = outcome
     if args.dry_run:
         return _deploy_result(args, "dry-run", current, after, after)
     action: Literal["created", "updated"] = "created" if current is None else "updated"
@@ -783,7 +775,8 @@ def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
     ns, name = args.namespace, args.name
     what = f"scale deployment {ns}/{name}"
     dry = "All" if args.dry_run else None
-    for attempt in (1, 2):
+
+    def attempt() -> ScaleResult:
         current = kube.call(kube.apps.read_namespaced_deployment_scale, name, ns,
                             what=f"read scale of deployment {ns}/{name}", audit_id=ctx.call_id)
         before = int(spec_of(current).get("replicas") or 0)
@@ -792,19 +785,13 @@ def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
                                replicas_after=before, dry_run=args.dry_run)
         body = {"metadata": {"resourceVersion": meta(current).get("resourceVersion")},
                 "spec": {"replicas": args.replicas}}
-        try:
-            after = kube.call(kube.apps.patch_namespaced_deployment_scale, name, ns, body, dry_run=dry,
-                              _content_type=MERGE_PATCH, what=what, audit_id=ctx.call_id)
-        except KubeApiError as exc:
-            if exc.status == 409 and attempt == 1:
-                continue
-            if exc.status == 409:
-                raise _conflict(exc, what) from exc
-            raise
+        after = kube.call(kube.apps.patch_namespaced_deployment_scale, name, ns, body, dry_run=dry,
+                          _content_type=MERGE_PATCH, what=what, audit_id=ctx.call_id)
         return ScaleResult(name=name, namespace=ns, action="dry-run" if args.dry_run else "scaled",
                            replicas_before=before, replicas_after=int(spec_of(after).get("replicas") or 0),
                            dry_run=args.dry_run)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return retry_on_conflict(attempt, what=what, kind="Deployment")
 
 
 # --------------------------------------------------------------------------- rollback
@@ -858,7 +845,8 @@ def rollback(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult
     what = f"rollback deployment {ns}/{name}"
     dry = "All" if args.dry_run else None
     cause = change_cause(ctx.principal, ctx.call_id)
-    for attempt in (1, 2):
+
+    def attempt() -> RollbackResult:
         d = _read(kube, name, ns, ctx)
         if spec_of(d).get("paused"):
             raise ToolError(f"deployment {ns}/{name} is paused; resume it before rolling back "
@@ -878,15 +866,8 @@ def rollback(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult
                 new_revision=None, changes=[], dry_run=args.dry_run,
                 message=f"already at revision {target}'s template; nothing changed",
             )
-        try:
-            after = kube.call(kube.apps.patch_namespaced_deployment, name, ns, rollback_patch(d, rs, cause),
-                              dry_run=dry, _content_type=JSON_PATCH, what=what, audit_id=ctx.call_id)
-        except KubeApiError as exc:
-            if exc.status == 409 and attempt == 1:
-                continue
-            if exc.status == 409:
-                raise _conflict(exc, what) from exc
-            raise
+        after = kube.call(kube.apps.patch_namespaced_deployment, name, ns, rollback_patch(d, rs, cause),
+                          dry_run=dry, _content_type=JSON_PATCH, what=what, audit_id=ctx.call_id)
         changes = diff_deployments(d, after)
         if args.dry_run:
             return RollbackResult(
@@ -904,4 +885,5 @@ def rollback(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult
             message=f"restored revision {target}'s template"
             + (f" as revision {new_revision}" if new_revision else "; the controller has not numbered it yet"),
         )
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    return retry_on_conflict(attempt, what=what, kind="Deployment")
