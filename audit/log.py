@@ -54,7 +54,6 @@ import socket
 import stat
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -177,12 +176,17 @@ def _check_record(line: bytes) -> dict[str, Any]:
 
 def _write_all(fd: int, data: bytes) -> None:
     """One ``write`` for the whole buffer; loop only on a short write (the rest lands right after)."""
+    written = os.write(fd, data)
+    if written == len(data):
+        return
     view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
+    while True:
         if written <= 0:
             raise OSError(errno.EIO, "write returned 0")
         view = view[written:]
+        if not view:
+            return
+        written = os.write(fd, view)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -205,25 +209,29 @@ def _held_lock() -> threading.Lock:
     return lock
 
 
-@dataclass(eq=False)
 class _Pending:
     """One caller's record on its way to disk; filled in by the leader that writes it.
 
-    The caller sleeps on ``wake`` (a lock it does not hold), which is released
-    exactly once: when the record is settled, or when this caller is handed
-    the lead. One wake-up per caller, not one per caller per batch.
+    A caller that queues behind a leader sleeps on ``wake`` (a lock it does not
+    hold), which is released exactly once: when the record is settled, or when
+    this caller is handed the lead. One wake-up per caller, not one per caller
+    per batch. A caller that leads at once never sleeps, so it gets no lock:
+    the lone caller is the common case and pays for nothing it does not use.
     """
 
-    prepared: Prepared
-    wake: threading.Lock = field(default_factory=lambda: _held_lock())  # looked up late: tests replace it
-    record: dict[str, Any] | None = None
-    error: str | None = None
-    cause: BaseException | None = None
-    done: bool = False
-    woken: bool = False
+    __slots__ = ("cause", "done", "error", "prepared", "record", "wake", "woken")
+
+    def __init__(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.wake: threading.Lock | None = None
+        self.record: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.cause: BaseException | None = None
+        self.done = False
+        self.woken = False
 
     def rouse(self) -> None:
-        if not self.woken:
+        if not self.woken and self.wake is not None:
             self.woken = True
             self.wake.release()
 
@@ -251,6 +259,7 @@ class AuditLog:
         if max_segment_bytes is not None and max_segment_bytes < 1:
             raise ValueError(f"max_segment_bytes must be positive, got {max_segment_bytes!r}")
         self._path = Path(os.path.abspath(path))  # stays valid if the process changes directory
+        self._spath = str(self._path)  # for the stat on every append (a str is cheaper than a Path there)
         self._checkpoint_every = checkpoint_every
         self._max_segment_bytes = max_segment_bytes
         self._origin = f"opsgate.audit/{socket.gethostname()}{self._path}"
@@ -260,6 +269,8 @@ class AuditLog:
         self._leading = False  # a thread is doing I/O; only it touches the fields below
         self._closed = False
         self._own: _Pending | None = None  # the leader's own entry (it is not woken, it returns)
+        self._settled: list[_Pending] = []  # the leader's last batch, done but not yet woken
+        self._locked = False  # this writer holds the file lock on ``_fd``
         self._fd: int | None = None
         self._ident: tuple[int, int] = (0, 0)
         self._known = False  # this writer has read the tail before (so a regression is refused)
@@ -319,20 +330,24 @@ class AuditLog:
         except (ValueError, TypeError, RecursionError) as exc:
             raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
         entry = _Pending(prepared)
+        wake = None
         with self._mutex:
             if self._closed:
                 raise AuditWriteError(f"audit log {self._path} is closed")
-            self._queue.append(entry)
-            lead = not self._leading
+            if self._leading:  # someone is writing: queue up and sleep until woken
+                entry.wake = wake = _held_lock()  # looked up here, not bound early: tests replace it
+                self._queue.append(entry)
             self._leading = True
-        if not lead:
+        if wake is None:  # nobody was writing, so nobody is queued: our batch is just us
+            self._lead(entry, [entry])
+        else:
             try:
-                entry.wake.acquire()  # until the record is settled, or the lead is handed to us
+                wake.acquire()  # until the record is settled, or the lead is handed to us
             except BaseException:  # interrupted (Ctrl-C in the main thread): never strand the queue
                 self._abandon(entry)
                 raise
-        if not entry.done:
-            self._lead(entry)
+            if not entry.done:
+                self._lead(entry)
         if entry.error is not None:
             raise AuditWriteError(entry.error) from entry.cause
         assert entry.record is not None
@@ -382,26 +397,39 @@ class AuditLog:
 
     # -- group commit ----------------------------------------------------------------------------
 
-    def _lead(self, own: _Pending) -> None:
+    def _lead(self, own: _Pending, first: list[_Pending] | None = None) -> None:
         """Write batches until our own record is settled, then a few more while callers are queued,
         then hand the lead to the oldest caller still queued.
+
+        ``first``: the first batch, when the caller found nobody writing and so
+        nobody queued (the lone caller, which thus skips the queue).
 
         Going on with the records that queued during our fsync starts the next
         fsync at once, while this thread holds the GIL; a woken successor would
         first have to win the GIL from the callers just woken. The extra batches
         delay only this caller's return (its record is already durable), and
         are bounded so that no caller leads for ever under steady load.
+
+        While it stays, the callers of a batch are woken only once the next
+        batch is written, just before its fsync (see ``_wake_settled``): woken
+        earlier, they would take the GIL at each of the leader's syscalls on the
+        way there (lock, stat, write), and the disk would idle while they run.
+        Woken then, they run during the fsync, which holds no GIL.
         """
         self._own = own
         extra = 0
         while True:
-            with self._mutex:
-                batch = self._take_batch()
+            if first is not None:
+                batch, first = first, None
+            else:
+                with self._mutex:
+                    batch = self._take_batch()
             finished = False
             try:
                 self._commit(batch)
                 finished = True
             finally:
+                self._wake_settled()  # the previous batch's callers, if this one never reached its fsync
                 with self._mutex:
                     for entry in batch:
                         entry.done = True
@@ -413,20 +441,29 @@ class AuditLog:
                         extra += 1
                     stay = finished and (not own.done or (bool(self._queue) and extra <= _EXTRA_BATCHES))
                     if not stay:
+                        self._release()  # under the mutex: the next leader must not find our lock taken
                         if self._queue:
                             successor = self._queue[0]  # it leads next; _leading stays True
                         else:
                             self._leading = False
                             if self._closed:
                                 self._idle.notify_all()
-                for entry in batch:
-                    if entry is not own:
-                        entry.rouse()
-                if successor is not None:
-                    successor.rouse()
+                if len(batch) > 1 or batch[0] is not own:
+                    self._settled = [entry for entry in batch if entry is not own]
+                if not stay:
+                    self._wake_settled()
+                    if successor is not None:
+                        successor.rouse()
             if not stay:
                 self._own = None
                 return
+
+    def _wake_settled(self) -> None:
+        """Leader only: wake the callers of the last batch (durable, or failed as a whole)."""
+        if self._settled:
+            settled, self._settled = self._settled, []
+            for entry in settled:
+                entry.rouse()
 
     def _abandon(self, entry: _Pending) -> None:
         """A caller stops waiting: drop its record if not yet taken, and pass on the lead if it had it."""
@@ -463,6 +500,7 @@ class AuditLog:
         with self._mutex:
             for entry in entries:
                 entry.done = True
+        self._wake_settled()
         for entry in entries:
             if entry is not self._own:
                 entry.rouse()
@@ -474,16 +512,24 @@ class AuditLog:
                 entry.record, entry.error, entry.cause = None, message, cause
 
     def _commit(self, batch: list[_Pending]) -> None:
-        """Leader only: write ``batch`` durably in one write + one fsync; give every entry a record or an error."""
+        """Leader only: write ``batch`` durably in one write + one fsync; give every entry a record or an error.
+
+        The file lock, once taken, is kept for the leader's further batches and
+        let go when it leaves the lead (``_lead``): no other writer can have
+        moved the tail in between, so the next batch needs no lock, stat or
+        tail read, and the only syscalls between two fsyncs are the write and
+        the fsync themselves (each gives up the GIL, which the callers woken
+        meanwhile would take).
+        """
         try:
-            self._acquire()
-            try:
-                self._write_batch(batch)
-            finally:
-                self._release()
+            if not self._locked:
+                self._acquire()
+            self._write_batch(batch)
         except AuditWriteError as exc:
+            self._release()
             self._fail(batch, str(exc), exc.__cause__ or exc)
         except BaseException as exc:
+            self._release()
             self._fail(batch, f"audit log {self._path}: internal error ({type(exc).__name__})", exc)
             raise
 
@@ -496,21 +542,18 @@ class AuditLog:
         lines: list[bytes] = []
         written: list[_Pending] = []
         for entry in batch:
-            try:
-                record, line = entry.prepared.seal(seq + 1, prev)
-            except ValueError as exc:
-                entry.error, entry.cause = f"audit record cannot be sealed: {exc}", exc
-                continue
-            if len(line) + 1 > MAX_LINE_BYTES:
+            record, line = entry.prepared.seal(seq + 1, prev)
+            if len(line) >= MAX_LINE_BYTES:
                 entry.error = f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit"
                 continue
             entry.record = record
-            seq, prev = record["seq"], record["hash"]
+            seq, prev = seq + 1, record["hash"]
             lines.append(line)
             written.append(entry)
         if not lines:
             return
-        data = b"\n".join(lines) + b"\n"
+        lines.append(b"")
+        data = b"\n".join(lines)
         fd = self._fd
         assert fd is not None
         self._write_durably(fd, data)
@@ -534,7 +577,11 @@ class AuditLog:
             fd = self._fd
             assert fd is not None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another process is writing: our durable callers need not wait for it
+                    self._wake_settled()
+                    fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as exc:
                 self._discard()
                 raise AuditWriteError(f"cannot lock audit log {self._path}: {exc}") from exc
@@ -549,10 +596,14 @@ class AuditLog:
                 except AuditWriteError:
                     self._discard()
                     raise
+            self._locked = True
             return fd
         raise AuditWriteError(f"audit log {self._path} kept being rotated under this writer")
 
     def _release(self) -> None:
+        if not self._locked:
+            return
+        self._locked = False
         if self._fd is not None:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -560,9 +611,14 @@ class AuditLog:
                 self._discard()
 
     def _write_durably(self, fd: int, data: bytes) -> None:
-        """Write and fsync, or give up this descriptor for good and raise."""
+        """Write and fsync, or give up this descriptor for good and raise.
+
+        The last batch's callers are woken between the two: they run while the fsync holds no GIL.
+        """
         try:
             _write_all(fd, data)
+            if self._settled:
+                self._wake_settled()
             os.fsync(fd)
         except OSError as exc:
             self._discard()
@@ -573,33 +629,32 @@ class AuditLog:
         """The file size, after making sure ``path`` still names the file we hold open.
 
         None when our file is now a rotated segment (another writer rotated it).
+        One ``stat`` of the path in the common case: when it names our file, its
+        size and link count are our file's. Only otherwise is ``fd`` asked.
         """
         try:
-            st = os.fstat(fd)
-        except OSError as exc:
-            self._discard()
-            raise AuditWriteError(f"audit log {self._path} is gone: {exc}") from exc
-        try:
-            on_disk: os.stat_result | None = os.stat(self._path)
+            on_disk: os.stat_result | None = os.stat(self._spath)
         except FileNotFoundError:
             on_disk = None
         except OSError as exc:
             self._discard()
             raise AuditWriteError(f"audit log {self._path} is gone: {exc}") from exc
-        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != self._ident:
+        if on_disk is None or on_disk.st_ino != self._ident[1] or on_disk.st_dev != self._ident[0]:
+            try:
+                st = os.fstat(fd)
+            except OSError as exc:
+                self._discard()
+                raise AuditWriteError(f"audit log {self._path} is gone: {exc}") from exc
             if st.st_nlink > 0 and self._is_segment(self._ident):
                 return None
             self._discard()
             raise AuditWriteError(f"audit log {self._path} was removed or replaced while open")
-        if st.st_nlink == 0:
-            self._discard()
-            raise AuditWriteError(f"audit log {self._path} was removed while open")
-        if st.st_size < self._size:
+        if on_disk.st_size < self._size:
             self._discard()
             raise AuditWriteError(
-                f"audit log {self._path} shrank from {self._size} to {st.st_size} bytes; refusing to append"
+                f"audit log {self._path} shrank from {self._size} to {on_disk.st_size} bytes; refusing to append"
             )
-        return st.st_size
+        return on_disk.st_size
 
     def _is_segment(self, ident: tuple[int, int]) -> bool:
         for _, segment in reversed(list_segments(self._path)):
@@ -791,6 +846,7 @@ class AuditLog:
 
     def _discard(self) -> None:
         """Drop the descriptor (never reused after a failure); the next append reopens."""
+        self._locked = False  # closing the descriptor lets go of its lock
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):

@@ -31,8 +31,8 @@ still be in the log: ``checkpoint-mismatch`` at the record whose hash differs
 checkpoint must carry a valid signature (``bad-signature``, ``unknown-key``)
 and a non-empty log must have at least one (``no-checkpoints``).
 
-Speed: each line is parsed once; whether it is canonical is decided by the C
-JSON encoder where that is exact (see ``chain.matches_canonical``), and the
+Speed: each line is parsed once; whether it is canonical is decided by
+``orjson`` where that is exact (see ``chain.matches_canonical``), and the
 hash input is cut out of the line instead of re-serialised.
 """
 

@@ -1,4 +1,4 @@
-"""The fast paths are exact: the C-encoder canonical form, the cut-out hash input, and verify in ranges.
+"""The fast paths are exact: the orjson canonical form, the cut-out hash input, and verify in ranges.
 
 Each shortcut must give the very answer of the slow, obviously-right way, on
 every input, or the reviewer's verdict would depend on which path a line took.
@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import rfc8785
 from hypothesis import HealthCheck, given, settings
@@ -44,6 +47,48 @@ def test_fast_canonical_equals_rfc8785(obj: dict[str, Any]) -> None:
             canonical(obj)
         return
     assert canonical(obj) == expected
+
+
+def _random_floats(count: int) -> list[float]:
+    rng = random.Random(5)
+    out: list[float] = []
+    while len(out) < count:
+        kind = rng.random()
+        if kind < 0.3:  # any bit pattern
+            x = struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0]
+        elif kind < 0.9:  # every decade from 1e-12 to 1e22
+            x = rng.uniform(1, 10) * 10.0 ** rng.randint(-12, 22) * rng.choice((1, -1))
+        else:  # short decimals, as people write them
+            x = round(rng.uniform(0, 1e6), rng.randint(0, 12))
+        if math.isfinite(x) and not x.is_integer():
+            out.append(x)
+    return out
+
+
+def test_orjson_writes_rfc8785_digits_whenever_it_writes_no_exponent() -> None:
+    """What verify's fast check relies on: orjson's decimal form of a non-integral float is RFC 8785's."""
+    for x in _random_floats(60_000):
+        written = orjson.dumps(x)
+        if b"e" not in written:
+            assert written == rfc8785.dumps(x), x
+
+
+def test_plain_floats_are_written_alike() -> None:
+    """What prepare relies on: in the plain range, orjson and RFC 8785 write every float the same."""
+    plain = [x for x in _random_floats(60_000) if 1e-4 <= abs(x) < 1e16]
+    assert len(plain) > 20_000
+    for x in plain:
+        assert canonical({"x": x}) == rfc8785.dumps({"x": x}), x
+
+
+def test_values_beyond_orjson_go_the_exact_way() -> None:
+    deep: Any = "leaf"
+    for _ in range(300):  # orjson stops at 254 levels
+        deep = [deep]
+    assert canonical({"d": deep}) == rfc8785.dumps({"d": deep})
+    for bad in ({"n": 2**53}, {"s": "\ud800"}, {"k": {1: 2}}):
+        with pytest.raises(ValueError):
+            canonical(bad)
 
 
 def _mutations(line: bytes) -> list[bytes]:
