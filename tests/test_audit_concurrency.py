@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import json
 import multiprocessing
@@ -129,6 +130,26 @@ def test_concurrent_callers_share_fsyncs(tmp_path: Path, monkeypatch: pytest.Mon
         _run_threads(8, work)
     assert verify_log(path).records == 320
     assert disk.log_fsyncs <= 320 // 3, f"{disk.log_fsyncs} fsyncs for 320 records: no group commit"
+
+
+def test_the_file_lock_is_let_go_once_the_callers_are_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leader keeps the lock across its batches; it must not keep it after: other processes write too."""
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        _Disk(path, monkeypatch, delay=0.001)
+
+        def work(thread: int) -> None:
+            for i in range(25):
+                log.append({"thread": thread, "i": i})
+
+        _run_threads(6, work)
+        other = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if the lock was kept
+            fcntl.flock(other, fcntl.LOCK_UN)
+        finally:
+            os.close(other)
+        assert log.append({"after": True})["seq"] == 151
 
 
 def test_one_caller_gets_one_fsync_per_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
