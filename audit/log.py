@@ -59,7 +59,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .chain import GENESIS_HASH, Prepared, canonical, is_hash, loads, prepare, record_hash, seal_line
+from .chain import GENESIS_HASH, Prepared, canonical, is_hash, loads, prepare, record_hash, seal_line, seal_next
 from .checkpoint import (
     Checkpoint,
     HmacSigner,
@@ -325,8 +325,15 @@ class AuditLog:
         serialised); in that case nothing the record describes may be run.
         Safe to call from many threads at once: they share fsyncs (group commit).
         """
+        with self._mutex:
+            if self._closed:
+                raise AuditWriteError(f"audit log {self._path} is closed")
+            alone = not self._leading  # nobody writing, so nobody queued
+            self._leading = True
+        if alone:
+            return self._append_alone(body)
         try:
-            prepared = prepare(body)
+            prepared = prepare(body)  # in this thread, outside any lock: the leader only seals
         except (ValueError, TypeError, RecursionError) as exc:
             raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
         entry = _Pending(prepared)
@@ -338,7 +345,7 @@ class AuditLog:
                 entry.wake = wake = _held_lock()  # looked up here, not bound early: tests replace it
                 self._queue.append(entry)
             self._leading = True
-        if wake is None:  # nobody was writing, so nobody is queued: our batch is just us
+        if wake is None:  # the writer finished meanwhile, and nobody is queued: our batch is just us
             self._lead(entry, [entry])
         else:
             try:
@@ -394,6 +401,42 @@ class AuditLog:
 
     def __repr__(self) -> str:
         return f"AuditLog({str(self._path)!r}, last_seq={self._last_seq})"
+
+    # -- the lone caller -------------------------------------------------------------------------
+
+    def _append_alone(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Append with the lead already taken and nobody queued: no queue, no batch, no hand-over of
+        records. The record is serialised once, with its real place, under the file lock
+        (``seal_next``), rather than prepared first and placed after (see ``_lead``).
+        This is the path of every call when calls come one at a time.
+        """
+        try:
+            self._acquire()
+            try:
+                record, line = seal_next(body, self._last_seq + 1, self._last_hash)
+                if self._rotation_due(len(line) + 1):
+                    self._rotate()  # another writer may extend the chain meanwhile: seal again at the head
+                    record, line = seal_next(body, self._last_seq + 1, self._last_hash)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
+            if len(line) >= MAX_LINE_BYTES:
+                raise AuditWriteError(f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit")
+            due = self._write_lines(line + b"\n", record["seq"], record["hash"])
+            if due is not None:
+                self._try_checkpoint(due)
+            return record
+        finally:
+            successor = None
+            with self._mutex:
+                self._release()  # under the mutex: the next leader must not find our lock taken
+                if self._queue:  # callers queued while we wrote: the oldest leads next
+                    successor = self._queue[0]
+                else:
+                    self._leading = False
+                    if self._closed:
+                        self._idle.notify_all()
+            if successor is not None:
+                successor.rouse()
 
     # -- group commit ----------------------------------------------------------------------------
 
@@ -534,10 +577,8 @@ class AuditLog:
             raise
 
     def _write_batch(self, batch: list[_Pending]) -> None:
-        if self._max_segment_bytes is not None and self._size > 0:
-            incoming = sum(e.prepared.size + _CHAIN_OVERHEAD for e in batch)
-            if self._size + incoming > self._max_segment_bytes:
-                self._rotate()
+        if self._rotation_due(sum(e.prepared.size + _CHAIN_OVERHEAD for e in batch)):
+            self._rotate()  # before sealing: another writer may extend the chain meanwhile
         seq, prev = self._last_seq, self._last_hash
         lines: list[bytes] = []
         written: list[_Pending] = []
@@ -553,18 +594,29 @@ class AuditLog:
         if not lines:
             return
         lines.append(b"")
-        data = b"\n".join(lines)
+        due = self._write_lines(b"\n".join(lines), seq, prev)
+        if due is not None:
+            self._release_early(written)  # durable: the callers need not wait for the checkpoint
+            self._try_checkpoint(due)
+
+    def _rotation_due(self, incoming: int) -> bool:
+        """Whether ``incoming`` more bytes would take a non-empty live file past the segment size."""
+        limit = self._max_segment_bytes
+        return limit is not None and self._size > 0 and self._size + incoming > limit
+
+    def _write_lines(self, data: bytes, seq: int, digest: str) -> str | None:
+        """Write whole lines ending at record ``seq`` durably and make it the head.
+
+        Returns the event of a checkpoint now due (periodic, or one that failed before), else None.
+        """
         fd = self._fd
         assert fd is not None
         self._write_durably(fd, data)
         before = self._last_seq
-        self._last_seq, self._last_hash = seq, prev
+        self._last_seq, self._last_hash = seq, digest
         self._size += len(data)
         every = self._checkpoint_every
-        due = "every" if before // every != seq // every else self._checkpoint_due
-        if due is not None:
-            self._release_early(written)  # durable: the callers need not wait for the checkpoint
-            self._try_checkpoint(due)
+        return "every" if before // every != seq // every else self._checkpoint_due
 
     # -- files (leader only) ----------------------------------------------------------------------
 

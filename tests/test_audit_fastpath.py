@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import opsgate.audit.verify as verify_module
 from opsgate.audit import AuditLog, canonical, verify_log
-from opsgate.audit.chain import loads, matches_canonical, prepare, seal_line, unhashed_line
+from opsgate.audit.chain import loads, matches_canonical, prepare, seal_line, seal_next, unhashed_line
 
 keys = st.text(max_size=6) | st.sampled_from(["a", "é", "\uff61", "\U0001f600", "hash", "seq", "B", "a\u0000"])
 numbers = (
@@ -139,6 +139,19 @@ def test_cut_out_hash_input_equals_the_record_without_hash(body: dict[str, Any])
     unhashed = unhashed_line(line, record["hash"])
     assert unhashed == canonical({k: v for k, v in record.items() if k != "hash"})
     assert hashlib.sha256(unhashed).hexdigest() == record["hash"]
+
+
+@given(st.dictionaries(keys.filter(lambda k: k not in ("seq", "prev", "hash")), values, max_size=6))
+def test_the_lone_writers_one_pass_seal_equals_the_queued_writers(body: dict[str, Any]) -> None:
+    """The lone caller seals in one pass (seal_next), a queued one in two (prepare, then seal): same bytes."""
+    try:
+        one_pass = seal_next(body, 12, "e" * 64)
+    except ValueError:
+        with pytest.raises(ValueError):
+            prepare(body)
+        return
+    assert one_pass == prepare(body).seal(12, "e" * 64)
+    assert one_pass[1] == canonical(one_pass[0])
 
 
 def test_a_nested_hash_member_falls_back_to_re_serialising() -> None:
