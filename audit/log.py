@@ -325,13 +325,14 @@ class AuditLog:
         serialised); in that case nothing the record describes may be run.
         Safe to call from many threads at once: they share fsyncs (group commit).
         """
-        with self._mutex:
-            if self._closed:
-                raise AuditWriteError(f"audit log {self._path} is closed")
-            alone = not self._leading  # nobody writing, so nobody queued
-            self._leading = True
-        if alone:
-            return self._append_alone(body)
+        if not self._leading:  # a hint only (read without the mutex): confirmed under it
+            with self._mutex:
+                if self._closed:
+                    raise AuditWriteError(f"audit log {self._path} is closed")
+                alone = not self._leading  # nobody writing, so nobody queued
+                self._leading = True
+            if alone:
+                return self._append_alone(body)
         try:
             prepared = prepare(body)  # in this thread, outside any lock: the leader only seals
         except (ValueError, TypeError, RecursionError) as exc:
