@@ -4,22 +4,28 @@ Durability and ordering rules (see DESIGN.md, "Pitfalls checked here > Audit"):
 
 * :meth:`AuditLog.append` returns only once its record is written and
   ``fsync``-ed, so the gate runs a tool only after its decision is on disk.
-* **Group commit.** Threads calling ``append`` at the same time share one
-  ``fsync``. A caller serialises its body in its own thread (the costly part),
-  then queues it. If no thread is writing, it becomes the *leader*: it takes
-  every record queued so far, seals them in order (consecutive seq, each
-  ``prev`` the hash before), writes them with ONE ``write`` of whole lines on
-  the ``O_APPEND`` descriptor, fsyncs once, and wakes each caller whose record
-  is now durable; then it hands the lead to the oldest caller still queued
-  (who queued during that fsync and forms the next batch), or, if none, leaves
-  it free. Each caller is woken exactly once, by its own lock. A batch fails or
-  succeeds as a whole: no caller is told "written" unless the fsync that
-  covered its record returned. One write per batch rather than per record:
-  the lines are whole in the buffer, the flock keeps other writers out, and a
-  crash can only cut the last line short, which recovery handles as before.
+* **The lone caller.** When no thread is writing, nobody is queued either:
+  the caller takes the lead and the file lock, serialises its record with
+  its real seq and prev (``chain.seal_next``), writes it, fsyncs, and lets go.
+  That is the path of every record when calls come one at a time.
+* **Group commit.** Threads calling ``append`` while another writes share
+  fsyncs. Such a caller serialises its body in its own thread, outside any
+  lock (``chain.prepare``), then queues it and sleeps on its own lock. The
+  writing thread, the *leader*, takes every record queued so far, seals them
+  in order (consecutive seq, each ``prev`` the hash before), writes them with
+  ONE ``write`` of whole lines on the ``O_APPEND`` descriptor and fsyncs once.
+  It stays for a few more batches while callers are queued, keeping the file
+  lock, and wakes a batch's callers just before the next batch's fsync (so
+  they run while the fsync holds no GIL); then it lets go of the lock and
+  hands the lead to the oldest caller still queued, or, if none, leaves it
+  free. Each caller is woken exactly once. A batch fails or succeeds as a
+  whole: no caller is told "written" unless the fsync that covered its record
+  returned. One write per batch rather than per record: the lines are whole
+  in the buffer, the flock keeps other writers out, and a crash can only cut
+  the last line short, which recovery handles as before.
 * The leader hand-off orders threads and an exclusive ``flock`` orders
-  processes; under the lock the leader re-reads the tail whenever the file size
-  is not what it last left, so several processes extend ONE chain.
+  processes; on taking the lock the writer re-reads the tail whenever the file
+  size is not what it last left, so several processes extend ONE chain.
 * After a failed ``write``/``fsync`` the descriptor is never used again: the
   kernel may have dropped the dirty pages and a retried ``fsync`` can report
   success for data that is gone. The next append reopens the file, re-reads
