@@ -415,8 +415,10 @@ class AuditLog:
         """Append with the lead already taken and nobody queued: no queue, no batch, no hand-over of
         records. The record is serialised once, with its real place, under the file lock
         (``seal_next``), rather than prepared first and placed after (see ``_lead``).
-        This is the path of every call when calls come one at a time.
+        This is the path of every call when calls come one at a time. Callers that
+        queued meanwhile are written by this thread next, as a leader's extra batches.
         """
+        written = False
         try:
             self._acquire()
             try:
@@ -429,30 +431,36 @@ class AuditLog:
             if len(line) >= MAX_LINE_BYTES:
                 raise AuditWriteError(f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit")
             due = self._write_lines(line + b"\n", record["seq"], record["hash"])
+            written = True
             if due is not None:
                 self._try_checkpoint(due)
-            return record
         finally:
             successor = None
             with self._mutex:
-                self._release()  # under the mutex: the next leader must not find our lock taken
-                if self._queue:  # callers queued while we wrote: the oldest leads next
-                    successor = self._queue[0]
-                else:
-                    self._leading = False
-                    if self._closed:
-                        self._idle.notify_all()
+                stay = written and bool(self._queue) and _EXTRA_BATCHES > 0
+                if not stay:
+                    self._release()  # under the mutex: the next leader must not find our lock taken
+                    if self._queue:
+                        successor = self._queue[0]  # it leads next; _leading stays True
+                    else:
+                        self._leading = False
+                        if self._closed:
+                            self._idle.notify_all()
             if successor is not None:
                 successor.rouse()
+        if stay:
+            self._lead(None)
+        return record
 
     # -- group commit ----------------------------------------------------------------------------
 
-    def _lead(self, own: _Pending, first: list[_Pending] | None = None) -> None:
+    def _lead(self, own: _Pending | None, first: list[_Pending] | None = None) -> None:
         """Write batches until our own record is settled, then a few more while callers are queued,
         then hand the lead to the oldest caller still queued.
 
+        ``own`` None: our record is durable already (the lone caller staying on).
         ``first``: the first batch, when the caller found nobody writing and so
-        nobody queued (the lone caller, which thus skips the queue).
+        nobody queued.
 
         Going on with the records that queued during our fsync starts the next
         fsync at once, while this thread holds the GIL; a woken successor would
@@ -484,12 +492,13 @@ class AuditLog:
                     for entry in batch:
                         entry.done = True
                     successor = None
-                    if not finished and not own.done and own in self._queue:  # leaving on an exception
+                    if not finished and own is not None and not own.done and own in self._queue:  # on an exception
                         self._queue.remove(own)
                         own.done, own.error = True, f"audit log {self._path}: interrupted while writing"
-                    if own.done:
+                    mine_done = own is None or own.done
+                    if mine_done:
                         extra += 1
-                    stay = finished and (not own.done or (bool(self._queue) and extra <= _EXTRA_BATCHES))
+                    stay = finished and (not mine_done or (bool(self._queue) and extra <= _EXTRA_BATCHES))
                     if not stay:
                         self._release()  # under the mutex: the next leader must not find our lock taken
                         if self._queue:
