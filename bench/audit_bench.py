@@ -63,9 +63,19 @@ OUTCOME: dict[str, Any] = {
 }  # fmt: skip
 
 
+def _fresh(directory: Path, name: str) -> Path:
+    """A new file name for each round. Files are removed only when the whole run is over: freeing
+    megabytes of blocks makes the journal busy for a while, which would slow the next round."""
+    for n in range(1, 10_000):
+        path = directory / f"{n:04d}-{name}"
+        if not path.exists():
+            return path
+    raise RuntimeError(f"too many rounds in {directory}")
+
+
 def _raw_rate(directory: Path, line: bytes, seconds: float) -> float:
     """write + fsync of ``line`` on an O_APPEND file: what any durable log must pay per record."""
-    path = directory / "raw.bin"
+    path = _fresh(directory, "raw.bin")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         count, start = 0, time.perf_counter()
@@ -77,13 +87,12 @@ def _raw_rate(directory: Path, line: bytes, seconds: float) -> float:
         return count / (time.perf_counter() - start)
     finally:
         os.close(fd)
-        path.unlink()
 
 
 def _append_rate(directory: Path, callers: int, seconds: float) -> tuple[float, float]:
     """Appends per second from ``callers`` threads, and records per fsync of the log (counted only
     for several callers: the counting wrapper would add its own cost to the one-caller figure)."""
-    path = directory / f"audit-{callers}.jsonl"
+    path = _fresh(directory, f"audit-{callers}.jsonl")
     fsyncs = [0]
     real_fsync = os.fsync
 
@@ -117,8 +126,6 @@ def _append_rate(directory: Path, callers: int, seconds: float) -> tuple[float, 
             elapsed = time.perf_counter() - start
         finally:
             os.fsync = real_fsync
-    for leftover in directory.glob(f"audit-{callers}.jsonl*"):
-        leftover.unlink()
     total = sum(counts)
     return total / elapsed, total / max(1, fsyncs[0]) if callers > 1 else 1.0
 
