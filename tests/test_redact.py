@@ -177,14 +177,22 @@ def test_colliding_redacted_keys_are_all_kept() -> None:
 
 @pytest.mark.parametrize("unit", ["eyJ", "eyJa.", "a:", 'k:"', "--token ", "password=", "Cookie: ", "Bearer ", "://a:"])
 def test_large_adversarial_strings_stay_linear(unit: str) -> None:
+    """A guard against catastrophic backtracking, not a speed target: 10x the input costs about 10x
+    when the patterns are linear and about 100x (seconds, here) when they backtrack. Best of three
+    runs each, and a floor under which the ratio is not read, keep a busy machine from failing it."""
     small, big = unit * (20_000 // len(unit)), unit * (200_000 // len(unit))
-    start = time.perf_counter()
-    redact(small)
-    t_small = time.perf_counter() - start
-    start = time.perf_counter()
-    redact(big)
-    t_big = time.perf_counter() - start
-    assert t_big < 0.5 and t_big < 40 * max(t_small, 1e-4)
+
+    def best_of_three(text: str) -> float:
+        runs = []
+        for _ in range(3):
+            start = time.perf_counter()
+            redact(text)
+            runs.append(time.perf_counter() - start)
+        return min(runs)
+
+    t_small, t_big = best_of_three(small), best_of_three(big)
+    assert t_big < 5.0
+    assert t_big < 40 * t_small or t_big < 0.05, (t_small, t_big)
 
 
 # --- property: a planted secret never survives, wherever it is planted --------------------------
