@@ -309,6 +309,16 @@ def _clip(text: Any) -> str | None:
     return value if len(value) <= CONDITION_MESSAGE_MAX else value[: CONDITION_MESSAGE_MAX - 1] + "…"
 
 
+_TOKEN: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def _said(text: str) -> str:
+    """Text the cluster wrote (a condition's message, a model's failure), as a quoted string in our
+    sentences: whoever can write an InferenceService's status writes it, so it reads as a quote of
+    KServe, never as our own words. A reason that is one CamelCase-like word stays bare."""
+    return text if _TOKEN.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+
+
 def status_result(obj: Mapping[str, Any]) -> ModelStatusResult:
     """A compact status of one InferenceService, with KServe's own words for what is wrong. Pure."""
     m, status = meta(obj), _dict(_dict(obj).get("status"))
@@ -320,13 +330,13 @@ def status_result(obj: Mapping[str, Any]) -> ModelStatusResult:
     failing = sorted((c for c in conditions if c.get("status") != "True"),
                      key=lambda c: (c.get("type") == "Ready", c.get("status") != "False",
                                     order.get(str(c.get("type")), len(order))))
-    shown = [Condition(type=str(c.get("type", "")), status=str(c.get("status", "")), reason=c.get("reason"),
+    shown = [Condition(type=str(c.get("type", "")), status=str(c.get("status", "")), reason=_clip(c.get("reason")),
                        message=_clip(c.get("message"))) for c in failing]
     ms = _dict(status.get("modelStatus"))
     failure = _dict(ms.get("lastFailureInfo"))
     model = ModelState(
         transition_status=ms.get("transitionStatus"), active_state=_dict(ms.get("states")).get("activeModelState"),
-        target_state=_dict(ms.get("states")).get("targetModelState"), failure_reason=failure.get("reason"),
+        target_state=_dict(ms.get("states")).get("targetModelState"), failure_reason=_clip(failure.get("reason")),
         failure_message=_clip(failure.get("message")),
     ) if ms else None
     comp = _component(obj)
@@ -371,14 +381,17 @@ def summarize(s: ModelStatusResult) -> str:
     if s.ready:
         return f"{head} is Ready ({split or s.url}); revision {s.latest_created_revision} is still loading"
     first = s.conditions[0] if s.conditions else None
-    why = (f"{first.type} {first.status}" + (f" ({first.reason})" if first.reason else "")
-           + (f": {first.message.rstrip('.')}" if first.message else "")) if first else "no Ready condition yet"
+    why = (f"{first.type} {first.status}" + (f" ({_said(first.reason)})" if first.reason else "")
+           + (f": {_said(first.message)}" if first.message else "")) if first else "no Ready condition yet"
     model = s.model
     if model is not None and model.transition_status not in (None, "UpToDate"):
-        why += f"; model {model.transition_status}"
-        if model.failure_reason or model.failure_message:
-            why += f" ({model.failure_reason or ''}: {model.failure_message or ''})"
+        why += f"; model {model.transition_status}" + _failure(model)
     return f"{head} is not Ready: {why}"
+
+
+def _failure(model: ModelState) -> str:
+    said = [_said(x) for x in (model.failure_reason, model.failure_message) if x]
+    return f" ({': '.join(said)})" if said else ""
 
 
 def _custom(kube: Kube) -> CustomObjectsApi:
@@ -699,11 +712,11 @@ def wait_step(s: ModelStatusResult, generation: int) -> tuple[float, str | None]
         return 0.0, None
     model = s.model
     if model is not None and model.transition_status in ("BlockedByFailedLoad", "InvalidSpec"):
-        why = ": ".join(x for x in (model.failure_reason, model.failure_message) if x)
-        return 1.0, f"model {model.transition_status}" + (f" ({why})" if why else "")
+        return 1.0, f"model {model.transition_status}" + _failure(model)
     failed = next((c for c in s.conditions if c.status == "False" and c.type != "Ready"), None)
     if failed is not None and not s.ready:
-        return 1.0, f"{failed.type} False ({failed.reason or ''}): {failed.message or ''}"
+        return 1.0, (f"{failed.type} False" + (f" ({_said(failed.reason)})" if failed.reason else "")
+                     + (f": {_said(failed.message)}" if failed.message else ""))
     if s.done:
         return 3.0, None
     newest_ready = s.mode == RAW or s.latest_created_revision == s.latest_ready_revision
