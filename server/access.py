@@ -42,7 +42,7 @@ class Grant(BaseModel):
 
 class WhoamiResult(BaseModel):
     principal: str
-    principal_source: str = Field(description="config (--principal) or os-user")
+    principal_source: str = Field(description="config (--principal), cluster (its SelfSubjectReview) or os-user")
     os_user: str
     client: str | None = Field(description="the MCP client's self-reported name/version (recorded, not trusted)")
     read_only: bool

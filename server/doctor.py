@@ -138,10 +138,11 @@ def run_doctor(
     checks: list[Check] = []
     checks += _guarded("python", _check_python)
     checks += _guarded("packages", _check_packages)
-    checks += _guarded("cluster", lambda: _check_cluster(settings, env, home_dir, timeout))
+    cluster_user: list[str] = []  # what the cluster's SelfSubjectReview said, when it was asked and answered
+    checks += _guarded("cluster", lambda: _check_cluster(settings, env, home_dir, timeout, cluster_user))
     policy_holder: list[Policy] = []
     checks += _guarded("policy", lambda: _check_policy(settings, policy_holder))
-    checks += _guarded("principal", lambda: _check_principal(settings, policy_holder))
+    checks += _guarded("principal", lambda: _check_principal(settings, policy_holder, cluster_user))
     checks += _guarded("audit log", lambda: _check_audit_log(settings.audit_log))
     checks += _guarded("models", lambda: _check_models(settings.models))
     return checks
@@ -279,7 +280,8 @@ def _kubeconfig_origin(settings: Settings, environ: Mapping[str, str]) -> str:
     return "the default ~/.kube/config"
 
 
-def _check_cluster(settings: Settings, environ: Mapping[str, str], home: Path, timeout: float) -> list[Check]:
+def _check_cluster(settings: Settings, environ: Mapping[str, str], home: Path, timeout: float,
+                   cluster_user: list[str]) -> list[Check]:
     """Which cluster, kubeconfig, context, API reachable, discovery, RBAC: each step needs the one before."""
     from .cluster import find_kubeconfig
 
@@ -291,7 +293,7 @@ def _check_cluster(settings: Settings, environ: Mapping[str, str], home: Path, t
                 namespace = SA_NAMESPACE_FILE.read_text(encoding="utf-8").strip() or DEFAULT_NAMESPACE
             in_cluster = _Target("in-cluster", namespace=namespace)
             checks = [Check("cluster", "ok", f"in-cluster service account (namespace {namespace})")]
-            return checks + _check_api(in_cluster, timeout)
+            return checks + _check_api(in_cluster, timeout, cluster_user)
         return [Check(
             "cluster", "warning",
             "no kubeconfig: `opsgate serve` would use the built-in sandbox (in memory, not a real cluster)",
@@ -304,7 +306,7 @@ def _check_cluster(settings: Settings, environ: Mapping[str, str], home: Path, t
     checks += more
     if target is None:
         return checks
-    return checks + _check_api(target, timeout)
+    return checks + _check_api(target, timeout, cluster_user)
 
 
 def _check_kubeconfig(settings: Settings, path: Path, origin: str) -> tuple[_Target | None, list[Check]]:
@@ -353,7 +355,7 @@ def _short(message: str) -> str:
     return re.sub(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*", "", message)
 
 
-def _check_api(target: _Target, timeout: float) -> list[Check]:
+def _check_api(target: _Target, timeout: float, cluster_user: list[str]) -> list[Check]:
     from kubernetes import client as k8s  # imported here, not in a bounded thread: imports take a lock
 
     from opsgate.tools.errors import ToolError
@@ -399,6 +401,7 @@ def _check_api(target: _Target, timeout: float) -> list[Check]:
         elapsed = time.monotonic() - started
         git = version.get("gitVersion") if isinstance(version, dict) else None
         checks = [Check("api", "ok", f"{server} answered in {elapsed:.2f} s: Kubernetes {git or '?'}")]
+        checks.append(_check_cluster_user(kube, budget, timeout, cluster_user))
         discovery = _check_discovery(kube, budget, timeout)
         checks.append(discovery)
         if discovery.status != "error":
@@ -411,6 +414,26 @@ def _check_api(target: _Target, timeout: float) -> list[Check]:
 def _out_of_time(name: str, budget: _Budget) -> Check:
     return Check(name, "error", f"not checked: the cluster answered too slowly (doctor gives it {budget.seconds:g} s)",
                  "check the cluster's load and the network to it; pass a longer timeout to doctor")
+
+
+def _check_cluster_user(kube: Kube, budget: _Budget, timeout: float, cluster_user: list[str]) -> Check:
+    """Who the cluster says these credentials are: the principal when --principal is not given."""
+    from opsgate.tools.errors import ToolError
+
+    from .identity import cluster_username
+
+    limit = budget.step(timeout)
+    if limit <= 0:
+        return _out_of_time("cluster user", budget)
+    try:
+        name = _bounded(lambda: cluster_username(kube), limit, "SelfSubjectReview")
+    except (ToolError, _StepTimeout) as exc:
+        text = exc.message if isinstance(exc, ToolError) else str(exc)
+        return Check("cluster user", "warning", f"the cluster did not say who these credentials are: {_short(text)}",
+                     "without --principal, `opsgate serve` then acts as the OS user; SelfSubjectReview needs "
+                     "Kubernetes 1.28 or later")
+    cluster_user.append(name)
+    return Check("cluster user", "ok", f"the cluster knows these credentials as {name!r} (kubectl auth whoami)")
 
 
 def _check_discovery(kube: Kube, budget: _Budget, timeout: float) -> Check:
@@ -557,16 +580,18 @@ def _lint(policy: Policy, load_path: Path) -> Check | None:
                  "run `opsgate policy check` to see them all")
 
 
-def _check_principal(settings: Settings, holder: list[Policy]) -> list[Check]:
+def _check_principal(settings: Settings, holder: list[Policy], cluster_user: list[str]) -> list[Check]:
     from .identity import resolve_identity
 
+    told = cluster_user[0] if cluster_user else None
     try:
-        identity = resolve_identity(settings.principal)
+        identity = resolve_identity(settings.principal, (lambda: told) if told is not None else None)
     except ValueError as exc:
         return [Check("principal", "error", f"the OS user cannot be a principal: {exc}",
                       "pass --principal NAME (or set OPSGATE_PRINCIPAL)")]
-    source = "from --principal / OPSGATE_PRINCIPAL" if identity.source == "config" else "the OS user"
-    detail = f"{identity.principal} ({source})"
+    source = {"config": "from --principal / OPSGATE_PRINCIPAL", "cluster": "the cluster's SelfSubjectReview",
+              "os-user": "the OS user"}[identity.source]
+    detail = f"{identity.principal} ({source})" + (f"; {identity.note}" if identity.note else "")
     if holder:
         assigned = [f"{r.fields[1]} in {r.fields[2]}" for r in holder[0].rules
                     if r.ptype == "g" and r.fields[0] == identity.principal]

@@ -12,6 +12,7 @@ import os
 import sys
 import uuid
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import anyio
@@ -27,7 +28,7 @@ from .catalog import build_tools
 from .cluster import Cluster, describe_cluster, open_cluster
 from .config import Settings
 from .gate import Gate
-from .identity import resolve_identity
+from .identity import cluster_username, resolve_identity
 from .logs import configure_logging
 from .records import Caller, server_record
 from .reload import watch_policy
@@ -63,9 +64,12 @@ def load_policy(settings: Settings, verbs: Mapping[str, str]) -> Policy:
 
 
 def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
+    cluster = open_cluster(settings)
     try:
-        identity = resolve_identity(settings.principal)
+        ask = None if cluster.is_sandbox else partial(cluster_username, cluster.kube)  # the sandbox is nobody's
+        identity = resolve_identity(settings.principal, ask)
     except ValueError as exc:
+        cluster.close()
         raise StartupError(f"principal: {exc}; set --principal") from exc
     caller = Caller(
         principal=identity.principal,
@@ -75,7 +79,6 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
         client_version=None,
         session_id=uuid.uuid4().hex,
     )
-    cluster = open_cluster(settings)
     try:
         specs = build_tools(settings, cluster.kube)
         verbs = {**{name: "read" for name in ACCESS_TOOLS}, **{spec.name: spec.verb for spec in specs}}

@@ -114,6 +114,9 @@ def test_sandbox_cluster_is_reachable_and_serves_what_opsgate_needs(tmp_path: Pa
     assert by["discovery"].status == "ok" and "deployments/scale" in by["discovery"].detail
     # the sandbox has no authorization API: RBAC is skipped with a warning, not failed
     assert by["rbac"].status == "warning" and "SelfSubjectAccessReview" in by["rbac"].detail
+    # who the cluster says these credentials are is who serve would act as, with no --principal
+    assert by["cluster user"].status == "ok" and "'sandbox-admin'" in by["cluster user"].detail
+    assert by["principal"].detail.startswith("sandbox-admin (the cluster's SelfSubjectReview)")
     assert doctor_exit_code(checks) == 0
 
 

@@ -219,3 +219,11 @@ def test_create_apply_and_describe(kubectl: Kubectl, apps: Any, tmp_path: Path) 
     assert "NewReplicaSetAvailable" in described and "ScalingReplicaSet" in described
     server_side = kubectl.run("apply", "--server-side", "-f", str(path), check=False)
     assert server_side.returncode != 0 and "apply-patch+yaml" in server_side.stderr
+
+
+def test_kubectl_auth_whoami(kubectl: Kubectl) -> None:
+    """kubectl sends no bearer token to a plain-HTTP server, so the sandbox names it anonymous, as a cluster
+    that allows anonymous requests would; the Python client does send it (see test_identity.py)."""
+    out = json.loads(kubectl.run("auth", "whoami", "-o", "json").stdout)
+    assert out["kind"] == "SelfSubjectReview"
+    assert out["status"]["userInfo"] == {"username": "system:anonymous", "groups": ["system:unauthenticated"]}

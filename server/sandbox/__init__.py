@@ -24,7 +24,10 @@ lists how it differs from KServe).
 
 Differences from a real API server (on purpose, or not yet done):
 
-- No authentication or authorization: any token, or none, is accepted.
+- No authorization, and authentication only by name: any token, or none, is
+  accepted; a ``SelfSubjectReview`` (``kubectl auth whoami``) answers the user
+  a known token is mapped to (the kubeconfig's token: ``sandbox-admin``), else
+  ``system:anonymous``.
 - No TLS; answers are always JSON whatever ``Accept`` says (no protobuf or
   CBOR out); protobuf request bodies (kubectl's ``create namespace``/``create
   deployment``) are read for the common fields of the built-in kinds only,

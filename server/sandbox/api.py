@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from .errors import (
     path_not_found,
     unsupported_media_type,
 )
+from .kinds import SELF_SUBJECT_REVIEW
 from .resources import PRIMITIVE_MERGE_LISTS, ResourceRegistry, ResourceType
 from .selectors import Requirement, labels_match, parse_field_selector, parse_label_selector
 from .store import Store, WatchEvent
@@ -109,10 +110,12 @@ class Route:
 class Api:
     """Routes a request to discovery or to a resource verb on the store."""
 
-    def __init__(self, registry: ResourceRegistry, store: Store, server_address: Callable[[], str]) -> None:
+    def __init__(self, registry: ResourceRegistry, store: Store, server_address: Callable[[], str],
+                 users: Mapping[str, str] | None = None) -> None:
         self.registry = registry
         self.store = store
         self.server_address = server_address
+        self.users: Mapping[str, str] = users or {}  # bearer token -> user name; others are anonymous
         self.watch_poll = 1.0
 
     # --- routing ---------------------------------------------------------------------------
@@ -200,7 +203,11 @@ class Api:
             if method == "POST":
                 if route.rt.namespaced and route.namespace is None:
                     raise method_not_allowed(method)
+                if route.rt is SELF_SUBJECT_REVIEW:
+                    return self._self_subject_review(req)
                 return self._create(req, route)
+            if route.rt is SELF_SUBJECT_REVIEW:
+                raise method_not_allowed(method)
             if method == "DELETE":
                 return self._delete_collection(req, route)
             raise method_not_allowed(method)
@@ -325,6 +332,25 @@ class Api:
     def _get(self, req: Request, route: Route) -> Response:
         obj = self.store.get(route.rt, self._ns(route), route.name or "")
         return self._render(req, route, obj)
+
+    def _self_subject_review(self, req: Request) -> Response:
+        """Who the request's bearer token is: a user the sandbox was given, else anonymous, as on a
+        cluster that allows anonymous requests. Nothing is stored, and the body (kubectl sends it as
+        protobuf) carries nothing to read: a SelfSubjectReview has no spec."""
+        scheme, _, token = req.header("authorization").partition(" ")
+        user = self.users.get(token) if scheme.lower() == "bearer" else None
+        info: JSON = (
+            {"username": user, "groups": ["system:authenticated"]}
+            if user is not None
+            else {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
+        )
+        review = {
+            "kind": "SelfSubjectReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "status": {"userInfo": info},
+        }
+        return Response(201, review)
 
     def _create(self, req: Request, route: Route) -> Response:
         body = self._check_body(route, req.json_body(), name=None)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
@@ -21,6 +22,8 @@ from .resources import ResourceRegistry, ResourceType
 from .store import Store
 
 NAME = "opsgate-sandbox"
+TOKEN = "opsgate-sandbox-token"  # the kubeconfig's bearer token
+USER = "sandbox-admin"  # who the SelfSubjectReview says that token is
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -38,7 +41,8 @@ class SandboxCluster:
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, rollout_delay: float = 0.2,
-                 kserve: bool = True, models_dir: Path | None = None) -> None:
+                 kserve: bool = True, models_dir: Path | None = None,
+                 users: Mapping[str, str] | None = None) -> None:
         self.host = host
         self.rollout_delay = rollout_delay
         self._requested_port = port
@@ -47,7 +51,8 @@ class SandboxCluster:
             self.registry.register(rt)
         self.store = Store(self.registry)
         self.faults = FaultTable()
-        self.api = Api(self.registry, self.store, lambda: f"{self.host}:{self.port}")
+        self.users = dict(users if users is not None else {TOKEN: USER})
+        self.api = Api(self.registry, self.store, lambda: f"{self.host}:{self.port}", self.users)
         self.controllers = ControllerManager(self.store, rollout_delay)
         for controller in builtin_controllers():
             self.controllers.add(controller)
@@ -114,25 +119,29 @@ class SandboxCluster:
 
     # --- client configuration ------------------------------------------------------------------
 
-    def kubeconfig(self) -> dict[str, Any]:
-        """A kubeconfig whose cluster, user and context are all named ``opsgate-sandbox`` (no TLS)."""
+    def kubeconfig(self, token: str = TOKEN) -> dict[str, Any]:
+        """A kubeconfig whose cluster, user and context are all named ``opsgate-sandbox`` (no TLS).
+
+        ``token`` is who the client is: the SelfSubjectReview answers the user ``users``
+        maps it to (by default ``sandbox-admin``), or anonymous. Nothing else is checked.
+        """
         return {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": NAME, "cluster": {"server": self.url}}],
-            "users": [{"name": NAME, "user": {"token": "opsgate-sandbox-token"}}],
+            "users": [{"name": NAME, "user": {"token": token}}],
             "contexts": [{"name": NAME, "context": {"cluster": NAME, "user": NAME, "namespace": "default"}}],
             "current-context": NAME,
             "preferences": {},
         }
 
-    def write_kubeconfig(self, path: Path) -> None:
+    def write_kubeconfig(self, path: Path, token: str = TOKEN) -> None:
         """Write the kubeconfig (JSON, which is YAML too) readable by its owner only."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self.kubeconfig(), fh, indent=2)
+            json.dump(self.kubeconfig(token), fh, indent=2)
             fh.write("\n")
 
     # --- test hooks and extension points -------------------------------------------------------

@@ -306,4 +306,15 @@ EVENT = ResourceType(
     },
 )
 
-BUILTIN_TYPES: tuple[ResourceType, ...] = (NAMESPACE, EVENT, POD, DEPLOYMENT, REPLICASET)
+SELF_SUBJECT_REVIEW = ResourceType(
+    group="authentication.k8s.io",
+    version="v1",
+    plural="selfsubjectreviews",
+    kind="SelfSubjectReview",
+    namespaced=False,
+    verbs=("create",),
+    generation_paths=(),
+)
+"""``kubectl auth whoami`` and opsgate's identity ask it who a token is; answered, never stored (``Api``)."""
+
+BUILTIN_TYPES: tuple[ResourceType, ...] = (NAMESPACE, EVENT, POD, DEPLOYMENT, REPLICASET, SELF_SUBJECT_REVIEW)
