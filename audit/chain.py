@@ -10,9 +10,9 @@ implementation in any language re-derives the same bytes.
 
 Speed: the ``rfc8785`` package is pure Python (about 50 us for a decision
 record), and this runs on every tool call and for every line ``verify`` reads.
-Where a value is *plain* (dicts with ASCII string keys, strings, ints in the
-exact range, booleans, null, lists, and floats that every shortest-round-trip
-writer formats the ECMAScript way), ``orjson`` with sorted keys produces the
+Where a value is *plain* (dicts with string keys below U+E000, strings, ints
+in the exact range, booleans, null, lists, and floats that every
+shortest-round-trip writer formats the ECMAScript way), ``orjson`` with sorted keys produces the
 very same bytes in about a tenth of the time of the standard library's C
 encoder, so it is used; anything else goes through ``rfc8785``. Property tests
 check the two agree, on values and on lines read back by verify.
@@ -54,7 +54,7 @@ def _plain(value: Any) -> bool:
     A float is plain when it is not integral (RFC 8785 writes ``2.0`` as ``2``)
     and in the range where both write no exponent (1e-4 <= |x| < 1e16; NaN and
     infinities fail that test). Integer range and key types are left to orjson,
-    key order to :func:`_sorted_alike`. Leaves are checked inline: this runs on
+    key order to :func:`_keys_below_e000`. Leaves are checked inline: this runs on
     every record, and a call per string would double its cost.
     """
     kind = type(value)
@@ -167,7 +167,7 @@ def is_hash(value: object) -> bool:
 
 
 # The stand-in for the three chain values while a body is serialised without knowing its place:
-# random per process, so no body can contain it by design; that it occurs exactly 3 times is checked.
+# random per process, so no body can contain it by design; that it occurs only where placed is checked.
 _PLACE = "chain-" + secrets.token_hex(16)
 _PLACE_VALUE = b'"' + _PLACE.encode() + b'"'
 
