@@ -439,13 +439,7 @@ class AuditLog:
             with self._mutex:
                 stay = written and bool(self._queue) and _EXTRA_BATCHES > 0
                 if not stay:
-                    self._release()  # under the mutex: the next leader must not find our lock taken
-                    if self._queue:
-                        successor = self._queue[0]  # it leads next; _leading stays True
-                    else:
-                        self._leading = False
-                        if self._closed:
-                            self._idle.notify_all()
+                    successor = self._leave_lead()
             if successor is not None:
                 successor.rouse()
         if stay:
@@ -500,13 +494,7 @@ class AuditLog:
                         extra += 1
                     stay = finished and (not mine_done or (bool(self._queue) and extra <= _EXTRA_BATCHES))
                     if not stay:
-                        self._release()  # under the mutex: the next leader must not find our lock taken
-                        if self._queue:
-                            successor = self._queue[0]  # it leads next; _leading stays True
-                        else:
-                            self._leading = False
-                            if self._closed:
-                                self._idle.notify_all()
+                        successor = self._leave_lead()
                 if len(batch) > 1 or batch[0] is not own:
                     self._settled = [entry for entry in batch if entry is not own]
                 if not stay:
@@ -516,6 +504,18 @@ class AuditLog:
             if not stay:
                 self._own = None
                 return
+
+    def _leave_lead(self) -> _Pending | None:
+        """Under the mutex: let go of the file lock, then of the lead. Returns the oldest queued caller,
+        which leads next (``_leading`` stays set) and must be roused once the mutex is let go; None
+        when nobody is queued and the lead is free."""
+        self._release()  # under the mutex: the next leader must not find our lock taken
+        if self._queue:
+            return self._queue[0]
+        self._leading = False
+        if self._closed:
+            self._idle.notify_all()
+        return None
 
     def _wake_settled(self) -> None:
         """Leader only: wake the callers of the last batch (durable, or failed as a whole)."""
@@ -533,12 +533,7 @@ class AuditLog:
                 handed_lead = entry.woken and not entry.done
                 entry.done, entry.error = True, f"audit log {self._path}: the caller stopped waiting"
                 if handed_lead:
-                    if self._queue:
-                        successor = self._queue[0]
-                    else:
-                        self._leading = False
-                        if self._closed:
-                            self._idle.notify_all()
+                    successor = self._leave_lead()
         if successor is not None:
             successor.rouse()
 
