@@ -45,7 +45,12 @@ async def serve(
     audit_log = tmp_path / "audit.jsonl"
     stderr_path = tmp_path / "server.stderr"
     args = ["-m", "opsgate.server", "serve", "--audit-log", str(audit_log), *flags]
-    params = StdioServerParameters(command=sys.executable, args=args, env=server_env(env))
+    # An empty home unless a test says otherwise: a developer's ~/.kube/config (a real cluster the server
+    # would ask who we are, and act on) or ~/.config/opsgate must not reach a test.
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    environment = server_env({"HOME": str(home), **(env or {})})
+    params = StdioServerParameters(command=sys.executable, args=args, env=environment)
     with stderr_path.open("w") as errlog:
         async with (
             stdio_client(params, errlog=errlog) as (read, write),
