@@ -58,10 +58,9 @@ class WhoamiResult(BaseModel):
 
 class ExplainAccessArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tool: str = Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$", description="tool name, e.g. 'deploy'")
+    tool: str = Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$", description="e.g. 'deploy'")
     namespace: str = Field(
-        default="-", max_length=63, pattern=NAMESPACE_PATTERN,
-        description="target namespace; '-' for tools that take none",
+        default="-", max_length=63, pattern=NAMESPACE_PATTERN, description="'-' for tools that take none",
     )
 
 
@@ -154,12 +153,14 @@ def access_tools(
     specs: list[ToolSpec[Any, Any]] = [
         ToolSpec(
             name="whoami",
-            description="Who you act as, what the policy grants you per namespace, and the server's mode.",
+            description="Who you act as, what the policy grants you per namespace, and the server's mode. "
+            "Call first.",
             args_model=WhoamiArgs, result_model=WhoamiResult, run=whoami, render=render_whoami,
         ),
         ToolSpec(
             name="explain_access",
-            description="Would a call to this tool in this namespace be allowed, and by which policy rule?",
+            description="Would this tool be allowed in this namespace, and by which policy rule? Ask before a "
+            "write or after a denial.",
             args_model=ExplainAccessArgs, result_model=ExplainAccessResult, run=explain_access,
             render=render_explain,
         ),

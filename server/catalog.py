@@ -58,13 +58,12 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
     specs: list[ToolSpec[Any, Any]] = [
         ToolSpec(
             name="list_models",
-            description="Local ONNX models you can run with infer, with input/output names, dtypes and shapes.",
+            description="Local ONNX models for infer: input/output names, dtypes, shapes. Call before infer.",
             args_model=ListModelsArgs, result_model=ListModelsResult, run=list_models, render=render_models,
         ),
         ToolSpec(
             name="infer",
-            description="Run a local ONNX model (onnxruntime). inputs: {input name: nested list of numbers} "
-            "matching the model's signature from list_models.",
+            description="Run a local ONNX model (onnxruntime) on your inputs; names and shapes from list_models.",
             args_model=InferArgs, result_model=InferResult, run=infer, object_kind="Model",
             bound_attrs=lambda a: {"model": a.model, "input_elements": count_input_elements(a.inputs)},
         ),
@@ -116,47 +115,52 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
     return [
         ToolSpec(
             name="list_workloads",
-            description="Deployments and InferenceServices in a namespace: replicas desired/ready, images/model, "
-            "revision.",
+            description="Deployments and InferenceServices in a namespace: replicas desired/ready, images or "
+            "model, revision. Start here to find names.",
             args_model=wl.ListWorkloadsArgs, result_model=wl.ListWorkloadsResult, run=bind(wl.list_workloads),
             namespace_of=ns, open_world=True, object_kind="Deployment",
         ),
         ToolSpec(
-            name="rollout_status", description="One Deployment's rollout state and conditions.",
+            name="rollout_status",
+            description="Is a Deployment's rollout done, progressing or stuck, with its conditions. Use after a "
+            "change.",
             args_model=wl.RolloutStatusArgs, result_model=wl.RolloutStatusResult, run=bind(wl.rollout_status),
             namespace_of=ns, open_world=True, object_kind="Deployment",
         ),
         ToolSpec(
-            name="rollout_history", description="A Deployment's revisions with change-cause and images.",
+            name="rollout_history",
+            description="A Deployment's revisions with change-cause and images: pick one for rollback.",
             args_model=wl.RolloutHistoryArgs, result_model=wl.RolloutHistoryResult, run=bind(wl.rollout_history),
             namespace_of=ns, open_world=True, object_kind="Deployment",
         ),
         ToolSpec(
             name="deploy",
-            description="Create or update a Deployment. dry_run: server-side dry run and a diff, nothing stored; "
-            "wait: follow the rollout with progress.",
+            description="Create or update a Deployment (image, replicas, env, ports, resources, labels). "
+            "Try dry_run first.",
             args_model=wl.DeployArgs, result_model=wl.DeployResult, run=bind_waiting(wl.deploy), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             bound_attrs=lambda a: {"replicas": a.replicas, "image": a.image}, current_state=current_replicas,
         ),
         ToolSpec(
-            name="scale", description="Set a Deployment's replicas, or an InferenceService's min/max_replicas "
-            "(kind); dry_run supported.",
+            name="scale",
+            description="Set a Deployment's replicas, or (kind) an InferenceService's replica range and "
+            "autoscaling.",
             args_model=wl.ScaleArgs, result_model=wl.ScaleResult, run=bind(wl.scale), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             bound_attrs=lambda a: {"replicas": a.bound_replicas()}, current_state=current_replicas,
         ),
         ToolSpec(
             name="rollback",
-            description="Roll a Deployment back to the previous or a given revision (kubectl rollout undo); an "
-            "InferenceService (kind): canary traffic to 0, or the previous spec opsgate recorded.",
+            description="Undo a bad change. A Deployment: back to the previous or a given revision (kubectl "
+            "rollout undo); an InferenceService (kind): canary traffic to 0, or the previous spec opsgate "
+            "recorded.",
             args_model=wl.RollbackArgs, result_model=wl.RollbackResult, run=bind(wl.rollback), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
         ),
         ToolSpec(
             name="deploy_model",
-            description="Create or update a KServe InferenceService for an ONNX model. canary_traffic_percent: "
-            "canary update; promote: roll it out; dry_run: diff only; wait: until Ready, with progress.",
+            description="Create or update a KServe InferenceService serving an ONNX model; a new version can go "
+            "out as a canary, then promote. Try dry_run first.",
             args_model=ks.DeployModelArgs, result_model=ks.DeployModelResult, run=bind_waiting(ks.deploy_model),
             verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
@@ -164,14 +168,15 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
         ),
         ToolSpec(
             name="model_status",
-            description="One InferenceService: URL, Ready or why not, model state, revisions, traffic split.",
+            description="One InferenceService: URL, Ready or why not, model state, revisions, traffic split. "
+            "Use after deploy_model.",
             args_model=ks.ModelStatusArgs, result_model=ks.ModelStatusResult, run=bind(ks.model_status),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
         ),
         ToolSpec(
             name="kserve_infer",
-            description="Call a Ready InferenceService (Open Inference Protocol v2, or v1). inputs are checked "
-            "against the model's metadata before sending.",
+            description="Send inputs to a Ready InferenceService (Open Inference Protocol v2, or v1) and get its "
+            "outputs; v2 inputs are checked against the model's metadata when it has some.",
             args_model=ks.KServeInferArgs, result_model=ks.KServeInferResult, run=bind(ks.kserve_infer),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
             bound_attrs=lambda a: a.policy_attrs(),

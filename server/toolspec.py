@@ -73,46 +73,143 @@ class ToolSpec(Generic[A, R]):
         return self.namespace_of is not _no_namespace
 
     def mcp_tool(self) -> types.Tool:
+        """The tools/list entry: no outputSchema (strict clients validate results, errors too, against it;
+        results still carry structuredContent and its JSON text), and only the hints that differ from
+        the spec's defaults."""
         return types.Tool(
             name=self.name,
             description=self.description,
-            input_schema=_schema(self.args_model),
-            output_schema=_schema(self.result_model, drop=OUTPUT_SCHEMA_DROP),
-            annotations=types.ToolAnnotations(
-                read_only_hint=self.verb == "read",
-                destructive_hint=self.destructive,
-                idempotent_hint=self.idempotent,
-                open_world_hint=self.open_world,
-            ),
+            input_schema=input_schema(self.args_model),
+            annotations=hints(self.verb == "read", self.destructive, self.idempotent, self.open_world),
         )
 
 
-# Outputs are produced by us, not typed by the assistant: their schema needs shape and types, not prose.
-OUTPUT_SCHEMA_DROP = ("title", "description", "default", "additionalProperties")
+def hints(read_only: bool, destructive: bool, idempotent: bool, open_world: bool) -> types.ToolAnnotations | None:
+    """The hints that differ from the MCP defaults (readOnly false, destructive true, idempotent false,
+    openWorld true); destructive and idempotent mean nothing for a read-only tool, so they are left out."""
+    given = types.ToolAnnotations(
+        read_only_hint=True if read_only else None,
+        destructive_hint=False if not read_only and not destructive else None,
+        idempotent_hint=True if not read_only and idempotent else None,
+        open_world_hint=False if not open_world else None,
+    )
+    return given if given.model_dump(exclude_none=True) else None
 
 
-def _schema(model: type[BaseModel], drop: tuple[str, ...] = ("title",)) -> dict[str, Any]:
-    """Pydantic's schema, compacted: every byte here is paid on every tools/list.
+# Keywords whose value is one schema, a list of schemas, or a map of name to schema.
+_ONE_SCHEMA = ("items", "additionalProperties", "not", "contains", "propertyNames")
+_SCHEMA_LIST = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SCHEMA_MAP = ("properties", "patternProperties", "$defs", "definitions")
+# Annotations for people reading the schema, not for the agent filling it in.
+_DROP = ("title", "writeOnly")
+_NULL = {"type": "null"}
 
-    Titles repeat field names; output descriptions are for people reading code
-    (the assistant learns a result from the result); ``anyOf [T, null]`` with a
-    ``null`` default says no more than ``type: [T, "null"]``.
+
+def input_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Pydantic's schema, made portable and lean: every byte here is paid on every tools/list.
+
+    ``$ref`` inlined, optional means "not in required" (the ``null`` branch pydantic adds for
+    ``X | None`` is dropped; the model still accepts an explicit null), titles and null defaults
+    dropped, ``const`` as a one-value enum. ``additionalProperties: false`` is dropped too: the
+    models still refuse an unknown field, and the error names it. What this cannot fix (an untyped
+    value) is left for ``portability_problems`` to report.
     """
-    return _compact(model.model_json_schema(), drop)  # type: ignore[no-any-return]
+    raw = model.model_json_schema()
+    defs = raw.pop("$defs", {})
+    return _portable(raw, defs)  # type: ignore[no-any-return]
 
 
-def _compact(node: Any, drop: tuple[str, ...]) -> Any:
-    if isinstance(node, list):
-        return [_compact(v, drop) for v in node]
+def _portable(node: Any, defs: dict[str, Any]) -> Any:
     if not isinstance(node, dict):
         return node
-    out = {k: _compact(v, drop) for k, v in node.items() if not (k in drop and not isinstance(v, dict))}
-    if "default" in out and out["default"] is None:
-        del out["default"]
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        # A nested model's docstring is for code readers; the field's own description (if any) is kept.
+        target = {k: v for k, v in defs[ref.removeprefix("#/$defs/")].items() if k != "description"}
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or (key == "default" and value is None) or (key == "additionalProperties" and value is False):
+            continue
+        if key in _ONE_SCHEMA:
+            out[key] = _portable(value, defs)
+        elif key in _SCHEMA_LIST and isinstance(value, list):
+            out[key] = [_portable(v, defs) for v in value]
+        elif key in _SCHEMA_MAP and isinstance(value, dict):
+            out[key] = {name: _portable(v, defs) for name, v in value.items()}
+        elif key == "const":
+            out["enum"] = [value]
+        else:
+            out[key] = value
     options = out.get("anyOf")
-    if isinstance(options, list) and len(options) == 2 and {"type": "null"} in options:
-        other = options[0] if options[1] == {"type": "null"} else options[1]
-        if isinstance(other.get("type"), str):
-            del out["anyOf"]
-            out = {**other, **out, "type": [other["type"], "null"]}
+    if isinstance(options, list) and _NULL in options:
+        rest = [o for o in options if o != _NULL]
+        del out["anyOf"]
+        if len(rest) == 1:
+            out = {**rest[0], **out}
+        else:
+            out["anyOf"] = rest
     return out
+
+
+def portability_problems(schema: Any) -> list[str]:
+    """What makes a tool's input schema unportable or wasteful, one sentence each, with its JSON path.
+
+    The rules: the root is an object; every schema has one real type (a string ``type``, an ``enum``,
+    or an ``anyOf`` of differently typed shapes); optional means "not in required", never a ``null``
+    type; no ``$ref``/``$defs``; no titles. Empty, true-valued or untyped schemas count as untyped.
+    """
+    problems: list[str] = []
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        problems.append("$: the root must be {\"type\": \"object\", ...}")
+    _check(schema, "$", problems)
+    return problems
+
+
+def _check(node: Any, path: str, problems: list[str]) -> None:
+    if node is True or node == {}:
+        problems.append(f"{path}: empty schema (any value); give it a real type")
+        return
+    if not isinstance(node, dict):
+        problems.append(f"{path}: not a schema object")
+        return
+    for key in ("$ref", "$defs", "definitions"):
+        if key in node:
+            problems.append(f"{path}: {key} (inline the definition)")
+    if "title" in node:
+        problems.append(f"{path}: title (repeats the property name)")
+    kind = node.get("type")
+    if isinstance(kind, list):
+        problems.append(f"{path}: type array {kind} (one type; optional means not in required)")
+    elif kind == "null":
+        problems.append(f"{path}: null type (optional means not in required)")
+    elif kind is None and not any(k in node for k in ("anyOf", "oneOf", "enum", "const")):
+        problems.append(f"{path}: no type (give it a real type)")
+    if "allOf" in node:
+        problems.append(f"{path}: allOf (merge it into one schema)")
+    for key in ("anyOf", "oneOf"):
+        options = node.get(key)
+        if options is None:
+            continue
+        if not isinstance(options, list) or len(options) < 2:
+            problems.append(f"{path}: {key} with fewer than two shapes")
+            continue
+        kinds = [o.get("type") if isinstance(o, dict) else None for o in options]
+        if "null" in kinds:
+            problems.append(f"{path}: {key} with a null branch (optional means not in required)")
+        if None in kinds or len(set(map(str, kinds))) < len(kinds):
+            problems.append(f"{path}: {key} whose shapes share a type (one schema would do)")
+    required = node.get("required", [])
+    properties = node.get("properties", {})
+    for name in required if isinstance(required, list) else []:
+        if name not in properties:
+            problems.append(f"{path}: required {name!r} is not a property")
+    for key, value in node.items():
+        if key in _ONE_SCHEMA and not (key == "additionalProperties" and value is False):
+            _check(value, f"{path}.{key}", problems)
+        elif key in _SCHEMA_LIST and isinstance(value, list):
+            for i, option in enumerate(value):
+                _check(option, f"{path}.{key}[{i}]", problems)
+        elif key in _SCHEMA_MAP and isinstance(value, dict):
+            for name, sub in value.items():
+                _check(sub, f"{path}.{name}" if key == "properties" else f"{path}.{key}.{name}", problems)

@@ -530,9 +530,12 @@ def test_other_args_models() -> None:
 
 
 def test_schema_carries_the_name_patterns() -> None:
+    """A new name's rules are in the schema; an existing object's name is checked by the validator alone."""
     props = DeployArgs.model_json_schema()["properties"]
     assert props["name"]["maxLength"] == 63 and props["name"]["pattern"].startswith("^[a-z0-9]")
-    assert ScaleArgs.model_json_schema()["properties"]["name"]["maxLength"] == 253
+    ScaleArgs.model_validate({"name": "a" * 253, "namespace": "default", "replicas": 1})
+    with pytest.raises(ValidationError):
+        ScaleArgs.model_validate({"name": "a" * 254, "namespace": "default", "replicas": 1})
 
 
 # --------------------------------------------------------------------------- API error mapping

@@ -53,9 +53,10 @@ from .oip import (
     parse_metadata,
 )
 from .rollout import CHANGE_CAUSE_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, FieldChange, change_cause, diff_views, meta
-from .tensors import InferResult, TensorOut
+from .tensors import InferResult, TensorOut, TensorValue
 from .workloads import (
     CONDITION_MESSAGE_MAX,
+    DRY_RUN,
     JSON_PATCH,
     Condition,
     Namespace,
@@ -138,16 +139,10 @@ def _name_checker(limit: int) -> Callable[[str], str]:
     return check
 
 
-ServiceName = Annotated[
-    str,
-    Field(description="InferenceService name; also the model name in its URL paths.",
-          json_schema_extra={"pattern": NAME_PATTERN, "maxLength": 63}),
-    AfterValidator(_name_checker(63)),
-]
+ServiceName = Annotated[str, AfterValidator(_name_checker(63))]  # an existing service: see workloads.Namespace
 NewServiceName = Annotated[
     str,
-    Field(description=f"InferenceService name: lowercase letters, digits, '-', starting with a letter, at most "
-          f"{NAME_MAX} characters; also the model name in its URL paths.",
+    Field(description="Also the model name in its URLs.",
           json_schema_extra={"pattern": NAME_PATTERN, "maxLength": NAME_MAX}),
     AfterValidator(_name_checker(NAME_MAX)),
 ]
@@ -461,29 +456,26 @@ class DeployModelArgs(_Args):
     namespace: Namespace
     storage_uri: str | None = Field(
         default=None, max_length=STORAGE_URI_MAX, pattern=STORAGE_URI_PATTERN,
-        description='Where the model is: "gs://", "s3://", "pvc://", "https://", "file:///abs/model.onnx", or (on '
-        "the opsgate sandbox) a local model name. Required to create; omit to keep.",
+        description='gs://, s3://, pvc://, https:// or file:/// URI, or a sandbox model name. Needed to create.',
     )
-    model_format: Literal["onnx"] = Field(default="onnx", description="spec.predictor.model.modelFormat.name.")
+    model_format: Literal["onnx"] = "onnx"
     runtime: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-                                description="ServingRuntime name; omit to let KServe choose.")
-    protocol_version: Literal["v1", "v2"] | None = Field(
-        default=None, description="Inference protocol; v2 (Open Inference Protocol) on create when omitted.")
+                                description="ServingRuntime; omit to let KServe choose.")
+    protocol_version: Literal["v1", "v2"] | None = Field(default=None, description="v2 on create if omitted.")
     min_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS)
     max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS)
-    resources: Resources | None = Field(default=None, description="CPU/memory of the model container (the ones "
-                                        "given; others are kept).")
+    resources: Resources | None = Field(default=None, description="The amounts given are set, others kept.")
     deployment_mode: Literal["Serverless", "RawDeployment", "Knative", "Standard"] | None = Field(
-        default=None, description="Set on create only (KServe refuses a change); omit for the cluster default.")
+        default=None, description="Create only; omit for the cluster default.")
     canary_traffic_percent: int | None = Field(
         default=None, ge=0, le=100,
-        description="Update as a canary: the new revision gets this percent, the rest stays on the last rolled-out "
-        "one (Serverless mode only; it stays in the spec until promote).",
+        description="Canary update: the new revision gets this percent, the last rolled-out one the rest, until "
+        "promote (Serverless only).",
     )
-    promote: bool = Field(default=False, description="Remove canaryTrafficPercent: the latest revision takes 100%.")
-    dry_run: bool = Field(default=False, description="Validate on the server and show the diff; change nothing.")
-    wait: bool = Field(default=False, description="Wait until Ready with the new spec (progress is reported).")
-    timeout_seconds: int = Field(default=120, ge=1, le=600, description="How long wait may take.")
+    promote: bool = Field(default=False, description="End the canary: the latest revision takes 100%.")
+    dry_run: bool = Field(default=False, description=DRY_RUN)
+    wait: bool = Field(default=False, description="Wait until Ready, with progress.")
+    timeout_seconds: int = Field(default=120, ge=1, le=600, description="For wait.")
 
     @model_validator(mode="after")
     def _consistent(self) -> DeployModelArgs:
@@ -921,17 +913,14 @@ def inference_service_rows(kube: Kube, namespace: str, ctx: CallContext, now: da
 class KServeInferArgs(_Args):
     name: ServiceName
     namespace: Namespace
-    inputs: dict[str, Any] | list[OipTensorIn] = Field(
+    inputs: dict[str, TensorValue] | list[OipTensorIn] = Field(
         description='v2: {input name: nested list}, e.g. {"features": [[5.1, 3.5, 1.4, 0.2]]}, or the protocol\'s '
-        'own [{"name", "datatype", "shape", "data"}]; checked against the model\'s metadata before sending. v1: '
-        '{"instances": [...]} (v1 has no metadata to check against).',
+        'tensors; v1: {"instances": [...]}.',
     )
-    protocol: Literal["v1", "v2"] | None = Field(default=None, description="Default: the service's "
-                                                 "protocolVersion.")
+    protocol: Literal["v1", "v2"] | None = Field(default=None, description="Default: the service's.")
     url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s/?#]+[^\s?#]*$",
-                            description="Call this base URL instead of the service's status.url (e.g. a "
-                            "port-forward); policy may forbid it.")
-    timeout_seconds: float = Field(default=10.0, gt=0, le=30, description="Read timeout (connect: 3 s).")
+                            description="Instead of status.url (e.g. a port-forward); policy may forbid it.")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=30, description="Read timeout.")
 
     def input_elements(self) -> int:
         """Values the call sends, for the policy's max_input_elements (no numpy, no walk over the data)."""

@@ -24,7 +24,7 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ToolError
-from .tensors import ModelInputError, TensorOut, TensorSpec
+from .tensors import ModelInputError, TensorOut, TensorSpec, TensorValue
 
 __all__ = [
     "DTYPE_TO_OIP",
@@ -93,9 +93,9 @@ class OipTensorIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=256)
-    datatype: str | None = Field(default=None, description='e.g. "FP32", "INT64", "BOOL", "BYTES".')
-    shape: list[int] | None = Field(default=None, max_length=_MAX_RANK, description="e.g. [1, 4].")
-    data: Any = Field(description="Flat row-major values (or nested lists matching shape).")
+    datatype: str | None = Field(default=None, description='e.g. "FP32"')
+    shape: list[int] | None = Field(default=None, max_length=_MAX_RANK)
+    data: TensorValue = Field(description="Flat row-major, or nested like shape.")
 
 
 # --------------------------------------------------------------------------- shapes

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from .errors import ToolError
 
 MODELS_DIR_DEFAULT: Final[Path] = Path(__file__).resolve().parent / "models"
 MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MODEL_NAME_RE: Final = re.compile(MODEL_NAME_PATTERN)
+# A tensor's values as the caller sends them: nested lists, checked against the model at call time.
+# Its schema says "array" so that clients get a real type (a 0-d input's bare number is still accepted).
+TensorValue = Annotated[Any, WithJsonSchema({"type": "array"})]
 
 
 class TensorSpec(BaseModel):
@@ -48,15 +51,9 @@ class ListModelsResult(BaseModel):
 class InferArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(
-        pattern=MODEL_NAME_PATTERN,
-        description='Model name exactly as returned by list_models (e.g. "iris"); a name, never a path.',
-    )
-    inputs: dict[str, Any] = Field(
-        description="Every input of the model by name (see list_models), each a nested list of numbers "
-        'whose nesting matches the input\'s shape, e.g. {"features": [[5.1, 3.5, 1.4, 0.2]]} for shape '
-        "[batch, 4]; a bare number for a 0-d input. Integer inputs take whole numbers only; NaN and "
-        "infinity are refused."
+    model: str = Field(pattern=MODEL_NAME_PATTERN, description="A name from list_models.")
+    inputs: dict[str, TensorValue] = Field(
+        description='Every model input by name, nested like its shape: {"features": [[5.1, 3.5, 1.4, 0.2]]}.'
     )
 
     @field_validator("model")

@@ -35,7 +35,6 @@ from .rollout import (
     DNS1123_LABEL_MAX,
     DNS1123_LABEL_PATTERN,
     DNS1123_SUBDOMAIN_MAX,
-    DNS1123_SUBDOMAIN_PATTERN,
     HASH_LABEL,
     IMAGE_MAX,
     NAME_LABEL,
@@ -132,25 +131,21 @@ def _check_subdomain(value: str) -> str:
     return value
 
 
-Namespace = Annotated[
-    str,
-    Field(description="Kubernetes namespace, e.g. \"default\" (DNS-1123 label: lowercase letters, digits, '-').",
-          json_schema_extra={"pattern": DNS1123_LABEL_PATTERN, "maxLength": DNS1123_LABEL_MAX}),
-    AfterValidator(_check_label),
-]
-ObjectName = Annotated[
-    str,
-    Field(description="Deployment name (DNS-1123 subdomain: lowercase letters, digits, '-', '.').",
-          json_schema_extra={"pattern": DNS1123_SUBDOMAIN_PATTERN, "maxLength": DNS1123_SUBDOMAIN_MAX}),
-    AfterValidator(_check_subdomain),
-]
+# Names of things that exist carry no pattern or length in the schema (every tools/list pays for them):
+# an agent passes names it has read, and a typo gets the validator's own sentence. New names (DeployName) do.
+Namespace = Annotated[str, AfterValidator(_check_label)]
+ObjectName = Annotated[str, AfterValidator(_check_subdomain)]
 DeployName = Annotated[
     str,
-    Field(description="Deployment name; also its container name and app.kubernetes.io/name label value, "
-          "so a DNS-1123 label: lowercase letters, digits, '-', at most 63 characters.",
+    Field(description="Also the container name and app.kubernetes.io/name label.",
           json_schema_extra={"pattern": DNS1123_LABEL_PATTERN, "maxLength": DNS1123_LABEL_MAX}),
     AfterValidator(_check_label),
 ]
+
+
+# Field descriptions are sent on every tools/list: a few words, for what the name does not say.
+DRY_RUN: Final = "Show the server's diff; change nothing."
+SERVICE_ONLY: Final = "InferenceService only."
 
 
 class _Args(BaseModel):
@@ -170,11 +165,11 @@ WorkloadKind = Literal["Deployment", "InferenceService"]
 class ListWorkloadsArgs(_Args):
     namespace: Namespace
     kind: WorkloadKind | None = Field(
-        default=None, description="Only this kind; omit for every kind of workload opsgate manages."
+        default=None, description="Omit for both kinds."
     )
     cursor: str | None = Field(
         default=None, max_length=CURSOR_MAX,
-        description="next_cursor from the previous page, exactly as returned; omit for the first page.",
+        description="next_cursor of the previous page.",
     )
 
 
@@ -481,13 +476,13 @@ Quantity = Annotated[str | None, AfterValidator(_check_quantity)]
 
 
 class ResourceAmounts(_Args):
-    cpu: Quantity = Field(default=None, description='CPU, e.g. "250m" (a quarter core) or "2".')
-    memory: Quantity = Field(default=None, description='Memory, e.g. "256Mi" or "1Gi".')
+    cpu: Quantity = None
+    memory: Quantity = None
 
 
 class Resources(_Args):
-    requests: ResourceAmounts | None = Field(default=None, description="What the scheduler reserves.")
-    limits: ResourceAmounts | None = Field(default=None, description="The most the container may use.")
+    requests: ResourceAmounts | None = None
+    limits: ResourceAmounts | None = None
 
     @model_validator(mode="after")
     def _requests_within_limits(self) -> Resources:
@@ -518,32 +513,29 @@ class DeployArgs(_Args):
     namespace: Namespace
     image: str = Field(
         max_length=IMAGE_MAX,
-        description="Container image, e.g. \"ghcr.io/acme/web:1.4.2\" or \"nginx@sha256:...\" "
-        "([registry/]repository[:tag][@digest]).",
+        description='e.g. "ghcr.io/acme/web:1.4.2" or "nginx@sha256:..."',
     )
     replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS,
-                                 description="Replicas; omit to keep the current count (1 on create).")
+                                 description="Omit to keep (1 on create).")
     # SecretStr: the gate records model_dump(mode="json") in the audit log, where values show as "**********".
     env: dict[str, SecretStr] | None = Field(
         default=None, max_length=100,
-        description="Environment variables to set on the container (added or updated; others are kept). "
-        "Values are never echoed back in results, diffs or the audit log, only the names.",
+        description="Env vars to add or update (others kept); values are never echoed or logged.",
     )
     ports: list[int] | None = Field(
         default=None, max_length=32,
-        description="Container ports (TCP), e.g. [8080]; replaces the container's port list.",
+        description="TCP ports; replaces the list.",
     )
     resources: Resources | None = Field(
-        default=None, description="CPU/memory requests and limits to set (the ones given; others are kept).",
+        default=None, description="The amounts given are set, others kept.",
     )
     labels: dict[str, str] | None = Field(
         default=None, max_length=64,
-        description="Labels to add or update on the Deployment and its pods; app.kubernetes.io/name is "
-        "the Deployment name and cannot be changed.",
+        description="Added or updated on the Deployment and its pods.",
     )
-    dry_run: bool = Field(default=False, description="Validate on the server and show the diff; change nothing.")
-    wait: bool = Field(default=False, description="Wait until the rollout is done (progress is reported).")
-    timeout_seconds: int = Field(default=120, ge=1, le=600, description="How long wait may take.")
+    dry_run: bool = Field(default=False, description=DRY_RUN)
+    wait: bool = Field(default=False, description="Follow the rollout, with progress.")
+    timeout_seconds: int = Field(default=120, ge=1, le=600, description="For wait.")
 
     @field_validator("image")
     @classmethod
@@ -693,15 +685,14 @@ def _deploy_result(args: DeployArgs, action: Literal["created", "updated", "unch
 class ScaleArgs(_Args):
     name: ObjectName
     namespace: Namespace
-    kind: WorkloadKind = Field(default="Deployment", description="InferenceService: set min/max_replicas.")
-    replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS,
-                                 description="Deployment: replicas to run (0 stops every pod).")
-    min_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, description="InferenceService.")
-    max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS, description="InferenceService.")
+    kind: WorkloadKind = "Deployment"
+    replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, description="Deployment only; 0 stops it.")
+    min_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, description=SERVICE_ONLY)
+    max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS, description=SERVICE_ONLY)
     scale_target: int | None = Field(default=None, ge=1, le=100_000,
-                                     description="InferenceService: autoscaling target per replica, in scale_metric.")
+                                     description="InferenceService: autoscaling target per replica.")
     scale_metric: Literal["cpu", "memory", "concurrency", "rps"] | None = Field(
-        default=None, description="InferenceService: what the autoscaler measures.")
+        default=None, description=SERVICE_ONLY)
     dry_run: bool = Field(default=False, description="Validate on the server; change nothing.")
 
     @model_validator(mode="after")
@@ -800,12 +791,9 @@ def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
 class RollbackArgs(_Args):
     name: ObjectName
     namespace: Namespace
-    kind: WorkloadKind = Field(default="Deployment", description="InferenceService: canary traffic back to the "
-                               "last rolled-out revision, or the previous spec opsgate recorded.")
-    to_revision: int | None = Field(default=None, ge=1,
-                                    description="Revision to go back to (see rollout_history); omit for the "
-                                    "previous one.")
-    dry_run: bool = Field(default=False, description="Validate on the server and show the diff; change nothing.")
+    kind: WorkloadKind = "Deployment"
+    to_revision: int | None = Field(default=None, ge=1, description="From rollout_history; omit for the previous.")
+    dry_run: bool = Field(default=False, description=DRY_RUN)
 
 
 class RollbackResult(_Result):
