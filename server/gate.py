@@ -28,6 +28,7 @@ from opsgate.tools.errors import ToolError
 from .records import Caller, compact, decision_record, outcome_record
 from .results import cap_strings, cap_text
 from .toolspec import AskFn, ToolSpec
+from .wire import rejection_errors
 
 log = structlog.get_logger("opsgate.gate")
 
@@ -263,6 +264,9 @@ class Gate:
         raw: Any = dict(arguments) if arguments is not None else {}
 
         name = cap_strings(name, MAX_NAME)  # the name is the caller's text: recorded and echoed, but short
+        rejected = rejection_errors(raw)  # a request the stdin edge disarmed (too deep, malformed, too long)
+        if rejected is not None:
+            return await self._invalid(call_id, caller, name, raw, rejected, bound)
         spec = self._tools.get(name)
         if spec is None or spec.route != route:
             errors = [{"field": "name", "rule": "unknown-tool", "message": f"no {route} named {name!r}"}]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -136,6 +138,11 @@ def serve(settings: Settings) -> None:
     from .app import build_server  # the SDK import is the slow part of start-up
 
     server = build_server(gate, version=__version__)
+    # From here on a stop record follows the start record. Until the event loop listens, Ctrl-C or SIGTERM
+    # is noted (never raised into the middle of an audit write) and acted on as soon as it does.
+    requested: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, _frame: requested.append(number))
     start = server_record(
         "start", gate.caller, version=__version__, pid=os.getpid(),
         policy_hash=gate.policy.hash, read_only=settings.read_only, tools=gate.tool_names,
@@ -149,21 +156,40 @@ def serve(settings: Settings) -> None:
     log.info("serving", transport="stdio", principal=gate.caller.principal, audit_log=str(settings.audit_log),
              policy_hash=gate.policy.hash, tools=len(gate.tool_names))
 
+    def rejected(facts: dict[str, Any]) -> None:
+        """A stdin line the gate never sees (too long, not a tool call): recorded here instead."""
+        try:
+            gate.audit.append(server_record("input_rejected", gate.caller, **facts))
+        except AuditWriteError as exc:
+            log.error("audit_write_failed", stage="input_rejected", error=str(exc))
+        log.warning("input_rejected", **facts)
+
     async def run() -> None:
         from mcp.server.stdio import stdio_server
 
-        async with anyio.create_task_group() as tasks:
-            if settings.policy_reload_seconds > 0:
-                tasks.start_soon(watch_policy, gate, settings.policy, gate.verbs, settings.policy_reload_seconds)
-            async with stdio_server(stdin=ScreenedStdin()) as (read_stream, write_stream):  # type: ignore[arg-type]
-                await server.run(read_stream, write_stream, server.create_initialization_options())
-            tasks.cancel_scope.cancel()
+        # Installed around the whole task group, so a second signal while it unwinds is caught too.
+        with _stop_signals() as signals:
+            async with anyio.create_task_group() as tasks:
+                if signals is not None:
+                    tasks.start_soon(_stop_on_signal, signals, tasks.cancel_scope)
+                if requested:
+                    log.info("stopping", signal=signal.Signals(requested[0]).name)
+                    tasks.cancel_scope.cancel()
+                if settings.policy_reload_seconds > 0:
+                    tasks.start_soon(watch_policy, gate, settings.policy, gate.verbs, settings.policy_reload_seconds)
+                stdin = ScreenedStdin(on_rejected=rejected)
+                async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
+                    await server.run(read_stream, write_stream, server.create_initialization_options())
+                tasks.cancel_scope.cancel()
 
     try:
         anyio.run(run)
     except KeyboardInterrupt:
         pass
     finally:
+        # Nothing cuts the stop record short: a second Ctrl-C or SIGTERM waits the few milliseconds it takes.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stop: dict[str, Any] = server_record("stop", gate.caller, pid=os.getpid())
         try:
             gate.audit.append(stop)
@@ -172,3 +198,20 @@ def serve(settings: Settings) -> None:
         gate.audit.close()
         cluster.close()
         log.info("stopped")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop_signals() -> AbstractContextManager[Any]:
+    """Ctrl-C and SIGTERM delivered to the event loop (POSIX); elsewhere Ctrl-C is a KeyboardInterrupt."""
+    if sys.platform == "win32":
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        return nullcontext(None)
+    return anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
+    """The first signal cancels everything; serve() then writes the stop record and the last checkpoint."""
+    async for signum in signals:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        scope.cancel()
