@@ -1,6 +1,7 @@
 """Every benchmark of the project, in one run, each figure beside its floor and target (about 3 minutes).
 
     python bench/run.py            # prints a table and writes bench/RESULTS.md
+    python bench/run.py tools-list # just the tools/list sizes (issue 14), printed, nothing written
 
 Figures, not tests: nothing here fails on a busy machine; read them in context.
 """
@@ -133,7 +134,33 @@ async def gate_overhead(tmp: Path, n: int) -> tuple[list[float], list[float]]:
     return gated, direct
 
 
+# Issue 14: tools/list of the peers, as published (compact JSON), and ours before the schemas were made lean.
+PEER_TOOLS_LIST = "Go reference server 24.4 KB for 20 tools; two other peers ~24 KB for 23 and 26"
+TOOLS_LIST_BEFORE = {"admin": 29_372, "viewer": 14_160}
+TOOLS_LIST_BUDGET = {"admin": 10 * 1024, "viewer": 6 * 1024}
+
+
+async def tools_list_sizes(tmp: Path) -> None:
+    """Compact JSON of the tools array as a client receives it: an admin (every tool) and a viewer (the
+    shipped policy). Cheap (two server starts): ``python bench/run.py tools-list`` runs it alone."""
+    from importlib.resources import files
+
+    admin = tmp / "bench-admin.csv"
+    admin.write_text("p, bench, *, *, *, allow\n")
+    shipped = str(files("opsgate.policies").joinpath("policy.csv"))
+    for who, policy in (("admin", str(admin)), ("viewer", shipped)):
+        async with session(opsgate_args(tmp, "--principal", "bench", "--policy", policy)) as s:
+            tools = (await s.list_tools()).model_dump(mode="json", by_alias=True, exclude_none=True)["tools"]
+        size = len(json.dumps(tools, separators=(",", ":"), ensure_ascii=False).encode())
+        row(f"tools/list size, {who} ({len(tools)} tools; issue 14)", f"{size} B",
+            f"was {TOOLS_LIST_BEFORE[who]} B", f"<= {TOOLS_LIST_BUDGET[who]} B; peers: {PEER_TOOLS_LIST}")
+
+
 async def main() -> None:
+    if sys.argv[1:] == ["tools-list"]:
+        with tempfile.TemporaryDirectory() as tmpdir:
+            await tools_list_sizes(Path(tmpdir))
+        return
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         bare = [str(HERE / "bare_server.py")]
@@ -147,6 +174,7 @@ async def main() -> None:
         b, o = statistics.median(bare_cold), statistics.median(ours_cold)
         row("cold start, spawn to initialize (p50)", f"{o:.0f} ms", f"{b:.0f} ms", "floor + 150 ms")
         row("cold start overhead over bare SDK", f"{o - b:+.0f} ms", "0 ms", "< 150 ms")
+        await tools_list_sizes(tmp)
 
         async with session(ours) as s:
             listing = await s.list_tools()
