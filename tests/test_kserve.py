@@ -293,7 +293,7 @@ def test_not_ready_500_timeout_and_unreachable_are_clear(kube: Kube, cluster: Sa
     with pytest.raises(ToolError) as broken:
         infer(kube, ns)
     assert (broken.value.code, broken.value.rule) == ("model_error", "server-error")
-    assert "answered 500: injected fault: the model server failed" in broken.value.message
+    assert 'answered HTTP 500, saying: "injected fault: the model server failed' in broken.value.message
 
     hooks(cluster).inject_fault("iris", ns, delay=1.0)
     started = time.monotonic()

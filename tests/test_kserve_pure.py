@@ -242,8 +242,12 @@ def test_small_helpers() -> None:
     assert revision_number("iris-predictor-00012") == 12 and revision_number("3") == 3
     assert revision_number(None) is None and revision_number("x") is None
     error = model_http_error(503, b'{"error": "Model iris is not ready"}', "infer", "http://m")
-    assert (error.code, error.rule) == ("model_error", "unavailable")
-    assert error.message == "infer: the model server at http://m answered 503: Model iris is not ready"
+    assert (error.code, error.rule, error.field, error.status) == ("model_error", "unavailable", "name", 503)
+    assert error.message == 'infer: the model server at http://m answered HTTP 503, saying: "Model iris is not ready"'
+    html = model_http_error(400, b'<b>no</b> "x"', "infer", "u")
+    assert html.message == 'infer: the model server at u answered HTTP 400, with a body that is not JSON: ' \
+        '"<b>no</b> \\"x\\""'
+    assert (html.field, html.rule) == ("inputs", "bad-request")
     assert model_http_error(502, b"", "infer", "u").rule == "server-error"
     view = isvc_view(service(mode="Serverless"))
     assert view["storage_uri"] == "gs://b/v1" and view["deployment_mode"] == "Serverless"

@@ -141,7 +141,7 @@ async def test_refusals_and_failures_are_clear_and_audited(tmp_path: Path, clust
 
         hooks(cluster).inject_fault("iris", NS, status=500)
         broken = err(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}}))
-        assert broken["code"] == "model_error" and "answered 500" in broken["message"]
+        assert broken["code"] == "model_error" and "answered HTTP 500" in broken["message"]
         hooks(cluster).inject_fault("iris", NS, delay=1.0)
         slow = err(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}, "timeout_seconds": 0.3}))
         assert slow["code"] == "timeout" and slow["rule"] == "read-timeout"

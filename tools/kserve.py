@@ -47,6 +47,7 @@ from .oip import (
     OipTensorIn,
     decode_response,
     encode_request,
+    encode_unchecked,
     error_text,
     flatten,
     input_elements,
@@ -942,10 +943,14 @@ class KServeInferResult(InferResult):
     url: str = Field(description="Base URL called.")
     model_version: str | None = None
     served_by: str | None = Field(default=None, description="Revision that answered, when the server says so.")
+    metadata_checked: bool = Field(default=True, description="false: the server lists no model inputs "
+                                   "(e.g. a KServe custom predictor, or v1), so inputs were sent unchecked.")
+    notes: list[str] = Field(default_factory=list)
 
     def audit_summary(self) -> dict[str, Any]:
         return {"model": self.model, "url": self.url, "protocol": self.protocol, "model_version": self.model_version,
-                "served_by": self.served_by, "outputs": [{"name": o.name, "shape": o.shape} for o in self.outputs]}
+                "served_by": self.served_by, "metadata_checked": self.metadata_checked,
+                "outputs": [{"name": o.name, "shape": o.shape} for o in self.outputs]}
 
 
 _pool_lock = threading.Lock()
@@ -1034,11 +1039,34 @@ _HTTP_RULES: Final[Mapping[int, str]] = {
 }
 
 
-def model_http_error(status: int, body: bytes, what: str, url: str) -> ToolError:
-    """A model server's error answer as one sentence with its own ``{"error"}`` text. Pure."""
+class ModelServerError(ToolError):
+    """A model server's own error answer; ``status`` (its HTTP status) reaches the envelope's ``http_status``."""
+
+    def __init__(self, message: str, *, status: int, field: str | None, rule: str) -> None:
+        super().__init__(message, code="model_error", field=field, rule=rule)
+        self.status = status
+
+
+def _quoted(body: bytes, limit: int = 1000) -> tuple[str, bool]:
+    """The server's text (its ``{"error"}`` message, else the body) as a capped JSON string literal,
+    and whether the body was JSON: outside words are quoted in our sentences, never spliced in."""
+    try:
+        json.loads(body)
+        is_json = True
+    except (ValueError, UnicodeDecodeError):
+        is_json = False
+    return json.dumps(error_text(body, limit), ensure_ascii=False), is_json
+
+
+def model_http_error(status: int, body: bytes, what: str, url: str) -> ModelServerError:
+    """A model server's error answer (KServe's and Triton's ``{"error": "..."}``, or any body) relayed
+    quoted and capped, with its HTTP status; ``field`` says what to look at: the model's name for
+    404/503, else the inputs sent. Pure."""
     rule = _HTTP_RULES.get(status) or ("server-error" if status >= 500 else f"http-{status}")
-    return ToolError(f"{what}: the model server at {url} answered {status}: {error_text(body)}",
-                     code="model_error", rule=rule)
+    said, is_json = _quoted(body)
+    how = "saying" if is_json else "with a body that is not JSON"
+    return ModelServerError(f"{what}: the model server at {url} answered HTTP {status}, {how}: {said}",
+                            status=status, field="name" if status in (404, 503) else "inputs", rule=rule)
 
 
 def _json(response: _Http, what: str, url: str) -> Any:
@@ -1047,8 +1075,8 @@ def _json(response: _Http, what: str, url: str) -> Any:
     try:
         return json.loads(response.body)
     except (ValueError, UnicodeDecodeError):
-        raise ToolError(f"{what}: the model server at {url} answered something that is not JSON: "
-                        f"{error_text(response.body, 200)}", code="model_error", rule="bad-response") from None
+        raise ToolError(f"{what}: the model server at {url} answered HTTP 200 with a body that is not JSON: "
+                        f"{_quoted(response.body, 200)[0]}", code="model_error", rule="bad-response") from None
 
 
 def _metadata(base: str, name: str, key: tuple[str, ...], timeout: float) -> ModelMetadata:
@@ -1079,8 +1107,23 @@ def _v1_output(predictions: Any) -> TensorOut:
     return TensorOut(name="predictions", dtype=dtype, shape=shape, data=predictions)
 
 
+V1_NOTE: Final = "no metadata check was possible: protocol v1 has no model metadata; the instances were sent as given"
+
+
+def unchecked_note(inferred: Mapping[str, str]) -> str:
+    """What the result says when the model's metadata lists no inputs. Pure."""
+    text = ("no metadata check was possible: the model server lists no inputs for this model (as a KServe "
+            "custom predictor does), so the inputs were sent as given")
+    if inferred:
+        text += "; datatypes inferred from the values: " + ", ".join(
+            f"{json.dumps(name, ensure_ascii=False)} {datatype}" for name, datatype in inferred.items())
+    return text + "; names, shapes and datatypes are the server's to refuse"
+
+
 def kserve_infer(kube: Kube, args: KServeInferArgs, ctx: CallContext) -> KServeInferResult:
-    """Call a Ready InferenceService over the Open Inference Protocol (v2) or v1, inputs checked first."""
+    """Call a Ready InferenceService over the Open Inference Protocol (v2) or v1. v2 inputs are checked
+    against the model's metadata first when it lists inputs (Triton does); when it does not (KServe's
+    custom predictors), they are sent as given and the result says so."""
     ns, name = args.namespace, args.name
     obj = _read(kube, name, ns, ctx)
     s = status_result(obj)
@@ -1106,16 +1149,23 @@ def kserve_infer(kube: Kube, args: KServeInferArgs, ctx: CallContext) -> KServeI
             raise ToolError(f'{what}: the model server at {url} answered without "predictions"',
                             code="model_error", rule="bad-response")
         return KServeInferResult(model=name, outputs=[_v1_output(doc["predictions"])], namespace=ns,
-                                 protocol="v1", url=base, served_by=response.headers.get("X-Sandbox-Revision"))
+                                 protocol="v1", url=base, served_by=response.headers.get("X-Sandbox-Revision"),
+                                 metadata_checked=False, notes=[V1_NOTE])
     if isinstance(args.inputs, dict) and set(args.inputs) == {"instances"}:
         raise ToolError('inputs: {"instances": ...} is the v1 form; this call uses protocol v2: give '
                         "{input name: values}", code="invalid_arguments", field="inputs", rule="v2-inputs")
     key = (base, name, str(meta(obj).get("uid")), str(meta(obj).get("resourceVersion")))
     metadata = _metadata(base, name, key, timeout)
-    request = encode_request(metadata, args.inputs, MAX_INPUT_ELEMENTS)  # refuses bad inputs before any infer
+    notes: list[str] = []
+    if metadata.checkable:
+        request = encode_request(metadata, args.inputs, MAX_INPUT_ELEMENTS)  # refuses bad inputs before any infer
+    else:  # KServe's custom predictors list no inputs: send what the caller gave, and say so
+        request, inferred = encode_unchecked(args.inputs, MAX_INPUT_ELEMENTS)
+        notes.append(unchecked_note(inferred))
     url = f"{base}/v2/models/{quote(name, safe='')}/infer"
     what = f"infer with model {name}"
     response = _http("POST", url, json.dumps(request, separators=(",", ":")).encode(), timeout, what)
     outputs, _, version = decode_response(_json(response, what, url), what)
     return KServeInferResult(model=name, outputs=outputs, namespace=ns, protocol="v2", url=base,
-                             model_version=version, served_by=response.headers.get("X-Sandbox-Revision"))
+                             model_version=version, served_by=response.headers.get("X-Sandbox-Revision"),
+                             metadata_checked=metadata.checkable, notes=notes)

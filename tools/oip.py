@@ -21,29 +21,38 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ToolError
 from .tensors import ModelInputError, TensorOut, TensorSpec, TensorValue
 
 __all__ = [
     "DTYPE_TO_OIP",
+    "HEADER_LENGTH",
     "OIP_TO_DTYPE",
     "ModelMetadata",
     "OipTensorIn",
     "ProtocolError",
     "TensorMeta",
+    "binary_outputs",
     "decode_request",
     "decode_response",
+    "encode_answer",
     "encode_outputs",
     "encode_request",
+    "encode_unchecked",
     "error_text",
     "flatten",
+    "infer_datatype",
+    "inline_binary_inputs",
     "input_elements",
     "metadata_doc",
     "nest",
     "parse_metadata",
     "specs_of",
+    "split_body",
+    "tensor_from_bytes",
+    "tensor_to_bytes",
 ]
 
 #: OIP datatype -> the numpy dtype name local inference uses (TensorSpec.dtype, TensorOut.dtype).
@@ -78,6 +87,9 @@ class TensorMeta(BaseModel):
 
 
 class ModelMetadata(BaseModel):
+    """Model metadata as servers really send it: KServe's Python server answers ``"versions": null``,
+    and for a custom predictor ``"inputs": []`` and ``"outputs": []`` (nothing to check inputs against)."""
+
     model_config = ConfigDict(extra="ignore")
 
     name: str
@@ -85,6 +97,21 @@ class ModelMetadata(BaseModel):
     platform: str = ""
     inputs: list[TensorMeta]
     outputs: list[TensorMeta] = Field(default_factory=list)
+
+    @field_validator("versions", "inputs", "outputs", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @field_validator("platform", mode="before")
+    @classmethod
+    def _null_platform(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @property
+    def checkable(self) -> bool:
+        """Whether the server said what inputs the model takes (a custom KServe predictor does not)."""
+        return bool(self.inputs)
 
 
 class OipTensorIn(BaseModel):
@@ -263,6 +290,104 @@ def encode_request(meta: ModelMetadata, inputs: Mapping[str, Any] | Sequence[Oip
     return {"inputs": body}
 
 
+def infer_datatype(leaves: Sequence[Any]) -> str | None:
+    """The datatype JSON values imply: all bools BOOL, all ints INT64, numbers with a float among them FP32
+    (what most models take; FP64 would be refused by a float32 model), all strings BYTES. None when the
+    values are mixed, of another kind, or there are none: then only the caller can say."""
+    kinds = {type(v) for v in leaves}
+    if not kinds:
+        return None
+    if kinds == {bool}:
+        return "BOOL"
+    if kinds == {int}:
+        return "INT64"
+    if kinds <= {int, float}:
+        return "FP32"
+    if kinds == {str}:
+        return "BYTES"
+    return None
+
+
+def _int_range(datatype: str) -> tuple[int, int]:
+    bits = int(datatype.lstrip("UINT"))
+    return (0, 2**bits - 1) if datatype.startswith("U") else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+
+def _value_misfit(datatype: str, leaves: Sequence[Any]) -> str | None:
+    """Why ``leaves`` cannot be sent as ``datatype`` in JSON (the first bad value's kind), or None."""
+    for v in leaves:
+        if datatype == "BOOL":
+            ok = isinstance(v, bool)
+        elif datatype == "BYTES":
+            ok = isinstance(v, str)
+        elif datatype.startswith(("INT", "UINT")):
+            low, high = _int_range(datatype)
+            ok = isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+        else:
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            shown = type(v).__name__ if not isinstance(v, int | float) or isinstance(v, bool) else repr(v)
+            return f"a {datatype} tensor cannot hold {shown}"
+    return None
+
+
+def encode_unchecked(inputs: Mapping[str, Any] | Sequence[OipTensorIn],
+                     max_elements: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """(infer body, {input name: datatype inferred}) for a model whose metadata lists no inputs.
+
+    The caller's tensors go as given: names unchecked (only the server knows them), shape as stated or
+    as nested, datatype as stated or inferred from the values (:func:`infer_datatype`). Still refused
+    before sending (ModelInputError, field ``inputs.<name>``): ragged nesting, a shape the values do not
+    fill, a datatype the values do not fit or that cannot be inferred, a name given twice, too many values.
+    """
+    given = ([(name, None, None, value) for name, value in inputs.items()] if isinstance(inputs, Mapping)
+             else [(t.name, t.datatype, t.shape, t.data) for t in inputs])
+    if not given:
+        raise ModelInputError("inputs", "no-inputs", "inputs: give at least one input")
+    body: list[dict[str, Any]] = []
+    inferred: dict[str, str] = {}
+    seen: set[str] = set()
+    total = 0
+    for name, datatype, shape, value in given:
+        field = f"inputs.{name}"
+        if name in seen:
+            raise ModelInputError(field, "duplicate-input", f"{field}: given twice")
+        try:
+            got_shape, leaves = flatten(value)
+        except ValueError as exc:
+            raise ModelInputError(field, "ragged", f"{field}: {exc}") from None
+        if shape is not None:
+            if any(d < 0 for d in shape):
+                raise ModelInputError(field, "shape", f"{field}: shape {shape} has a negative dimension")
+            if got_shape != list(shape) and not (len(got_shape) <= 1 and len(leaves) == _elements(shape)):
+                raise ModelInputError(field, "shape", f"{field}: shape {shape} needs {_elements(shape)} values, "
+                                      f"got {len(leaves)}" + (f" nested as {got_shape}" if len(got_shape) > 1
+                                                              else ""))
+            got_shape = list(shape)
+        total += len(leaves)
+        if total > max_elements:
+            raise ModelInputError(field, "size", f"inputs: more than {max_elements} values in one call")
+        if datatype is None:
+            datatype = infer_datatype(leaves)
+            if datatype is None:
+                raise ModelInputError(
+                    field, "datatype-needed",
+                    f"{field}: the model server publishes no input metadata and the datatype cannot be told "
+                    "from the values (" + ("none given" if not leaves else "mixed kinds") + "); give it: "
+                    '[{"name", "datatype", "shape", "data"}]')
+            inferred[name] = datatype
+        elif datatype not in OIP_TO_DTYPE:
+            raise ModelInputError(field, "datatype", f"{field}: datatype {datatype!r} is not one of "
+                                  f"{', '.join(OIP_TO_DTYPE)}")
+        misfit = _value_misfit(datatype, leaves)
+        if misfit is not None:
+            raise ModelInputError(field, "datatype", f"{field}: {misfit}")
+        data = [float(v) for v in leaves] if datatype.startswith("FP") else list(leaves)
+        body.append({"name": name, "shape": got_shape, "datatype": datatype, "data": data})
+        seen.add(name)
+    return {"inputs": body}, inferred
+
+
 def decode_response(doc: Any, what: str) -> tuple[list[TensorOut], str | None, str | None]:
     """(outputs, model_name, model_version) of an infer answer; outputs nested by their shape."""
     if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
@@ -304,6 +429,9 @@ def error_text(body: bytes, limit: int = _ERROR_MAX) -> str:
         text = doc["error"]
     elif isinstance(doc, dict) and isinstance(doc.get("detail"), str):  # FastAPI-style servers
         text = doc["detail"]
+    elif isinstance(doc, dict) and isinstance(doc.get("detail"), list):  # FastAPI's validation errors
+        text = "; ".join(str(d.get("msg")) if isinstance(d, dict) and "msg" in d else json.dumps(d)
+                         for d in doc["detail"][:5])
     text = " ".join(text.split()) or "(empty body)"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -363,3 +491,131 @@ def encode_outputs(outputs: Sequence[TensorOut]) -> list[dict[str, Any]]:
         encoded.append({"name": out.name, "datatype": DTYPE_TO_OIP.get(out.dtype, out.dtype.upper()),
                         "shape": list(out.shape), "data": leaves})
     return encoded
+
+
+# --------------------------------------------------------------------------- binary tensor data extension
+# Triton's and KServe's: a request or answer is a JSON header of ``Inference-Header-Content-Length`` bytes,
+# followed by the raw bytes of every tensor marked ``parameters.binary_data_size`` (in order, little-endian,
+# row-major; BYTES elements each prefixed by a 4-byte little-endian length). Answers use it for the outputs
+# asked for with ``parameters.binary_data: true``, or for all when ``parameters.binary_data_output`` is true.
+
+#: The HTTP header that gives the JSON header's length in bytes.
+HEADER_LENGTH: Final = "Inference-Header-Content-Length"
+_NUMPY_LE: Final[Mapping[str, str]] = {
+    "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8",
+    "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+}
+
+
+def split_body(body: bytes, header_length: int | None) -> tuple[Any, bytes]:
+    """(the JSON header, the tensor bytes after it); all of ``body`` is JSON when there is no header length."""
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise ProtocolError(f"{HEADER_LENGTH} is {header_length}, but the body has {len(body)} bytes")
+    head, raw = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+    try:
+        return json.loads(head), raw
+    except (ValueError, UnicodeDecodeError) as exc:
+        what = "body" if header_length is None else f"JSON header (its first {header_length} bytes)"
+        raise ProtocolError(f"the request {what} is not JSON: {exc}") from None
+
+
+def tensor_from_bytes(datatype: Any, raw: bytes, name: str) -> list[Any]:
+    """A binary tensor's values, flat; BYTES elements as text (the sandbox's models take strings)."""
+    if datatype == "BYTES":
+        values: list[Any] = []
+        offset = 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise ProtocolError(f"input {name!r}: a BYTES element's 4-byte length is cut off")
+            size = int.from_bytes(raw[offset:offset + 4], "little")
+            if offset + 4 + size > len(raw):
+                raise ProtocolError(f"input {name!r}: a BYTES element of {size} bytes goes past its data")
+            try:
+                values.append(raw[offset + 4:offset + 4 + size].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ProtocolError(f"input {name!r}: a BYTES element is not UTF-8 text") from None
+            offset += 4 + size
+        return values
+    dtype = _NUMPY_LE.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise ProtocolError(f"input {name!r}: datatype {datatype!r} cannot be sent as binary data")
+    import numpy as np
+
+    itemsize = np.dtype(dtype).itemsize
+    if len(raw) % itemsize:
+        raise ProtocolError(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values")
+    values = np.frombuffer(raw, dtype=dtype).tolist()
+    return values
+
+
+def tensor_to_bytes(datatype: str, flat: Sequence[Any]) -> bytes:
+    """Flat values as a binary tensor (a JSON null in float data, a non-finite value, becomes NaN)."""
+    if datatype == "BYTES":
+        parts = [v if isinstance(v, bytes) else str(v).encode() for v in flat]
+        return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+    import numpy as np
+
+    values = [math.nan if v is None else v for v in flat] if datatype.startswith("FP") else list(flat)
+    return np.asarray(values, dtype=_NUMPY_LE[datatype]).tobytes()
+
+
+def inline_binary_inputs(doc: Any, raw: bytes) -> Any:
+    """The request with each binary input's bytes turned into a JSON ``data`` list, so
+    :func:`decode_request` checks both forms alike; ProtocolError when the sizes do not add up."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        if raw:
+            raise ProtocolError(f"{len(raw)} bytes follow the JSON header, but it has no inputs list")
+        return doc
+    inputs: list[Any] = []
+    offset = 0
+    for item in doc["inputs"]:
+        params = item.get("parameters") if isinstance(item, dict) else None
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None:
+            inputs.append(item)
+            continue
+        name = str(item.get("name"))
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError(f"input {name!r}: binary_data_size must be a byte count")
+        if "data" in item:
+            raise ProtocolError(f"input {name!r}: has both data and binary_data_size")
+        if offset + size > len(raw):
+            raise ProtocolError(f"input {name!r}: binary_data_size {size} goes past the end of the body"
+                                + ("" if raw else f" (no binary data: is the {HEADER_LENGTH} header missing?)"))
+        inputs.append({**item, "data": tensor_from_bytes(item.get("datatype"), raw[offset:offset + size], name)})
+        offset += size
+    if offset != len(raw):
+        raise ProtocolError(f"{len(raw) - offset} bytes after the JSON header belong to no input")
+    return {**doc, "inputs": inputs}
+
+
+def binary_outputs(doc: Any, names: Iterable[str]) -> set[str]:
+    """Outputs to answer as binary, by Triton's rule: an output's own ``parameters.binary_data`` when it
+    is requested with one, else the request's ``parameters.binary_data_output`` (default false)."""
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    default = isinstance(params, dict) and params.get("binary_data_output") is True
+    own: dict[str, bool] = {}
+    wanted = doc.get("outputs") if isinstance(doc, dict) else None
+    for item in wanted if isinstance(wanted, list) else []:
+        p = item.get("parameters") if isinstance(item, dict) else None
+        if isinstance(p, dict) and isinstance(p.get("binary_data"), bool):
+            own[str(item.get("name"))] = p["binary_data"]
+    return {n for n in names if own.get(n, default)}
+
+
+def encode_answer(answer: Mapping[str, Any], binary: set[str]) -> tuple[bytes, int | None]:
+    """An infer answer's body, and the JSON header's length when some outputs go as bytes (then the
+    body is that header followed by their bytes, and the length goes in ``Inference-Header-Content-Length``)."""
+    if not binary:
+        return json.dumps(answer, separators=(",", ":")).encode(), None
+    outputs: list[Any] = []
+    raw: list[bytes] = []
+    for out in answer.get("outputs") or []:
+        if out.get("name") in binary:
+            data = tensor_to_bytes(out["datatype"], out["data"])
+            params = {**(out.get("parameters") or {}), "binary_data_size": len(data)}
+            out = {**{k: v for k, v in out.items() if k != "data"}, "parameters": params}
+            raw.append(data)
+        outputs.append(out)
+    header = json.dumps({**answer, "outputs": outputs}, separators=(",", ":")).encode()
+    return header + b"".join(raw), len(header)

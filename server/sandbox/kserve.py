@@ -43,7 +43,14 @@ URL a client reads from status works as is, with the protocol's own paths:
 unset) ``GET /v1/models/{isvc}`` and ``POST /v1/models/{isvc}:predict``.
 Errors are ``{"error": "..."}`` with 400 (bad request), 404 (unknown model or
 path), 503 (no ready revision), 500 (the model failed). Every answer carries
-``X-Sandbox-Revision``, the revision that served it.
+``X-Sandbox-Revision``, the revision that served it. v2 infer also takes the
+binary tensor data extension, as Triton and KServe do (so ``tritonclient.http``
+works with ``binary_data=True``): a request with ``Inference-Header-Content-Length``
+is that many bytes of JSON header, then the raw little-endian bytes of each
+input marked ``parameters.binary_data_size``; outputs requested with
+``parameters.binary_data: true`` (or all, with the request parameter
+``binary_data_output: true``) are answered the same way, the header length in
+``Inference-Header-Content-Length`` (codec in ``opsgate.tools.oip``).
 
 Canary routing is deterministic: infer/predict requests are spread by smooth
 weighted round robin (nginx's), so any 100 consecutive requests split exactly
@@ -67,8 +74,8 @@ namespace, status=/delay=/drop=)`` for a 500 or a slow model, ``requests``
 Differences from KServe, on purpose: no Knative Services, Revisions, Routes,
 Deployments or Pods are created (revisions live in the controller); no
 autoscaling (min/maxReplicas are stored, not acted on); no storage
-initializer, so nothing is downloaded; no gRPC, no binary tensor extension, no
-``spec.canary[]``, no transformer/explainer components; tags are written in a
+initializer, so nothing is downloaded; no gRPC, no compressed bodies, no
+``/versions/{v}`` paths, no ``spec.canary[]``, no transformer/explainer components; tags are written in a
 canary split without the ``enable-tag-routing`` annotation; in raw mode a
 failed new revision makes ``PredictorReady`` False (KServe reports the
 Deployment's Available condition, which stays True while old pods serve).
@@ -485,6 +492,17 @@ class Target:
 
 
 @dataclass(frozen=True)
+class BinaryBody:
+    """An infer answer with binary outputs: a JSON header of ``header_length`` bytes, then their bytes."""
+
+    data: bytes
+    header_length: int
+
+
+Payload = JSON | BinaryBody
+
+
+@dataclass(frozen=True)
 class ModelRequest:
     """One request a model server received (for tests: what reached the model, and which revision).
 
@@ -578,6 +596,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(413, {"error": f"request body over {BODY_MAX} bytes"}, None)
             return
         body = self.rfile.read(length) if length > 0 else b""
+        header_length: int | None = None
+        raw_length = self.headers.get(oip.HEADER_LENGTH)
+        if raw_length is not None:
+            try:
+                header_length = int(raw_length)
+            except ValueError:
+                self._send(400, {"error": f"{oip.HEADER_LENGTH} must be a byte count"}, None)
+                return
         fault = endpoint.faults.take(method, path)
         revision: str | None = None
         if fault is not None and fault.delay > 0:
@@ -587,10 +613,12 @@ class _Handler(BaseHTTPRequestHandler):
             endpoint.controller.requests.append(
                 ModelRequest(endpoint.service.namespace, endpoint.service.name, method, path, 0, None))
             return
+        payload: Payload
         if fault is not None and fault.status is not None:
             status, payload = fault.status, {"error": f"injected fault: the model server failed (HTTP {fault.status})"}
         else:
-            status, payload, revision = endpoint.handle(method, path, self.headers.get(TAG_HEADER), body)
+            status, payload, revision = endpoint.handle(method, path, self.headers.get(TAG_HEADER), body,
+                                                        header_length)
         # Logged before answering, so a client that has its answer also finds the request in the log.
         endpoint.controller.requests.append(
             ModelRequest(endpoint.service.namespace, endpoint.service.name, method, path, status, revision))
@@ -599,10 +627,15 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def _send(self, status: int, payload: JSON, revision: str | None) -> None:
-        data = json.dumps(payload, separators=(",", ":")).encode()
+    def _send(self, status: int, payload: Payload, revision: str | None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        if isinstance(payload, BinaryBody):
+            data = payload.data
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header(oip.HEADER_LENGTH, str(payload.header_length))
+        else:
+            data = json.dumps(payload, separators=(",", ":")).encode()
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         if revision:
             self.send_header(REVISION_HEADER, revision)
@@ -635,15 +668,18 @@ class ModelServer:
 
     # -- the protocol
 
-    def handle(self, method: str, path: str, tag: str | None, body: bytes) -> tuple[int, JSON, str | None]:
-        """(status, body, revision) for one request; never raises."""
+    def handle(self, method: str, path: str, tag: str | None, body: bytes,
+               header_length: int | None = None) -> tuple[int, Payload, str | None]:
+        """(status, body, revision) for one request; never raises. ``header_length``: the request's
+        ``Inference-Header-Content-Length`` (binary tensor data follows that much JSON)."""
         try:
-            return self._handle(method, path, tag, body)
+            return self._handle(method, path, tag, body, header_length)
         except Exception as exc:  # a bug here must still answer, as a model server does
             log.exception("sandbox.kserve_handler_failed", path=path)
             return 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}, None
 
-    def _handle(self, method: str, path: str, tag: str | None, body: bytes) -> tuple[int, JSON, str | None]:
+    def _handle(self, method: str, path: str, tag: str | None, body: bytes,
+                header_length: int | None) -> tuple[int, Payload, str | None]:
         name = self.service.name
         if path == "/v2/health/live":
             return 200, {"live": True}, None
@@ -681,11 +717,16 @@ class ModelServer:
             return 200, oip.metadata_doc(name, [str(revision.number)], PLATFORM, model.inputs,
                                          model.outputs), revision.name
         try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return 400, {"error": f"the request body is not JSON: {exc}"}, revision.name
-        status, payload = (self._infer_v2 if wanted == "v2" else self._predict_v1)(revision, model, doc)
-        return status, payload, revision.name
+            doc, raw = oip.split_body(body, header_length)
+            if wanted == "v2":
+                doc = oip.inline_binary_inputs(doc, raw)
+            elif raw:
+                raise oip.ProtocolError("v1 :predict takes no binary tensor data")
+        except oip.ProtocolError as exc:
+            return 400, {"error": str(exc)}, revision.name
+        if wanted == "v1":
+            return (*self._predict_v1(revision, model, doc), revision.name)
+        return (*self._infer_v2(revision, model, doc), revision.name)
 
     def _run(self, model: LoadedModel, inputs: dict[str, Any]) -> tuple[int, JSON] | list[Any]:
         try:
@@ -695,7 +736,7 @@ class ModelServer:
         except ToolError as exc:
             return 500, {"error": exc.message}
 
-    def _infer_v2(self, revision: Revision, model: LoadedModel, doc: Any) -> tuple[int, JSON]:
+    def _infer_v2(self, revision: Revision, model: LoadedModel, doc: Any) -> tuple[int, Payload]:
         try:
             named, wanted, request_id = oip.decode_request(doc, model.inputs)
         except oip.ProtocolError as exc:
@@ -712,6 +753,11 @@ class ModelServer:
                         "outputs": oip.encode_outputs(outputs)}
         if request_id is not None:
             answer["id"] = request_id
+        binary = oip.binary_outputs(doc, [o.name for o in outputs])
+        if binary:
+            data, header_length = oip.encode_answer(answer, binary)
+            assert header_length is not None
+            return 200, BinaryBody(data, header_length)
         return 200, answer
 
     def _predict_v1(self, revision: Revision, model: LoadedModel, doc: Any) -> tuple[int, JSON]:
