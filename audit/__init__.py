@@ -8,7 +8,7 @@ Hashing, signing bodies, redaction and filter parsing are pure functions
 
 from .chain import GENESIS_HASH, canonical, record_hash, seal
 from .checkpoint import KeyRing, generate_keypair
-from .log import SCHEMA_VERSION, AuditLog, AuditWriteError
+from .log import SCHEMA_VERSION, AuditLog, AuditTrustError, AuditWriteError
 from .redact import REDACTED, redact
 from .verify import CheckpointSummary, VerifyReport, verify_audit, verify_log
 
@@ -17,6 +17,7 @@ __all__ = [
     "REDACTED",
     "SCHEMA_VERSION",
     "AuditLog",
+    "AuditTrustError",
     "AuditWriteError",
     "CheckpointSummary",
     "KeyRing",

@@ -64,6 +64,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "parse_checkpoint_line",
+    "ring_for",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -237,6 +238,15 @@ class KeyRing:
                     return None
             return "bad-signature" if keys else "unknown-key"
         return "unknown-key"
+
+
+def ring_for(signer: Signer) -> KeyRing:
+    """The ring holding just ``signer``'s key: what a writer trusts when it reads back its own checkpoints."""
+    if isinstance(signer, Ed25519Signer):
+        return KeyRing(public_keys=(signer.private.public_key(),))
+    if isinstance(signer, HmacSigner):
+        return KeyRing(hmac_keys=(signer.key,))
+    return KeyRing()
 
 
 # --- key files (I/O) ------------------------------------------------------------------------------

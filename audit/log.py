@@ -46,6 +46,14 @@ Durability and ordering rules (see DESIGN.md, "Pitfalls checked here > Audit"):
   ``checkpoint_every`` records (see ``checkpoint.py``). A checkpoint that cannot
   be written at open stops the open; later ones are retried after the next
   batch and never fail an append whose record is durable.
+* **No signing oracle.** Before its start checkpoint signs the head, the
+  writer reads back the latest checkpoint signed by its own key and walks the
+  chain back from the head to it: the record at that seq must have the signed
+  hash and every record after it must chain from it. A non-empty log with no
+  such checkpoint, or one it does not match, is refused (``AuditTrustError``):
+  someone who can write the log folder cannot rewrite the log, drop the
+  checkpoints and have the next start sign the forgery. The walk reads only
+  the records after that checkpoint (at most about ``checkpoint_every``).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -69,14 +77,17 @@ from .chain import GENESIS_HASH, Prepared, canonical, is_hash, loads, prepare, r
 from .checkpoint import (
     Checkpoint,
     HmacSigner,
+    SignedCheckpoint,
     Signer,
     checkpoint_line,
     load_or_create_hmac_key,
     load_private_key,
+    parse_checkpoint_line,
+    ring_for,
 )
 from .segments import checkpoints_path, hmac_key_path, list_segments, segment_path
 
-__all__ = ["MAX_LINE_BYTES", "SCHEMA_VERSION", "AuditLog", "AuditWriteError"]
+__all__ = ["MAX_LINE_BYTES", "SCHEMA_VERSION", "AuditLog", "AuditTrustError", "AuditWriteError"]
 
 SCHEMA_VERSION = 2
 """Version of the record schema in SCHEMA.md; the ``v`` of records this module writes (recovery)."""
@@ -97,6 +108,13 @@ log = logging.getLogger("opsgate.audit")
 
 class AuditWriteError(Exception):
     """The record was not made durable; the caller must not run the tool it describes."""
+
+
+class AuditTrustError(AuditWriteError):
+    """At open: the log on disk is not the one its checkpoints vouch for, so this writer will not sign its head.
+
+    The message names what does not match and what an operator can do.
+    """
 
 
 def _utc_now() -> str:
@@ -142,6 +160,25 @@ def _read_tail(fd: int, size: int) -> tuple[bytes | None, bytes | None]:
             window = _grow(window)
             continue
         return buf[begin:end], torn
+
+
+def _lines_back(fd: int, size: int, *, cap: int) -> Iterator[bytes]:
+    """The lines of the first ``size`` bytes of ``fd``, last first, without newlines (a final unterminated
+    piece counts as a line). Reads backwards in chunks; a line longer than ``cap`` raises ValueError."""
+    pos = size
+    if pos and os.pread(fd, 1, pos - 1) == b"\n":
+        pos -= 1
+    pending = b""
+    while pos > 0:
+        length = min(_COUNT_CHUNK, pos)
+        pos -= length
+        parts = (_pread_exact(fd, length, pos) + pending).split(b"\n")
+        pending = parts[0]
+        if len(pending) > cap:
+            raise ValueError(f"a line longer than {cap} bytes")
+        yield from reversed(parts[1:])
+    if size:
+        yield pending
 
 
 def _grow(window: int) -> int:
@@ -291,6 +328,7 @@ class AuditLog:
             self._signer = self._load_signer(signing_key)
             self._acquire()
             try:
+                self._vouch()
                 self._write_checkpoint("start")
             finally:
                 self._release()
@@ -313,6 +351,11 @@ class AuditLog:
     def key_id(self) -> str:
         """``alg key_id`` of the key that signs this writer's checkpoints."""
         return f"{self._signer.alg} {self._signer.key_id}"
+
+    @property
+    def checkpoint_key(self) -> dict[str, str]:
+        """``{alg, key_id}`` of the checkpoint key, for the start record: tells verify that checkpoints must exist."""
+        return {"alg": self._signer.alg, "key_id": self._signer.key_id}
 
     @property
     def last_seq(self) -> int:
@@ -894,6 +937,123 @@ class AuditLog:
             self._checkpoint_due = event
             raise AuditWriteError(f"cannot write audit checkpoint to {target}: {exc}") from exc
         self._checkpoint_due = None
+
+    def _latest_own_checkpoint(self) -> tuple[SignedCheckpoint, int] | None:
+        """The last checkpoint in the checkpoints file signed by this writer's key, with its line number.
+
+        Read from the end; lines that do not parse or that another key signed
+        (or a forger) are passed over. Checkpoints are appended in seq order
+        under the log's lock, so the last one with a good signature is the latest.
+        """
+        ring = ring_for(self._signer)
+        target = checkpoints_path(self._path)
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise AuditWriteError(f"cannot read audit checkpoints {target}: {exc}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            lines = list(_lines_back(fd, size, cap=MAX_LINE_BYTES)) if size else []
+        except (OSError, ValueError) as exc:
+            raise AuditWriteError(f"cannot read audit checkpoints {target}: {exc}") from exc
+        finally:
+            os.close(fd)
+        for index, raw in enumerate(lines):
+            try:
+                signed = parse_checkpoint_line(raw)
+            except (ValueError, RecursionError):
+                continue
+            if ring.check(signed) is None:
+                return signed, len(lines) - index
+        return None
+
+    def _files_back(self) -> Iterator[tuple[Path, bytes]]:
+        """Every line of the log, newest first: the live file (locked, size known), then the segments."""
+        assert self._fd is not None
+        yield from ((self._path, line) for line in _lines_back(self._fd, self._size, cap=MAX_LINE_BYTES))
+        for _, segment in reversed(list_segments(self._path)):
+            try:
+                fd = os.open(segment, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise AuditWriteError(f"cannot read audit segment {segment}: {exc}") from exc
+            try:
+                size = os.fstat(fd).st_size
+                yield from ((segment, line) for line in _lines_back(fd, size, cap=MAX_LINE_BYTES))
+            finally:
+                os.close(fd)
+
+    def _vouch(self) -> None:
+        """At open, under the lock, tail known: refuse unless the latest own checkpoint vouches for the head.
+
+        Walks back from the head to the checkpointed seq: every record must be
+        self-consistent, at the seq expected and hashed as the next one's
+        ``prev`` says; the one at the checkpointed seq must have the signed hash.
+        A torn line sealed by a recovery record (the line right before it) is
+        passed over once its length and SHA-256 match.
+        """
+        found = self._latest_own_checkpoint()
+        head = self._last_seq
+        where = f"audit log {self._path}"
+        advice = (
+            f"Run `opsgate audit verify {self._path}` (with --pubkey for an Ed25519 key) to see what differs. "
+            f"If {checkpoints_path(self._path).name} or the key was lost, restore it from a copy; otherwise keep "
+            f"the log as evidence, move {self._path.name}* aside, and start again with an empty log."
+        )
+        if found is None:
+            if head == 0:
+                return  # a new log: nothing to vouch for
+            raise AuditTrustError(
+                f"{where} holds records up to seq {head}, but {checkpoints_path(self._path).name} has no "
+                f"checkpoint signed by this server's key ({self.key_id}): the log may have been rewritten and "
+                f"its checkpoints removed; refusing to sign its head. {advice}"
+            )
+        signed, line = found
+        cp = signed.checkpoint
+        named = f"checkpoint line {line} ({cp.event}, {cp.time}, seq {cp.size})"
+        if cp.size > head:
+            raise AuditTrustError(
+                f"{where} ends at seq {head}, but {named} signed seq {cp.size}: records were cut off the end; "
+                f"refusing to sign its head. {advice}"
+            )
+        if head == 0:
+            if cp.head != GENESIS_HASH:
+                raise AuditTrustError(f"{where}: {named} does not describe an empty log. {advice}")
+            return
+        expect_seq, expect_hash = head, self._last_hash
+        torn: Any = None
+        try:
+            for path, raw in self._files_back():
+                if torn is not None:
+                    if len(raw) != torn.get("bytes") or hashlib.sha256(raw).hexdigest() != torn.get("sha256"):
+                        raise ValueError(f"the torn line before record {expect_seq + 1} is not the one named")
+                    torn = None
+                    continue
+                try:
+                    record = _check_record(raw)
+                except (ValueError, RecursionError) as exc:
+                    damaged = f"a line of {path.name} before record {expect_seq + 1} is damaged ({exc})"
+                    raise ValueError(damaged) from None
+                if record["seq"] != expect_seq or record["hash"] != expect_hash:
+                    raise ValueError(f"record {expect_seq} in {path.name} does not chain to record {expect_seq + 1}")
+                if expect_seq == max(cp.size, 1):
+                    if cp.size == 0 and record["prev"] != GENESIS_HASH:
+                        raise ValueError("record 1 does not start the chain")
+                    if cp.size > 0 and record["hash"] != cp.head:
+                        raise ValueError(f"record {cp.size} is not the one {named} signed")
+                    return
+                if record.get("stage") == "recovery" and isinstance(record.get("torn"), dict):
+                    torn = record["torn"]
+                expect_seq, expect_hash = expect_seq - 1, record["prev"]
+            raise ValueError(f"the log runs out before seq {max(cp.size, 1)}")
+        except ValueError as exc:
+            raise AuditTrustError(
+                f"{where} does not match its latest checkpoint, {named}: {exc}; the log was rewritten or "
+                f"replaced after it was signed; refusing to sign its head. {advice}"
+            ) from None
+        except OSError as exc:
+            raise AuditWriteError(f"cannot read {where} back to its latest checkpoint: {exc}") from exc
 
     def _try_checkpoint(self, event: str) -> None:
         try:

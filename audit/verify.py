@@ -29,7 +29,10 @@ still be in the log: ``checkpoint-mismatch`` at the record whose hash differs
 (the log was rewritten, e.g. replaced whole by a fresh valid chain),
 ``truncated`` when the log ends before a checkpointed seq. Given keys, every
 checkpoint must carry a valid signature (``bad-signature``, ``unknown-key``)
-and a non-empty log must have at least one (``no-checkpoints``).
+and a non-empty log must have at least one (``no-checkpoints``). A non-empty
+log with no checkpoint at all is also ``no-checkpoints`` when an HMAC key lies
+beside it or a ``start`` record says the log was checkpointed: deleting the
+checkpoints file must not turn a cut or rewritten log into a passing one.
 
 Speed: each line is parsed once; whether it is canonical is decided by
 ``orjson`` where that is exact (see ``chain.matches_canonical``), and the
@@ -56,7 +59,7 @@ from typing import IO, Any
 from .chain import GENESIS_HASH, is_hash, matches_canonical, record_hash, unhashed_line
 from .checkpoint import KeyRing, SignedCheckpoint, parse_checkpoint_line
 from .log import MAX_LINE_BYTES
-from .segments import checkpoints_path, list_segments, segment_number
+from .segments import checkpoints_path, hmac_key_path, list_segments, segment_number
 
 __all__ = ["CheckpointSummary", "VerifyReport", "verify_audit", "verify_log"]
 
@@ -97,6 +100,7 @@ class VerifyReport:
     bad_seq: int | None = field(default=None, compare=False)  # the seq the bad line claims, when it has one
     files: tuple[Path, ...] = field(default=(), compare=False)  # the files walked, in chain order
     checkpoints: CheckpointSummary | None = field(default=None, compare=False)
+    checkpointed: str | None = field(default=None, compare=False)  # a start record's checkpoint key, if one names it
 
 
 class _Bad(Exception):
@@ -357,6 +361,7 @@ class _Outcome:
     last: tuple[int, str] | None = None  # (seq, hash) of the last valid record
     error: tuple[int, str, str, Any] | None = None  # (line, problem, detail, claimed seq)
     hashes: dict[int, tuple[str, int]] = field(default_factory=dict)  # wanted seq -> (hash, line)
+    checkpointed: str | None = None  # ``alg key_id`` a valid start record says signs this log's checkpoints
 
 
 def _check_range(part: _Range, wanted: frozenset[int]) -> _Outcome:
@@ -391,11 +396,20 @@ def _check_range(part: _Range, wanted: frozenset[int]) -> _Outcome:
             return out
         seq, prev = record["seq"], record["hash"]
         out.records += 1
+        if out.checkpointed is None and record.get("stage") == "start" and "checkpoints" in record:
+            out.checkpointed = _key_named(record["checkpoints"])
         out.last = (seq, prev)
         if seq in wanted:
             out.hashes[seq] = (prev, current.number)
         current = following
     return out
+
+
+def _key_named(value: Any) -> str:
+    """``alg key_id`` from a start record's ``checkpoints`` field (whatever it holds, it says checkpoints exist)."""
+    if isinstance(value, dict):
+        return f"{value.get('alg', '?')} {value.get('key_id', '?')}"[:80]
+    return "a key"
 
 
 def _check_range_task(part: _Range, wanted: frozenset[int]) -> _Outcome:
@@ -497,12 +511,14 @@ def _walk(live: Path, snapshot: _Snapshot, expect: _Expect, workers: int | None 
 
     records = 0
     seq, prev = 0, GENESIS_HASH
+    checkpointed: str | None = None
     previous_number: int | None = None
     last_path, last_lines = live, 0
 
     def bad(path: Path, number: int, problem: str, detail: str, claimed: Any = None) -> VerifyReport:
         claimed_seq = claimed if isinstance(claimed, int) and not isinstance(claimed, bool) else None
-        return VerifyReport(False, records, number, problem, detail, seq, prev, path, claimed_seq, files)
+        return VerifyReport(False, records, number, problem, detail, seq, prev, path, claimed_seq, files,
+                            checkpointed=checkpointed)
 
     for (index, part), out in zip(plan, outcomes, strict=True):
         path = files[index]
@@ -528,6 +544,7 @@ def _walk(live: Path, snapshot: _Snapshot, expect: _Expect, workers: int | None 
         if out.last is not None:
             records += out.records
             seq, prev = out.last
+        checkpointed = checkpointed or out.checkpointed
         if out.error is not None:
             line, problem, detail, claimed = out.error
             return bad(path, line, problem, detail, claimed)
@@ -549,8 +566,9 @@ def _walk(live: Path, snapshot: _Snapshot, expect: _Expect, workers: int | None 
             last_path,
             seq + 1,
             files,
+            checkpointed=checkpointed,
         )
-    return VerifyReport(True, records, None, None, None, seq, prev, None, None, files)
+    return VerifyReport(True, records, None, None, None, seq, prev, None, None, files, checkpointed=checkpointed)
 
 
 def verify_log(path: Path, *, workers: int | None = None) -> VerifyReport:
@@ -588,6 +606,8 @@ def verify_audit(
     also rewrote the checkpoints. With ``keys`` only checkpoints signed by one of
     them count; one with a bad signature is damage (and, if the ring is strict,
     one signed by another key too), and a non-empty log needs at least one.
+    Whatever the keys, a non-empty log with no checkpoint to compare is damaged
+    when its HMAC key lies beside it or a start record says it is checkpointed.
     Raises OSError when the log cannot be read.
     """
     live = Path(path)
@@ -640,13 +660,31 @@ def verify_audit(
             False, report.records, number, problem, detail, report.head_seq, report.head_hash, cp_path, None,
             report.files,
         )
-    elif report.ok and keys and keys.strict and trusted == 0 and report.head_seq > 0:
+    elif report.ok and keys and keys.strict and trusted == 0 and (report.head_seq > 0 or total == 0):
         report = VerifyReport(
             False, report.records, None, "no-checkpoints",
             f"no checkpoint signed by the given key in {cp_path}: the log cannot be shown complete",
-            report.head_seq, report.head_hash, cp_path, None, report.files,
+            report.head_seq, report.head_hash, cp_path, None, report.files, checkpointed=report.checkpointed,
         )
+    elif report.ok and trusted + unchecked == 0:  # even an empty log: every writer checkpoints at open
+        why = _checkpoints_expected(report.checkpointed, hmac_key_path(live))
+        if why is not None:
+            report = VerifyReport(
+                False, report.records, None, "no-checkpoints",
+                f"{cp_path} holds no checkpoint, but {why}: the checkpoints were removed, so a log cut short "
+                "or rewritten cannot be ruled out",
+                report.head_seq, report.head_hash, cp_path, None, report.files, checkpointed=report.checkpointed,
+            )
     return VerifyReport(
         report.ok, report.records, report.first_bad_line, report.problem, report.detail, report.head_seq,
-        report.head_hash, report.file, report.bad_seq, report.files, summary,
+        report.head_hash, report.file, report.bad_seq, report.files, summary, report.checkpointed,
     )
+
+
+def _checkpoints_expected(checkpointed: str | None, key_beside: Path) -> str | None:
+    """Why this log must have checkpoints (a start record names its key, or a key lies beside it), or None."""
+    if checkpointed is not None:
+        return f"its start records say it is checkpointed (key {checkpointed})"
+    if os.path.lexists(key_beside):
+        return f"its checkpoint key {key_beside.name} lies beside it"
+    return None

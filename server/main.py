@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import structlog
 
-from opsgate.audit import AuditLog, AuditWriteError
+from opsgate.audit import AuditLog, AuditTrustError, AuditWriteError
 from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy
 from opsgate.policies.lint import format_findings, load_checked
 
@@ -50,6 +50,8 @@ def open_audit_log(settings: Settings) -> AuditLog:
         return AuditLog(path, signing_key=settings.audit_signing_key,
                         checkpoint_every=settings.audit_checkpoint_every,
                         max_segment_bytes=settings.audit_max_segment_bytes)
+    except AuditTrustError as exc:  # the log is not the one its checkpoints vouch for: say so, not "cannot be written"
+        raise StartupError(str(exc)) from exc
     except (OSError, AuditWriteError) as exc:
         raise StartupError(f"audit log {path} cannot be written ({exc}); refusing to serve") from exc
 
@@ -146,6 +148,7 @@ def serve(settings: Settings) -> None:
     start = server_record(
         "start", gate.caller, version=__version__, pid=os.getpid(),
         policy_hash=gate.policy.hash, read_only=settings.read_only, tools=gate.tool_names,
+        checkpoints=gate.audit.checkpoint_key,  # tells verify this log's checkpoints must exist
     )
     try:
         gate.audit.append(start)

@@ -281,12 +281,20 @@ def test_line_that_is_not_a_json_object_is_caught(log_path: Path, line: bytes) -
 # --- torn writes ---------------------------------------------------------------------------------
 
 
+def _crash_checkpoints(path: Path, last_seq: int) -> None:
+    """Keep only the checkpoints a crash at ``last_seq`` leaves: none signs a record whose append never returned."""
+    cp = path.with_name(path.name + ".checkpoints")
+    kept = [line for line in _lines(cp) if json.loads(line)["size"] <= last_seq]
+    _write(cp, kept)
+
+
 def _tear(path: Path, n_good: int) -> bytes:
     """A log of ``n_good`` records followed by the first half of the next line, as a crash leaves it."""
     records = _fill(path, n_good + 1)
     lines = _lines(path)
     torn = lines[-1][: len(lines[-1]) // 2]
     _write(path, [*lines[:-1], torn])
+    _crash_checkpoints(path, n_good)
     assert records[-1]["seq"] == n_good + 1
     return torn
 
@@ -318,6 +326,7 @@ def test_reopening_seals_a_torn_line_with_a_recovery_record(log_path: Path) -> N
 
 
 def test_torn_first_line_recovers_from_genesis(log_path: Path) -> None:
+    AuditLog(log_path).close()  # the checkpoints of an empty log; then a crash during the first append
     log_path.write_bytes(b'{"stage":"deci')
     with AuditLog(log_path) as log:
         assert log.last_seq == 1
@@ -330,6 +339,7 @@ def test_complete_record_without_newline_is_still_treated_as_torn(log_path: Path
     """Its append never returned, so the tool never ran: the record does not count."""
     _fill(log_path, 3)
     _write(log_path, [*_lines(log_path)[:-1], _lines(log_path)[-1].rstrip(b"\n")])
+    _crash_checkpoints(log_path, 2)
     with AuditLog(log_path) as log:
         assert log.last_seq == 3  # 2 good records + the recovery record
     report = verify_log(log_path)
