@@ -146,6 +146,12 @@ def test_binary_tensor_codec() -> None:
     assert oip.encode_answer(answer, set()) == (json.dumps(answer, separators=(",", ":")).encode(), None)
 
 
+def test_error_text_of_a_fastapi_validation_error() -> None:
+    """What KServe's FastAPI answers (422) to a body that is not JSON: its messages, not Python reprs."""
+    body = b'{"detail":[{"type":"json_invalid","loc":["body",0],"msg":"JSON decode error","input":{}}]}'
+    assert oip.error_text(body) == "JSON decode error"
+
+
 # --------------------------------------------------------------------------- a real KServe model server
 
 
@@ -196,8 +202,19 @@ def serve_kserve(model_path: str) -> None:
             instances = np.asarray(payload["instances"], dtype=np.float32)
             return {"predictions": self.session.run(None, {names[0]: instances})[0].tolist()}
 
+    class TypedPredictor(OnnxPredictor):
+        """One that says what it takes (as Triton and KServe's built-in servers do): opsgate checks first."""
+
+        def get_input_types(self) -> list[dict[str, Any]]:
+            return [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]
+
+        def get_output_types(self) -> list[dict[str, Any]]:
+            return [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+                    {"name": "label", "datatype": "INT64", "shape": [-1]}]
+
     server = kserve.ModelServer(enable_grpc=False, workers=1)
     server.register_model(OnnxPredictor("iris", model_path))
+    server.register_model(TypedPredictor("iris-typed", model_path))
     rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, 0)
     rest.config.host = "127.0.0.1"
     sock = socket.socket()
@@ -243,7 +260,7 @@ def kserve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    """A sandbox cluster where InferenceService ml/iris (protocol v2) is Ready."""
+    """A sandbox cluster where InferenceServices ml/iris and ml/iris-typed (protocol v2) are Ready."""
     from kubernetes import client, config
 
     from opsgate.server.sandbox import SandboxCluster
@@ -256,16 +273,18 @@ def cluster() -> Iterator[Any]:
         custom: Any = client.CustomObjectsApi(api)
         where = ("serving.kserve.io", "v1beta1", NS, "inferenceservices")
         model = {"modelFormat": {"name": "onnx"}, "storageUri": f"file://{IRIS_PATH}", "protocolVersion": "v2"}
-        custom.create_namespaced_custom_object(*where, {
-            "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "iris"},
-            "spec": {"predictor": {"model": model}}})
+        for name in ("iris", "iris-typed"):
+            custom.create_namespaced_custom_object(*where, {
+                "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": name},
+                "spec": {"predictor": {"model": model}}})
         deadline = time.monotonic() + 10
-        while True:
-            conditions = (custom.get_namespaced_custom_object(*where, "iris").get("status") or {}).get("conditions")
-            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions or []):
-                break
-            assert time.monotonic() < deadline, "the sandbox's InferenceService did not become Ready"
-            time.sleep(0.05)
+        for name in ("iris", "iris-typed"):
+            while True:
+                conditions = (custom.get_namespaced_custom_object(*where, name).get("status") or {}).get("conditions")
+                if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions or []):
+                    break
+                assert time.monotonic() < deadline, f"the sandbox's InferenceService {name} did not become Ready"
+                time.sleep(0.05)
         api.close()
         yield sandbox
 
@@ -294,6 +313,9 @@ async def test_kserve_infer_against_a_real_kserve_model_server(tmp_path: Path, c
         metadata = json.loads(answer.read())
     assert metadata["versions"] is None and metadata["inputs"] == [] and metadata["outputs"] == [], \
         "what a real KServe custom predictor answers (the case this test exists for)"
+    with urllib.request.urlopen(f"{kserve_url}/v2/models/iris-typed", timeout=5) as answer:
+        typed_metadata = json.loads(answer.read())
+    assert typed_metadata["versions"] is None and typed_metadata["inputs"][0]["name"] == "features"
     want = direct_run(ROWS)
     async with opsgate(tmp_path, cluster) as s:
         v2 = ok(await s.call("kserve_infer", {**SERVICE, "url": kserve_url, "inputs": {"features": ROWS}}))
@@ -318,6 +340,14 @@ async def test_kserve_infer_against_a_real_kserve_model_server(tmp_path: Path, c
         assert "answered HTTP 400, saying: " in wrong["message"]
         assert json.dumps("unexpected input 'feature'; this model takes ['features']") in wrong["message"], \
             "KServe's own message, quoted as a JSON string"
+
+        typed = {"name": "iris-typed", "namespace": NS, "url": kserve_url}
+        checked = ok(await s.call("kserve_infer", {**typed, "inputs": {"features": ROWS}}))
+        assert checked["metadata_checked"] is True and checked["notes"] == []
+        assert {o["name"]: o["data"] for o in checked["outputs"]} == want
+        refused = err(await s.call("kserve_infer", {**typed, "inputs": {"feature": ROWS}}))
+        assert refused["code"] == "invalid_arguments" and "http_status" not in refused, \
+            "KServe's full metadata (versions null) still lets opsgate refuse before sending"
 
         ints = err(await s.call("kserve_infer", {**SERVICE, "url": kserve_url,
                                                  "inputs": {"features": [[5, 3, 1, 0]]}}))
@@ -363,8 +393,18 @@ def test_triton_http_client_against_the_sandbox_model_endpoint(cluster: Any) -> 
             tc.infer("iris", [misnamed])
     finally:
         tc.close()
-    binary_requests = [r for r in cluster.kserve.infer_requests("iris", NS) if r.status == 200]
-    assert len(binary_requests) >= 3
+    answered = [r for r in cluster.kserve.infer_requests("iris", NS) if r.status == 200]
+    assert len(answered) >= 3
+
+    header = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [3, 4],
+                                     "parameters": {"binary_data_size": rows.nbytes}}]}).encode()
+    for headers, text in (({}, "needs the Inference-Header-Content-Length header"),
+                          ({"Inference-Header-Content-Length": "x"}, "must be a byte count")):
+        request = urllib.request.Request(f"{url}/v2/models/iris/infer", data=header + rows.tobytes(), method="POST",
+                                         headers={"Content-Type": "application/octet-stream", **headers})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 400 and text in json.loads(refused.value.read())["error"]
 
 
 if __name__ == "__main__":

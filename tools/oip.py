@@ -515,8 +515,21 @@ def split_body(body: bytes, header_length: int | None) -> tuple[Any, bytes]:
     try:
         return json.loads(head), raw
     except (ValueError, UnicodeDecodeError) as exc:
+        if header_length is None and _json_prefix(body):
+            raise ProtocolError(f"bytes follow the request's JSON: binary tensor data needs the {HEADER_LENGTH} "
+                                "header") from None
         what = "body" if header_length is None else f"JSON header (its first {header_length} bytes)"
         raise ProtocolError(f"the request {what} is not JSON: {exc}") from None
+
+
+def _json_prefix(body: bytes) -> bool:
+    """Whether ``body`` starts with a whole JSON object (a binary request sent without its header length)."""
+    text = body.decode("utf-8", "replace")
+    try:
+        doc, end = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and end < len(text)
 
 
 def tensor_from_bytes(datatype: Any, raw: bytes, name: str) -> list[Any]:
