@@ -119,11 +119,14 @@ def input_schema(model: type[BaseModel]) -> dict[str, Any]:
     return _portable(raw, defs)  # type: ignore[no-any-return]
 
 
-def _portable(node: Any, defs: dict[str, Any]) -> Any:
+def _portable(node: Any, defs: dict[str, Any], inlining: frozenset[str] = frozenset()) -> Any:
     if not isinstance(node, dict):
         return node
     ref = node.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        if ref in inlining:
+            return node  # a recursive model cannot be inlined: its $ref stays, for portability_problems to name
+        inlining = inlining | {ref}
         # A nested model's docstring is for code readers; the field's own description (if any) is kept.
         target = {k: v for k, v in defs[ref.removeprefix("#/$defs/")].items() if k != "description"}
         node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
@@ -132,11 +135,11 @@ def _portable(node: Any, defs: dict[str, Any]) -> Any:
         if key in _DROP or (key == "default" and value is None) or (key == "additionalProperties" and value is False):
             continue
         if key in _ONE_SCHEMA:
-            out[key] = _portable(value, defs)
+            out[key] = _portable(value, defs, inlining)
         elif key in _SCHEMA_LIST and isinstance(value, list):
-            out[key] = [_portable(v, defs) for v in value]
+            out[key] = [_portable(v, defs, inlining) for v in value]
         elif key in _SCHEMA_MAP and isinstance(value, dict):
-            out[key] = {name: _portable(v, defs) for name, v in value.items()}
+            out[key] = {name: _portable(v, defs, inlining) for name, v in value.items()}
         elif key == "const":
             out["enum"] = [value]
         else:

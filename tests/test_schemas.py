@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import BaseModel, Field
 
 from opsgate.server.catalog import tool_verbs
-from opsgate.server.toolspec import hints, portability_problems
+from opsgate.server.toolspec import hints, input_schema, portability_problems
 from opsgate.tools.kserve import DeployModelArgs, KServeInferArgs
 from opsgate.tools.workloads import DeployArgs, ListWorkloadsArgs, RollbackArgs, ScaleArgs
 from tests.harness import serve, shipped_policy
@@ -143,3 +144,33 @@ def test_optional_fields_still_take_an_explicit_null() -> None:
                                     "protocol_version": None, "canary_traffic_percent": None})
     KServeInferArgs.model_validate({"name": "iris", "namespace": "d", "inputs": {"x": [[1.0]]}, "protocol": None,
                                     "url": None})
+
+
+class Inner(BaseModel):
+    """A docstring for code readers."""
+
+    size: int | None = Field(default=None, ge=0, description="how big")
+
+
+class Outer(BaseModel):
+    name: str
+    inner: Inner | None = Field(default=None, description="nested")
+    kind: Literal["one"] = "one"
+    anything: Any = None
+
+
+class Tree(BaseModel):
+    children: list[Tree] = []
+
+
+def test_input_schema_inlines_drops_null_and_leaves_untyped_values_for_the_checker() -> None:
+    schema = input_schema(Outer)
+    assert schema["required"] == ["name"]
+    assert schema["properties"]["inner"] == {
+        "type": "object", "description": "nested",
+        "properties": {"size": {"type": "integer", "minimum": 0, "description": "how big"}},
+    }
+    assert schema["properties"]["kind"] == {"type": "string", "enum": ["one"], "default": "one"}
+    assert portability_problems(schema) == ["$.anything: empty schema (any value); give it a real type"]
+    recursive = input_schema(Tree)  # cannot be inlined: the $ref stays, and the checker names it
+    assert any("$ref" in p for p in portability_problems(recursive))
