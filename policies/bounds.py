@@ -11,15 +11,21 @@ rule allowed the call are the ones that apply, so every refusal names both.
     allow_scale_to_zero = false   # replicas 0 refused
     image_prefixes = ["registry.example.com/", "docker.io/library/"]
     models = ["iris", "fraud-*"]  # names or glob patterns (local and KServe)
+    storage_uri_prefixes = ["gs://models-prod/"]  # where deploy_model may load a model from
     max_input_elements = 4096     # numbers in one inference request
     rate_limit_per_minute = 30    # mutating calls per principal (token bucket)
 
 Each bound looks at one attribute the gate passes in ``attrs`` (see
 :data:`BOUND_ATTRS`); a call that carries no such attribute is not touched by
-that bound (``scale`` has no image). The one exception fails closed:
+that bound (``scale`` has no image). Two exceptions fail closed:
 ``max_replicas_change`` needs ``current_replicas`` beside ``replicas``, and a
 call that asks for replicas without it is refused, because a limit on change
-that cannot be measured must not pass silently. ``rate_limit_per_minute`` is
+that cannot be measured must not pass silently; and a ``storage_uri`` with a
+scheme (``gs://``, ``http://``, ``file://``) is refused unless it starts with one
+of ``storage_uri_prefixes``, for every subject, bounds or not (see
+:data:`DEFAULT_BOUNDS`): a model is loaded from wherever the URI says, so,
+as with ``allow_url_override``, an address the caller picks is opt-in.
+``rate_limit_per_minute`` is
 stateful and is applied by :class:`~opsgate.policies.ratelimit.RateLimiter`,
 not here.
 """
@@ -38,6 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "BOUNDS_FILE",
     "BOUND_ATTRS",
+    "DEFAULT_BOUNDS",
+    "DEFAULT_PROTECTED",
     "TOOL_ATTRS",
     "BoundsError",
     "SubjectBounds",
@@ -45,6 +53,7 @@ __all__ = [
     "check_bounds",
     "count_input_elements",
     "parse_bounds",
+    "storage_uri_problem",
 ]
 
 BOUNDS_FILE: Final = "bounds.toml"
@@ -57,6 +66,7 @@ BOUND_ATTRS: Final[Mapping[str, str]] = {
     "allow_scale_to_zero": "replicas",
     "image_prefixes": "image",
     "models": "model",
+    "storage_uri_prefixes": "storage_uri",
     "max_input_elements": "input_elements",
     "allow_url_override": "url_override",
 }
@@ -65,11 +75,23 @@ BOUND_ATTRS: Final[Mapping[str, str]] = {
 # uses it to find bounds on subjects that hold no tool taking that argument.
 TOOL_ATTRS: Final[Mapping[str, frozenset[str]]] = {
     "deploy": frozenset({"replicas", "current_replicas", "image"}),
-    "scale": frozenset({"replicas", "current_replicas"}),
+    "scale": frozenset({"replicas", "min_replicas", "current_replicas"}),
     "infer": frozenset({"model", "input_elements"}),
     "kserve_infer": frozenset({"model", "input_elements", "url_override"}),
-    "deploy_model": frozenset({"replicas", "current_replicas", "model"}),
+    "deploy_model": frozenset({"replicas", "min_replicas", "current_replicas", "model", "storage_uri"}),
+    # rollback: the state it restores (tools/bounded.py), checked before the write
+    "rollback": frozenset({"replicas", "min_replicas", "image", "storage_uri"}),
 }
+
+# Namespaces protected when no bounds file says otherwise: the cluster's own.
+# Only ``[protected] namespaces = [...]`` in a bounds.toml changes the list
+# (``namespaces = []`` turns protection off, explicitly).
+DEFAULT_PROTECTED: Final = ("kube-system", "kube-public", "kube-node-lease")
+
+# "s3://" (the scheme alone) or "scheme://host/..." ending in "/": no user-info, no dot segments.
+_URI_PREFIX_RE: Final = re.compile(r"^[a-z][a-z0-9+.-]*://(?:[^/@\s]*/(?:[^\s]*/)?)?\Z")
+_SCHEME_RE: Final = re.compile(r"[a-z][a-z0-9+.-]{0,15}\Z")
+_DOT_SEGMENT_RE: Final = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
 
 
 class SubjectBounds(BaseModel):
@@ -82,6 +104,9 @@ class SubjectBounds(BaseModel):
     allow_scale_to_zero: bool = True
     image_prefixes: tuple[str, ...] | None = None
     models: tuple[str, ...] | None = None
+    # Where deploy_model (and a rollback) may point storageUri: URI prefixes ("gs://models/", "s3://"). A bare
+    # model name (the models folder) needs none; any URI with a scheme is refused unless one of these starts it.
+    storage_uri_prefixes: tuple[str, ...] = ()
     max_input_elements: int | None = Field(default=None, ge=0)
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
     # kserve_infer's `url` sends a request wherever the caller says: refused unless a subject opts in.
@@ -96,6 +121,22 @@ class SubjectBounds(BaseModel):
         if value is not None and any(not entry.strip() for entry in value):
             raise ValueError("entries must not be empty (an empty prefix or pattern would allow everything)")
         return value
+
+    @field_validator("storage_uri_prefixes")
+    @classmethod
+    def _uri_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not _URI_PREFIX_RE.match(entry):
+                raise ValueError(
+                    f"{entry[:80]!r} is not a URI prefix: write a scheme (\"s3://\") or a scheme, host and "
+                    "path ending in \"/\" (\"gs://bucket/models/\"); a host without \"/\" would also "
+                    "match longer hosts (\"gs://bucket\" matches \"gs://bucket-evil\")"
+                )
+        return value
+
+
+DEFAULT_BOUNDS: Final = SubjectBounds()
+"""The bounds of a subject bounds.toml does not name: nothing limited, but url and storage URI overrides off."""
 
 
 class BoundsError(Exception):
@@ -173,12 +214,19 @@ def parse_bounds(path: Path, data: bytes) -> dict[str, SubjectBounds]:
 
 
 def parse_protected(path: Path, data: bytes) -> tuple[str, ...]:
-    """``[protected] namespaces = [...]``: where writes need a rule that names the namespace itself."""
+    """``[protected] namespaces = [...]``: where writes need a rule that names the namespace itself.
+
+    Left out (no table, or no key), the cluster's own namespaces
+    (:data:`DEFAULT_PROTECTED`): protection is switched off only by writing
+    ``namespaces = []``, never by forgetting the table.
+    """
     doc = tomllib.loads(data.decode("utf-8"))  # parse_bounds has already checked the file reads
     table = doc.get("protected", {})
     if not isinstance(table, dict) or set(table) - {"namespaces"}:
         raise BoundsError(path, "[protected] takes one key: namespaces = [\"kube-system\", ...]")
-    names = table.get("namespaces", [])
+    if "namespaces" not in table:
+        return DEFAULT_PROTECTED
+    names = table["namespaces"]
     if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() and "*" not in n for n in names):
         raise BoundsError(path, "[protected] namespaces must be a list of namespace names (no patterns)")
     return tuple(names)
@@ -192,9 +240,12 @@ def _int(value: Any) -> int | None:
 def check_bounds(subject: str, bounds: SubjectBounds, attrs: Mapping[str, Any]) -> str | None:
     """The reason the arguments break a bound, or None. Pure, so the gate and tests share it.
 
-    ``attrs`` (all optional, see TOOL_ATTRS): ``replicas``, ``current_replicas``
-    (the workload's replicas now; 0 when it is being created), ``image``,
-    ``model``, ``input_elements``.
+    ``attrs`` (all optional, see TOOL_ATTRS): ``replicas`` (the most replicas
+    asked for), ``min_replicas`` (the fewest, for an InferenceService's range),
+    ``current_replicas`` (the workload's replicas now; 0 when it is being
+    created), ``image`` or ``images`` (every image a write leaves), ``model``,
+    ``storage_uri``, ``input_elements``. Messages name the bound, never the
+    rejected value beyond a URI's scheme (it may carry a secret).
     """
     replicas = _int(attrs.get("replicas"))
     if replicas is not None:
@@ -216,22 +267,61 @@ def check_bounds(subject: str, bounds: SubjectBounds, attrs: Mapping[str, Any]) 
                     f"changing replicas from {current} to {replicas} (by {change}) exceeds "
                     f"max_replicas_change {limit} for {subject}; change it in steps of at most {limit}"
                 )
-    image = attrs.get("image")
+    low = _int(attrs.get("min_replicas"))
+    if low == 0 and not bounds.allow_scale_to_zero:
+        # An InferenceService's range is bounded at both ends: min_replicas 0 lets it scale to zero.
+        return f"min_replicas 0 (scale to zero) is not allowed for {subject} (allow_scale_to_zero = false)"
+    images = [attrs.get("image"), *(attrs.get("images") or ())]
     prefixes = bounds.image_prefixes
-    if isinstance(image, str) and prefixes is not None and not any(image.startswith(p) for p in prefixes):
-        allowed = ", ".join(prefixes) or "none"
-        return f"image {image!r} is not from an allowed registry for {subject} (allowed: {allowed})"
+    for image in images:
+        if isinstance(image, str) and prefixes is not None and not any(image.startswith(p) for p in prefixes):
+            allowed = ", ".join(prefixes) or "none"
+            return f"the image is not from an allowed registry for {subject} (allowed: {allowed})"  # never the value
     model = attrs.get("model")
     models = bounds.models
     if isinstance(model, str) and models is not None and not any(fnmatchcase(model, p) for p in models):
         allowed = ", ".join(models) or "none"
         return f"model {model!r} is not one {subject} may call (allowed: {allowed})"
+    uri = attrs.get("storage_uri")
+    if isinstance(uri, str):
+        problem = storage_uri_problem(subject, bounds, uri)
+        if problem is not None:
+            return problem
     elements = _int(attrs.get("input_elements"))
     if elements is not None and bounds.max_input_elements is not None and elements > bounds.max_input_elements:
         return (
             f"input of {elements} elements exceeds max_input_elements {bounds.max_input_elements} "
             f"for {subject}; send smaller batches"
         )
+    return None
+
+
+def storage_uri_problem(subject: str, bounds: SubjectBounds, uri: str) -> str | None:
+    """Why ``storage_uri`` may not be loaded for this subject, or None. Pure.
+
+    A bare name is a model in the models folder (``models`` applies to it as
+    to the service name); anything with a scheme must start with one of
+    ``storage_uri_prefixes`` and hold no dot segment, escaped slash or
+    backslash that could climb out of the prefix.
+    """
+    scheme, sep, _ = uri.partition("://")
+    if not sep:
+        models = bounds.models
+        if models is not None and not any(fnmatchcase(uri, p) for p in models):
+            return f"storage_uri names a model {subject} may not serve (models: {', '.join(models) or 'none'})"
+        return None
+    shown = scheme if _SCHEME_RE.match(scheme) else "?"
+    if _DOT_SEGMENT_RE.search(uri):
+        return f"storage_uri ({shown}://...) holds a dot segment, an escaped slash or a backslash: refused"
+    prefixes = bounds.storage_uri_prefixes
+    if not any(uri.startswith(p) for p in prefixes):
+        if not prefixes:
+            return (
+                f"storage_uri ({shown}://...) is not allowed for {subject}: a URI needs storage_uri_prefixes in "
+                "bounds.toml (by default only a model name from the models folder)"
+            )
+        allowed = ", ".join(prefixes)
+        return f"storage_uri ({shown}://...) is not under an allowed prefix for {subject} (allowed: {allowed})"
     return None
 
 

@@ -31,7 +31,15 @@ import casbin
 from casbin.model import FunctionMap, Model
 from casbin.util import escape_assertion, key_match, key_match_func, remove_comments
 
-from .bounds import BOUNDS_FILE, BoundsError, SubjectBounds, parse_bounds, parse_protected
+from .bounds import (
+    BOUNDS_FILE,
+    DEFAULT_BOUNDS,
+    DEFAULT_PROTECTED,
+    BoundsError,
+    SubjectBounds,
+    parse_bounds,
+    parse_protected,
+)
 from .index import RuleIndex
 
 __all__ = [
@@ -43,6 +51,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Rule",
+    "bounds_note",
     "validate_namespace",
     "validate_principal",
 ]
@@ -522,8 +531,11 @@ class Policy:
         self.hash = digest
         # Limits on arguments, by the subject a grant names (see bounds.py).
         self.bounds: dict[str, SubjectBounds] = {}
-        # Namespaces where a write needs an allow rule naming the namespace itself (bounds.toml [protected]).
-        self.protected: tuple[str, ...] = ()
+        # Namespaces where a write needs an allow rule naming the namespace itself (bounds.toml [protected];
+        # the cluster's own when no bounds file says otherwise).
+        self.protected: tuple[str, ...] = DEFAULT_PROTECTED
+        # The bounds file that applies, or None: no argument bounds, default protections (see bounds_note).
+        self.bounds_path: Path | None = None
         self._enforcer, self._matcher_line, shipped_matcher = _build_enforcer(model_path, model_text)
         self._grants = tuple(rule for rule in self.rules if rule.ptype == "p")
         links = [rule.fields for rule in self.rules if rule.ptype == "g"]
@@ -568,6 +580,9 @@ class Policy:
         """Load a policy folder (model.conf + every ``*.csv``, by name) or one ``.csv`` file.
 
         A ``bounds.toml`` beside the CSV files adds argument bounds (see bounds.py).
+        Without one no argument bounds apply, and the cluster's own namespaces
+        are protected all the same (:data:`~opsgate.policies.bounds.DEFAULT_PROTECTED`);
+        ``bounds_path`` and :meth:`bounds_note` say which file, if any, applies.
 
         With one ``.csv`` file the shipped model.conf is used. Any problem
         raises PolicyError naming the file and line; nothing is half-loaded.
@@ -596,9 +611,9 @@ class Policy:
                 if first is not rule:
                     raise PolicyError(csv_path, line, f"duplicate of {first.source}")
         bounds: dict[str, SubjectBounds] = {}
-        protected: tuple[str, ...] = ()
-        bounds_path = csv_paths[0].parent / BOUNDS_FILE
-        if bounds_path.is_file():
+        protected: tuple[str, ...] = DEFAULT_PROTECTED
+        bounds_path: Path | None = csv_paths[0].parent / BOUNDS_FILE
+        if bounds_path is not None and bounds_path.is_file():
             data, _ = _read(bounds_path)
             digest.update(data)
             try:
@@ -607,9 +622,12 @@ class Policy:
             except BoundsError as exc:
                 raise PolicyError(bounds_path, exc.line, exc.message) from exc
             csv_paths = [*csv_paths, bounds_path]
+        else:
+            bounds_path = None
         policy = cls(model_path, model_text, rules.values(), (model_path, *csv_paths), digest.hexdigest())
         policy.bounds = bounds
         policy.protected = protected
+        policy.bounds_path = bounds_path
         return policy
 
     @classmethod
@@ -648,7 +666,21 @@ class Policy:
         )
         policy.bounds = dict(self.bounds)
         policy.protected = self.protected
+        policy.bounds_path = self.bounds_path
         return policy
+
+    def bounds_for(self, subject: str | None) -> SubjectBounds:
+        """The bounds of the subject whose rule allowed a call: its own, else :data:`DEFAULT_BOUNDS`.
+
+        Never None, so the bounds that hold for everyone (no url override, no
+        storage URI outside the models folder) hold for subjects bounds.toml
+        does not name, and for policies with no bounds file at all.
+        """
+        return self.bounds.get(subject or "", DEFAULT_BOUNDS)
+
+    def bounds_note(self) -> str:
+        """One line saying which bounds file applies, if any, and what is protected: for lint, doctor, whoami."""
+        return bounds_note(self.bounds_path, self.protected)
 
     # ----------------------------------------------------------------------- deciding
 
@@ -693,10 +725,13 @@ class Policy:
         named = f"{rule.source} allows it only through the pattern {rule.fields[1]!r}" if rule else "no rule names it"
         return Decision(
             False, None,
-            f"denied: namespace {namespace} is protected (bounds.toml [protected]): a write there needs an allow "
+            f"denied: namespace {namespace} is protected ({self._protected_by()}): a write there needs an allow "
             f"rule that names {namespace} itself; {named}",
             self.hash, protected=namespace,
         )
+
+    def _protected_by(self) -> str:
+        return f"{BOUNDS_FILE} [protected]" if self.bounds_path is not None else f"by default, no {BOUNDS_FILE}"
 
     def decide_uncached(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
         """:meth:`decide` without the memo: for benchmarks and tests of the matching itself."""
@@ -804,7 +839,9 @@ class Policy:
                             continue
                         tried.add(ns)
                         first_deny, last_allow = index.match(principal, ns, tool, action)
-                        if first_deny is None and last_allow is not None:
+                        if first_deny is None and last_allow is not None and not (
+                            action == "write" and ns in self.protected and self._grants[last_allow].fields[1] != ns
+                        ):
                             return True
             return False
         except Exception:
@@ -825,6 +862,18 @@ class Policy:
     def subjects_of(self, principal: str, namespace: str) -> set[str]:
         """Every subject whose rules apply to the principal in the namespace (itself, its roles, everyone's)."""
         return self._index.subjects(principal, namespace)
+
+
+def bounds_note(bounds_path: Path | None, protected: tuple[str, ...]) -> str:
+    """Which bounds file applies (None: none) and which namespaces are protected, in one line."""
+    shown = ", ".join(protected) or "none"
+    if bounds_path is None:
+        default = " (the default)" if protected == DEFAULT_PROTECTED else ""
+        return (
+            f"bounds: no {BOUNDS_FILE} beside the policy, so no argument bounds apply (no max_replicas, "
+            f"image_prefixes, rate limits...); protected namespaces: {shown}{default}"
+        )
+    return f"bounds: {bounds_path}; protected namespaces: {shown}"
 
 
 def _request_problem(principal: str, namespace: str, tool: str, action: str) -> str | None:

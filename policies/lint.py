@@ -40,7 +40,17 @@ from typing import Final, Literal
 
 from casbin.util import key_match
 
-from .bounds import BOUND_ATTRS, BOUNDS_FILE, TOOL_ATTRS, BoundsError, SubjectBounds, bounds_lines, parse_bounds
+from .bounds import (
+    BOUND_ATTRS,
+    BOUNDS_FILE,
+    DEFAULT_PROTECTED,
+    TOOL_ATTRS,
+    BoundsError,
+    SubjectBounds,
+    bounds_lines,
+    parse_bounds,
+    parse_protected,
+)
 from .engine import (
     EVERYONE,
     ROLE_PREFIX,
@@ -49,12 +59,13 @@ from .engine import (
     Rule,
     _build_enforcer,
     _read,
+    bounds_note,
     parse_line,
     policy_files,
 )
 from .index import MAX_ROLE_HOPS, key_prefix
 
-__all__ = ["Finding", "exit_code", "format_findings", "lint", "load_checked"]
+__all__ = ["Finding", "applied_bounds", "exit_code", "format_findings", "lint", "load_checked"]
 
 Severity = Literal["error", "warning"]
 _WRITE: Final = "write"
@@ -83,9 +94,34 @@ def exit_code(findings: Iterable[Finding]) -> int:
     return 1 if any(f.severity == "error" for f in findings) else 0
 
 
+def applied_bounds(path: Path) -> str:
+    """Which bounds file a policy at ``path`` gets, if any, and its protected namespaces: one line.
+
+    A policy with no bounds.toml beside it has no argument bounds, and the
+    cluster's own namespaces stay protected; saying so is the point (a lone
+    ``my.csv`` otherwise looks as bounded as the shipped folder).
+    """
+    try:
+        _, csv_paths = policy_files(Path(path))
+    except PolicyError:
+        return "bounds: unknown (the policy path does not load)"
+    bounds_path = csv_paths[0].parent / BOUNDS_FILE
+    if not bounds_path.is_file():
+        return bounds_note(None, DEFAULT_PROTECTED)
+    try:
+        data, _ = _read(bounds_path)
+        parse_bounds(bounds_path, data)
+        protected = parse_protected(bounds_path, data)
+    except (PolicyError, BoundsError):
+        return f"bounds: {bounds_path} (does not load: see the errors above)"
+    return bounds_note(bounds_path, protected)
+
+
 def format_findings(findings: Collection[Finding], path: Path | None = None) -> str:
-    """The findings one a line (``file:line: severity: message``) and a summary line."""
+    """The findings one a line (``file:line: severity: message``), which bounds apply, and a summary line."""
     lines = [str(f) for f in _sorted(findings)]
+    if path is not None:
+        lines.append(f"{path}: {applied_bounds(path)}")
     errors = sum(f.severity == "error" for f in findings)
     warnings = len(findings) - errors
     subject = f"{path}: " if path is not None else ""
@@ -167,6 +203,7 @@ def load_checked(
         try:
             data, bounds_text = _read(bounds_path)
             parse_bounds(bounds_path, data)
+            parse_protected(bounds_path, data)
         except PolicyError as exc:
             findings.append(Finding(exc.path, exc.line, "error", exc.message))
         except BoundsError as exc:

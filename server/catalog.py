@@ -147,7 +147,7 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
             "autoscaling.",
             args_model=wl.ScaleArgs, result_model=wl.ScaleResult, run=bind(wl.scale), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
-            bound_attrs=lambda a: {"replicas": a.bound_replicas()}, current_state=current_replicas,
+            bound_attrs=lambda a: a.policy_attrs(), current_state=current_replicas,
         ),
         ToolSpec(
             name="rollback",

@@ -22,7 +22,7 @@ from opsgate.audit import AuditLog, AuditWriteError
 from opsgate.policies.bounds import check_bounds
 from opsgate.policies.engine import Decision, Policy
 from opsgate.policies.ratelimit import RateLimiter
-from opsgate.tools.context import CallContext, ProgressFn
+from opsgate.tools.context import BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
 
 from .records import Caller, compact, decision_record, outcome_record
@@ -179,7 +179,7 @@ class Gate:
         decision = self.decide(caller.principal, namespace, spec.name)
         if not decision.allowed:
             return decision
-        bounds = self.policy.bounds.get(decision.subject or "")
+        bounds = self.policy.bounds_for(decision.subject)  # never None: some bounds hold for every subject
         attrs = spec.bound_attrs(args) if spec.bound_attrs is not None else {}
         if attrs.get("url_override") and not (bounds is not None and bounds.allow_url_override):
             # An address the caller picks is a request from inside the cluster's network: opt-in only.
@@ -217,10 +217,7 @@ class Gate:
 
     def apply_bounds(self, decision: GateDecision, attrs: Mapping[str, Any]) -> GateDecision:
         """An allowed call whose arguments break a bound of the allowing subject is denied, naming both."""
-        bounds = self.policy.bounds.get(decision.subject or "")
-        if bounds is None:
-            return decision
-        reason = check_bounds(decision.subject or "", bounds, attrs)
+        reason = check_bounds(decision.subject or "", self.policy.bounds_for(decision.subject), attrs)
         if reason is None:
             return decision
         return replace(
@@ -229,6 +226,20 @@ class Gate:
             reason=f"denied by bound: {reason} (the call was allowed by {decision.source}; bounds in bounds.toml)",
             bound=reason,
         )
+
+    def bounds_check(self, decision: GateDecision) -> BoundsCheck:
+        """The allowing subject's bounds as the call's tool sees them (CallContext.check_bounds).
+
+        Taken at decision time, so a reload mid-call changes nothing; for state a tool reads before
+        its write (the revision a rollback restores), refused in the same words as the gate's own.
+        """
+        subject, bounds, source = decision.subject or "", self.policy.bounds_for(decision.subject), decision.source
+
+        def check(attrs: Mapping[str, Any]) -> str | None:
+            reason = check_bounds(subject, bounds, attrs)
+            return None if reason is None else f"denied by bound: {reason} (the call was allowed by {source})"
+
+        return check
 
     def with_client(self, name: str | None, version: str | None) -> Caller:
         c = self.caller
@@ -288,7 +299,7 @@ class Gate:
             bound.info("call_denied", reason=decision.reason)
             return error_result("denied", decision.reason, call_id, decision=decision.record())
 
-        return await self._run(spec, args, call_id, caller, started, progress, bound)
+        return await self._run(spec, args, call_id, caller, started, progress, bound, self.bounds_check(decision))
 
     async def _run(
         self,
@@ -299,9 +310,11 @@ class Gate:
         started: float,
         progress: ProgressFn | None,
         bound: structlog.typing.FilteringBoundLogger,
+        check_bounds: BoundsCheck | None = None,
     ) -> types.CallToolResult:
         client = f"{caller.client_name}/{caller.client_version}" if caller.client_name else None
-        context = CallContext(call_id=call_id, principal=caller.principal, client=client, report_progress=progress)
+        context = CallContext(call_id=call_id, principal=caller.principal, client=client, report_progress=progress,
+                              check_bounds=check_bounds)
         result: BaseModel | None = None
         error: dict[str, Any] | None = None
         try:

@@ -52,6 +52,10 @@ def assert_agrees(ours: Policy, theirs: casbin.Enforcer, requests: Iterable[Requ
     for req in requests:
         decision = ours.decide(*req)
         allowed, explain = theirs.enforce_ex(*req)
+        if decision.protected is not None:  # the step after Casbin: protected namespaces (on by default)
+            assert allowed and req[3] == "write" and req[1] in ours.protected, (req, decision)
+            assert ours.decide_uncached(*req) == decision
+            continue
         if decision.allowed:
             assert allowed, (req, decision)  # never allow what Casbin denies
             allows += 1

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 ProgressFn = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
+# The caller's bounds (those of the subject whose rule allowed the call) applied to bound attributes
+# (policies/bounds.py check_bounds): the refusal sentence, or None when they hold.
+BoundsCheck = Callable[[Mapping[str, Any]], str | None]
 
 
 @dataclass(frozen=True)
@@ -15,3 +18,6 @@ class CallContext:
     principal: str
     client: str | None = None
     report_progress: ProgressFn | None = None
+    # For state a write takes from the cluster rather than the arguments (a rollback's restored revision):
+    # the tool checks it before writing (tools/bounded.py). None outside the gate (tests calling tools directly).
+    check_bounds: BoundsCheck | None = None

@@ -39,6 +39,7 @@ from urllib.parse import quote
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .bounded import enforce_bounds, restored_service_attrs
 from .context import CallContext
 from .errors import ToolError
 from .kube import Kube, KubeApiError, retry_on_conflict
@@ -497,9 +498,11 @@ class DeployModelArgs(_Args):
         return value
 
     def policy_attrs(self) -> dict[str, Any]:
-        """What policy bounds look at: the most replicas asked for, the model (service) name, the URI."""
+        """What policy bounds look at: the most and the fewest replicas asked for (both ends of the range are
+        bounded: min_replicas 0 scales to zero), the model (service) name, the storage URI it loads."""
         asked = [v for v in (self.min_replicas, self.max_replicas) if v is not None]
-        return {"replicas": max(asked) if asked else None, "model": self.name, "storage_uri": self.storage_uri}
+        return {"replicas": max(asked) if asked else None, "min_replicas": self.min_replicas, "model": self.name,
+                "storage_uri": self.storage_uri}
 
 
 class DeployModelResult(_Result):
@@ -861,6 +864,8 @@ def rollback_inference_service(kube: Kube, args: RollbackArgs, ctx: CallContext)
                               message=message, strategy=strategy)
         if predictor is None:
             return base
+        enforce_bounds(ctx, restored_service_attrs(predictor_of(current), predictor),
+                       f"the spec a rollback of inferenceservice {ns}/{name} restores")
         after = kube.call(_custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
                           spec_patch(current, predictor, cause), dry_run=dry, _content_type=JSON_PATCH,
                           what=what, audit_id=ctx.call_id)

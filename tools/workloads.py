@@ -27,6 +27,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .bounded import enforce_bounds, restored_deployment_attrs
 from .context import CallContext
 from .errors import ToolError
 from .kube import Kube, KubeApiError, retry_on_conflict
@@ -724,6 +725,13 @@ class ScaleArgs(_Args):
         asked = [v for v in (self.min_replicas, self.max_replicas) if v is not None]
         return max(asked) if asked else None
 
+    def policy_attrs(self) -> dict[str, Any]:
+        """What policy bounds look at: the most replicas asked for, and an InferenceService's fewest.
+
+        Both ends of a range are bounded: ``min_replicas=0, max_replicas=3`` scales to zero.
+        """
+        return {"replicas": self.bound_replicas(), "min_replicas": self.min_replicas}
+
 
 class ScaleResult(_Result):
     name: str
@@ -854,6 +862,8 @@ def rollback(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult
                 new_revision=None, changes=[], dry_run=args.dry_run,
                 message=f"already at revision {target}'s template; nothing changed",
             )
+        enforce_bounds(ctx, restored_deployment_attrs(spec_of(d).get("template"), spec_of(rs).get("template")),
+                       f"revision {target} of deployment {ns}/{name}")
         after = kube.call(kube.apps.patch_namespaced_deployment, name, ns, rollback_patch(d, rs, cause),
                           dry_run=dry, _content_type=JSON_PATCH, what=what, audit_id=ctx.call_id)
         changes = diff_deployments(d, after)

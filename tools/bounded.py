@@ -1,0 +1,96 @@
+"""Bounds on state a write takes from the cluster, not from the call's arguments.
+
+The gate bounds what a call asks for (its arguments). A rollback asks for
+nothing but a revision: the images, replicas and storage URI it writes come
+from an earlier revision, which may predate the bounds or have been written by
+someone with wider ones. So the rollback code, on the read that its guarded
+write depends on, hands what it is about to restore to :func:`enforce_bounds`
+(the caller's bounds, from the gate, through ``CallContext.check_bounds``).
+
+Only what the rollback changes is bounded: a value the target already shares
+with the live object is not the caller's doing (an admin's ``minReplicas: 0``
+stays, and the rollback that every incident needs is not refused for it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .context import CallContext
+from .errors import ToolError
+
+__all__ = ["enforce_bounds", "restored_deployment_attrs", "restored_service_attrs"]
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _images(pod_spec: Mapping[str, Any]) -> list[str]:
+    """Every container image a pod spec runs (init and ephemeral containers included)."""
+    found: list[str] = []
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        for container in pod_spec.get(key) or ():
+            image = _dict(container).get("image")
+            if isinstance(image, str) and image not in found:
+                found.append(image)
+    return found
+
+
+def restored_deployment_attrs(current_template: Any, target_template: Any) -> dict[str, Any]:
+    """Bound attributes of a Deployment rollback: the target template's images that run nowhere now. Pure.
+
+    ``rollout undo`` restores the pod template only; replicas stay as they are, so they are not bounded here.
+    """
+    now = set(_images(_dict(_dict(current_template).get("spec"))))
+    new = [image for image in _images(_dict(_dict(target_template).get("spec"))) if image not in now]
+    return {"images": new} if new else {}
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def restored_service_attrs(current_predictor: Any, restored_predictor: Any) -> dict[str, Any]:
+    """Bound attributes of an InferenceService rollback: what the restored predictor changes. Pure.
+
+    ``replicas`` is the restored ceiling (maxReplicas, else minReplicas) when either changes, with
+    ``current_replicas`` the ceiling now (for max_replicas_change); ``min_replicas`` when it changes;
+    ``storage_uri`` when it changes; ``images`` of custom containers that run nowhere now.
+    """
+    now, new = _dict(current_predictor), _dict(restored_predictor)
+    attrs: dict[str, Any] = {}
+
+    def ceiling(predictor: Mapping[str, Any]) -> int:
+        for key in ("maxReplicas", "minReplicas"):
+            value = _int(predictor.get(key))
+            if value is not None and value > 0:
+                return value
+        return 1
+
+    low_now, low_new = _int(now.get("minReplicas")), _int(new.get("minReplicas"))
+    if (low_now, _int(now.get("maxReplicas"))) != (low_new, _int(new.get("maxReplicas"))):
+        attrs.update(replicas=ceiling(new), current_replicas=ceiling(now))
+        if low_new != low_now and low_new is not None:
+            attrs["min_replicas"] = low_new
+    uri_now, uri_new = _dict(now.get("model")).get("storageUri"), _dict(new.get("model")).get("storageUri")
+    if uri_new != uri_now and isinstance(uri_new, str):
+        attrs["storage_uri"] = uri_new
+    images = [image for image in _images(new) if image not in set(_images(now))]
+    if images:
+        attrs["images"] = images
+    return attrs
+
+
+def enforce_bounds(ctx: CallContext, attrs: Mapping[str, Any], what: str) -> None:
+    """Refuse, before any write, state that breaks the caller's bounds; ``what`` says what it is.
+
+    The refusal is a ``denied`` error naming the bound (``rule="bound"``): the gate records it as the
+    call's outcome. Outside the gate (``check_bounds`` None) nothing is checked.
+    """
+    if not attrs or ctx.check_bounds is None:
+        return
+    reason = ctx.check_bounds(attrs)
+    if reason is not None:
+        raise ToolError(f"{what}: {reason}", code="denied", rule="bound")
