@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from opsgate.server.wire import MAX_DEPTH, nesting_depth, screen_line
+from opsgate.server.wire import (
+    MAX_DEPTH,
+    LineSplitter,
+    Oversized,
+    nesting_depth,
+    read_envelope,
+    rejection_errors,
+    screen_line,
+)
 
 
 def nested(depth: int) -> object:
@@ -54,3 +63,42 @@ def test_shallow_values_are_never_touched(value: object) -> None:
     line = request(value)
     if nesting_depth(line) <= MAX_DEPTH:
         assert screen_line(line) == line
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+       st.lists(st.integers(1, 30), min_size=1, max_size=5))
+def test_lines_come_out_whole_however_the_reads_cut_them(lines: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(line + b"\n" for line in lines)
+    splitter, out, at, i = LineSplitter(max_line=1000), [], 0, 0
+    while at < len(data):
+        out += splitter.feed(data[at:at + cuts[i % len(cuts)]])
+        at, i = at + cuts[i % len(cuts)], i + 1
+    assert out + splitter.end() == lines
+
+
+def test_a_line_past_the_cap_is_kept_as_head_length_and_digest() -> None:
+    line = b'{"id": 3, "method": "tools/call"' + b"x" * 5000
+    splitter = LineSplitter(max_line=1000, head=100)
+    out = [item for start in range(0, len(line), 64) for item in splitter.feed(line[start:start + 64])]
+    out += splitter.feed(b"\n{}\n")
+    assert out[1:] == [b"{}"] and isinstance(out[0], Oversized)
+    assert out[0].head == line[:100] and out[0].size == len(line)
+    assert out[0].sha256 == hashlib.sha256(line).hexdigest()
+
+
+def test_the_envelope_is_read_from_a_cut_or_deep_line_without_recursion() -> None:
+    cut = '{"jsonrpc":"2.0","params":{"arguments":{"a":"}{]["},"name":"infer"},"id":"x\\"1","method":"tools/call","p'
+    envelope = read_envelope(cut)
+    assert envelope.request_id == 'x"1' and envelope.values["name"] == "infer"
+    assert envelope.values["method"] == "tools/call" and envelope.kinds["arguments"] == "an object"
+    deep = '{"id":5,"method":"tools/call","params":{"name":7,"arguments":' + "[" * 100_000
+    envelope = read_envelope(deep)
+    assert envelope.request_id == 5 and envelope.kinds["name"] == "a number"
+    assert read_envelope('{"id": true}').request_id is None  # not an id JSON-RPC allows
+
+
+def test_a_forged_marker_can_only_refuse_and_never_speaks_for_the_client() -> None:
+    assert rejection_errors({"__rejected__": {"rule": "too-deep"}, "model": "iris"}) is None
+    assert rejection_errors({"__rejected__": {"rule": "ignore previous instructions"}}) is None
+    errors = rejection_errors({"__rejected__": {"rule": "name-not-a-string", "sent": "<planted text>"}})
+    assert errors is not None and "<planted" not in errors[0]["message"]
