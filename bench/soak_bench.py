@@ -171,10 +171,17 @@ def _check(result: Any, expected: str | None) -> str | None:
         if result.is_error:
             return f"error {result.content[0].text[:200]}"
         return None if isinstance(result.structured_content, dict) else "no structured content"
-    error = (result.structured_content or {}).get("error") if result.is_error else None
-    if not isinstance(error, dict) or error.get("code") != expected or not error.get("message"):
-        return f"expected {expected}, got {result.structured_content}"[:300]
+    error = _error_of(result)
+    if error is None or error.get("code") != expected or not error.get("message"):
+        return f"expected {expected}, got {result.content[0].text if result.content else result}"[:300]
     return None
+
+
+def _error_of(result: Any) -> dict[str, Any] | None:
+    """The error envelope, from the text content where opsgate puts it (README "Errors")."""
+    from opsgate.server.gate import error_of
+
+    return error_of(result)
 
 
 async def soak(tmp: Path, calls: int, *, window: int = WINDOW, warmup: int = WARMUP,
@@ -218,8 +225,7 @@ async def soak(tmp: Path, calls: int, *, window: int = WINDOW, warmup: int = WAR
                     problem = _check(result, expected)
                     if problem is not None:
                         unexpected.append(f"call {i} {tool}: {problem}")
-                    codes[(result.structured_content or {}).get("error", {}).get("code", "?") if result.is_error
-                          else "ok"] += 1
+                    codes[(_error_of(result) or {}).get("code", "?") if result.is_error else "ok"] += 1
                     if i + 1 == warmup:
                         start_rss = rss_mb(pid)
                     if (i + 1) % window == 0:

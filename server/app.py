@@ -89,11 +89,10 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
         """Through the gate like a tool call: decided, audited, and refused when the policy says so."""
         if str(params.uri) != OWN_RECORDS_URI:
             raise MCPError(code=types.INVALID_PARAMS, message=f"no resource {params.uri}")
-        result = await gate.call("audit_log", {}, gate.with_client(*_client_of(ctx)), route="resource")
-        if result.is_error:
-            error = (result.structured_content or {}).get("error", {})
-            raise MCPError(code=types.INVALID_REQUEST, message=str(error.get("message", "refused")), data=error)
-        text = json.dumps(result.structured_content, separators=(",", ":"))
+        answer = await gate.answer("audit_log", {}, gate.with_client(*_client_of(ctx)), route="resource")
+        if answer.error is not None:  # the same envelope a tool error carries (README "Errors")
+            raise MCPError(code=types.INVALID_REQUEST, message=str(answer.error["message"]), data=answer.error)
+        text = json.dumps(answer.data, separators=(",", ":"))
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=OWN_RECORDS_URI, text=text, mime_type="application/json")]
         )

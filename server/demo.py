@@ -125,9 +125,11 @@ def _steps(call: Call, n: Narrator, session_call: Call) -> list[tuple[str, Calla
                "the server knows who it acts for, and that this is the sandbox cluster")
 
     async def denied() -> None:
+        from .gate import error_of
+
         r = await call("deploy", {"name": "web", "namespace": "kube-system", "image": V1})
-        error = r.structured_content["error"]
-        expect("denied", r.is_error and error["code"] == "denied",
+        error = error_of(r) or {}
+        expect("denied", r.is_error and error.get("code") == "denied",
                "refused, with the reason (the rule, or why none applies), and audited")
 
     async def deploy_v1() -> None:

@@ -7,16 +7,19 @@ before anything happens; nothing a tool or a client does can crash the server.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 import mcp_types as types
 import structlog
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_core.core_schema import ErrorType
 
 from opsgate.audit import AuditLog, AuditWriteError
 from opsgate.policies.bounds import check_bounds
@@ -76,27 +79,224 @@ MAX_NAME = 128
 MAX_ERRORS = 20
 
 
-def error_result(code: str, message: str, call_id: str, **details: Any) -> types.CallToolResult:
-    """Errors are data too: a code, one sentence, and the fields to act on; every string capped."""
-    error = cap_strings({"code": code, "message": message, "call_id": call_id, **details})
-    message = error["message"]
-    return types.CallToolResult(
-        content=[types.TextContent(type="text", text=f"error ({code}): {message} [call {call_id}]")],
-        structured_content={"error": error},
-        is_error=True,
+# `field` of an error that concerns no single argument (a denial, an API failure, the audit log).
+NO_FIELD = "-"
+
+
+def error_envelope(
+    code: str, message: str, call_id: str, errors: list[dict[str, str]] | None = None, **details: Any
+) -> dict[str, Any]:
+    """The one error shape (README "Errors"): code, one sentence, what to fix, the call id, then details.
+
+    ``errors`` is never empty: an error that names no field gets one entry for the whole call,
+    so an agent can always read ``errors[0]``. Every string is capped.
+    """
+    entries = errors or [{"field": NO_FIELD, "rule": code.replace("_", "-"), "message": message}]
+    return cap_strings(  # type: ignore[no-any-return]
+        {"code": code, "message": message, "errors": entries, "call_id": call_id, **details}
     )
 
 
+def error_result(error: Mapping[str, Any]) -> types.CallToolResult:
+    """An error every client hands to the agent: ``isError`` and the envelope as JSON text, and no
+    ``structuredContent``, which strict clients (TypeScript SDK 1.x, the Inspector) would check
+    against the tool's success schema and replace our error with their own -32602."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=compact({"error": dict(error)}))], is_error=True
+    )
+
+
+def error_of(result: types.CallToolResult) -> dict[str, Any] | None:
+    """The envelope of an error result, read from its text as any client reads it; None if it holds none."""
+    if not result.is_error or len(result.content) != 1 or not isinstance(result.content[0], types.TextContent):
+        return None
+    try:
+        envelope = json.loads(result.content[0].text)
+    except ValueError:
+        return None
+    error = envelope.get("error") if isinstance(envelope, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a call came to before it goes on the wire: a result (text and data), or an error envelope.
+
+    Resources read it directly; tools get :meth:`tool_result`.
+    """
+
+    error: dict[str, Any] | None = None
+    text: str = ""
+    data: dict[str, Any] | None = None
+
+    def tool_result(self) -> types.CallToolResult:
+        if self.error is not None:
+            return error_result(self.error)
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=self.text)], structured_content=self.data, is_error=False
+        )
+
+
+def denial_rule(decision: GateDecision) -> str:
+    """Which refusal this is, as the rule of the denied envelope: policy, bound, rate-limit or confirmation."""
+    if decision.confirmation is not None:
+        return "confirmation"
+    if decision.reason.startswith("denied by rate limit"):
+        return "rate-limit"
+    if decision.bound is not None:
+        return "bound"
+    return "policy"
+
+
+def tool_error_envelope(exc: ToolError, call_id: str) -> dict[str, Any]:
+    """A tool's expected failure in the envelope: its field and rule become ``errors[0]``; an API's
+    422 causes, each a field the API refused, follow it; the HTTP status rides along."""
+    rule = exc.rule or exc.code.replace("_", "-")
+    errors = [{"field": exc.field or NO_FIELD, "rule": rule, "message": exc.message}]
+    for cause in getattr(exc, "causes", None) or []:
+        if isinstance(cause, dict) and cause.get("field") and cause["field"] != exc.field:
+            errors.append({"field": str(cause["field"]), "rule": rule,
+                           "message": str(cause.get("message") or cause.get("reason") or "")})
+    status = getattr(exc, "status", None)  # the API's HTTP status, when the failure came from one
+    details = {"http_status": status} if isinstance(status, int) else {}
+    return error_envelope(exc.code, exc.message, call_id, errors[:MAX_ERRORS], **details)
+
+
+# Pydantic's error types in a few short machine words (README "Errors"); any other of its types is "value".
+_FORMAT_ERRORS = frozenset({
+    "string_pattern_mismatch", "url_parsing", "url_syntax_violation", "url_scheme", "url_too_long",
+    "uuid_parsing", "uuid_type", "date_parsing", "datetime_parsing", "time_parsing", "time_delta_parsing",
+})
+_RULE_OF = {
+    "missing": "missing", "extra_forbidden": "extra", "literal_error": "enum", "enum": "enum",
+    "greater_than": "range", "greater_than_equal": "range", "less_than": "range", "less_than_equal": "range",
+    "multiple_of": "range", "finite_number": "range",
+    "string_too_short": "length", "string_too_long": "length", "too_short": "length", "too_long": "length",
+    "int_from_float": "type", "none_required": "type", "is_instance_of": "type",
+}
+# What a type error expected, in JSON's words.
+_EXPECTED = {
+    "dict": "an object", "model": "an object", "model_attributes": "an object", "dataclass": "an object",
+    "list": "an array", "tuple": "an array", "set": "an array", "frozen_set": "an array",
+    "string": "a string", "bytes": "a string", "int": "an integer", "float": "a number", "decimal": "a number",
+    "bool": "true or false", "none_required": "null", "int_from_float": "a whole number",
+}
+
+
+_PYDANTIC_ERRORS = frozenset(get_args(ErrorType))
+
+
+def rule_of(error_type: str) -> str:
+    """Pydantic's own error types in our vocabulary; a rule our models raise (``PydanticCustomError``,
+    e.g. ``dns1123_label``) is ours already and is kept, hyphenated like a ToolError's rule."""
+    if error_type not in _PYDANTIC_ERRORS:
+        return error_type.replace("_", "-")
+    if error_type in _FORMAT_ERRORS:
+        return "format"
+    if error_type in _RULE_OF:
+        return _RULE_OF[error_type]
+    if error_type.endswith(("_type", "_parsing")):
+        return "type"
+    return "value"
+
+
+def sent_kind(value: Any) -> str:
+    """The JSON kind of what was sent: never the value itself (it may be a secret)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction" if not value.is_integer() else "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return "a value of another kind"
+
+
+def expected_kind(error_type: str) -> str | None:
+    if error_type in _EXPECTED:
+        return _EXPECTED[error_type]
+    for suffix in ("_type", "_parsing"):
+        if error_type.endswith(suffix):
+            return _EXPECTED.get(error_type.removesuffix(suffix))
+    return None
+
+
+_BUILTIN_TAGS = frozenset({"int", "float", "str", "bool", "bytes", "none", "dict", "list", "tuple", "set", "any"})
+
+
+def is_type_tag(part: str | int) -> bool:
+    """A step pydantic adds to an error's path to name a union member or a validator (``dict[str,any]``,
+    ``list[OipTensorIn]``, ``function-after[...]``, ``int``, a model's class name), not a field: our
+    fields are snake_case, so a CamelCase word is a model's name."""
+    if not isinstance(part, str):
+        return False
+    return "[" in part or part in _BUILTIN_TAGS or (part[:1].isupper() and part.isalnum())
+
+
+def _message(error_type: str, pydantic_message: str, sent: Any, depth: int) -> str:
+    """The agent's words: what was expected and what kind of value was sent, never the value."""
+    if error_type == "missing":
+        return "required, and not sent"
+    if error_type == "extra_forbidden":
+        return "not an argument of this tool" if depth <= 1 else "not a field this object takes"
+    expected = expected_kind(error_type) if rule_of(error_type) == "type" else None
+    if expected is not None:
+        return f"{expected} was expected, {sent_kind(sent)} was sent"
+    text = pydantic_message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return text.replace("Input should be", "should be", 1)
+
+
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Field and rule only (the rejected values are the caller's data and may be secrets), and few of them."""
-    errors = [
-        {
-            "field": cap_strings(".".join(str(p) for p in err["loc"]) or "arguments", MAX_NAME),
-            "rule": err["type"],
-            "message": cap_strings(err["msg"], MAX_NAME * 2),
-        }
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
+    """Field, short rule and a sentence (README "Errors"), never the rejected value, and few of them.
+
+    Pydantic reports a value that fits no member of a union once per member, under paths tagged with
+    the member's type; those tags are cut from the field, a member the value matched in shape keeps its
+    detailed errors and hides the others, and members that all failed on the value's kind become one
+    "an object or an array was expected" entry.
+    """
+    raw = exc.errors(include_url=False, include_input=True, include_context=False)
+    branches: dict[tuple[str | int, ...], dict[str, bool]] = {}  # union position -> member tag -> only a kind mismatch
+    parsed: list[tuple[tuple[str | int, ...], str | None, list[str | int], ErrorDetails]] = []
+    for err in raw:
+        loc = list(err["loc"])
+        path = [part for part in loc if not is_type_tag(part)]
+        first = next((i for i, part in enumerate(loc) if is_type_tag(part)), None)
+        prefix: tuple[str | int, ...] = ()
+        tag = None
+        if first is not None:
+            prefix, tag = tuple(loc[:first]), str(loc[first])
+            kind_only = rule_of(err["type"]) == "type" and len(loc) == first + 1
+            members = branches.setdefault(prefix, {})
+            members[tag] = members.get(tag, True) and kind_only
+        parsed.append((prefix, tag, path, err))
+
+    merged: dict[str, dict[str, str]] = {}
+    errors: list[dict[str, str]] = []
+    for prefix, tag, path, err in parsed:
+        members = branches.get(prefix, {})
+        if tag is not None and members[tag] and not all(members.values()):
+            continue  # the value had the shape of another member: its errors say more
+        field = cap_strings(".".join(str(p) for p in path) or "arguments", MAX_NAME)
+        rule = rule_of(err["type"])
+        message = _message(err["type"], err["msg"], err.get("input"), len(path))
+        if tag is not None and rule == "type" and field in merged:
+            entry = merged[field]
+            expected = message.split(" was expected, ", 1)[0]
+            head, tail = entry["message"].split(" was expected, ", 1)
+            if expected not in head.split(" or "):
+                entry["message"] = f"{head} or {expected} was expected, {tail}"
+            continue
+        entry = {"field": field, "rule": rule, "message": cap_strings(message, MAX_NAME * 2)}
+        if tag is not None and rule == "type":
+            merged[field] = entry
+        errors.append(entry)
     if len(errors) > MAX_ERRORS:
         more = len(errors) - MAX_ERRORS
         errors = [*errors[:MAX_ERRORS], {"field": "arguments", "rule": "more-errors", "message": f"{more} more"}]
@@ -243,6 +443,18 @@ class Gate:
 
     def with_client(self, name: str | None, version: str | None) -> Caller:
         c = self.caller
+        return (await self.answer(name, arguments, caller, progress, route, ask)).tool_result()
+
+    async def answer(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        caller: Caller,
+        progress: ProgressFn | None = None,
+        route: str = "tool",
+        ask: AskFn | None = None,
+    ) -> Answer:
+        """A call through the gate, its answer not yet put on the wire (resources read the error as is)."""
         return Caller(c.principal, c.principal_source, c.os_user, name, version, c.session_id)
 
     async def call(
@@ -253,7 +465,7 @@ class Gate:
         progress: ProgressFn | None = None,
         route: str = "tool",
         ask: AskFn | None = None,
-    ) -> types.CallToolResult:
+    ) -> Answer:
         self._in_flight += 1
         try:
             return await self._call(name, arguments, caller, progress, route, ask)
@@ -297,7 +509,8 @@ class Gate:
             return self._audit_refusal(call_id)
         if not decision.allowed:
             bound.info("call_denied", reason=decision.reason)
-            return error_result("denied", decision.reason, call_id, decision=decision.record())
+            denial = {"field": NO_FIELD, "rule": denial_rule(decision), "message": decision.reason}
+            return Answer(error_envelope("denied", decision.reason, call_id, [denial], decision=decision.record()))
 
         return await self._run(spec, args, call_id, caller, started, progress, bound, self.bounds_check(decision))
 
@@ -311,18 +524,20 @@ class Gate:
         progress: ProgressFn | None,
         bound: structlog.typing.FilteringBoundLogger,
         check_bounds: BoundsCheck | None = None,
-    ) -> types.CallToolResult:
+    ) -> Answer:
         client = f"{caller.client_name}/{caller.client_version}" if caller.client_name else None
         context = CallContext(call_id=call_id, principal=caller.principal, client=client, report_progress=progress,
                               check_bounds=check_bounds)
+            envelope = error_envelope(error["code"], error["message"], call_id)
         result: BaseModel | None = None
-        error: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None  # for the outcome record (audit/SCHEMA.md)
+        envelope: dict[str, Any] | None = None  # for the caller (README "Errors")
         try:
             result = await spec.run(args, context)
         except ToolError as exc:
-            status = getattr(exc, "status", None)  # the API's HTTP status, when the failure came from one
+            envelope = tool_error_envelope(exc, call_id)
             error = {"code": exc.code, "message": exc.message, "field": exc.field, "rule": exc.rule,
-                     "http_status": status if isinstance(status, int) else None}
+                     "http_status": envelope.get("http_status")}
             error = {k: v for k, v in error.items() if v is not None}
         except Exception as exc:  # never crash the server; the log keeps the traceback
             bound.exception("tool_crashed")
@@ -335,21 +550,17 @@ class Gate:
             result=summary() if callable(summary) else None,
         )
         if not await self._append(outcome, bound):
-            return error_result(
+            return Answer(error_envelope(
                 "audit_unavailable",
                 "the call ran but its outcome could not be written to the audit log; the result is withheld",
                 call_id,
-            )
-        if error is not None:
-            bound.info("call_failed", code=error["code"], duration_ms=round(duration_ms, 3))
-            return error_result(error.pop("code"), error.pop("message"), call_id, **error)
+            ))
+        if envelope is not None:
+            bound.info("call_failed", code=envelope["code"], duration_ms=round(duration_ms, 3))
+            return Answer(envelope)
         assert result is not None
         bound.info("call_ok", duration_ms=round(duration_ms, 3))
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=cap_text(spec.render(result)))],
-            structured_content=cap_strings(result.model_dump(mode="json")),
-            is_error=False,
-        )
+        return Answer(text=cap_text(spec.render(result)), data=cap_strings(result.model_dump(mode="json")))
 
     async def _invalid(
         self,
@@ -359,17 +570,17 @@ class Gate:
         raw: Any,
         errors: list[dict[str, str]],
         bound: structlog.typing.FilteringBoundLogger,
-    ) -> types.CallToolResult:
+    ) -> Answer:
         decision = {"effect": "invalid", "reason": "arguments rejected before any decision", "errors": errors}
         record = decision_record(
             call_id=call_id, caller=caller, tool=tool, verb=self.verb_of(tool) or "unknown",
             namespace="-", arguments=raw, decision=decision,
-        )
+        ))
         if not await self._append(record, bound):
             return self._audit_refusal(call_id)
         bound.info("call_invalid", fields=[e["field"] for e in errors])
-        summary = "; ".join(f"{e['field']}: {e['message']} ({e['rule']})" for e in errors[:5])
-        return error_result("invalid_arguments", summary, call_id, errors=errors)
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return Answer(error_envelope("invalid_arguments", summary, call_id, errors))
 
     async def _append(self, record: dict[str, Any], bound: structlog.typing.FilteringBoundLogger) -> bool:
         """Durable before it returns. Alone, inline (a thread hop costs more than the fsync);
@@ -386,10 +597,10 @@ class Gate:
         return True
 
     @staticmethod
-    def _audit_refusal(call_id: str) -> types.CallToolResult:
-        return error_result(
+    def _audit_refusal(call_id: str) -> Answer:
+        return Answer(error_envelope(
             "audit_unavailable", "refused: the audit log cannot be written, so nothing was run", call_id
         )
 
 
-__all__ = ["Gate", "GateDecision", "compact", "error_result"]
+__all__ = ["Answer", "Gate", "GateDecision", "compact", "error_envelope", "error_of", "error_result"]

@@ -90,8 +90,19 @@ def ok(result: Any) -> dict[str, Any]:
 
 
 def err(result: Any) -> dict[str, Any]:
+    """The error envelope (README "Errors"), read as every client reads it: from the one text content.
+
+    An error carries no structured content: strict clients would check it against the tool's
+    success schema and show their own error instead of ours."""
     assert result.is_error, result.structured_content
-    return result.structured_content["error"]  # type: ignore[no-any-return]
+    assert result.structured_content is None, result.structured_content
+    assert len(result.content) == 1 and result.content[0].type == "text", result.content
+    envelope = json.loads(result.content[0].text)
+    assert set(envelope) == {"error"}, envelope
+    error: dict[str, Any] = envelope["error"]
+    assert {"code", "message", "errors", "call_id"} <= set(error), error
+    assert error["errors"] and all(set(e) == {"field", "rule", "message"} for e in error["errors"]), error
+    return error
 
 
 def write_policy(folder: Path, lines: list[str]) -> Path:

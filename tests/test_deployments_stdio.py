@@ -97,7 +97,7 @@ async def test_deploy_history_rollback_round_trip(tmp_path: Path, cluster: Sandb
         assert again["new_revision"] == 4 and image_of(api) == V2
 
         unknown = err(await s.call("rollback", {"name": "web", "namespace": NS, "to_revision": 9}))
-        assert unknown["field"] == "to_revision" and unknown["rule"] == "unknown-revision"
+        assert (unknown["errors"][0]["field"], unknown["errors"][0]["rule"]) == ("to_revision", "unknown-revision")
         assert "3" in unknown["message"] and "4" in unknown["message"]
 
         status = ok(await s.call("rollout_status", {"name": "web", "namespace": NS}))
@@ -126,7 +126,7 @@ async def test_dry_runs_change_nothing_and_paused_is_refused(
 
         api.patch_namespaced_deployment("web", NS, {"spec": {"paused": True}})
         paused = err(await s.call("rollback", {"name": "web", "namespace": NS}))
-        assert paused["rule"] == "paused"
+        assert paused["errors"][0]["rule"] == "paused"
         assert image_of(api) == V2
 
 
@@ -175,7 +175,7 @@ async def test_api_faults_come_back_as_clear_errors(tmp_path: Path, cluster: San
 
         cluster.inject_fault("PATCH", r"/deployments/web", status=409, times=2)
         conflict = err(await s.call("scale", {"name": "web", "namespace": NS, "replicas": 3}))
-        assert conflict["rule"] == "conflict"
+        assert conflict["errors"][0]["rule"] == "conflict"
 
         cluster.inject_fault("PATCH", r"/deployments/web", status=500, times=1)
         broken = err(await s.call("deploy", {"name": "web", "namespace": NS, "image": V2}))
@@ -217,5 +217,5 @@ async def test_a_slow_cluster_fails_the_call_within_the_configured_timeout(
         error = err(await s.call("rollout_status", {"name": "web", "namespace": NS}))
         took = time.monotonic() - started
         cluster.clear_faults()
-    assert error["code"] == "cluster_unreachable" and error["rule"] == "timeout", error
+    assert error["code"] == "cluster_unreachable" and error["errors"][0]["rule"] == "timeout", error
     assert took < 4.5, took  # 1 s read timeout (a read is never retried), not 5 s

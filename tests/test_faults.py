@@ -28,7 +28,7 @@ from opsgate.audit import verify_log
 from opsgate.server.sandbox import SandboxCluster
 from opsgate.tools.kube import DEFAULT_TIMEOUT
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
-from tests.harness import Served, serve_on
+from tests.harness import Served, err, serve_on
 
 PRINCIPAL = "faults-admin"
 V1, V2 = "registry.example.com/web:1.0", "registry.example.com/web:2.0"
@@ -200,19 +200,19 @@ def inject(cluster: SandboxCluster, case: Case, namespace: str, fault: str, time
 def check_error(session: Session, result: Any, fault: str) -> str:
     """The error names the status (or the timeout / dropped connection), and the outcome record says so."""
     assert result.is_error, f"the call succeeded through a {fault} fault: {result.structured_content}"
-    error = result.structured_content["error"]
+    error = err(result)
     message = error["message"]
     if fault == "slow":
-        assert (error["code"], error["rule"]) == ("cluster_unreachable", "timeout"), error
+        assert (error["code"], error["errors"][0]["rule"]) == ("cluster_unreachable", "timeout"), error
         assert f"no answer within {READ_TIMEOUT:g} s" in message and "may or may not have been applied" in message
     elif fault == "drop":
-        assert (error["code"], error["rule"]) == ("cluster_unreachable", "connection-dropped"), error
+        assert (error["code"], error["errors"][0]["rule"]) == ("cluster_unreachable", "connection-dropped"), error
         assert "connection was dropped" in message and "may or may not have been applied" in message
     else:
         assert error["code"] == "api_error" and error["http_status"] == int(fault), error
         assert (f"HTTP {fault}" if fault == "409" else f"answered {fault}") in message, message
         rule = {"409": "conflict", "403": "forbidden"}.get(fault, "server-error")
-        assert error["rule"] == rule, error
+        assert error["errors"][0]["rule"] == rule, error
         if fault == "409":
             assert "nothing was applied" in message, message
     outcome = session.outcome(error["call_id"])

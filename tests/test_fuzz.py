@@ -38,7 +38,7 @@ from opsgate.audit import verify_log
 from opsgate.server.results import MAX_STRING
 from opsgate.server.sandbox import SandboxCluster
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
-from tests.harness import Served, serve, serve_on
+from tests.harness import Served, err, serve, serve_on
 
 TOTAL = int(os.environ.get("OPSGATE_FUZZ_EXAMPLES", "2100"))
 # Share of the cases per session; the viewer slice re-uses every tool's strategy.
@@ -378,8 +378,7 @@ class Driver:
         where = f"{tool} {short(arguments)}"
         assert result.content, f"no content: {where}"
         if result.is_error:
-            error = (result.structured_content or {}).get("error")
-            assert isinstance(error, dict), f"unstructured error {result.content}: {where}"
+            error = err(result)
             code, message = error.get("code"), error.get("message")
             assert isinstance(code, str) and code and isinstance(message, str) and message, (error, where)
             assert re.fullmatch(r"[0-9a-f]{32}", str(error.get("call_id"))), (error, where)

@@ -10,7 +10,7 @@ from typing import Any
 import mcp_types as types
 import pytest
 
-from tests.harness import serve, server_env, write_policy
+from tests.harness import err, serve, server_env, write_policy
 
 pytestmark = pytest.mark.anyio
 
@@ -26,8 +26,7 @@ def policy_with_bounds(tmp_path: Path, bounds: str, rules: list[str] = BASE) -> 
 
 
 def error_of(result: Any) -> dict[str, Any]:
-    assert result.is_error, result.structured_content
-    return result.structured_content["error"]  # type: ignore[no-any-return]
+    return err(result)
 
 
 async def test_model_and_input_size_bounds(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from opsgate.audit import verify_log
 from opsgate.server.results import MAX_STRING
 from opsgate.server.sandbox import INFERENCESERVICE, SandboxCluster
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
-from tests.harness import Served, serve, shipped_policy
+from tests.harness import Served, err, serve, shipped_policy
 
 PRINCIPAL = "inj-admin"
 NS = "inj"
@@ -240,7 +240,7 @@ def test_a_status_written_straight_into_the_api_comes_back_on_one_line(tmp_path:
             s = Session(portal, served)
             check_quoted_and_capped(s.call("model_status", {"name": "raw", "namespace": NS}))
             refused = s.call("kserve_infer", {"name": "raw", "namespace": NS, "inputs": {"features": ROWS}})
-            assert refused.is_error and refused.structured_content["error"]["rule"] == "not-ready"
+            assert err(refused)["errors"][0]["rule"] == "not-ready"
             no_line_starts_with_the_plant(refused.content[0].text)
 
 
@@ -279,8 +279,7 @@ def test_an_api_error_status_comes_back_on_one_line_and_capped(tmp_path: Path) -
     finally:
         httpd.shutdown()
         httpd.server_close()
-    assert failed.is_error
-    error = failed.structured_content["error"]
+    error = err(failed)
     assert error["code"] == "api_error" and error["http_status"] == 500
     for path, s in strings(error):
         assert capped(s), f"{path}: {len(s)} characters, not capped"

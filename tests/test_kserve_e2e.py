@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import serve
+from tests.harness import err, serve
 
 KUBECONFIG = os.environ.get("OPSGATE_E2E_KUBECONFIG")
 NAMESPACE = os.environ.get("OPSGATE_E2E_NAMESPACE", "opsgate-e2e")
@@ -74,7 +74,7 @@ async def test_inference_service_round_trip_on_a_real_cluster(tmp_path: Path) ->
 
             probe = await s.call("kserve_infer", {**base, **call_url, "inputs": {"opsgate-no-such-input": [0]}})
             assert probe.is_error, "the metadata check refuses an input the model does not have"
-            error = probe.structured_content["error"]
+            error = err(probe)
             assert error["code"] == "invalid_arguments" and "its inputs are" in error["message"]
             if MODEL_INPUTS:
                 answer = ok(await s.call("kserve_infer", {**base, **call_url, "inputs": json.loads(MODEL_INPUTS)}))

@@ -93,7 +93,7 @@ async def test_deploy_call_canary_and_roll_back(tmp_path: Path, cluster: Sandbox
         ok(await s.call("deploy_model", {**raw, "storage_uri": IRIS, "deployment_mode": "RawDeployment",
                                          "wait": True}))
         refused = err(await s.call("deploy_model", {**raw, "storage_uri": IRIS_V2, "canary_traffic_percent": 20}))
-        assert refused["rule"] == "canary-unsupported"
+        assert refused["errors"][0]["rule"] == "canary-unsupported"
         ok(await s.call("deploy_model", {**raw, "storage_uri": IRIS_V2, "wait": True}))
         restored = ok(await s.call("rollback", {**raw, "kind": "InferenceService"}))
         assert restored["strategy"] == "restored-previous-spec"
@@ -130,21 +130,22 @@ async def test_refusals_and_failures_are_clear_and_audited(tmp_path: Path, clust
         ]
         for inputs, field, rule in bad:
             error = err(await s.call("kserve_infer", {**SERVICE, "inputs": inputs}))
-            assert (error["code"], error["field"], error["rule"]) == ("invalid_arguments", field, rule)
+            first = error["errors"][0]
+            assert (error["code"], first["field"], first["rule"]) == ("invalid_arguments", field, rule)
         assert hooks(cluster).infer_requests("iris", NS) == [], "refused before any request"
 
         failed = err(await s.call("deploy_model", {"name": "gone", "namespace": NS,
                                                    "storage_uri": "file:///nowhere/gone.onnx", "wait": True}))
         assert failed["code"] == "rollout_failed" and "ModelLoadFailed" in failed["message"]
         not_ready = err(await s.call("kserve_infer", {"name": "gone", "namespace": NS, "inputs": {"features": ROWS}}))
-        assert not_ready["rule"] == "not-ready" and "RevisionFailed" in not_ready["message"]
+        assert not_ready["errors"][0]["rule"] == "not-ready" and "RevisionFailed" in not_ready["message"]
 
         hooks(cluster).inject_fault("iris", NS, status=500)
         broken = err(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}}))
         assert broken["code"] == "model_error" and "answered HTTP 500" in broken["message"]
         hooks(cluster).inject_fault("iris", NS, delay=1.0)
         slow = err(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}, "timeout_seconds": 0.3}))
-        assert slow["code"] == "timeout" and slow["rule"] == "read-timeout"
+        assert slow["code"] == "timeout" and slow["errors"][0]["rule"] == "read-timeout"
 
     async with opsgate(tmp_path / "bob", cluster, "bob") as viewer:
         assert ok(await viewer.call("model_status", SERVICE))["ready"] is True
