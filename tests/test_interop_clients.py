@@ -125,3 +125,36 @@ async def test_python_sdk_client_shows_every_opsgate_error(tmp_path: Path) -> No
     for case, answer in zip(CASES, errors, strict=True):
         seen(case, answer)
     succeeded(success)
+
+
+WRONG_TYPES = [
+    # tool, arguments, the errors the agent gets as (field, rule, message)
+    ("scale", {"name": "web", "namespace": "default", "replicas": SECRET},
+     [("replicas", "type", "an integer was expected, a string was sent")]),
+    ("scale", {"name": "web", "namespace": "default", "replicas": 1.5},
+     [("replicas", "type", "a whole number was expected, a number with a fraction was sent")]),
+    ("deploy", {"name": "web", "namespace": "default", "image": "nginx:1", "dry_run": {"secret": SECRET}},
+     [("dry_run", "type", "true or false was expected, an object was sent")]),
+    # inputs is an object or an array of tensors: a list that fits the array's shape gets that member's
+    # errors alone, under plain paths, and no word about the object it is not
+    ("kserve_infer", {"name": "iris", "namespace": "default", "inputs": [{"name": 7, "shape": [1], "x": SECRET}]},
+     [("inputs.0.name", "type", "a string was expected, an integer was sent"),
+      ("inputs.0.data", "missing", "required, and not sent"),
+      ("inputs.0.x", "extra", "not a field this object takes")]),
+    ("whoami", {"verbose": True}, [("verbose", "extra", "not an argument of this tool")]),
+]
+
+
+@pytest.mark.anyio
+async def test_wrong_types_are_told_in_the_agents_words(tmp_path: Path) -> None:
+    """What was expected and what kind of value was sent, at the field's plain path; never pydantic's
+    type tags (``dict[str,any]``, ``list[...]``) and never the value itself."""
+    async with serve(tmp_path, *server_args(tmp_path)) as s:
+        for tool, arguments, expected in WRONG_TYPES:
+            result = await s.call(tool, arguments)
+            text = result.content[0].text
+            assert result.is_error and result.structured_content is None, (tool, text)
+            error = json.loads(text)["error"]
+            got = [(e["field"], e["rule"], e["message"]) for e in error["errors"]]
+            assert got == expected, (tool, got)
+            assert SECRET not in text and "[" not in error["message"], (tool, text)
