@@ -55,7 +55,7 @@ CASES = [
     Case("model error (wrong input name)", "infer", {"model": "iris", "inputs": {"petals": ROWS}},
          "invalid_arguments", "inputs.petals", "unknown-input", "its inputs are: features"),
 ]
-SUCCESS = ("list_models", {})
+SUCCESS: tuple[str, dict[str, Any]] = ("list_models", {})
 
 
 def seen(case: Case, answer: dict[str, Any]) -> None:
@@ -127,7 +127,7 @@ async def test_python_sdk_client_shows_every_opsgate_error(tmp_path: Path) -> No
     succeeded(success)
 
 
-WRONG_TYPES = [
+WRONG_TYPES: list[tuple[str, dict[str, Any], list[tuple[str, str, str]]]] = [
     # tool, arguments, the errors the agent gets as (field, rule, message)
     ("scale", {"name": "web", "namespace": "default", "replicas": SECRET},
      [("replicas", "type", "an integer was expected, a string was sent")]),
