@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from opsgate.tools.context import CallContext
 
+from .cluster import cluster_text
 from .toolspec import ToolSpec
 
 if TYPE_CHECKING:
@@ -141,10 +142,16 @@ def access_tools(
         return OwnRecordsResult(principal=ctx.principal, records=records)
 
     def render_whoami(r: WhoamiResult) -> str:
-        lines = [f"principal {r.principal} ({r.principal_source}); read_only={r.read_only}"]
+        """Sentences, not a dict repr: the same facts as the structured result, for clients that show text."""
+        mode = "read-only: tools that change something are refused" if r.read_only else "read-write"
+        lines = [f"principal {r.principal} ({r.principal_source}), OS user {r.os_user}; {mode}"]
         if r.cluster is not None:
-            lines.append(f"cluster: {'SANDBOX ' if r.cluster.get('sandbox') else ''}{r.cluster}")
-        lines += [f"{g.effect} {g.verb} {g.tools} in {g.namespaces} via {g.via} [{g.source}]" for g in r.grants]
+            lines.append(f"cluster: {cluster_text(r.cluster)}")
+        lines.append(f"policy sha256 {r.policy_hash[:12]}; protected namespaces: "
+                     f"{', '.join(r.protected_namespaces) or 'none'}")
+        lines.append("grants:" if r.grants else "grants: none")
+        lines += [f"  {g.effect} {g.verb} {g.tools} in {g.namespaces} via {g.via} [{g.source}]" for g in r.grants]
+        lines.append(f"audit log: {r.audit_log}")
         return "\n".join(lines)
 
     def render_explain(r: ExplainAccessResult) -> str:

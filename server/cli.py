@@ -101,7 +101,7 @@ def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser("demo", help="watch an assistant's session against opsgate on the sandbox cluster (~10 s)")
+    sub.add_parser("demo", help="watch an assistant's session against opsgate on the sandbox cluster")
     c = sub.add_parser("config", help="print the MCP client configuration snippet for this installation")
     c.add_argument("client", choices=["claude", "vscode", "cursor"])
     c.add_argument("--principal")

@@ -110,9 +110,13 @@ def open_cluster(settings: Settings, environ: Mapping[str, str] | None = None) -
 
 def describe_cluster(cluster: Cluster) -> str:
     """One line for people: the banner and logs."""
-    info = cluster.describe()
-    if cluster.is_sandbox:
-        return f"SANDBOX (built in, in memory) at {info['server']}"
-    if cluster.source == "in-cluster":
+    return cluster_text(cluster.describe())
+
+
+def cluster_text(info: Mapping[str, Any]) -> str:
+    """One line for people from ``Cluster.describe()``'s facts (the banner, whoami's text)."""
+    if info.get("sandbox"):
+        return f"SANDBOX (built in, in memory) at {info.get('server')}"
+    if info.get("source") == "in-cluster":
         return "in-cluster service account"
-    return f"kubeconfig {info['kubeconfig']}" + (f" context {info['context']}" if info.get("context") else "")
+    return f"kubeconfig {info.get('kubeconfig')}" + (f" context {info['context']}" if info.get("context") else "")

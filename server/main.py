@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import sys
 import uuid
@@ -108,12 +109,24 @@ def roles_line(gate: Gate) -> str:
     return ", ".join(parts) or "none: the policy grants this principal nothing"
 
 
+def connect_lines(principal: str, settings: Settings) -> list[str]:
+    """The banner's client snippet: what ``opsgate config claude`` prints for this server's own settings,
+    with the command line that prints it (the README shows the same command and snippet)."""
+    from .clientconfig import client_config
+
+    entry = client_config("claude", principal=principal, policy=settings.policy, audit_log=settings.audit_log)
+    server = entry["mcpServers"]["opsgate"]
+    flags = server["args"][server["args"].index("serve") + 1:]  # the same options, made absolute
+    snippet = json.dumps(server, ensure_ascii=False)
+    return [
+        f"Connect a client: `opsgate config claude {shlex.join(flags)}` (or vscode, cursor) prints this",
+        "  for its mcpServers config, and says where the file is:",
+        f'  "opsgate": {snippet}',
+    ]
+
+
 def banner(gate: Gate, cluster: Cluster, settings: Settings) -> str:
     """For a person at a terminal: what this is and how to use it; an IDE never sees it."""
-    from .clientconfig import server_command
-
-    command, *leading = server_command()
-    args = json.dumps([*leading, "serve", "--principal", gate.caller.principal])
     return "\n".join(
         [
             f"opsgate {__version__}: an MCP server speaking JSON-RPC on stdin/stdout; it waits for an MCP client.",
@@ -123,8 +136,7 @@ def banner(gate: Gate, cluster: Cluster, settings: Settings) -> str:
             f"  audit log  {settings.audit_log}",
             f"  cluster    {describe_cluster(cluster)}",
             f"  tools      {', '.join(t.name for t in gate.list_tools(gate.caller.principal))}",
-            "Connect a client: add this to its mcpServers config (`opsgate config claude|vscode|cursor` prints it):",
-            f'  "opsgate": {{"command": "{command}", "args": {args}}}',
+            *connect_lines(gate.caller.principal, settings),
             "To see it work instead: opsgate demo.  Ctrl-C to quit.",
         ]
     )
@@ -157,7 +169,8 @@ def serve(settings: Settings) -> None:
     if sys.stdin.isatty():
         print(banner(gate, cluster, settings), file=sys.stderr, flush=True)
     log.info("serving", transport="stdio", principal=gate.caller.principal, audit_log=str(settings.audit_log),
-             policy_hash=gate.policy.hash, tools=len(gate.tool_names))
+             policy_hash=gate.policy.hash, tools=len(gate.list_tools(gate.caller.principal)),
+             tools_total=len(gate.tool_names))
 
     def rejected(facts: dict[str, Any]) -> None:
         """A stdin line the gate never sees (too long, not a tool call): recorded here instead."""

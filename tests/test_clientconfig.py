@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +133,57 @@ def test_the_snippet_starts_a_server_an_mcp_client_can_talk_to(tmp_path: Path) -
     assert answer["id"] == 1 and answer["result"]["serverInfo"]["name"]
     records = [json.loads(line) for line in audit_log.read_text().splitlines()]
     assert records and records[0]["stage"] == "start" and "carol" in json.dumps(records[0])
+
+
+def _config_claude(command: str) -> dict[str, Any]:
+    """Run an `opsgate config claude ...` command line as printed in the README or the banner."""
+    words = shlex.split(command)
+    assert words[:3] == ["opsgate", "config", "claude"], command
+    done = subprocess.run([sys.executable, "-m", "opsgate.server", *words[1:]], capture_output=True, text=True,
+                          timeout=60, env=server_env())
+    assert done.returncode == 0, done.stderr
+    return _entry("claude", json.loads(done.stdout))
+
+
+def _banner(tmp_path: Path, *flags: str) -> str:
+    """The banner `opsgate serve` prints when its stdin is a terminal."""
+    terminal, user_side = os.openpty()
+    stderr = tmp_path / "banner.stderr"
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "opsgate.server", "serve", *flags], stdin=user_side,
+                                stdout=subprocess.DEVNULL, stderr=err, env=server_env({"HOME": str(home)}))
+    os.close(user_side)
+    try:
+        deadline = time.monotonic() + 60
+        while "Ctrl-C" not in stderr.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, stderr.read_text()
+            time.sleep(0.05)
+    finally:
+        os.close(terminal)  # the terminal hangs up: the server reads the end of its input and stops
+        proc.wait(timeout=30)
+    return stderr.read_text()
+
+
+def test_the_readme_the_config_command_and_the_banner_show_the_same_snippet(tmp_path: Path) -> None:
+    """Issue 14 "Messages disagree": the README's snippet is what the command it names prints, and the banner's
+    is what the command it names prints, for the same options (only paths differ)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    found = re.search(r"`(opsgate config claude [^`]+)` prints:\s*```json\n(.+?)\n```", readme, flags=re.S)
+    assert found, "the README names an `opsgate config claude ...` command and shows what it prints"
+    readme_command, readme_entry = found.group(1), _entry("claude", json.loads(found.group(2)))
+    printed = _config_claude(readme_command)
+    assert readme_entry["args"] == printed["args"]
+    assert Path(readme_entry["command"]).name == Path(printed["command"]).name == "opsgate"
+
+    audit_log = tmp_path / "audit.jsonl"
+    banner = _banner(tmp_path, "--principal", "alice", "--audit-log", str(audit_log))
+    said = re.search(r"`(opsgate config claude [^`]+)`", banner)
+    shown = re.search(r'^\s*"opsgate": (\{.*\})$', banner, flags=re.M)
+    assert said and shown, banner
+    banner_entry = json.loads(shown.group(1))
+    assert banner_entry == _config_claude(said.group(1))
+    # The same options as the README's example, with this test's log in place of /var/log/...
+    readme_log = readme_entry["args"][readme_entry["args"].index("--audit-log") + 1]
+    assert banner_entry["args"] == [str(audit_log) if a == readme_log else a for a in readme_entry["args"]]

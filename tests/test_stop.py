@@ -136,13 +136,20 @@ def assert_stopped_cleanly(served: Running, took: float, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["sigint", "sigterm"])
 def test_a_signal_stops_a_server_whose_client_holds_the_pipe_open(tmp_path: Path, how: str) -> None:
+    """Also: the `serving` log line counts the tools this principal is offered; whoami's text is sentences."""
     with running(tmp_path, "pipe") as served:
         served.write(INITIALIZE)
         assert served.answer()["id"] == 1
         served.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
         served.write(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                                  "params": {"name": "whoami", "arguments": {}}}))
-        assert served.answer()["id"] == 2
+        whoami = served.answer()["result"]["content"][0]["text"]
+        assert "principal alice" in whoami and "{'" not in whoami, whoami  # sentences, not a dict repr
+        served.write(json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
+        offered = len(served.answer()["result"]["tools"])
+        serving = next(json.loads(line) for line in served.stderr.read_text().splitlines()
+                       if '"serving"' in line)
+        assert serving["tools"] == offered < serving["tools_total"]  # what alice is offered, not every tool
         took = stop_and_time(served, how)
         assert_stopped_cleanly(served, took, how)
         assert [r["stage"] for r in records(served.audit_log)] == ["start", "decision", "outcome", "stop"]

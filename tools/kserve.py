@@ -627,8 +627,8 @@ def deploy_notes(current: Mapping[str, Any] | None, args: DeployModelArgs, predi
     rolled = _component(current).get("latestRolledoutRevision")
     if isinstance(canary, int) and template_changes:
         notes.append(f"canary: the new revision gets {canary}% once ready, the rest stays on "
-                     f"{rolled or 'the last rolled-out revision'}; promote=True to roll it out, rollback to send "
-                     "all traffic back")
+                     f"{rolled or 'the last rolled-out revision'}; call again with \"promote\": true to roll it out, "
+                     "rollback to send all traffic back")
     if isinstance(canary, int) and args.canary_traffic_percent is None and template_changes:
         notes.append(f"canaryTrafficPercent {canary} stays in the spec from an earlier call, so this update is "
                      f"a {canary}% canary too")
