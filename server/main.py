@@ -13,7 +13,7 @@ import shlex
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
@@ -38,6 +38,10 @@ from .reload import watch_policy
 from .wire import ScreenedStdin
 
 log = structlog.get_logger("opsgate.server")
+
+# How long calls in flight may take to finish (and write their outcomes) after Ctrl-C or SIGTERM:
+# the whole stop stays under a second; a cluster request waiting out its timeout is not waited for.
+STOP_GRACE_S = 0.5
 
 
 class StartupError(Exception):
@@ -180,23 +184,46 @@ def serve(settings: Settings) -> None:
             log.error("audit_write_failed", stage="input_rejected", error=str(exc))
         log.warning("input_rejected", **facts)
 
+    def write_stop(**details: Any) -> None:
+        """The stop record, then the last checkpoint (AuditLog.close)."""
+        try:
+            gate.audit.append(server_record("stop", gate.caller, pid=os.getpid(), **details))
+        except AuditWriteError as exc:
+            log.error("audit_write_failed", stage="stop", error=str(exc))
+        gate.audit.close()
+
+    def stop_now() -> None:
+        """Calls still running after the grace (a cluster request waiting out its timeout) are not waited for:
+        their threads cannot be interrupted, so the process ends without them, and the stop record says so."""
+        in_flight = getattr(gate, "_in_flight", 0)
+        log.warning("stopping_now", calls_in_flight=in_flight,
+                    message="calls still running are cut off; their decisions have no outcome record")
+        write_stop(forced=True, calls_in_flight=in_flight)
+        log.info("stopped")
+        os._exit(0)
+
     async def run() -> None:
         from mcp.server.stdio import stdio_server
 
-        # Installed around the whole task group, so a second signal while it unwinds is caught too.
+        # Installed around everything, so a second signal while the server unwinds is caught too.
         with _stop_signals() as signals:
-            async with anyio.create_task_group() as tasks:
+            async with anyio.create_task_group() as outer:
+                serving = anyio.CancelScope()
                 if signals is not None:
-                    tasks.start_soon(_stop_on_signal, signals, tasks.cancel_scope)
+                    outer.start_soon(_stop_on_signal, signals, serving, stop_now)
                 if requested:
                     log.info("stopping", signal=signal.Signals(requested[0]).name)
-                    tasks.cancel_scope.cancel()
-                if settings.policy_reload_seconds > 0:
-                    tasks.start_soon(watch_policy, gate, settings.policy, gate.verbs, settings.policy_reload_seconds)
-                stdin = ScreenedStdin(on_rejected=rejected)
-                async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
-                    await server.run(read_stream, write_stream, server.create_initialization_options())
-                tasks.cancel_scope.cancel()
+                    serving.cancel()
+                with serving:
+                    async with anyio.create_task_group() as tasks:
+                        if settings.policy_reload_seconds > 0:
+                            tasks.start_soon(watch_policy, gate, settings.policy, gate.verbs,
+                                             settings.policy_reload_seconds)
+                        stdin = ScreenedStdin(on_rejected=rejected)
+                        async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
+                            await server.run(read_stream, write_stream, server.create_initialization_options())
+                        tasks.cancel_scope.cancel()
+                outer.cancel_scope.cancel()
 
     try:
         anyio.run(run)
@@ -206,12 +233,7 @@ def serve(settings: Settings) -> None:
         # Nothing cuts the stop record short: a second Ctrl-C or SIGTERM waits the few milliseconds it takes.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop: dict[str, Any] = server_record("stop", gate.caller, pid=os.getpid())
-        try:
-            gate.audit.append(stop)
-        except AuditWriteError as exc:
-            log.error("audit_write_failed", stage="stop", error=str(exc))
-        gate.audit.close()
+        write_stop()
         cluster.close()
         log.info("stopped")
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -226,8 +248,13 @@ def _stop_signals() -> AbstractContextManager[Any]:
     return anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
 
 
-async def _stop_on_signal(signals: AsyncIterator[int], scope: anyio.CancelScope) -> None:
-    """The first signal cancels everything; serve() then writes the stop record and the last checkpoint."""
+async def _stop_on_signal(signals: AsyncIterator[int], serving: anyio.CancelScope,
+                          stop_now: Callable[[], None]) -> None:
+    """The first signal cancels serving; serve() then writes the stop record and the last checkpoint. Calls
+    that outlast ``STOP_GRACE_S`` (or a second signal) get ``stop_now``. Cancelled itself once serving ends."""
     async for signum in signals:
         log.info("stopping", signal=signal.Signals(signum).name)
-        scope.cancel()
+        serving.cancel()
+        with anyio.move_on_after(STOP_GRACE_S):
+            await signals.__anext__()
+        stop_now()

@@ -7,14 +7,17 @@ controlling terminal (so Ctrl-C is the byte ^C typed into it, as a person would)
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,11 +68,12 @@ class Running:
 
 
 @contextmanager
-def running(tmp_path: Path, stdin: str) -> Iterator[Running]:
+def running(tmp_path: Path, stdin: str, *flags: str) -> Iterator[Running]:
     audit_log, stderr = tmp_path / "audit.jsonl", tmp_path / "server.stderr"
     home = tmp_path / "home"
     home.mkdir()
-    args = [sys.executable, "-m", "opsgate.server", "serve", "--principal", "alice", "--audit-log", str(audit_log)]
+    args = [sys.executable, "-m", "opsgate.server", "serve", "--principal", "alice", "--audit-log", str(audit_log),
+            *flags]
     terminal: int | None = None
     with stderr.open("wb") as err:
         if stdin == "pipe":
@@ -117,7 +121,7 @@ def stop_and_time(served: Running, how: str) -> float:
     return time.monotonic() - started
 
 
-def assert_stopped_cleanly(served: Running, took: float, how: str) -> None:
+def assert_stopped_cleanly(served: Running, took: float, how: str) -> dict[str, Any]:
     stderr = served.stderr.read_text()
     assert served.proc.returncode == 0, f"{how}: exit {served.proc.returncode}; stderr:\n{stderr}"
     assert took < STOP_BUDGET_S, f"{how}: took {took:.2f} s to stop"
@@ -132,6 +136,7 @@ def assert_stopped_cleanly(served: Running, took: float, how: str) -> None:
                             capture_output=True, text=True, timeout=60, env=server_env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
     print(f"{how}: stopped in {took * 1000:.0f} ms")
+    return stop
 
 
 @pytest.mark.parametrize("how", ["sigint", "sigterm"])
@@ -175,3 +180,49 @@ def test_sigterm_right_after_start_still_writes_the_stop_record(tmp_path: Path) 
             time.sleep(0.005)
         took = stop_and_time(served, "sigterm")
         assert_stopped_cleanly(served, took, "sigterm at start")
+
+
+@contextmanager
+def silent_cluster(tmp_path: Path) -> Iterator[Path]:
+    """A kubeconfig for an API server that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "silent",
+        "clusters": [{"name": "silent", "cluster": {"server": f"http://127.0.0.1:{listener.getsockname()[1]}"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "silent", "context": {"cluster": "silent", "user": "u"}}]}))
+    try:
+        yield kubeconfig
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+def test_a_call_stuck_on_the_cluster_does_not_hold_the_stop(tmp_path: Path) -> None:
+    """A cluster request waiting out its timeout cannot be interrupted: after the grace the server stops
+    without it, and the stop record says a call was cut off (its decision has no outcome)."""
+    with silent_cluster(tmp_path) as kubeconfig, running(tmp_path, "pipe", "--kubeconfig", str(kubeconfig)) as served:
+        served.write(INITIALIZE)
+        assert served.answer()["id"] == 1
+        served.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        served.write(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                                 "params": {"name": "list_workloads", "arguments": {"namespace": "default"}}}))
+        deadline = time.monotonic() + 30
+        while "decision" not in [r["stage"] for r in records(served.audit_log)]:
+            assert time.monotonic() < deadline, served.stderr.read_text()
+            time.sleep(0.01)
+        time.sleep(0.2)  # the request is on the wire, waiting for an answer that never comes
+        took = stop_and_time(served, "sigterm")
+        stop = assert_stopped_cleanly(served, took, "sigterm with a call in flight")
+        assert stop["forced"] is True and stop["calls_in_flight"] == 1
+        assert [r["stage"] for r in records(served.audit_log)] == ["start", "decision", "stop"]
