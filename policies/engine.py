@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import dataclasses
 import difflib
 import hashlib
 import re
@@ -40,7 +41,7 @@ from .bounds import (
     parse_bounds,
     parse_protected,
 )
-from .index import RuleIndex
+from .index import MAX_ROLE_HOPS, RuleIndex, key_prefix
 
 __all__ = [
     "ACTIONS",
@@ -48,6 +49,7 @@ __all__ = [
     "NO_NAMESPACE",
     "SHIPPED_DIR",
     "Decision",
+    "EffectiveGrant",
     "Policy",
     "PolicyError",
     "Rule",
@@ -182,6 +184,37 @@ class Decision:
     reason: str
     policy_hash: str
     protected: str | None = None  # the protected namespace that refused an otherwise allowed write
+
+
+@dataclass(frozen=True)
+class EffectiveGrant:
+    """A p rule as it holds for one principal: only in ``namespaces``, the rule's pattern narrowed by the
+    ``g`` lines (``via``, member first) that gave the principal the rule's subject."""
+
+    rule: Rule
+    namespaces: str
+    via: tuple[Rule, ...]
+
+
+def pattern_meet(a: str, b: str) -> str | None:
+    """The keyMatch pattern matching exactly the names both ``a`` and ``b`` match, or None when none does.
+
+    Patterns are an exact name or one prefix ending in ``*`` (the loader refuses others), so the
+    meet is always one of the two.
+    """
+    pa, pb = key_prefix(a), key_prefix(b)
+    if pa is None and pb is None:
+        return a if a == b else None
+    if pa is None:
+        return a if pb is not None and a.startswith(pb) else None
+    if pb is None:
+        return b if b.startswith(pa) else None
+    return a if pa.startswith(pb) else b if pb.startswith(pa) else None
+
+
+def pattern_covers(outer: str, inner: str) -> bool:
+    """Whether every name ``inner`` matches is matched by ``outer``."""
+    return pattern_meet(outer, inner) == inner
 
 
 # --------------------------------------------------------------------------- loading
@@ -550,6 +583,15 @@ class Policy:
         self._memo: OrderedDict[tuple[str, str, str, str], Decision] = OrderedDict()
         self._role_cache_keys: set[tuple[str, str]] = set()
         self._witnesses = _witness_namespaces([r.fields[1] for r in self._grants] + [dom for _, _, dom in links])
+        self._effective: OrderedDict[str, tuple[EffectiveGrant, ...]] = OrderedDict()
+        self._links_by_member: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            if rule.ptype == "g":
+                self._links_by_member.setdefault(rule.fields[0], []).append(rule)
+        self._grants_by_subject: dict[str, list[int]] = {}
+        for position, rule in enumerate(self._grants):
+            self._grants_by_subject.setdefault(rule.fields[0], []).append(position)
+        self._where: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._allows_by_subject: dict[str, list[int]] = {}
         for position, rule in enumerate(self._grants):
             if rule.fields[4] == "allow":
@@ -701,7 +743,7 @@ class Policy:
             else:
                 with self._lock:
                     decision = self._enforce(principal, namespace, tool, action)
-            decision = self._protect(decision, namespace, action)
+            decision = self._with_where(self._protect(decision, namespace, action), principal, namespace, tool, action)
             with self._lock:
                 self._memo[key] = decision
                 if len(self._memo) > self._memo_limit:
@@ -739,10 +781,12 @@ class Policy:
         if problem is not None:
             return Decision(False, None, f"denied: invalid request: {problem}", self.hash)
         if self.indexed:
-            return self._protect(self._match(principal, namespace, tool, action), namespace, action)
-        with self._lock:
-            decision = self._enforce(principal, namespace, tool, action)
-        return self._protect(decision, namespace, action)
+            decision = self._protect(self._match(principal, namespace, tool, action), namespace, action)
+        else:
+            with self._lock:
+                decision = self._enforce(principal, namespace, tool, action)
+            decision = self._protect(decision, namespace, action)
+        return self._with_where(decision, principal, namespace, tool, action)
 
     def _match(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
         """Decide through the index: the first matching deny, else the last matching allow."""
@@ -858,6 +902,108 @@ class Policy:
         start = bisect.bisect_left(witnesses, prefix)
         end = bisect.bisect_left(witnesses, prefix + "\U0010ffff")
         return list(witnesses[start:end])
+
+    def effective_grants(self, principal: str) -> tuple[EffectiveGrant, ...]:
+        """Every p rule that holds for the principal somewhere, each with the namespaces it holds in.
+
+        ``g, alice, role:operator, team-*`` and ``p, role:operator, *, *, write, allow`` give alice
+        that write in ``team-*``, not in ``*``: a rule holds where its own pattern and every link of
+        the role chain that reaches its subject all match (Casbin checks each link against the
+        request's namespace). role:everyone's rules and roles hold for every principal. Policy order;
+        one entry per rule and distinct namespace pattern. Raises ValueError for an invalid principal.
+        """
+        validate_principal(principal)
+        with self._lock:
+            cached = self._effective.get(principal)
+        if cached is not None:
+            return cached
+        by_member, by_subject = self._links_by_member, self._grants_by_subject
+        held: dict[str, list[tuple[str, tuple[Rule, ...]]]] = {}
+        frontier: list[tuple[str, str, tuple[Rule, ...]]] = [(principal, "*", ()), (EVERYONE, "*", ())]
+        for hop in range(MAX_ROLE_HOPS + 1):
+            following: list[tuple[str, str, tuple[Rule, ...]]] = []
+            for subject, pattern, chain in frontier:
+                known = held.setdefault(subject, [])
+                if any(pattern_covers(other, pattern) for other, _ in known):
+                    continue
+                known.append((pattern, chain))
+                if hop == MAX_ROLE_HOPS:
+                    continue
+                for link in by_member.get(subject, ()):
+                    meet = pattern_meet(pattern, link.fields[2])
+                    if meet is not None:
+                        following.append((link.fields[1], meet, (*chain, link)))
+            frontier = following
+        found: dict[int, list[EffectiveGrant]] = {}
+        for subject, holdings in held.items():
+            for pattern, chain in holdings:
+                for position in by_subject.get(subject, ()):
+                    rule = self._grants[position]
+                    meet = pattern_meet(pattern, rule.fields[1])
+                    if meet is None:
+                        continue
+                    entries = found.setdefault(position, [])
+                    if any(pattern_covers(e.namespaces, meet) for e in entries):
+                        continue
+                    entries[:] = [e for e in entries if not pattern_covers(meet, e.namespaces)]
+                    entries.append(EffectiveGrant(rule, meet, chain))
+        result = tuple(grant for position in sorted(found) for grant in found[position])
+        with self._lock:
+            self._effective[principal] = result
+            if len(self._effective) > 256:
+                self._effective.popitem(last=False)
+        return result
+
+    def allowed_in(self, principal: str, tool: str, action: str) -> list[str]:
+        """Where a namespaced call would be allowed, as patterns, each with the namespaces a deny or a
+        protection cuts out of it (``team-* (except team-secret)``); empty when nowhere. For denials."""
+        grants = [
+            g for g in self.effective_grants(principal)
+            if g.rule.fields[3] in ("*", action) and key_match(tool, g.rule.fields[2])
+        ]
+        denies = [g.namespaces for g in grants if g.rule.fields[4] == "deny"]
+        places: list[tuple[str, list[str]]] = []
+        for grant in grants:
+            where = grant.namespaces
+            if grant.rule.fields[4] != "allow" or where == NO_NAMESPACE:
+                continue
+            if any(pattern_covers(deny, where) for deny in denies):
+                continue
+            cut = [deny for deny in denies if deny != NO_NAMESPACE and pattern_meet(deny, where) is not None]
+            if action == "write":
+                shielded = [ns for ns in self.protected if key_match(ns, where) and grant.rule.fields[1] != ns]
+                if where in shielded:
+                    continue
+                cut += [ns for ns in shielded if ns not in cut]
+            places.append((where, cut))
+        shown: list[str] = []
+        for where, cut in places:
+            if any(other != where and not others_cut and pattern_covers(other, where) for other, others_cut in places):
+                continue
+            text = f"{where} (except {', '.join(sorted(set(cut)))})" if cut else where
+            if text not in shown:
+                shown.append(text)
+        return shown
+
+    def _with_where(self, decision: Decision, principal: str, namespace: str, tool: str, action: str) -> Decision:
+        """A denial of a namespaced call says where the principal may make it, if anywhere (whoami's grants
+        say the rest). Invalid requests and calls outside any namespace are left as they are."""
+        if decision.allowed or namespace == NO_NAMESPACE or decision.reason.startswith("denied: invalid request"):
+            return decision
+        key = (principal, tool, action)
+        with self._lock:
+            note = self._where.get(key)
+        if note is None:
+            places = self.allowed_in(principal, tool, action)
+            note = (
+                f"{principal} may {action} with {tool} in: {', '.join(places)}" if places
+                else f"{principal} may not {action} with {tool} in any namespace"
+            )
+            with self._lock:
+                self._where[key] = note
+                if len(self._where) > 1024:
+                    self._where.popitem(last=False)
+        return dataclasses.replace(decision, reason=f"{decision.reason}; {note}")
 
     def subjects_of(self, principal: str, namespace: str) -> set[str]:
         """Every subject whose rules apply to the principal in the namespace (itself, its roles, everyone's)."""

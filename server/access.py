@@ -34,11 +34,14 @@ class WhoamiArgs(BaseModel):
 
 class Grant(BaseModel):
     effect: str = Field(description="allow or deny")
-    namespaces: str = Field(description="namespace pattern ('*' = all, '-' = tools without a namespace)")
+    namespaces: str = Field(description="where this grant holds for you: the rule's namespace pattern narrowed by "
+                            "the role assignments that give it ('*' = all, '-' = tools without a namespace)")
     tools: str = Field(description="tool name or pattern")
     verb: str = Field(description="read, write or *")
     via: str = Field(description="the subject or role the rule names")
     source: str = Field(description="policy file and line")
+    granted_by: list[str] = Field(default_factory=list, description="the g lines (file:line) that give you the "
+                                  "rule's subject, yours first; empty when the rule names you or role:everyone")
 
 
 class WhoamiResult(BaseModel):
@@ -51,6 +54,7 @@ class WhoamiResult(BaseModel):
     tools: list[str] = Field(description="every tool this server offers")
     policy_hash: str
     protected_namespaces: list[str] = Field(description="writes there need a rule that names the namespace itself")
+    bounds: str = Field(default="", description="which bounds file applies, if any, and the protected namespaces")
     audit_log: str
     cluster: dict[str, Any] | None = Field(
         default=None, description="the cluster the Kubernetes tools use; sandbox=true means the built-in one"
@@ -74,6 +78,8 @@ class ExplainAccessResult(BaseModel):
     rule: str | None = None
     source: str | None = Field(default=None, description="policy file and line of the rule")
     policy_hash: str | None = None
+    allowed_in: list[str] | None = Field(default=None, description="when denied: the namespace patterns where this "
+                                         "call would be allowed for you (empty: nowhere)")
 
 
 class OwnRecordsArgs(BaseModel):
@@ -103,10 +109,10 @@ def access_tools(
         caller = gate.caller
         grants = [
             Grant(
-                effect=rule.fields[4], namespaces=rule.fields[1], tools=rule.fields[2], verb=rule.fields[3],
-                via=rule.fields[0], source=rule.source,
+                effect=g.rule.fields[4], namespaces=g.namespaces, tools=g.rule.fields[2], verb=g.rule.fields[3],
+                via=g.rule.fields[0], source=g.rule.source, granted_by=[link.source for link in g.via],
             )
-            for rule in gate.policy.grants_of(ctx.principal)
+            for g in gate.policy.effective_grants(ctx.principal)
         ]
         return WhoamiResult(
             principal=ctx.principal,
@@ -118,6 +124,7 @@ def access_tools(
             tools=gate.tool_names,
             policy_hash=gate.policy.hash,
             protected_namespaces=list(gate.policy.protected),
+            bounds=gate.policy.bounds_note(),
             audit_log=str(gate.audit.path),
             cluster=dict(await anyio.to_thread.run_sync(cluster)) if cluster is not None else None,
         )
@@ -132,9 +139,12 @@ def access_tools(
                 code="invalid_arguments", field="tool", rule="unknown-tool",
             )
         d = gate.decide(ctx.principal, args.namespace, args.tool)
+        # Only for the policy's own denials (a --read-only refusal has no policy hash): where it would allow.
+        policy_denied = not d.allowed and d.policy_hash is not None and args.namespace != "-"
+        where = gate.policy.allowed_in(ctx.principal, args.tool, verb) if policy_denied else None
         return ExplainAccessResult(
             tool=args.tool, namespace=args.namespace, verb=verb, allowed=d.allowed, reason=d.reason,
-            rule=d.rule, source=d.source, policy_hash=d.policy_hash,
+            rule=d.rule, source=d.source, policy_hash=d.policy_hash, allowed_in=where,
         )
 
     async def audit_log(args: OwnRecordsArgs, ctx: CallContext) -> OwnRecordsResult:

@@ -12,6 +12,7 @@ import anyio
 from opsgate.policies.bounds import count_input_elements
 from opsgate.tools import kserve as ks
 from opsgate.tools import workloads as wl
+from opsgate.tools.bounded import localize_storage, with_models_dir
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import Kube
@@ -71,7 +72,7 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
     return specs
 
 
-def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
+def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[ToolSpec[Any, Any]]:
     def bind(fn: Callable[[Kube, Any, CallContext], Any]) -> Callable[[Any, CallContext], Awaitable[Any]]:
         """The kubernetes client is synchronous: run it in a worker thread so the loop keeps serving."""
 
@@ -154,17 +155,19 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
             description="Undo a bad change. A Deployment: back to the previous or a given revision (kubectl "
             "rollout undo); an InferenceService (kind): canary traffic to 0, or the previous spec opsgate "
             "recorded.",
-            args_model=wl.RollbackArgs, result_model=wl.RollbackResult, run=bind(wl.rollback), verb="write",
+            args_model=wl.RollbackArgs, result_model=wl.RollbackResult,
+            run=bind(with_models_dir(wl.rollback, models_dir)), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
         ),
         ToolSpec(
             name="deploy_model",
             description="Create or update a KServe InferenceService serving an ONNX model; a new version can go "
             "out as a canary, then promote. Try dry_run first.",
-            args_model=ks.DeployModelArgs, result_model=ks.DeployModelResult, run=bind_waiting(ks.deploy_model),
+            args_model=ks.DeployModelArgs, result_model=ks.DeployModelResult,
+            run=bind_waiting(with_models_dir(ks.deploy_model, models_dir)),
             verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
-            bound_attrs=lambda a: a.policy_attrs(), current_state=current_replicas,
+            bound_attrs=lambda a: localize_storage(a.policy_attrs(), models_dir), current_state=current_replicas,
         ),
         ToolSpec(
             name="model_status",
@@ -186,7 +189,8 @@ def workload_tools(kube: Kube) -> list[ToolSpec[Any, Any]]:
 
 def build_tools(settings: Settings, kube: Kube) -> list[ToolSpec[Any, Any]]:
     """Tools that need configuration but not the gate itself."""
-    return [*inference_tools(settings.models or MODELS_DIR_DEFAULT), *workload_tools(kube)]
+    models = settings.models or MODELS_DIR_DEFAULT
+    return [*inference_tools(models), *workload_tools(kube, models)]
 
 
 def tool_verbs() -> dict[str, str]:

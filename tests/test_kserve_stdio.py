@@ -135,7 +135,8 @@ async def test_refusals_and_failures_are_clear_and_audited(tmp_path: Path, clust
         assert hooks(cluster).infer_requests("iris", NS) == [], "refused before any request"
 
         failed = err(await s.call("deploy_model", {"name": "gone", "namespace": NS,
-                                                   "storage_uri": "file:///nowhere/gone.onnx", "wait": True}))
+                                                   "storage_uri": f"file://{MODELS_DIR_DEFAULT}/gone.onnx",
+                                                   "wait": True}))
         assert failed["code"] == "rollout_failed" and "ModelLoadFailed" in failed["message"]
         not_ready = err(await s.call("kserve_infer", {"name": "gone", "namespace": NS, "inputs": {"features": ROWS}}))
         assert not_ready["errors"][0]["rule"] == "not-ready" and "RevisionFailed" in not_ready["message"]

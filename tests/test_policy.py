@@ -153,7 +153,8 @@ def test_default_deny_reason() -> None:
     assert decision == Decision(
         allowed=False,
         rule=None,
-        reason="denied: no rule allows alice to write with deploy in namespace prod (default deny)",
+        reason="denied: no rule allows alice to write with deploy in namespace prod (default deny); "
+        "alice may not write with deploy in any namespace",
         policy_hash=policy.hash,
     )
     assert "outside any namespace" in policy.decide("alice", "-", "deploy", "write").reason
@@ -195,7 +196,9 @@ def test_deny_overrides_allow_and_names_the_deny_rule(tmp_path: Path, deny_first
     assert not decision.allowed
     source = "b.csv:2" if deny_first else "a.csv:1"
     assert decision.rule == Rule("p", ("role:oncall", "prod", "sc*", "*", "deny"), source)
-    assert decision.reason == f"denied by {source} (p, role:oncall, prod, sc*, *, deny)"
+    assert decision.reason == (
+        f"denied by {source} (p, role:oncall, prod, sc*, *, deny); alice may not write with scale in any namespace"
+    )
     assert policy.sources == (tmp_path / "model.conf", tmp_path / "a.csv", tmp_path / "b.csv")
 
 

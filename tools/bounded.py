@@ -14,13 +14,25 @@ stays, and the rollback that every incident needs is not refused for it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote
 
-from .context import CallContext
+from .context import BoundsCheck, CallContext
 from .errors import ToolError
 
-__all__ = ["enforce_bounds", "restored_deployment_attrs", "restored_service_attrs"]
+__all__ = [
+    "enforce_bounds",
+    "local_model",
+    "localize_storage",
+    "restored_deployment_attrs",
+    "restored_service_attrs",
+    "with_models_dir",
+]
+
+R = TypeVar("R")
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -94,3 +106,45 @@ def enforce_bounds(ctx: CallContext, attrs: Mapping[str, Any], what: str) -> Non
     reason = ctx.check_bounds(attrs)
     if reason is not None:
         raise ToolError(f"{what}: {reason}", code="denied", rule="bound")
+
+
+# --------------------------------------------------------------------------- the models folder
+
+
+def local_model(uri: str, models_dir: Path) -> str | None:
+    """The model a ``file://`` URI names inside the models folder (its name, as a bare storage_uri), else None.
+
+    Such a URI is a model from the models folder, allowed by default like a bare name; anything
+    that climbs out (``..``, an escaped slash, a symlink pointing elsewhere) is not.
+    """
+    if not uri.startswith("file://"):
+        return None
+    raw = unquote(uri[len("file://"):])
+    path = Path(raw)
+    if "\\" in raw or "\0" in raw or not path.is_absolute() or any(p in (".", "..") for p in raw.split("/")):
+        return None
+    try:
+        inside = path.resolve().is_relative_to(models_dir.resolve())
+    except (OSError, ValueError):
+        return None
+    return path.stem if inside and path.suffix == ".onnx" and path.stem else None
+
+
+def localize_storage(attrs: Mapping[str, Any], models_dir: Path) -> dict[str, Any]:
+    """``attrs`` with a ``file://`` storage URI inside the models folder replaced by the model's name."""
+    uri = attrs.get("storage_uri")
+    name = local_model(uri, models_dir) if isinstance(uri, str) else None
+    return {**attrs, "storage_uri": name} if name is not None else dict(attrs)
+
+
+def with_models_dir(fn: Callable[..., R], models_dir: Path) -> Callable[..., R]:
+    """``fn`` (a tool run as ``fn(kube, args, ctx, ...)``) whose bounds checks know the models folder."""
+
+    def run(kube: Any, args: Any, ctx: CallContext, *rest: Any) -> R:
+        check: BoundsCheck | None = ctx.check_bounds
+        if check is not None:
+            inner = check
+            ctx = dataclasses.replace(ctx, check_bounds=lambda attrs: inner(localize_storage(attrs, models_dir)))
+        return fn(kube, args, ctx, *rest)
+
+    return run
