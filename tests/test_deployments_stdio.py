@@ -16,6 +16,7 @@ import pytest
 
 from opsgate.audit import verify_log
 from opsgate.server.sandbox import SandboxCluster
+from opsgate.tools.kube import CONFLICT_ATTEMPTS
 from tests.harness import Served, err, ok, serve, serve_on
 
 pytestmark = pytest.mark.anyio
@@ -173,7 +174,7 @@ async def test_api_faults_come_back_as_clear_errors(tmp_path: Path, cluster: San
         cluster.inject_fault("PATCH", r"/deployments/web", status=409, times=1)
         assert ok(await s.call("scale", {"name": "web", "namespace": NS, "replicas": 2}))["replicas_after"] == 2
 
-        cluster.inject_fault("PATCH", r"/deployments/web", status=409, times=2)
+        cluster.inject_fault("PATCH", r"/deployments/web", status=409, times=CONFLICT_ATTEMPTS)
         conflict = err(await s.call("scale", {"name": "web", "namespace": NS, "replicas": 3}))
         assert conflict["errors"][0]["rule"] == "conflict"
 

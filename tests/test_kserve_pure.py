@@ -231,10 +231,12 @@ def test_deploy_decisions() -> None:
     assert "canaryTrafficPercent" not in promoted
 
     ops = spec_patch(current, promoted, "opsgate: a call 1")
-    assert ops[0] == {"op": "replace", "path": "/metadata/resourceVersion", "value": "9"}
-    assert PREVIOUS_SPEC_ANNOTATION not in ops[2]["value"], "a traffic-only change records no previous spec"
+    assert ops[0] == {"op": "test", "path": "/metadata/generation", "value": 2}  # issue 15 item 12
+    paths = [op["path"] for op in ops]
+    assert paths == ["/metadata/generation", "/spec/predictor", "/metadata/annotations/kubernetes.io~1change-cause"]
     changed = desired_predictor(current["spec"]["predictor"], keep, creating=False)
-    recorded = json.loads(spec_patch(current, changed, "c")[2]["value"][PREVIOUS_SPEC_ANNOTATION])
+    by_path = {op["path"]: op["value"] for op in spec_patch(current, changed, "c")}
+    recorded = json.loads(by_path["/metadata/annotations/" + PREVIOUS_SPEC_ANNOTATION.replace("/", "~1")])
     assert recorded["predictor"]["model"]["storageUri"] == "gs://b/v1"
 
 

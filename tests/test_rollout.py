@@ -155,13 +155,14 @@ def test_strip_hash_drops_an_emptied_label_map_and_leaves_the_input_alone() -> N
     assert t["metadata"]["labels"] == {HASH_LABEL: "x"}
 
 
-def test_rollback_patch_is_kubectls_json_patch_with_a_resource_version_guard() -> None:
+def test_rollback_patch_is_kubectls_json_patch_guarded_by_generation() -> None:
     d = deployment("nginx:2")
     rs = {"metadata": {"annotations": {REVISION_ANNOTATION: "1", CHANGE_CAUSE_ANNOTATION: "first",
                                        "deployment.kubernetes.io/desired-replicas": "2", "note": "x"}},
           "spec": {"template": template("nginx:1", hash_label="h1")}}
     ops = rollback_patch(d, rs, "opsgate: alice call c9")
-    assert ops[0] == {"op": "replace", "path": "/metadata/resourceVersion", "value": "42"}
+    # Issue 15 item 12: generation (spec and annotations), never the resourceVersion that status writes change.
+    assert ops[0] == {"op": "test", "path": "/metadata/generation", "value": 3}
     assert ops[1]["path"] == "/spec/template"
     assert HASH_LABEL not in ops[1]["value"]["metadata"]["labels"]
     assert ops[1]["value"]["spec"]["containers"][0]["image"] == "nginx:1"
@@ -237,7 +238,8 @@ def test_deploy_noop_and_update_patch() -> None:
     new = updated_deployment(cur, DeploySpec(name="web", image="nginx:2", replicas=3))
     assert not deploy_is_noop(cur, new)
     ops = update_patch(cur, new, "cause")
-    assert ops[0] == {"op": "replace", "path": "/metadata/resourceVersion", "value": "42"}
+    assert ops[0] == {"op": "test", "path": "/metadata/generation", "value": 3}
+    assert all(op["path"] != "/metadata/resourceVersion" for op in ops)
     paths = [op["path"] for op in ops]
     assert "/spec/replicas" in paths
     assert "/metadata/annotations/kubernetes.io~1change-cause" in paths  # JSON-pointer escaped

@@ -13,7 +13,7 @@ import pytest
 from opsgate.server.sandbox import SandboxCluster
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
-from opsgate.tools.kube import ClusterUnreachable, Kube, KubeApiError, KubeTarget
+from opsgate.tools.kube import CONFLICT_ATTEMPTS, ClusterUnreachable, Kube, KubeApiError, KubeTarget, guarded_patch
 from opsgate.tools.rollout import PAGE_BUDGET_BYTES, DeploySpec, json_size, new_deployment, rollback_patch
 from opsgate.tools.workloads import (
     DeployArgs,
@@ -279,34 +279,54 @@ def test_conflict_once_is_retried(kube: Kube, ns: str, cluster: SandboxCluster) 
     assert image_of(kube, ns, "web") == "nginx:1"
 
 
-def test_conflict_twice_is_reported(kube: Kube, ns: str, cluster: SandboxCluster) -> None:
+def test_conflict_on_every_try_is_reported(kube: Kube, ns: str, cluster: SandboxCluster) -> None:
     deploy_web(kube, ns, "nginx:1")
     deploy_web(kube, ns, "nginx:2")
-    cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web/scale$", status=409, times=2)
+    cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web/scale$", status=409, times=CONFLICT_ATTEMPTS)
     with pytest.raises(KubeApiError) as info:
         scale(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())
     assert (info.value.status, info.value.rule, info.value.code) == (409, "conflict", "api_error")
-    assert "nothing was applied" in info.value.message
-    cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web$", status=409, times=2)
+    assert "nothing was applied" in info.value.message and f"{CONFLICT_ATTEMPTS} times in a row" in info.value.message
+    cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web$", status=409, times=CONFLICT_ATTEMPTS)
     with pytest.raises(KubeApiError) as info:
         rollback(kube, RollbackArgs(name="web", namespace=ns), ctx())
     assert info.value.status == 409
     assert image_of(kube, ns, "web") == "nginx:2" and raw(kube, ns, "web")["spec"]["replicas"] == 1
 
 
-def test_a_stale_rollback_patch_is_a_real_409(kube: Kube, ns: str) -> None:
-    """The resourceVersion guard itself: a patch computed from an old read is refused by the server."""
+def test_a_rollback_patch_outlives_status_writes_and_a_stale_one_is_refused(kube: Kube, ns: str) -> None:
+    """Issue 15 item 12: the guard is what the patch was computed from (generation), not the resourceVersion.
+
+    A status write (what the Deployment controller makes all through a rollout) changes the
+    resourceVersion and leaves the patch valid; a spec change (someone scales) makes it stale, and
+    the server refuses it with the bare 422 a failed JSON Patch ``test`` gets, which
+    guarded_patch reads back and reports as a conflict, with nothing applied.
+    """
     deploy_web(kube, ns, "nginx:1")
     deploy_web(kube, ns, "nginx:2")
-    stale = raw(kube, ns, "web")
-    scale(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())  # someone else changes it
     rs = kube.call(kube.apps.list_namespaced_replica_set, ns, what="list")["items"]
-    old = next(r for r in rs if r["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1")
+    first = next(r for r in rs if r["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1")
+    read = raw(kube, ns, "web")
+    kube.call(kube.apps.patch_namespaced_deployment_status, "web", ns, {"status": {"collisionCount": 7}},
+              what="a status write")
+    assert raw(kube, ns, "web")["metadata"]["resourceVersion"] != read["metadata"]["resourceVersion"]
+    guarded_patch(kube, kube.apps.patch_namespaced_deployment, "web", ns, ops=rollback_patch(read, first, "x"),
+                  reread=lambda: raw(kube, ns, "web"), what="rollback", audit_id=None, dry_run=None)
+    assert image_of(kube, ns, "web") == "nginx:1"
+
+    stale = raw(kube, ns, "web")
+    rs = kube.call(kube.apps.list_namespaced_replica_set, ns, what="list")["items"]
+    second = next(r for r in rs if r["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:2")
+    scale(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())  # someone else changes the spec
     with pytest.raises(KubeApiError) as info:
-        kube.call(kube.apps.patch_namespaced_deployment, "web", ns, rollback_patch(stale, old, "x"),
+        kube.call(kube.apps.patch_namespaced_deployment, "web", ns, rollback_patch(stale, second, "x"),
                   _content_type="application/json-patch+json", what="stale rollback")
-    assert (info.value.status, info.value.rule) == (409, "conflict")
-    assert image_of(kube, ns, "web") == "nginx:2"
+    assert (info.value.status, info.value.rule) == (422, "invalid")  # all a real API server says
+    with pytest.raises(KubeApiError) as info:
+        guarded_patch(kube, kube.apps.patch_namespaced_deployment, "web", ns, ops=rollback_patch(stale, second, "x"),
+                      reread=lambda: raw(kube, ns, "web"), what="stale rollback", audit_id=None, dry_run=None)
+    assert info.value.rule == "conflict" and "nothing was applied" in info.value.message
+    assert image_of(kube, ns, "web") == "nginx:1"
 
 
 def test_injected_500_is_a_clear_api_error(kube: Kube, ns: str, cluster: SandboxCluster) -> None:

@@ -24,7 +24,9 @@ Every API call goes through :meth:`Kube.call`, which
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -36,9 +38,13 @@ from .errors import ToolError
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 
-__all__ = ["DEFAULT_TIMEOUT", "ClusterUnreachable", "Kube", "KubeApiError", "KubeTarget", "api_error"]
+__all__ = [
+    "CONFLICT_ATTEMPTS", "DEFAULT_TIMEOUT", "JSON_PATCH", "ClusterUnreachable", "Kube", "KubeApiError", "KubeTarget",
+    "api_error", "guard", "guard_broken", "guarded_patch", "pointer", "retry_on_conflict",
+]
 
 DEFAULT_TIMEOUT: Final = (3.0, 10.0)
+JSON_PATCH: Final = "application/json-patch+json"
 _MESSAGE_MAX: Final = 1000
 _WRITE_PREFIXES: Final = ("create_", "patch_", "replace_", "delete_")
 
@@ -71,29 +77,114 @@ class KubeApiError(ToolError):
 
 
 T = TypeVar("T")
+JSON = dict[str, Any]
+
+#: Tries of one guarded write before a conflict is reported: enough to outlast a burst of another
+#: writer's changes, few enough that a call never spins (backoff totals under half a second).
+CONFLICT_ATTEMPTS: Final = 4
+_BACKOFF_S: Final = (0.05, 0.1, 0.2)
 
 
-def retry_on_conflict(attempt: Callable[[], T], *, what: str, kind: str) -> T:
-    """Run ``attempt`` (read, decide, one write guarded by the resourceVersion it read).
+def retry_on_conflict(attempt: Callable[[], T], *, what: str, kind: str,
+                      sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run ``attempt`` (read, decide, one guarded write) until it is not overtaken, at most CONFLICT_ATTEMPTS times.
 
-    A 409 means someone changed the object between our read and our write, so
-    nothing of ours was applied: read and decide again, once. A second 409 is
-    reported as a conflict, still with nothing applied.
+    A conflict (HTTP 409, or a guard that no longer holds: see :func:`guarded_patch`) means someone
+    changed what the call depends on between its read and its write, so nothing of ours was
+    applied: read and decide again after a short, growing, jittered pause. The last conflict is
+    reported, still with nothing applied.
+    """
+    for tries in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return attempt()
+        except KubeApiError as exc:
+            if exc.status != 409 and exc.rule != "conflict":
+                raise
+            if tries == CONFLICT_ATTEMPTS:
+                raise KubeApiError(
+                    f"{what}: the {kind} was changed by someone else while this call was changing it, "
+                    f"{tries} times in a row (HTTP {exc.status} {exc.reason or 'Conflict'}); nothing was applied "
+                    "by this call. Read it again and retry.",
+                    status=exc.status, reason=exc.reason, rule="conflict",
+                ) from exc
+            base = _BACKOFF_S[min(tries, len(_BACKOFF_S)) - 1]
+            sleep(base * (0.5 + random.random() / 2))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- guards on what a write depends on
+
+
+def pointer(key: str) -> str:
+    """One JSON-pointer reference token (RFC 6901): ``~`` and ``/`` escaped."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _at(obj: Any, path: str) -> tuple[bool, Any]:
+    cur = obj
+    for token in path.split("/")[1:]:
+        key = token.replace("~1", "/").replace("~0", "~")
+        if not isinstance(cur, dict) or key not in cur:
+            return False, None
+        cur = cur[key]
+    return True, cur
+
+
+def guard(obj: Mapping[str, Any], *paths: str) -> list[JSON]:
+    """JSON Patch ``test`` operations: the write applies only while ``obj``'s values at ``paths`` still hold. Pure.
+
+    Guard with what the write was computed from, never the whole object's resourceVersion: a
+    controller's status writes change that constantly, so a spec write guarded by it keeps losing
+    (issue 15 item 12). Values are scalars (``metadata.generation``, replica counts, digit
+    strings) or label maps, whose JSON text is the same from Python and Go: the API server's
+    JSON Patch compares leaves byte by byte. A path the object lacks cannot be tested
+    portably, so the guard falls back to the resourceVersion read.
+    """
+    ops: list[JSON] = []
+    for path in paths:
+        found, value = _at(obj, path)
+        if not found:
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            return [{"op": "replace", "path": "/metadata/resourceVersion", "value": rv}]
+        ops.append({"op": "test", "path": path, "value": value})
+    return ops
+
+
+def guard_broken(fresh: Mapping[str, Any], ops: list[JSON]) -> bool:
+    """Would the guards among ``ops`` fail against ``fresh``? Pure.
+
+    The API server answers a failed ``test`` with a bare 422 ("the server rejected our request due
+    to an error in our request", no causes: the patch library's text is dropped), the same answer
+    as any other patch that does not apply. A fresh read tells a guard that no longer holds apart.
+    """
+    for op in ops:
+        if op.get("op") == "test":
+            found, value = _at(fresh, str(op["path"]))
+            if not found or value != op.get("value"):
+                return True
+        elif (op.get("op"), op.get("path")) == ("replace", "/metadata/resourceVersion") and (
+                fresh.get("metadata") or {}).get("resourceVersion") != op.get("value"):
+            return True
+    return False
+
+
+def guarded_patch(kube: Kube, fn: Callable[..., Any], *args: Any, ops: list[JSON], reread: Callable[[], JSON],
+                  what: str, audit_id: str | None, dry_run: str | None) -> Any:
+    """Send one JSON Patch whose leading ops are guards (:func:`guard`); a failed guard becomes a conflict.
+
+    On a 422 the object is read again: if a guard no longer holds, the write was overtaken
+    (nothing applied) and a ``conflict`` is raised for :func:`retry_on_conflict`; otherwise the 422
+    is the API's real refusal and is raised as it came.
     """
     try:
-        return attempt()
+        return kube.call(fn, *args, ops, dry_run=dry_run, _content_type=JSON_PATCH, what=what, audit_id=audit_id)
     except KubeApiError as exc:
-        if exc.status != 409:
-            raise
-    try:
-        return attempt()
-    except KubeApiError as exc:
-        if exc.status != 409:
+        if exc.status != 422 or not guard_broken(reread(), ops):
             raise
         raise KubeApiError(
-            f"{what}: the {kind} was changed by someone else while this call was changing it, twice in a row "
-            f"(HTTP 409 {exc.reason or 'Conflict'}); nothing was applied by this call. Read it again and retry.",
-            status=409, reason=exc.reason, rule="conflict",
+            f"{what}: changed by someone else since it was read (a guard of the patch failed: HTTP 422); "
+            "nothing was applied by this call",
+            status=422, reason=exc.reason, rule="conflict", audit_id=exc.audit_id,
         ) from exc
 
 

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ToolError
+from .kube import guard, pointer
 
 JSON = dict[str, Any]
 
@@ -338,11 +339,12 @@ def rollback_patch(deployment: Mapping[str, Any], replicaset: Mapping[str, Any],
 
     JSON Patch ``replace`` swaps the whole template, so fields the old revision did not have
     (an env var, a volume) really go; a strategic merge would merge lists by key and keep them.
-    Replacing ``/metadata/resourceVersion`` with the value we read makes the API server answer
-    409 when the Deployment changed since (a failed ``test`` op would be a 422 instead).
+    The guard tests ``metadata.generation``, which the API server bumps on every change to a
+    Deployment's spec or annotations (the template and revision this patch was computed from)
+    and never on the controller's status writes (issue 15 item 12).
     """
     return [
-        {"op": "replace", "path": "/metadata/resourceVersion", "value": meta(deployment).get("resourceVersion")},
+        *guard(deployment, "/metadata/generation"),
         {"op": "replace", "path": "/spec/template", "value": strip_hash(spec_of(replicaset).get("template"))},
         # "add" replaces an existing member and also works when there are no annotations yet.
         {"op": "add", "path": "/metadata/annotations", "value": rollback_annotations(deployment, replicaset, cause)},
@@ -458,26 +460,25 @@ def deploy_is_noop(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bo
     )
 
 
-def _pointer(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
-
-
 def update_patch(current: Mapping[str, Any], desired: Mapping[str, Any], cause: str) -> list[JSON]:
-    """One JSON Patch from ``current`` to ``desired`` on the fields deploy manages, guarded by resourceVersion.
+    """One JSON Patch from ``current`` to ``desired`` on the fields deploy manages, guarded on what it read.
 
     The template is replaced whole (it was computed from the template we read, so nothing is lost)
     and the change-cause set on the Deployment, which the controller copies to the new ReplicaSet.
+    The guard tests ``metadata.generation`` (bumped by any spec or annotation change, never by
+    status writes), and the labels when they are rewritten (label text is the same in any JSON).
     """
+    labels_change = (meta(current).get("labels") or {}) != (meta(desired).get("labels") or {})
     ops: list[JSON] = [
-        {"op": "replace", "path": "/metadata/resourceVersion", "value": meta(current).get("resourceVersion")},
+        *guard(current, "/metadata/generation", *(["/metadata/labels"] if labels_change else [])),
         {"op": "replace", "path": "/spec/template", "value": spec_of(desired).get("template")},
     ]
     if spec_of(desired).get("replicas") != spec_of(current).get("replicas"):
         ops.append({"op": "add", "path": "/spec/replicas", "value": spec_of(desired).get("replicas")})
-    if (meta(current).get("labels") or {}) != (meta(desired).get("labels") or {}):
+    if labels_change:
         ops.append({"op": "add", "path": "/metadata/labels", "value": meta(desired).get("labels") or {}})
     if meta(current).get("annotations"):
-        ops.append({"op": "add", "path": f"/metadata/annotations/{_pointer(CHANGE_CAUSE_ANNOTATION)}",
+        ops.append({"op": "add", "path": f"/metadata/annotations/{pointer(CHANGE_CAUSE_ANNOTATION)}",
                     "value": cause})
     else:
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {CHANGE_CAUSE_ANNOTATION: cause}})

@@ -11,8 +11,9 @@ reads, writes and polls through :meth:`Kube.call`. Importing it does not import
 
 Every write carries ``kubernetes.io/change-cause: opsgate: <principal> call <call id>``
 (except ``scale``: the scale subresource has no annotations), is guarded by the
-resourceVersion it was computed from, and on a 409 is recomputed from a fresh
-read and sent once more, then reported. Results never echo env values, since
+values it was computed from (``metadata.generation``, the replica count: never the
+resourceVersion, which every status write changes), and when overtaken is recomputed
+from a fresh read a few times with a short backoff, then reported. Results never echo env values, since
 results reach the assistant and the audit log.
 """
 
@@ -30,7 +31,7 @@ from pydantic_core import PydanticCustomError
 from .bounded import enforce_bounds, restored_deployment_attrs
 from .context import CallContext
 from .errors import ToolError
-from .kube import Kube, KubeApiError, retry_on_conflict
+from .kube import Kube, KubeApiError, guard, guarded_patch, retry_on_conflict
 from .rollout import (
     CURSOR_MAX,
     DNS1123_LABEL_MAX,
@@ -630,6 +631,9 @@ def deploy(kube: Kube, args: DeployArgs, ctx: CallContext, progress: ProgressCal
 
     def attempt() -> tuple[dict[str, Any] | None, dict[str, Any]] | DeployResult:
         current = _find(kube, name, ns, ctx)
+        if args.replicas is not None:  # the bound on this read, which the write is guarded by (item 11)
+            enforce_bounds(ctx, {"replicas": args.replicas, "current_replicas": _replicas(current) or 0},
+                           f"deployment {ns}/{name} as read just before the write")
         if current is None:
             after = kube.call(kube.apps.create_namespaced_deployment, ns, new_deployment(spec, ns, cause),
                               dry_run=dry, what=f"create deployment {ns}/{name}", audit_id=ctx.call_id)
@@ -641,9 +645,9 @@ def deploy(kube: Kube, args: DeployArgs, ctx: CallContext, progress: ProgressCal
                 status = _wait_rollout(kube, name, ns, ctx, float(args.timeout_seconds), progress,
                                        f"deployment {ns}/{name} was unchanged")
             return _deploy_result(args, "unchanged", current, current, current, rollout=status)
-        after = kube.call(kube.apps.patch_namespaced_deployment, name, ns,
-                          update_patch(current, desired, cause), dry_run=dry, _content_type=JSON_PATCH,
-                          what=f"update deployment {ns}/{name}", audit_id=ctx.call_id)
+        after = guarded_patch(kube, kube.apps.patch_namespaced_deployment, name, ns,
+                              ops=update_patch(current, desired, cause), reread=lambda: _read(kube, name, ns, ctx),
+                              what=f"update deployment {ns}/{name}", audit_id=ctx.call_id, dry_run=dry)
         return current, after
 
     # A 409: a stale read, or created meanwhile: decide again.
@@ -762,7 +766,7 @@ class ScaleResult(_Result):
 
 
 def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
-    """Set replicas through the scale subresource, guarded by the resourceVersion read just before.
+    """Set replicas through the scale subresource, guarded by (and bounded on) the replica count read just before.
 
     The scale subresource carries no annotations, so no change-cause is written: the audit log
     holds the call, and the current revision's change-cause keeps naming the call that made it.
@@ -779,13 +783,20 @@ def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
         current = kube.call(kube.apps.read_namespaced_deployment_scale, name, ns,
                             what=f"read scale of deployment {ns}/{name}", audit_id=ctx.call_id)
         before = int(spec_of(current).get("replicas") or 0)
+        # The bound on the count this write is guarded by: a change since the gate read it is re-checked.
+        enforce_bounds(ctx, {"replicas": args.replicas, "current_replicas": before},
+                       f"deployment {ns}/{name} as read just before the write")
         if before == args.replicas:
             return ScaleResult(name=name, namespace=ns, action="unchanged", replicas_before=before,
                                replicas_after=before, dry_run=args.dry_run)
-        body = {"metadata": {"resourceVersion": meta(current).get("resourceVersion")},
-                "spec": {"replicas": args.replicas}}
-        after = kube.call(kube.apps.patch_namespaced_deployment_scale, name, ns, body, dry_run=dry,
-                          _content_type=MERGE_PATCH, what=what, audit_id=ctx.call_id)
+        # Guarded on the replica count read (and bounded), not on the resourceVersion the controller's
+        # status writes keep changing.
+        ops = [*guard(current, "/spec/replicas"), {"op": "replace", "path": "/spec/replicas", "value": args.replicas}]
+        after = guarded_patch(kube, kube.apps.patch_namespaced_deployment_scale, name, ns, ops=ops,
+                              reread=lambda: kube.call(kube.apps.read_namespaced_deployment_scale, name, ns,
+                                                       what=f"read scale of deployment {ns}/{name}",
+                                                       audit_id=ctx.call_id),
+                              what=what, audit_id=ctx.call_id, dry_run=dry)
         return ScaleResult(name=name, namespace=ns, action="dry-run" if args.dry_run else "scaled",
                            replicas_before=before, replicas_after=int(spec_of(after).get("replicas") or 0),
                            dry_run=args.dry_run)
@@ -864,8 +875,9 @@ def rollback(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult
             )
         enforce_bounds(ctx, restored_deployment_attrs(spec_of(d).get("template"), spec_of(rs).get("template")),
                        f"revision {target} of deployment {ns}/{name}")
-        after = kube.call(kube.apps.patch_namespaced_deployment, name, ns, rollback_patch(d, rs, cause),
-                          dry_run=dry, _content_type=JSON_PATCH, what=what, audit_id=ctx.call_id)
+        after = guarded_patch(kube, kube.apps.patch_namespaced_deployment, name, ns,
+                              ops=rollback_patch(d, rs, cause), reread=lambda: _read(kube, name, ns, ctx),
+                              what=what, audit_id=ctx.call_id, dry_run=dry)
         changes = diff_deployments(d, after)
         if args.dry_run:
             return RollbackResult(

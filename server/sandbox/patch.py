@@ -12,7 +12,8 @@
   rollout undo``.
 
 Errors are ``ApiError``: 400 for a malformed patch document, 422 for a patch
-that does not apply (a failed ``test``, a missing path), as the API server does.
+that does not apply (a failed ``test``, a missing path), as the API server does:
+a bare 422 whose message does not say which operation failed.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ APPLY_PATCH = "application/apply-patch+yaml"
 
 
 def patch_failed(message: str) -> ApiError:
-    return ApiError(
-        422,
-        "Invalid",
-        message,
-        {"causes": [{"reason": "FieldValueInvalid", "message": message}]},
-    )
+    """A JSON patch that does not apply (a failed ``test``, a missing path), answered as kube-apiserver does.
+
+    Its patch handler wraps any apply error in ``NewGenericServerResponse(422, ...)`` without causes:
+    reason Invalid, one generic sentence, the patch library's own text (``message`` here) dropped.
+    So a client cannot tell a failed ``test`` from other 422s by the answer alone.
+    """
+    del message  # kept at the call sites for readers; the real server does not send it
+    return ApiError(422, "Invalid", "the server rejected our request due to an error in our request")
 
 
 # --- RFC 7386 -----------------------------------------------------------------------------------
