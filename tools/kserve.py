@@ -17,8 +17,9 @@ annotation ``opsgate.dev/previous-spec`` on its last change of the revision
 template (deploy_model, scale), and says which of the two it did.
 
 Every write carries ``kubernetes.io/change-cause: opsgate: <principal> call <call id>``,
-is guarded by the resourceVersion it was computed from, and on a 409 is
-recomputed from a fresh read and sent once more.
+is guarded by the ``metadata.generation`` it was computed from (never the
+resourceVersion, which every status write changes), and when overtaken is
+recomputed from a fresh read a few times with a short backoff, then reported.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pydantic_core import PydanticCustomError
 from .bounded import enforce_bounds, restored_service_attrs
 from .context import CallContext
 from .errors import ToolError
-from .kube import Kube, KubeApiError, retry_on_conflict
+from .kube import Kube, KubeApiError, guard, guarded_patch, pointer, retry_on_conflict
 from .oip import (
     ModelMetadata,
     OipTensorIn,
@@ -59,7 +60,6 @@ from .tensors import InferResult, TensorOut, TensorValue
 from .workloads import (
     CONDITION_MESSAGE_MAX,
     DRY_RUN,
-    JSON_PATCH,
     Condition,
     Namespace,
     ProgressCallback,
@@ -566,20 +566,26 @@ def new_inference_service(args: DeployModelArgs, cause: str) -> JSON:
 
 def spec_patch(current: Mapping[str, Any], predictor: Mapping[str, Any], cause: str,
                extra: Mapping[str, str] | None = None) -> list[JSON]:
-    """One JSON Patch: the whole predictor, annotations (change-cause; the previous template when it changes),
-    guarded by the resourceVersion read. Pure."""
-    annotations = dict(_dict(meta(current).get("annotations")))
-    annotations[CHANGE_CAUSE_ANNOTATION] = cause
+    """One JSON Patch: the whole predictor and our annotations (change-cause; the previous template when it
+    changes). Pure.
+
+    Guarded by ``metadata.generation``, which the API server bumps on every spec change and never on
+    the KServe controller's status writes (issue 15 item 12). Annotations are set key by key, so
+    others' annotations (not covered by generation on a custom resource) are never overwritten; an
+    object with none at all is guarded by its resourceVersion instead.
+    """
+    ours = {CHANGE_CAUSE_ANNOTATION: cause}
     before = predictor_of(current)
     if template_of(before) != template_of(predictor):
-        annotations[PREVIOUS_SPEC_ANNOTATION] = json.dumps({"predictor": before}, sort_keys=True,
-                                                           separators=(",", ":"))
-    annotations.update(extra or {})
-    return [
-        {"op": "replace", "path": "/metadata/resourceVersion", "value": meta(current).get("resourceVersion")},
-        {"op": "add", "path": "/spec/predictor", "value": dict(predictor)},
-        {"op": "add", "path": "/metadata/annotations", "value": annotations},
-    ]
+        ours[PREVIOUS_SPEC_ANNOTATION] = json.dumps({"predictor": before}, sort_keys=True, separators=(",", ":"))
+    ours.update(extra or {})
+    predictor_op: JSON = {"op": "add", "path": "/spec/predictor", "value": dict(predictor)}
+    if not isinstance(meta(current).get("annotations"), dict):
+        rv = meta(current).get("resourceVersion")
+        return [{"op": "replace", "path": "/metadata/resourceVersion", "value": rv}, predictor_op,
+                {"op": "add", "path": "/metadata/annotations", "value": ours}]
+    return [*guard(current, "/metadata/generation"), predictor_op,
+            *({"op": "add", "path": f"/metadata/annotations/{pointer(k)}", "value": v} for k, v in ours.items())]
 
 
 def deploy_notes(current: Mapping[str, Any] | None, args: DeployModelArgs, predictor: Mapping[str, Any],
@@ -647,6 +653,9 @@ def deploy_model(kube: Kube, args: DeployModelArgs, ctx: CallContext,
 
     def attempt() -> tuple[JSON | None, JSON, list[str]] | DeployModelResult:
         current = _find(kube, name, ns, ctx)
+        # The bound on this read, which the write is guarded by (generation): issue 15 item 11.
+        enforce_bounds(ctx, {**args.policy_attrs(), "current_replicas": replica_ceiling(current) if current else 0},
+                       f"inferenceservice {ns}/{name} as read just before the write")
         predictor = (desired_predictor(predictor_of(current), args, creating=False) if current is not None
                      else desired_predictor({}, args, creating=True))
         notes = deploy_notes(current, args, predictor, mode_of(current) if current is not None else None)
@@ -665,10 +674,10 @@ def deploy_model(kube: Kube, args: DeployModelArgs, ctx: CallContext,
                 status = _wait_ready(kube, name, ns, ctx, float(args.timeout_seconds), progress,
                                      f"inferenceservice {ns}/{name} was unchanged", 0)
             return _deploy_result(args, "unchanged", current, current, notes, status)
-        after = kube.call(custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
-                          spec_patch(current, predictor, cause, extra), dry_run=dry,
-                          _content_type=JSON_PATCH, what=f"update inferenceservice {ns}/{name}",
-                          audit_id=ctx.call_id)
+        after = guarded_patch(kube, custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+                              ops=spec_patch(current, predictor, cause, extra),
+                              reread=lambda: _read(kube, name, ns, ctx),
+                              what=f"update inferenceservice {ns}/{name}", audit_id=ctx.call_id, dry_run=dry)
         return current, after, notes
 
     outcome = retry_on_conflict(attempt, what=f"deploy_model {ns}/{name}", kind="InferenceService")
@@ -755,6 +764,9 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
 
     def attempt() -> ScaleResult:
         current = _read(kube, name, ns, ctx)
+        # The bound on this read, which the write is guarded by (generation): issue 15 item 11.
+        enforce_bounds(ctx, {**args.policy_attrs(), "current_replicas": replica_ceiling(current)},
+                       f"inferenceservice {ns}/{name} as read just before the write")
         predictor = copy.deepcopy(predictor_of(current))
         low, high = predictor.get("minReplicas"), predictor.get("maxReplicas")
         target, metric = predictor.get("scaleTarget"), predictor.get("scaleMetric")
@@ -771,9 +783,9 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
                            ("scaleMetric", new_metric)):
             if value is not None:
                 predictor[key] = value
-        after = kube.call(_custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
-                          spec_patch(current, predictor, cause), dry_run=dry, _content_type=JSON_PATCH,
-                          what=what, audit_id=ctx.call_id)
+        after = guarded_patch(kube, _custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+                              ops=spec_patch(current, predictor, cause), reread=lambda: _read(kube, name, ns, ctx),
+                              what=what, audit_id=ctx.call_id, dry_run=dry)
         message = None
         canary = predictor.get("canaryTrafficPercent")
         if mode_of(current) != RAW:
@@ -866,9 +878,9 @@ def rollback_inference_service(kube: Kube, args: RollbackArgs, ctx: CallContext)
             return base
         enforce_bounds(ctx, restored_service_attrs(predictor_of(current), predictor),
                        f"the spec a rollback of inferenceservice {ns}/{name} restores")
-        after = kube.call(_custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
-                          spec_patch(current, predictor, cause), dry_run=dry, _content_type=JSON_PATCH,
-                          what=what, audit_id=ctx.call_id)
+        after = guarded_patch(kube, _custom(kube).patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+                              ops=spec_patch(current, predictor, cause), reread=lambda: _read(kube, name, ns, ctx),
+                              what=what, audit_id=ctx.call_id, dry_run=dry)
         changes = diff_services(current, after)
         if args.dry_run:
             return base.model_copy(update={"action": "dry-run", "changes": changes,
