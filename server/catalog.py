@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -32,8 +32,16 @@ if TYPE_CHECKING:
 from .toolspec import ToolSpec
 
 
+# Worker threads by kind of work (issue 15 item 21). Audit appends and fast tools (whoami) use anyio's
+# default limiter (40 threads); cluster calls, which wait on the network, and model runs, which hold
+# cores, each get their own, so neither can take every thread and stall the rest of the server.
+CLUSTER_THREADS: Final = 32
+INFERENCE_THREADS: Final = 4
+
+
 def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
     stores: list[ModelStore] = []
+    limiter = anyio.CapacityLimiter(INFERENCE_THREADS)
 
     def store() -> ModelStore:
         """Built on first use: numpy and the model folder are not needed to start serving."""
@@ -44,11 +52,11 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
         return stores[0]
 
     async def list_models(_: ListModelsArgs, ctx: CallContext) -> ListModelsResult:
-        return await anyio.to_thread.run_sync(lambda: store().list_models())
+        return await anyio.to_thread.run_sync(lambda: store().list_models(), limiter=limiter)
 
     async def infer(args: InferArgs, ctx: CallContext) -> InferResult:
         # onnxruntime releases the GIL; a worker thread keeps the event loop answering.
-        return await anyio.to_thread.run_sync(lambda: store().infer(args))
+        return await anyio.to_thread.run_sync(lambda: store().infer(args), limiter=limiter)
 
     def render_models(r: ListModelsResult) -> str:
         def sig(specs: list[TensorSpec]) -> str:
@@ -73,11 +81,12 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
 
 
 def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[ToolSpec[Any, Any]]:
+    limiter = anyio.CapacityLimiter(CLUSTER_THREADS)  # every call to this cluster, reads and writes
     def bind(fn: Callable[[Kube, Any, CallContext], Any]) -> Callable[[Any, CallContext], Awaitable[Any]]:
         """The kubernetes client is synchronous: run it in a worker thread so the loop keeps serving."""
 
         async def run(args: Any, ctx: CallContext) -> Any:
-            return await anyio.to_thread.run_sync(fn, kube, args, ctx)
+            return await anyio.to_thread.run_sync(fn, kube, args, ctx, limiter=limiter)
 
         return run
 
@@ -91,7 +100,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
                 if report is not None:
                     anyio.from_thread.run(report, done, total, message)
 
-            return await anyio.to_thread.run_sync(fn, kube, args, ctx, progress)
+            return await anyio.to_thread.run_sync(fn, kube, args, ctx, progress, limiter=limiter)
 
         return run
 
@@ -101,7 +110,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
     async def current_replicas(args: Any) -> dict[str, Any]:
         """For max_replicas_change: the replicas now (0 for a Deployment not yet created); unknown on error."""
         if isinstance(args, ks.DeployModelArgs) or getattr(args, "kind", None) == "InferenceService":
-            return await anyio.to_thread.run_sync(ks.current_replicas, kube, args.namespace, args.name)
+            return await anyio.to_thread.run_sync(ks.current_replicas, kube, args.namespace, args.name,
+                                                  limiter=limiter)
 
         def read() -> dict[str, Any]:
             what = f"read scale of deployment {args.namespace}/{args.name}"
@@ -111,7 +121,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
                 return {"current_replicas": 0} if getattr(exc, "status", None) == 404 else {}
             return {"current_replicas": int((scale.get("spec") or {}).get("replicas") or 0)}
 
-        return await anyio.to_thread.run_sync(read)
+        return await anyio.to_thread.run_sync(read, limiter=limiter)
 
     return [
         ToolSpec(
