@@ -18,7 +18,8 @@ Rules, in the order they apply to a value:
    cookie (run-together names: ``dbpassword``, ``accesstoken``,
    ``clientsecret``); or two adjacent words are api+key(s), private+key,
    access+key, secret+key, session+key, ssh+key, signing+key,
-   encryption+key, master+key, pass+word, pass+phrase.
+   encryption+key, master+key, client+key, tls+key, pass+word, pass+phrase
+   (kubeconfig's ``client-key-data``, ``client-key``).
    Not secret: ``key`` alone (``monkey``, ``keyboard``, ``key``), words
    that merely *start* with a secret word (``tokenizer``, ``passwordless``,
    ``secretary``, ``author``), ``oauth``, and plural ``tokens`` (ML APIs use
@@ -92,7 +93,7 @@ _SECRET_PAIRS = frozenset(
     tuple(pair.split("+"))
     for pair in _words(
         "api+key api+keys private+key access+key secret+key session+key ssh+key signing+key"
-        " encryption+key master+key pass+word pass+phrase"
+        " encryption+key master+key client+key tls+key pass+word pass+phrase"
     )
 )
 _ABOUT_WORDS = _words(
@@ -271,14 +272,17 @@ def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
     return out
 
 
+_NUMBERS = frozenset({int, float, bool, type(None)})
+
+
 def redact(value: Any) -> Any:
     """Deep copy of a JSON-like ``value`` with secrets replaced by ``REDACTED`` (rules in the module doc)."""
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
         return _redact_mapping(value)
-    if isinstance(value, list):
-        return [redact(item) for item in value]
+    if isinstance(value, list):  # numbers need no call each: model outputs are long lists of them
+        return [item if type(item) in _NUMBERS else redact(item) for item in value]
     if isinstance(value, tuple):
         return tuple(redact(item) for item in value)
     return value

@@ -22,6 +22,7 @@ from pydantic_core import ErrorDetails
 from pydantic_core.core_schema import ErrorType
 
 from opsgate.audit import AuditLog, AuditWriteError
+from opsgate.audit.redact import redact, redact_text
 from opsgate.policies.bounds import check_bounds
 from opsgate.policies.engine import Decision, Policy
 from opsgate.policies.ratelimit import RateLimiter
@@ -93,7 +94,7 @@ def error_envelope(
     """
     entries = errors or [{"field": NO_FIELD, "rule": code.replace("_", "-"), "message": message}]
     return cap_strings(  # type: ignore[no-any-return]
-        {"code": code, "message": message, "errors": entries, "call_id": call_id, **details}
+        redact({"code": code, "message": message, "errors": entries, "call_id": call_id, **details})
     )
 
 
@@ -250,7 +251,18 @@ def _message(error_type: str, pydantic_message: str, sent: Any, depth: int) -> s
     if expected is not None:
         return f"{expected} was expected, {sent_kind(sent)} was sent"
     text = pydantic_message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return text.replace("Input should be", "should be", 1)
+    return _unquoted(text.replace("Input should be", "should be", 1), sent)
+
+
+def _unquoted(text: str, sent: Any) -> str:
+    """A validator's message with the strings sent (a value, a dict's keys and values) taken out, then redacted:
+    a rejection names what is wrong, never the value (audit/SCHEMA.md)."""
+    values: list[Any] = [sent] if isinstance(sent, str) else [*sent, *sent.values()] if isinstance(sent, dict) else []
+    strings: list[str] = [v for v in values[:64] if isinstance(v, str) and len(v) >= 4]
+    for value in sorted(strings, key=len, reverse=True):
+        text = text.replace(repr(value), "(the value sent)").replace(value, "(the value sent)")
+    cleaned: str = redact_text(text)
+    return cleaned
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -560,7 +572,8 @@ class Gate:
             return Answer(envelope)
         assert result is not None
         bound.info("call_ok", duration_ms=round(duration_ms, 3))
-        return Answer(text=cap_text(spec.render(result)), data=cap_strings(result.model_dump(mode="json")))
+        return Answer(text=cap_text(redact_text(spec.render(result))),  # a label, an image, the cluster's text
+                      data=cap_strings(redact(result.model_dump(mode="json"))))
 
     async def _invalid(
         self,

@@ -88,7 +88,7 @@ def decision_record(
         "verb": verb,
         "namespace": namespace,
         "arguments": safe_arguments(arguments),
-        "decision": dict(decision),
+        "decision": redact(jsonable(dict(decision))),  # reasons and errors may quote what the caller sent
     }
     if object_ref is not None:
         record["object"] = jsonable(dict(object_ref))
@@ -107,7 +107,7 @@ def outcome_record(
 ) -> dict[str, Any]:
     outcome: dict[str, Any] = {"status": status}
     if error is not None:
-        outcome["error"] = jsonable(dict(error))
+        outcome["error"] = redact(jsonable(dict(error)))  # the cluster's or a model server's text, a URL
     if result is not None:
         outcome["result"] = safe_arguments(result)
     return {
@@ -125,7 +125,7 @@ def outcome_record(
 
 def server_record(stage: str, caller: Caller, **details: Any) -> dict[str, Any]:
     """Server events (start, stop) so a reviewer sees sessions begin and end."""
-    return {"v": SCHEMA_VERSION, "stage": stage, "time": now(), **caller.fields(), **jsonable(details)}
+    return {"v": SCHEMA_VERSION, "stage": stage, "time": now(), **caller.fields(), **redact(jsonable(details))}
 
 
 def compact(value: Any) -> str:

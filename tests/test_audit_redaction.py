@@ -83,10 +83,14 @@ def test_secret_data_is_redacted_wherever_the_secret_sits() -> None:
 @pytest.mark.parametrize("unit", ["kind: ", "kind:Secret", '"kind":"Secre', "Secret "])
 def test_secret_manifest_scan_stays_linear(unit: str) -> None:
     small, big = unit * (20_000 // len(unit)), unit * (200_000 // len(unit))
-    start = time.perf_counter()
-    redact(small)
-    t_small = time.perf_counter() - start
-    start = time.perf_counter()
-    redact(big)
-    t_big = time.perf_counter() - start
+
+    def best_of_three(text: str) -> float:  # a busy machine delays single runs, not the best of three
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            redact(text)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    t_small, t_big = best_of_three(small), best_of_three(big)
     assert t_big < 0.5 and t_big < 40 * max(t_small, 1e-4)
