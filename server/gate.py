@@ -455,6 +455,17 @@ class Gate:
 
     def with_client(self, name: str | None, version: str | None) -> Caller:
         c = self.caller
+        return Caller(c.principal, c.principal_source, c.os_user, name, version, c.session_id)
+
+    async def call(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        caller: Caller,
+        progress: ProgressFn | None = None,
+        route: str = "tool",
+        ask: AskFn | None = None,
+    ) -> types.CallToolResult:
         return (await self.answer(name, arguments, caller, progress, route, ask)).tool_result()
 
     async def answer(
@@ -467,17 +478,6 @@ class Gate:
         ask: AskFn | None = None,
     ) -> Answer:
         """A call through the gate, its answer not yet put on the wire (resources read the error as is)."""
-        return Caller(c.principal, c.principal_source, c.os_user, name, version, c.session_id)
-
-    async def call(
-        self,
-        name: str,
-        arguments: Mapping[str, Any] | None,
-        caller: Caller,
-        progress: ProgressFn | None = None,
-        route: str = "tool",
-        ask: AskFn | None = None,
-    ) -> Answer:
         self._in_flight += 1
         try:
             return await self._call(name, arguments, caller, progress, route, ask)
@@ -492,7 +492,7 @@ class Gate:
         progress: ProgressFn | None,
         route: str,
         ask: AskFn | None,
-    ) -> types.CallToolResult:
+    ) -> Answer:
         call_id = uuid.uuid4().hex
         started = time.perf_counter()
         bound = log.bind(call_id=call_id, tool=name, principal=caller.principal)
@@ -540,7 +540,6 @@ class Gate:
         client = f"{caller.client_name}/{caller.client_version}" if caller.client_name else None
         context = CallContext(call_id=call_id, principal=caller.principal, client=client, report_progress=progress,
                               check_bounds=check_bounds)
-            envelope = error_envelope(error["code"], error["message"], call_id)
         result: BaseModel | None = None
         error: dict[str, Any] | None = None  # for the outcome record (audit/SCHEMA.md)
         envelope: dict[str, Any] | None = None  # for the caller (README "Errors")
@@ -554,6 +553,7 @@ class Gate:
         except Exception as exc:  # never crash the server; the log keeps the traceback
             bound.exception("tool_crashed")
             error = {"code": "internal_error", "message": f"internal error in {spec.name} ({type(exc).__name__})"}
+            envelope = error_envelope(error["code"], error["message"], call_id)
         duration_ms = (time.perf_counter() - started) * 1000
         summary = getattr(result, "audit_summary", None)
         outcome = outcome_record(
@@ -588,7 +588,7 @@ class Gate:
         record = decision_record(
             call_id=call_id, caller=caller, tool=tool, verb=self.verb_of(tool) or "unknown",
             namespace="-", arguments=raw, decision=decision,
-        ))
+        )
         if not await self._append(record, bound):
             return self._audit_refusal(call_id)
         bound.info("call_invalid", fields=[e["field"] for e in errors])
@@ -613,7 +613,7 @@ class Gate:
     def _audit_refusal(call_id: str) -> Answer:
         return Answer(error_envelope(
             "audit_unavailable", "refused: the audit log cannot be written, so nothing was run", call_id
-        )
+        ))
 
 
 __all__ = ["Answer", "Gate", "GateDecision", "compact", "error_envelope", "error_of", "error_result"]
