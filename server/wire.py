@@ -99,6 +99,7 @@ class Envelope:
         return value if isinstance(value, str | int) and not isinstance(value, bool) else None
 
 
+_ENOUGH: Final = {"id", "method", "name"}
 _PATHS: Final = {("id",): "id", ("method",): "method", ("params",): "params", ("params", "name"): "name",
                  ("params", "arguments"): "arguments"}
 
@@ -108,7 +109,9 @@ def read_envelope(text: str) -> Envelope:
 
     A linear scan over the tokens (strings are skipped by the regex engine); only
     the values at the paths above are decoded, and only when they are scalars.
-    Later duplicates win, as in the SDK's parser.
+    It stops once id, method and tool name are read (later duplicates, which the
+    SDK's parser would prefer, are not looked for: a client that sends two ids
+    is answered on the first).
     """
     values: dict[str, Any] = {}
     kinds: dict[str, str] = {}
@@ -139,6 +142,8 @@ def read_envelope(text: str) -> Envelope:
             path = tuple(k for k in keys if k is not None)
             if len(path) == len(keys) and path in _PATHS:
                 _read_value(text, match.end(), _PATHS[path], values, kinds)
+                if values.keys() >= _ENOUGH:
+                    break  # all an answer needs: the rest may be megabytes of nesting
             expect_key = False
         elif expect_key:  # a string in key position
             try:
@@ -175,7 +180,7 @@ def rejected_request(request_id: str | int, method: str, name: str, rule: str, l
         marker["sent"] = sent
     params: dict[str, Any] = {"name": name, "arguments": {MARKER: marker}}
     if method != "tools/call":
-        params = {"_meta": f"rejected: {rule}"}  # not an object: the SDK answers invalid params
+        params = {"_meta": f"rejected: {rule}"}  # _meta must be an object: the SDK answers invalid params
     message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
     return json.dumps(message, separators=(",", ":")) + "\n"
 
@@ -193,6 +198,14 @@ def rejection_errors(arguments: Any) -> list[dict[str, str]] | None:
     if isinstance(sent, str) and sent in _KINDS.values():
         message = f"{message}; {sent} was sent"
     return [{"field": field, "rule": rule, "message": message}]
+
+
+def envelope_of(message: Mapping[str, Any]) -> Envelope:
+    """The envelope of a parsed request (scalar values only, as ``read_envelope`` reads them)."""
+    params = message.get("params")
+    found = {"id": message.get("id"), "method": message.get("method"),
+             "name": params.get("name") if isinstance(params, dict) else None}
+    return Envelope({k: v for k, v in found.items() if not isinstance(v, dict | list)}, {})
 
 
 def envelope_problem(message: Mapping[str, Any]) -> tuple[str, str | None] | None:
@@ -250,7 +263,7 @@ def screen_line(line: str, max_depth: int = MAX_DEPTH) -> str:
     if problem is None:
         return line
     rule, sent = problem
-    return _disarm(read_envelope(line), rule, sent, line) or line
+    return _disarm(envelope_of(message), rule, sent, line) or line
 
 
 @dataclass(frozen=True)
