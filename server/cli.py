@@ -4,6 +4,7 @@ the subcommand that needs them, so ``opsgate audit verify`` starts instantly."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,8 @@ def _emit(text: str) -> None:
 
 SETTING_FLAGS = ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only",
                  "disable_destructive", "log_level", "policy_reload_seconds", "audit_signing_key",
-                 "audit_checkpoint_every", "audit_max_segment_bytes", "kube_timeout_seconds")
+                 "audit_checkpoint_every", "audit_max_segment_bytes", "kube_timeout_seconds",
+                 "sandbox_namespaces")
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +45,8 @@ def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", type=Path, help="kubeconfig file")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--kube-timeout-seconds", type=float, help="how long one Kubernetes API request may take")
+    p.add_argument("--sandbox-namespaces", metavar="NS,NS",
+                   help="namespaces the built-in sandbox creates at start (default: team-a)")
     p.add_argument("--read-only", action="store_const", const=True, default=None,
                    help="refuse every tool that changes something")
     p.add_argument("--disable-destructive", action="store_const", const=True, default=None,
@@ -98,6 +102,8 @@ def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("sandbox", help="run the built-in sandbox Kubernetes API alone (for kubectl and other clients)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free port)")
     p.add_argument("--write-kubeconfig", type=Path, help="write a kubeconfig for it here")
+    p.add_argument("--namespaces", metavar="NS,NS",
+                   help="namespaces to create at start, besides default and kube-* (default: team-a)")
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -192,11 +198,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo()
     if args.command == "sandbox":
+        from .config import SettingsError, load_settings
         from .logs import configure_logging
         from .sandbox import run_sandbox
 
+        try:  # the same setting, and checks, as the built-in sandbox's
+            env = {k: v for k, v in os.environ.items() if k == "OPSGATE_SANDBOX_NAMESPACES"}
+            settings = load_settings({"sandbox_namespaces": args.namespaces}, environ=env)
+        except SettingsError as exc:
+            _err(str(exc).replace("setting sandbox_namespaces from --sandbox-namespaces", "--namespaces"))
+            return EXIT_UNUSABLE
         configure_logging("info")
-        run_sandbox(args.port, args.write_kubeconfig)
+        run_sandbox(args.port, args.write_kubeconfig, settings.sandbox_namespaces)
         return EXIT_OK
     return EXIT_UNUSABLE
 

@@ -32,9 +32,11 @@ log = structlog.get_logger("opsgate.cluster")
 class SandboxKube(Kube):
     """The built-in sandbox, started on first use: a session that never touches a cluster never pays for one."""
 
-    def __init__(self, models_dir: Path | None, request_timeout: tuple[float, float]) -> None:
+    def __init__(self, models_dir: Path | None, request_timeout: tuple[float, float],
+                 namespaces: tuple[str, ...] = ()) -> None:
         super().__init__(KubeTarget(), sandbox=True, request_timeout=request_timeout)
         self._models_dir = models_dir
+        self._namespaces = namespaces
         self._start_lock = threading.Lock()
         self.sandbox: SandboxCluster | None = None
 
@@ -43,8 +45,10 @@ class SandboxKube(Kube):
             if self.sandbox is None:
                 from .sandbox import SandboxCluster
 
-                self.sandbox = SandboxCluster(models_dir=self._models_dir).start()  # serves our models folder
-                self.target = KubeTarget(sandbox_url=self.sandbox.url)
+                # serves our models folder; creates the namespaces asked for (--sandbox-namespaces)
+                self.sandbox = SandboxCluster(models_dir=self._models_dir, namespaces=self._namespaces).start()
+                # its kubeconfig: HTTPS trusting the sandbox's CA, with the token kubectl and client-go send too
+                self._config_dict = self.sandbox.kubeconfig()
                 log.info("sandbox_started", server=self.sandbox.url)
             return self.sandbox
 
@@ -72,7 +76,9 @@ class Cluster:
         """What we were told, for whoami and the banner (the sandbox starts if it has not yet)."""
         info: dict[str, Any] = {"source": self.source, "sandbox": self.is_sandbox}
         if isinstance(self.kube, SandboxKube):
-            info["server"] = self.kube.ensure_started().url
+            sandbox = self.kube.ensure_started()
+            info["server"] = sandbox.url
+            info["namespaces"] = sandbox.namespaces
         else:
             info["kubeconfig"] = str(self.kube.target.kubeconfig) if self.kube.target.kubeconfig else None
             info["context"] = self.kube.target.context
@@ -105,7 +111,7 @@ def open_cluster(settings: Settings, environ: Mapping[str, str] | None = None) -
                        "kubeconfig")
     if env.get("KUBERNETES_SERVICE_HOST"):
         return Cluster(Kube(KubeTarget(in_cluster=True), request_timeout=timeout), "in-cluster")
-    return Cluster(SandboxKube(settings.models, timeout), "sandbox")
+    return Cluster(SandboxKube(settings.models, timeout, settings.sandbox_namespaces), "sandbox")
 
 
 def describe_cluster(cluster: Cluster) -> str:
@@ -116,7 +122,9 @@ def describe_cluster(cluster: Cluster) -> str:
 def cluster_text(info: Mapping[str, Any]) -> str:
     """One line for people from ``Cluster.describe()``'s facts (the banner, whoami's text)."""
     if info.get("sandbox"):
-        return f"SANDBOX (built in, in memory) at {info.get('server')}"
+        namespaces = ", ".join(info.get("namespaces") or [])
+        return f"SANDBOX (built in, in memory) at {info.get('server')}" + (
+            f"; namespaces {namespaces}" if namespaces else "")
     if info.get("source") == "in-cluster":
         return "in-cluster service account"
     return f"kubeconfig {info.get('kubeconfig')}" + (f" context {info['context']}" if info.get("context") else "")

@@ -9,6 +9,7 @@ start with a message that names it, wherever it came from.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from opsgate.policies.engine import validate_principal
 
 ENV_PREFIX = "OPSGATE_"
+# The README's example grant is for team-*: its first namespace exists on the sandbox from the start.
+DEFAULT_SANDBOX_NAMESPACES = ("team-a",)
+NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # RFC 1123 label, as the API server checks
 # Variables with these prefixes belong to the test suite, not to the server.
 ENV_IGNORED_PREFIXES = ("OPSGATE_E2E_", "OPSGATE_TEST_")
 
@@ -63,6 +67,25 @@ class Settings(BaseModel):
         default=2.0, ge=0, le=3600, description="How often to look for a changed policy; 0 turns reload off."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    sandbox_namespaces: tuple[str, ...] = Field(
+        default=DEFAULT_SANDBOX_NAMESPACES,
+        description="Namespaces the built-in sandbox creates at start, besides default and kube-* "
+        "(comma-separated in flags and the environment); the default is the README's example grant's.",
+    )
+
+    @field_validator("sandbox_namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("sandbox_namespaces")
+    @classmethod
+    def _namespaces_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if len(name) > 63 or not NAMESPACE_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a namespace name (lowercase letters, digits and '-', "
+                                 "starting and ending with a letter or digit, at most 63)")
+        return value
 
     @field_validator("principal")
     @classmethod

@@ -23,7 +23,8 @@ from .errors import (
     path_not_found,
     unsupported_media_type,
 )
-from .kinds import SELF_SUBJECT_REVIEW
+from .kinds import POD, SELF_SUBJECT_REVIEW
+from .pods import STREAM_SUBRESOURCES, PodLogs, log_container, no_containers, select_log
 from .resources import PRIMITIVE_MERGE_LISTS, ResourceRegistry, ResourceType
 from .selectors import Requirement, labels_match, parse_field_selector, parse_label_selector
 from .store import Store, WatchEvent
@@ -117,6 +118,7 @@ class Api:
         self.server_address = server_address
         self.users: Mapping[str, str] = users or {}  # bearer token -> user name; others are anonymous
         self.watch_poll = 1.0
+        self.pod_logs = PodLogs()  # the stand-in kubelet writes here, ``pods/log`` reads
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -189,12 +191,15 @@ class Api:
             raise path_not_found()
         if sub is not None and not (
             (sub == "status" and rt.status_subresource) or (sub == "scale" and rt.scale is not None)
+            or (sub in STREAM_SUBRESOURCES and rt.key == POD.key)
         ):
             raise path_not_found()
         return Route(rt, namespace, name, sub)
 
     def _dispatch(self, req: Request, route: Route) -> Response | WatchStream:
         method = req.method
+        if route.subresource in STREAM_SUBRESOURCES:
+            return self._pod_stream(req, route)
         if route.name is None:
             if method == "GET":
                 if _bool(req.query.get("watch")):
@@ -332,6 +337,23 @@ class Api:
     def _get(self, req: Request, route: Route) -> Response:
         obj = self.store.get(route.rt, self._ns(route), route.name or "")
         return self._render(req, route, obj)
+
+    def _pod_stream(self, req: Request, route: Route) -> Response:
+        """``pods/log``: the stand-in kubelet's lines as text/plain; exec, attach, portforward: a 400 saying why.
+
+        ``follow`` answers what there is and ends (no process will ever write more)."""
+        sub = route.subresource or ""
+        if req.method not in (("GET",) if sub == "log" else ("GET", "POST")):
+            raise method_not_allowed(req.method)
+        pod = self.store.get(route.rt, self._ns(route), route.name or "")
+        if sub != "log":
+            raise no_containers(route.name or "", sub)
+        if _bool(req.query.get("previous")):
+            container = req.query.get("container") or ""
+            raise bad_request(f'previous terminated container "{container}" in pod "{route.name}" not found')
+        container = log_container(pod, req.query.get("container"))
+        lines = self.pod_logs.read(self._ns(route), route.name or "", container)
+        return Response(200, select_log(lines, req.query, time.time()), "text/plain")
 
     def _self_subject_review(self, req: Request) -> Response:
         """Who the request's bearer token is: a user the sandbox was given, else anonymous, as on a

@@ -6,15 +6,17 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, Self
 
+from . import infra
 from .api import Api
 from .controllers import Controller, ControllerManager, builtin_controllers
 from .faults import Fault, FaultTable
 from .http import SandboxHTTPServer
+from .infra import COMPONENT_STATUS, ENDPOINT_SLICE, ENDPOINTS, INFRA_TYPES, NODE, SERVICE
 from .kinds import BUILTIN_TYPES, NAMESPACE
 from .kserve import INFERENCESERVICE, KServeController
 from .logs import log
@@ -42,27 +44,33 @@ class SandboxCluster:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, rollout_delay: float = 0.2,
                  kserve: bool = True, models_dir: Path | None = None,
-                 users: Mapping[str, str] | None = None) -> None:
+                 users: Mapping[str, str] | None = None, namespaces: Sequence[str] = ()) -> None:
         self.host = host
         self.rollout_delay = rollout_delay
         self._requested_port = port
         self.registry = ResourceRegistry()
-        for rt in BUILTIN_TYPES:
+        for rt in (*BUILTIN_TYPES, *INFRA_TYPES):
             self.registry.register(rt)
         self.store = Store(self.registry)
         self.faults = FaultTable()
         self.users = dict(users if users is not None else {TOKEN: USER})
         self.api = Api(self.registry, self.store, lambda: f"{self.host}:{self.port}", self.users)
         self.controllers = ControllerManager(self.store, rollout_delay)
-        for controller in builtin_controllers():
+        for controller in builtin_controllers(self.api.pod_logs):
             self.controllers.add(controller)
         self.kserve: KServeController | None = None
         if kserve:
             self.registry.register(INFERENCESERVICE)
             self.kserve = KServeController(models_dir)
             self.controllers.add(self.kserve)
-        for name in INITIAL_NAMESPACES:
+        for name in dict.fromkeys((*INITIAL_NAMESPACES, *namespaces)):
             self.store.create(NAMESPACE, {"metadata": {"name": name}})
+        node = infra.node()
+        self.store.create(NODE, node)
+        self.store.update(NODE, "", str(node["metadata"]["name"]), lambda cur: {**cur, "status": node["status"]},
+                          subresource="status")  # a create drops status, as for any kind with the subresource
+        for status in infra.component_statuses():
+            self.store.create(COMPONENT_STATUS, status)
         self._server: SandboxHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -79,8 +87,21 @@ class SandboxCluster:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-http", daemon=True
         )
         self._thread.start()
+        self._publish_address()
         self.controllers.start()
         return self
+
+    def _publish_address(self) -> None:
+        """The ``kubernetes`` Service, Endpoints and EndpointSlice in ``default``, once the port is known."""
+        endpoints, endpoint_slice = infra.kubernetes_endpoints(self.host, self.port)
+        self.store.create(SERVICE, infra.kubernetes_service(self.port), namespace="default")
+        self.store.create(ENDPOINTS, endpoints, namespace="default")
+        self.store.create(ENDPOINT_SLICE, endpoint_slice, namespace="default")
+
+    @property
+    def namespaces(self) -> list[str]:
+        """The namespaces that exist now (the banner and ``opsgate sandbox`` say which)."""
+        return [str(ns["metadata"]["name"]) for ns in self.store.list_objects(NAMESPACE, None).items]
 
     def stop(self) -> None:
         server = self._server
@@ -174,7 +195,7 @@ class SandboxCluster:
         return controller
 
 
-def run_sandbox(port: int, kubeconfig_path: Path | None) -> None:
+def run_sandbox(port: int, kubeconfig_path: Path | None, namespaces: Sequence[str] = ()) -> None:
     """Run a sandbox cluster until SIGINT/SIGTERM (``opsgate sandbox``); logs go to stderr."""
     stop = threading.Event()
 
@@ -183,12 +204,13 @@ def run_sandbox(port: int, kubeconfig_path: Path | None) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with SandboxCluster(port=port) as cluster:
+        with SandboxCluster(port=port, namespaces=namespaces) as cluster:
             hint = None
             if kubeconfig_path is not None:
                 cluster.write_kubeconfig(kubeconfig_path)
                 hint = f"export KUBECONFIG={Path(kubeconfig_path).resolve()}"
-            log.info("sandbox.ready", url=cluster.url, kubeconfig=str(kubeconfig_path or ""), hint=hint)
+            log.info("sandbox.ready", url=cluster.url, kubeconfig=str(kubeconfig_path or ""), hint=hint,
+                     namespaces=",".join(cluster.namespaces))
             while not stop.wait(0.5):
                 pass
     finally:

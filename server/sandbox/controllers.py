@@ -29,12 +29,15 @@ import itertools
 import secrets
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from . import rollout
 from .errors import ApiError
+from .events import EventCorrelator
 from .kinds import DEPLOYMENT, EVENT, POD, REPLICASET
 from .logs import log
+from .pods import NODE_IP, NODE_NAME, PodLogs, container_id, image_id, image_reference
 from .resources import ResourceType
 from .store import Store, WatchEvent, now_rfc3339, random_suffix
 
@@ -77,6 +80,8 @@ class Controller:
     def __init__(self) -> None:
         self.store: Store | None = None
         self.rollout_delay = 0.2
+        self.events = EventCorrelator()
+        self._events_lock = threading.Lock()
 
     def bind(self, store: Store, rollout_delay: float) -> None:
         self.store = store
@@ -96,34 +101,60 @@ class Controller:
         """Bring one object toward its desired state; return seconds until the next call, or None."""
         raise NotImplementedError
 
-    def record_event(self, involved: JSON, reason: str, message: str, event_type: str = "Normal") -> None:
-        """Write a core/v1 Event, as controllers do (``kubectl describe`` lists them)."""
+    def record_event(self, involved: JSON, reason: str, message: str, event_type: str = "Normal", *,
+                     component: str | None = None, field_path: str = "", host: str = "") -> None:
+        """Write a core/v1 Event, as controllers do (``kubectl describe`` lists them).
+
+        Through this controller's ``EventCorrelator``: a repeat raises the count of the Event
+        written before, and many similar ones are combined, as client-go's recorder does.
+        ``component`` is the source when it is not this controller (the scheduler's events are
+        written by the stand-in kubelet), ``field_path`` the container (``spec.containers{web}``).
+        """
         meta = _meta(involved)
         namespace = str(meta.get("namespace") or "default")
-        stamp = now_rfc3339()
-        event = {
+        source = component or self.name
+        involved_ref: JSON = {
+            "apiVersion": involved.get("apiVersion", ""),
+            "kind": involved.get("kind", ""),
+            "name": meta.get("name", ""),
+            "namespace": namespace,
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        }
+        if field_path:
+            involved_ref["fieldPath"] = field_path
+        event: JSON = {
             "metadata": {"name": f"{meta.get('name')}.{secrets.token_hex(8)}", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": involved.get("apiVersion", ""),
-                "kind": involved.get("kind", ""),
-                "name": meta.get("name", ""),
-                "namespace": namespace,
-                "uid": meta.get("uid", ""),
-                "resourceVersion": meta.get("resourceVersion", ""),
-            },
+            "involvedObject": involved_ref,
             "reason": reason,
             "message": message,
             "type": event_type,
-            "source": {"component": self.name},
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-            "reportingComponent": self.name,
+            "source": {"component": source, **({"host": host} if host else {})},
+            "reportingComponent": source,
+            "reportingInstance": host,
         }
-        try:
-            self.s.create(EVENT, event, namespace=namespace)
-        except ApiError as exc:
-            log.debug("sandbox.event_dropped", reason=reason, error=exc.message)
+        with self._events_lock:
+            correlated = self.events.correlate(event, time.time())
+            written = correlated.event
+            try:
+                if correlated.update:
+                    try:
+                        self.s.update(EVENT, namespace, str(written["metadata"]["name"]), partial(_bump, written))
+                        return
+                    except ApiError as exc:
+                        if exc.code != 404:
+                            raise
+                self.s.create(EVENT, written, namespace=namespace)
+            except ApiError as exc:
+                self.events.forget(written)
+                log.debug("sandbox.event_dropped", reason=reason, error=exc.message)
+
+
+def _bump(written: JSON, cur: JSON) -> JSON:
+    """What the recorder's PATCH of a repeated event changes: count, lastTimestamp, message."""
+    for key in ("count", "lastTimestamp", "message"):
+        cur[key] = written[key]
+    return cur
 
 
 class ControllerManager:
@@ -228,19 +259,27 @@ class ControllerManager:
 
 
 class KubeletController(Controller):
-    """Pods go Pending -> Running/Ready ``rollout_delay`` seconds after they are first seen."""
+    """Pods go Pending -> Running/Ready ``rollout_delay`` seconds after they are first seen.
+
+    It writes what the scheduler and kubelet would: a ``Scheduled`` event when it first sees
+    a pod, ``Pulled``/``Created``/``Started`` per container when it marks it running, a
+    status with ``podIPs``, ``containerID`` and ``imageID``, and a few log lines of its own
+    per container (``kubectl logs`` reads them; no process runs, so there is no other output).
+    """
 
     name = "kubelet"
     watches = (POD,)
 
-    def __init__(self) -> None:
+    def __init__(self, pod_logs: PodLogs | None = None) -> None:
         super().__init__()
         self._first_seen: dict[str, float] = {}
         self._ips = itertools.count(2)
+        self.pod_logs = pod_logs if pod_logs is not None else PodLogs()
 
     def keys_for(self, event: WatchEvent) -> list[Key]:
         if event.type == "DELETED":
             self._first_seen.pop(str(_meta(event.obj).get("uid")), None)
+            self.pod_logs.drop(str(_meta(event.obj).get("namespace")), str(_meta(event.obj).get("name")))
             return []
         if (event.obj.get("status") or {}).get("phase") != "Pending":
             return []
@@ -251,13 +290,19 @@ class KubeletController(Controller):
         if pod is None or (pod.get("status") or {}).get("phase") != "Pending":
             return None
         uid = str(_meta(pod).get("uid"))
-        first = self._first_seen.setdefault(uid, time.monotonic())
+        if uid not in self._first_seen:
+            self._first_seen[uid] = time.monotonic()
+            node = (pod.get("spec") or {}).get("nodeName") or NODE_NAME
+            self.record_event(pod, "Scheduled", f"Successfully assigned {namespace}/{name} to {node}",
+                              component="default-scheduler")
+        first = self._first_seen[uid]
         wait = first + self.rollout_delay - time.monotonic()
         if wait > 0:
             return wait
         stamp = now_rfc3339()
         ip = next(self._ips)
-        containers = (pod.get("spec") or {}).get("containers") or []
+        pod_ip = f"10.244.{ip // 250 % 250}.{ip % 250 + 1}"
+        containers = [c for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
 
         def run(cur: JSON) -> JSON:
             cur["status"] = {
@@ -266,15 +311,18 @@ class KubeletController(Controller):
                     {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": stamp}
                     for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")
                 ],
-                "hostIP": "10.0.0.1",
-                "podIP": f"10.244.{ip // 250 % 250}.{ip % 250 + 1}",
+                "hostIP": NODE_IP,
+                "hostIPs": [{"ip": NODE_IP}],
+                "podIP": pod_ip,
+                "podIPs": [{"ip": pod_ip}],
                 "startTime": stamp,
                 "qosClass": "BestEffort",
                 "containerStatuses": [
                     {
                         "name": c.get("name", ""),
-                        "image": c.get("image", ""),
-                        "imageID": "",
+                        "image": image_reference(str(c.get("image", "")))[0],
+                        "imageID": image_id(str(c.get("image", ""))),
+                        "containerID": container_id(uid, str(c.get("name", ""))),
                         "ready": True,
                         "started": True,
                         "restartCount": 0,
@@ -285,8 +333,19 @@ class KubeletController(Controller):
             }
             return cur
 
-        self.s.update(POD, namespace, name, run, subresource="status")
+        running = self.s.update(POD, namespace, name, run, subresource="status")
         self._first_seen.pop(uid, None)
+        for c in containers:
+            cname, image = str(c.get("name", "")), str(c.get("image", ""))
+            where = {"component": "kubelet", "field_path": f"spec.containers{{{cname}}}", "host": NODE_NAME}
+            self.record_event(running, "Pulled", f'Container image "{image}" already present on machine', **where)
+            self.record_event(running, "Created", f"Created container: {cname}", **where)
+            self.record_event(running, "Started", f"Started container {cname}", **where)
+            self.pod_logs.write(namespace, name, cname,
+                                f"opsgate sandbox kubelet: container {cname} marked running (image {image})")
+            self.pod_logs.write(namespace, name, cname,
+                                "opsgate sandbox kubelet: no process runs in the sandbox; these lines are all "
+                                "the log there is")
         return None
 
 
@@ -358,7 +417,7 @@ class ReplicaSetController(Controller):
         if tmeta.get("annotations"):
             pod_meta["annotations"] = dict(tmeta["annotations"])
         spec = dict(template.get("spec") or {})
-        spec["nodeName"] = "sandbox-node"
+        spec["nodeName"] = NODE_NAME
         return self.s.create(POD, {"metadata": pod_meta, "spec": spec}, namespace=str(meta.get("namespace")))
 
 
@@ -520,5 +579,6 @@ class DeploymentController(Controller):
         return updated
 
 
-def builtin_controllers() -> list[Controller]:
-    return [DeploymentController(), ReplicaSetController(), KubeletController()]
+def builtin_controllers(pod_logs: PodLogs | None = None) -> list[Controller]:
+    """The controller manager's and the kubelet's loops; ``pod_logs`` is where the kubelet writes."""
+    return [DeploymentController(), ReplicaSetController(), KubeletController(pod_logs)]

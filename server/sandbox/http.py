@@ -165,7 +165,9 @@ class Handler(BaseHTTPRequestHandler):
             )
 
     def _send(self, response: Response, audit_id: str, *, pretty: bool) -> None:
-        if isinstance(response.body, str):
+        if isinstance(response.body, bytes):  # pod logs, cut at limitBytes
+            payload = response.body
+        elif isinstance(response.body, str):
             payload = response.body.encode()
         else:
             separators = None if pretty else (",", ":")

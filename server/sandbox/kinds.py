@@ -14,7 +14,7 @@ from typing import Any
 from . import validation
 from .resources import POD_MERGE_KEYS, Column, ResourceType, ScaleSubresource
 from .selectors import selector_string
-from .tables import AGE_COLUMN
+from .tables import AGE_COLUMN, since
 
 JSON = dict[str, Any]
 
@@ -188,18 +188,42 @@ POD_COLUMNS = (
     Column("Node", "string", lambda o: _spec(o).get("nodeName", "<none>"), "The node the pod runs on.", priority=1),
 )
 
+def _event_first_seen(o: JSON) -> str:
+    return since(o.get("firstTimestamp") or o.get("eventTime"))
+
+
+def _event_object(o: JSON) -> str:
+    ref = o.get("involvedObject") or {}
+    kind = str(ref.get("kind", "")).lower()
+    return f"{kind}/{ref['name']}" if ref.get("name") else kind
+
+
+def _event_source(o: JSON) -> str:
+    """``formatEventSource``: component, then host, or the reporting controller and instance."""
+    src = o.get("source") or {}
+    component, host = src.get("component") or o.get("reportingComponent"), src.get("host")
+    if not src.get("component"):
+        host = o.get("reportingInstance")
+    return f"{component or ''}, {host}" if host else str(component or "")
+
+
+# As the API server's printer for core/v1 Events (pkg/printers/internalversion): no NAME column first.
 EVENT_COLUMNS = (
-    Column("Type", "string", lambda o: o.get("type", ""), "Type of this event."),
+    Column("Last Seen", "string", lambda o: since(o.get("lastTimestamp")) if o.get("lastTimestamp")
+           else _event_first_seen(o), "Time when this Event was last observed."),
+    Column("Type", "string", lambda o: o.get("type", ""), "Type of this event (Normal, Warning)."),
     Column("Reason", "string", lambda o: o.get("reason", ""), "Why the action was taken."),
-    Column(
-        "Object",
-        "string",
-        lambda o: f"{str((o.get('involvedObject') or {}).get('kind', '')).lower()}/"
-        f"{(o.get('involvedObject') or {}).get('name', '')}",
-        "The object this event is about.",
-    ),
-    Column("Message", "string", lambda o: o.get("message", ""), "A human-readable description."),
-    AGE_COLUMN,
+    Column("Object", "string", _event_object, "The object that this event is about."),
+    Column("Subobject", "string", lambda o: (o.get("involvedObject") or {}).get("fieldPath", ""),
+           "The part of the object this event is about (a container).", priority=1),
+    Column("Source", "string", _event_source, "The component reporting this event.", priority=1),
+    Column("Message", "string", lambda o: str(o.get("message", "")).strip(), "A human-readable description."),
+    Column("First Seen", "string", _event_first_seen, "The time at which the event was first recorded.",
+           priority=1),
+    Column("Count", "string", lambda o: int(o.get("count") or 1), "The number of times this event has occurred.",
+           priority=1),
+    Column("Name", "string", lambda o: (o.get("metadata") or {}).get("name", ""), "Name of the Event.",
+           priority=1, format="name"),
 )
 
 
@@ -291,6 +315,7 @@ EVENT = ResourceType(
     generation_paths=(),
     merge_keys=POD_MERGE_KEYS,
     columns=EVENT_COLUMNS,
+    name_column=False,
     max_objects=1000,
     field_selectors={
         "involvedObject.kind": _path("involvedObject", "kind"),

@@ -133,8 +133,10 @@ class ResourceType:
     merge_keys: Mapping[str, str] | None = None
     defaulter: Defaulter | None = None
     validator: Validator | None = None
-    #: Printer columns after NAME (NAME is always first); empty means NAME and AGE.
+    #: Printer columns after NAME (NAME is first unless ``name_column`` is off); empty means NAME and AGE.
     columns: tuple[Column, ...] = ()
+    #: Whether the Table starts with NAME (Events do not: LAST SEEN TYPE REASON OBJECT MESSAGE).
+    name_column: bool = True
     #: Extra field selectors besides metadata.name / metadata.namespace.
     field_selectors: Mapping[str, Callable[[JSON], str]] = field(default_factory=dict)
     #: Whether a delete answers with the object (namespaces) or a Success Status (most kinds).

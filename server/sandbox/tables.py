@@ -59,9 +59,14 @@ def parse_rfc3339(stamp: Any) -> float | None:
         return None
 
 
+def since(stamp: Any) -> str:
+    """``translateTimestampSince``: how long ago, or ``<unknown>``."""
+    when = parse_rfc3339(stamp)
+    return "<unknown>" if when is None else human_duration(time.time() - when)
+
+
 def age(obj: JSON) -> str:
-    created = parse_rfc3339((obj.get("metadata") or {}).get("creationTimestamp"))
-    return "<unknown>" if created is None else human_duration(time.time() - created)
+    return since((obj.get("metadata") or {}).get("creationTimestamp"))
 
 
 NAME_COLUMN = Column(
@@ -94,7 +99,7 @@ def to_table(
     with_definitions: bool = True,
 ) -> JSON:
     """A Table with one row per object; ``include_object`` is Metadata (default), Object or None."""
-    columns = [NAME_COLUMN, *(rt.columns or (AGE_COLUMN,))]
+    columns = [*([NAME_COLUMN] if rt.name_column else []), *(rt.columns or (AGE_COLUMN,))]
     rows = []
     for obj in objects:
         cells = []
