@@ -54,6 +54,9 @@ Durability and ordering rules (see DESIGN.md, "Pitfalls checked here > Audit"):
   someone who can write the log folder cannot rewrite the log, drop the
   checkpoints and have the next start sign the forgery. The walk reads only
   the records after that checkpoint (at most about ``checkpoint_every``).
+  Likewise, when the log grew under a running writer (another process
+  appended), the new records must chain back to the head it knew; a log
+  rewritten in place is refused, not extended and later signed.
 """
 
 from __future__ import annotations
@@ -166,13 +169,16 @@ def _lines_back(fd: int, size: int, *, cap: int) -> Iterator[bytes]:
     """The lines of the first ``size`` bytes of ``fd``, last first, without newlines (a final unterminated
     piece counts as a line). Reads backwards in chunks; a line longer than ``cap`` raises ValueError."""
     pos = size
-    if pos and os.pread(fd, 1, pos - 1) == b"\n":
-        pos -= 1
     pending = b""
+    window = _TAIL_WINDOW  # most walks need the last few records only: grow the reads as the walk goes on
     while pos > 0:
-        length = min(_COUNT_CHUNK, pos)
+        length = min(window, pos)
+        window = min(window * 2, _COUNT_CHUNK)
         pos -= length
-        parts = (_pread_exact(fd, length, pos) + pending).split(b"\n")
+        data = _pread_exact(fd, length, pos) + pending
+        if pos + length == size and data.endswith(b"\n"):
+            data = data[:-1]  # the newline that ends the last line
+        parts = data.split(b"\n")
         pending = parts[0]
         if len(pending) > cap:
             raise ValueError(f"a line longer than {cap} bytes")
@@ -857,10 +863,27 @@ class AuditLog:
                 f"audit log {self._path} now ends at seq {seq}, behind seq {self._last_seq} written before: "
                 "it was truncated or replaced; refusing to append"
             )
+        if self._known and seq > self._last_seq:
+            self._check_grown(size - len(torn or b""), seq, digest)
         self._last_seq, self._last_hash, self._size = seq, digest, size
         self._known = True
         if torn is not None:
             self._recover(fd, size, torn)
+
+    def _check_grown(self, size: int, seq: int, digest: str) -> None:
+        """The log grew under this writer (another process appended): the new records must chain back to
+        the head this writer knew, or its next checkpoint would sign a log rewritten in place."""
+        try:
+            if self._last_seq == 0:
+                if self._chain_back(size, seq, digest, 1)["prev"] != GENESIS_HASH:
+                    raise ValueError("record 1 does not start the chain")
+            elif self._chain_back(size, seq, digest, self._last_seq)["hash"] != self._last_hash:
+                raise ValueError(f"record {self._last_seq} is not the one this writer wrote or saw")
+        except ValueError as exc:
+            raise AuditWriteError(
+                f"audit log {self._path} grew to seq {seq}, but {exc}: it was rewritten under this writer; "
+                "refusing to append; run `opsgate audit verify`"
+            ) from None
 
     def _recover(self, fd: int, size: int, torn: bytes) -> None:
         """Seal a torn last line: newline + a recovery record naming it, in one durable write."""
@@ -969,10 +992,11 @@ class AuditLog:
                 return signed, len(lines) - index
         return None
 
-    def _files_back(self) -> Iterator[tuple[Path, bytes]]:
-        """Every line of the log, newest first: the live file (locked, size known), then the segments."""
+    def _files_back(self, size: int) -> Iterator[tuple[Path, bytes]]:
+        """Every line of the log, newest first: the first ``size`` bytes of the live file (locked), then the
+        segments."""
         assert self._fd is not None
-        yield from ((self._path, line) for line in _lines_back(self._fd, self._size, cap=MAX_LINE_BYTES))
+        yield from ((self._path, line) for line in _lines_back(self._fd, size, cap=MAX_LINE_BYTES))
         for _, segment in reversed(list_segments(self._path)):
             try:
                 fd = os.open(segment, os.O_RDONLY | os.O_CLOEXEC)
@@ -987,11 +1011,8 @@ class AuditLog:
     def _vouch(self) -> None:
         """At open, under the lock, tail known: refuse unless the latest own checkpoint vouches for the head.
 
-        Walks back from the head to the checkpointed seq: every record must be
-        self-consistent, at the seq expected and hashed as the next one's
-        ``prev`` says; the one at the checkpointed seq must have the signed hash.
-        A torn line sealed by a recovery record (the line right before it) is
-        passed over once its length and SHA-256 match.
+        Walks back from the head to the checkpointed seq (``_chain_back``); the
+        record there must have the signed hash.
         """
         found = self._latest_own_checkpoint()
         head = self._last_seq
@@ -1021,10 +1042,32 @@ class AuditLog:
             if cp.head != GENESIS_HASH:
                 raise AuditTrustError(f"{where}: {named} does not describe an empty log. {advice}")
             return
-        expect_seq, expect_hash = head, self._last_hash
+        try:
+            record = self._chain_back(self._size, head, self._last_hash, max(cp.size, 1))
+            if cp.size == 0 and record["prev"] != GENESIS_HASH:
+                raise ValueError("record 1 does not start the chain")
+            if cp.size > 0 and record["hash"] != cp.head:
+                raise ValueError(f"record {cp.size} is not the one {named} signed")
+        except ValueError as exc:
+            raise AuditTrustError(
+                f"{where} does not match its latest checkpoint, {named}: {exc}; the log was rewritten or "
+                f"replaced after it was signed; refusing to sign its head. {advice}"
+            ) from None
+
+    def _chain_back(self, size: int, head_seq: int, head_hash: str, stop: int) -> dict[str, Any]:
+        """Walk the log back from its head (seq ``head_seq``, hash ``head_hash``, the last record in the first
+        ``size`` bytes of the live file) to record ``stop`` (>= 1) and return that record.
+
+        Every record on the way must be intact, at the seq expected, and hashed
+        as the next one's ``prev`` says. A torn line sealed by a recovery record
+        (the line right before it) is passed over once its length and SHA-256
+        match. Raises ValueError naming the first break (AuditWriteError when
+        the files cannot be read).
+        """
+        expect_seq, expect_hash = head_seq, head_hash
         torn: Any = None
         try:
-            for path, raw in self._files_back():
+            for path, raw in self._files_back(size):
                 if torn is not None:
                     if len(raw) != torn.get("bytes") or hashlib.sha256(raw).hexdigest() != torn.get("sha256"):
                         raise ValueError(f"the torn line before record {expect_seq + 1} is not the one named")
@@ -1037,23 +1080,14 @@ class AuditLog:
                     raise ValueError(damaged) from None
                 if record["seq"] != expect_seq or record["hash"] != expect_hash:
                     raise ValueError(f"record {expect_seq} in {path.name} does not chain to record {expect_seq + 1}")
-                if expect_seq == max(cp.size, 1):
-                    if cp.size == 0 and record["prev"] != GENESIS_HASH:
-                        raise ValueError("record 1 does not start the chain")
-                    if cp.size > 0 and record["hash"] != cp.head:
-                        raise ValueError(f"record {cp.size} is not the one {named} signed")
-                    return
+                if expect_seq == stop:
+                    return record
                 if record.get("stage") == "recovery" and isinstance(record.get("torn"), dict):
                     torn = record["torn"]
                 expect_seq, expect_hash = expect_seq - 1, record["prev"]
-            raise ValueError(f"the log runs out before seq {max(cp.size, 1)}")
-        except ValueError as exc:
-            raise AuditTrustError(
-                f"{where} does not match its latest checkpoint, {named}: {exc}; the log was rewritten or "
-                f"replaced after it was signed; refusing to sign its head. {advice}"
-            ) from None
         except OSError as exc:
-            raise AuditWriteError(f"cannot read {where} back to its latest checkpoint: {exc}") from exc
+            raise AuditWriteError(f"cannot read audit log {self._path} back to record {stop}: {exc}") from exc
+        raise ValueError(f"the log runs out before seq {stop}")
 
     def _try_checkpoint(self, event: str) -> None:
         try:

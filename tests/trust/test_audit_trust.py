@@ -217,6 +217,32 @@ def test_item1_an_honest_log_restarts_and_its_start_record_names_the_checkpoint_
     assert checked.returncode == 0, checked.stdout
 
 
+@pytest.mark.anyio
+async def test_item1_a_log_rewritten_under_a_running_server_is_neither_extended_nor_signed(
+    hmac_origin: Path, tmp_path: Path
+) -> None:
+    """Issue 15 item 1, while serving: the log is rewritten in place (same file, deny -> allow, hashes
+    recomputed, one record more). The next call is refused for want of an audit record, and no checkpoint
+    the server writes afterwards signs a forged record. Before the fix the writer chained onto the forged
+    tail and its stop checkpoint signed it."""
+    log = _copy(hmac_origin, tmp_path)
+    async with serve(log.parent, "--principal", "alice") as s:
+        assert not (await s.call("whoami")).is_error
+        records = _records(log)
+        _forge(log)
+        extra = seal({"v": 2, "stage": "decision", "time": records[-1]["time"], "note": "forged"},
+                     len(records) + 1, _records(log)[-1]["hash"])
+        with log.open("r+b") as fh:  # in place: the same file, longer than before
+            fh.seek(0, 2)
+            fh.write(canonical(extra) + b"\n")
+        forged = {r["hash"] for r in _records(log)} - {r["hash"] for r in records}
+        refused = await s.call("whoami")
+        assert refused.is_error and '"code":"audit_unavailable"' in refused.content[0].text
+    signed = {json.loads(line)["hash"] for line in _lines(_checkpoints(log))}
+    assert not signed & forged, "a checkpoint signs a forged record"
+    assert "rewritten under this writer" in s.stderr_path.read_text()
+
+
 def test_item2_default_verify_fails_a_cut_log_whose_checkpoints_were_deleted(hmac_origin: Path, tmp_path: Path) -> None:
     """Issue 15 item 2: tail cut, checkpoints file deleted, HMAC key beside the log: damaged, not a warning.
 
