@@ -15,7 +15,9 @@ EXIT_OK, EXIT_DAMAGED, EXIT_UNUSABLE = 0, 1, 2
 
 
 def _err(message: str) -> None:
-    print(f"opsgate: {message}", file=sys.stderr)
+    from opsgate.audit.redact import redact_text  # start-up errors quote paths, clusters' and files' text
+
+    print(f"opsgate: {redact_text(message)}", file=sys.stderr)
 
 
 def _emit(text: str) -> None:
