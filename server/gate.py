@@ -138,6 +138,32 @@ class Answer:
         )
 
 
+# What a user must see first when asked to confirm a call, in this order; the rest follows, and a cut is marked.
+QUESTION_FIRST = ("namespace", "kind", "name", "model", "replicas", "min_replicas", "max_replicas", "image",
+                  "storage_uri", "to_revision", "canary_traffic_percent", "promote", "dry_run")
+MAX_QUESTION = 600
+
+
+def confirmation_question(tool: str, arguments: Mapping[str, Any], limit: int = MAX_QUESTION) -> str:
+    """``Allow scale in team-a: name=web, replicas=10, dry_run=false? Also: {...}`` (arguments already redacted).
+
+    What decides a yes comes first (tool, namespace, object, replicas, image, dry_run); the other
+    arguments follow as JSON; anything past ``limit`` is cut, and the cut says so.
+    """
+    first = [(key, arguments[key]) for key in QUESTION_FIRST if key in arguments and key != "namespace"]
+    where = f" in {arguments['namespace']}" if "namespace" in arguments else ""
+    said = ", ".join(f"{key}={compact(value)}" for key, value in first)
+    rest = {k: v for k, v in arguments.items() if k not in QUESTION_FIRST}
+    question = f"Allow {tool}{where}{': ' + said if said else ''}?"
+    if rest:
+        question += f" Also: {compact(rest)}"
+    if len(question) <= limit:
+        return question
+    marker = " …[cut: {} more characters not shown]"
+    keep = limit - len(marker.format(len(question)))
+    return question[:keep] + marker.format(len(question) - keep)
+
+
 def denial_rule(decision: GateDecision) -> str:
     """Which refusal this is, as the rule of the denied envelope: policy, bound, rate-limit or confirmation."""
     if decision.confirmation is not None:
@@ -385,9 +411,15 @@ class Gate:
             return GateDecision(False, f"denied: policy error ({type(exc).__name__})")
 
     async def _decide_call(
-        self, spec: ToolSpec[Any, Any], args: BaseModel, caller: Caller, namespace: str, ask: AskFn | None
+        self, spec: ToolSpec[Any, Any], args: BaseModel, caller: Caller, namespace: str, ask: AskFn | None,
+        *, confirmed: bool = False,
     ) -> GateDecision:
-        """Casbin, then the allowing subject's bounds, then its rate limit, then the user's confirmation."""
+        """Casbin, then the allowing subject's bounds, then its rate limit, then the user's confirmation.
+
+        A policy reloaded while the user was being asked decides again (Casbin and bounds; the user's
+        yes stands, ``confirmed``, and the rate limit is not charged twice): a grant revoked meanwhile
+        stops the call.
+        """
         decision = self.decide(caller.principal, namespace, spec.name)
         if not decision.allowed:
             return decision
@@ -405,18 +437,22 @@ class Gate:
             decision = self.apply_bounds(decision, attrs)
             if not decision.allowed:
                 return decision
-        if spec.verb == "write":
+        if spec.verb == "write" and not confirmed:
             refusal = self.limiter.check(caller.principal, decision.subject or "", bounds, time.monotonic())
             if refusal is not None:
                 return replace(decision, allowed=False, reason=f"denied by rate limit: {refusal}", bound=refusal)
-        if spec.name in bounds.confirm:
-            return await self._confirm(decision, spec, args, ask)
+        if spec.name in bounds.confirm and not confirmed:
+            decision = await self._confirm(decision, spec, args, ask)
+            if decision.allowed and decision.policy_hash != self.policy.hash:
+                again = await self._decide_call(spec, args, caller, namespace, None, confirmed=True)
+                note = "decided again: the policy changed while the user was being asked"
+                return replace(again, reason=f"{again.reason} ({note})", confirmation="accepted")
         return decision
 
     async def _confirm(
         self, decision: GateDecision, spec: ToolSpec[Any, Any], args: BaseModel, ask: AskFn | None
     ) -> GateDecision:
-        question = f"Allow {spec.name} {compact(args.model_dump(mode='json', exclude_none=True))[:300]}?"
+        question = confirmation_question(spec.name, redact(args.model_dump(mode="json", exclude_none=True)))
         answer = "unsupported" if ask is None else await ask(question)
         if answer == "accept":
             return replace(decision, confirmation="accepted")
@@ -543,8 +579,14 @@ class Gate:
         result: BaseModel | None = None
         error: dict[str, Any] | None = None  # for the outcome record (audit/SCHEMA.md)
         envelope: dict[str, Any] | None = None  # for the caller (README "Errors")
+        cancelled: BaseException | None = None
         try:
             result = await spec.run(args, context)
+        except anyio.get_cancelled_exc_class() as exc:  # the client cancelled: that is an outcome too
+            cancelled = exc
+            error = {"code": "cancelled", "message": "the client cancelled the call while it ran; what it "
+                     "changed, if anything, is not known here (read the object again)"}
+            envelope = error_envelope(error["code"], error["message"], call_id)
         except ToolError as exc:
             envelope = tool_error_envelope(exc, call_id)
             error = {"code": exc.code, "message": exc.message, "field": exc.field, "rule": exc.rule,
@@ -561,7 +603,12 @@ class Gate:
             status="ok" if error is None else "error", duration_ms=duration_ms, error=error,
             result=summary() if callable(summary) else None,
         )
-        if not await self._append(outcome, bound):
+        with anyio.CancelScope(shield=True):  # a cancel must not cut the record of what ran (issue 15 item 3)
+            written = await self._append(outcome, bound)
+        if cancelled is not None:
+            bound.info("call_cancelled", duration_ms=round(duration_ms, 3))
+            raise cancelled
+        if not written:
             return Answer(error_envelope(
                 "audit_unavailable",
                 "the call ran but its outcome could not be written to the audit log; the result is withheld",
