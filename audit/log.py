@@ -961,12 +961,13 @@ class AuditLog:
             raise AuditWriteError(f"cannot write audit checkpoint to {target}: {exc}") from exc
         self._checkpoint_due = None
 
-    def _latest_own_checkpoint(self) -> tuple[SignedCheckpoint, int] | None:
-        """The last checkpoint in the checkpoints file signed by this writer's key, with its line number.
+    def _latest_own_checkpoint(self) -> SignedCheckpoint | None:
+        """The last checkpoint in the checkpoints file signed by this writer's key.
 
-        Read from the end; lines that do not parse or that another key signed
-        (or a forger) are passed over. Checkpoints are appended in seq order
-        under the log's lock, so the last one with a good signature is the latest.
+        Read from the end, in growing windows, only as far as that checkpoint;
+        lines that do not parse or that another key signed (or a forger) are
+        passed over. Checkpoints are appended in seq order under the log's lock,
+        so the last one with a good signature is the latest.
         """
         ring = ring_for(self._signer)
         target = checkpoints_path(self._path)
@@ -977,19 +978,17 @@ class AuditLog:
         except OSError as exc:
             raise AuditWriteError(f"cannot read audit checkpoints {target}: {exc}") from exc
         try:
-            size = os.fstat(fd).st_size
-            lines = list(_lines_back(fd, size, cap=MAX_LINE_BYTES)) if size else []
+            for raw in _lines_back(fd, os.fstat(fd).st_size, cap=MAX_LINE_BYTES):
+                try:
+                    signed = parse_checkpoint_line(raw)
+                except (ValueError, RecursionError):
+                    continue
+                if ring.check(signed) is None:
+                    return signed
         except (OSError, ValueError) as exc:
             raise AuditWriteError(f"cannot read audit checkpoints {target}: {exc}") from exc
         finally:
             os.close(fd)
-        for index, raw in enumerate(lines):
-            try:
-                signed = parse_checkpoint_line(raw)
-            except (ValueError, RecursionError):
-                continue
-            if ring.check(signed) is None:
-                return signed, len(lines) - index
         return None
 
     def _files_back(self, size: int) -> Iterator[tuple[Path, bytes]]:
@@ -1030,9 +1029,8 @@ class AuditLog:
                 f"checkpoint signed by this server's key ({self.key_id}): the log may have been rewritten and "
                 f"its checkpoints removed; refusing to sign its head. {advice}"
             )
-        signed, line = found
-        cp = signed.checkpoint
-        named = f"checkpoint line {line} ({cp.event}, {cp.time}, seq {cp.size})"
+        cp = found.checkpoint
+        named = f"the {cp.event} checkpoint of {cp.time} (seq {cp.size})"
         if cp.size > head:
             raise AuditTrustError(
                 f"{where} ends at seq {head}, but {named} signed seq {cp.size}: records were cut off the end; "

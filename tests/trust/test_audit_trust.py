@@ -182,7 +182,7 @@ def test_item1_restart_refuses_a_rewritten_log_that_its_checkpoints_contradict(
     forged, cp = log.read_bytes(), _checkpoints(log).read_bytes()
     done = _restart(log)
     _assert_refused(done, log, forged, cp)
-    assert "does not match its latest checkpoint, checkpoint line" in done.stderr, done.stderr
+    assert "does not match its latest checkpoint, the stop checkpoint of " in done.stderr, done.stderr
 
 
 def test_item1_restart_refuses_a_log_cut_behind_its_checkpoints(hmac_origin: Path, tmp_path: Path) -> None:
