@@ -7,14 +7,18 @@ from pathlib import Path
 import pytest
 
 from opsgate.policies.bounds import (
+    DEFAULT_BOUNDS,
+    DEFAULT_PROTECTED,
     BoundsError,
     SubjectBounds,
     bounds_lines,
     check_bounds,
     count_input_elements,
     parse_bounds,
+    storage_uri_problem,
 )
-from opsgate.policies.engine import Policy, PolicyError
+from opsgate.policies.engine import Policy, PolicyError, pattern_meet
+from opsgate.tools.bounded import local_model, localize_storage, restored_deployment_attrs, restored_service_attrs
 
 OPERATOR = SubjectBounds(max_replicas=10, allow_scale_to_zero=False, image_prefixes=("registry.example.com/",))
 
@@ -210,3 +214,119 @@ def test_shipped_bounds_rate_limit_operators() -> None:
     operator = Policy.default().bounds["role:operator"]
     assert operator.rate_limit_per_minute == 30
     assert operator.max_replicas_change is None  # needs the gate to know current replicas
+
+
+# --------------------------------------------------------------------------- issue 15 items 8, 9, 10, 15, 16 (pure)
+
+
+def test_min_replicas_zero_is_scaling_to_zero() -> None:
+    """Item 9: both ends of an InferenceService's range are bounded."""
+    reason = check_bounds("role:operator", OPERATOR, {"replicas": 3, "min_replicas": 0})
+    assert reason is not None and "min_replicas 0" in reason and "allow_scale_to_zero" in reason
+    assert check_bounds("role:operator", OPERATOR, {"replicas": 3, "min_replicas": 1}) is None
+    assert check_bounds("role:admin", DEFAULT_BOUNDS, {"replicas": 3, "min_replicas": 0}) is None
+
+
+@pytest.mark.parametrize(
+    ("uri", "prefixes", "refused"),
+    [
+        ("iris", (), None),  # a model name: the models folder
+        ("http://169.254.169.254/latest/meta-data/", (), "needs storage_uri_prefixes"),
+        ("gopher://x:70/_", ("gs://m/",), "not under an allowed prefix"),
+        ("gs://m/iris", ("gs://m/",), None),
+        ("gs://m-evil/iris", ("gs://m/",), "not under an allowed prefix"),
+        ("gs://m/../other/iris", ("gs://m/",), "dot segment"),
+        ("gs://m/%2e%2e/other", ("gs://m/",), "dot segment"),
+        ("s3://any/thing", ("s3://",), None),
+    ],
+)
+def test_storage_uri_bound(uri: str, prefixes: tuple[str, ...], refused: str | None) -> None:
+    """Item 10: a URI with a scheme needs a prefix the subject names; the message never quotes the URI."""
+    reason = storage_uri_problem("role:x", SubjectBounds(storage_uri_prefixes=prefixes), uri)
+    if refused is None:
+        assert reason is None
+    else:
+        assert reason is not None and refused in reason and uri not in reason
+
+
+def test_a_bare_storage_name_is_bounded_by_models() -> None:
+    """Item 10: the model a service serves, not only its name, is checked against ``models``."""
+    bounds = SubjectBounds(models=("iris",))
+    assert check_bounds("role:x", bounds, {"model": "iris", "storage_uri": "iris"}) is None
+    reason = check_bounds("role:x", bounds, {"model": "iris", "storage_uri": "fraud"})
+    assert reason is not None and "storage_uri" in reason
+
+
+@pytest.mark.parametrize("prefix", ["gs://bucket", "https://models.example.com", "https://u:p@h/", "gs://", ""])
+def test_storage_uri_prefixes_must_end_their_host(prefix: str) -> None:
+    """Item 10: a prefix without "/" after its host would match lookalike hosts; the lint refuses it."""
+    text = f'[subject."role:x"]\nstorage_uri_prefixes = ["{prefix}"]\n'
+    if prefix == "gs://":
+        assert parse_bounds(Path("bounds.toml"), text.encode())["role:x"].storage_uri_prefixes == ("gs://",)
+        return
+    with pytest.raises(BoundsError, match="storage_uri_prefixes"):
+        parse_bounds(Path("bounds.toml"), text.encode())
+
+
+def test_local_file_uris_count_as_the_models_folder(tmp_path: Path) -> None:
+    """Item 10: ``file://`` inside the models folder is a model name; climbing out is not."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "iris.onnx").write_bytes(b"")
+    (tmp_path / "models" / "out.onnx").symlink_to("/etc/passwd")
+    models = tmp_path / "models"
+    assert local_model(f"file://{models}/iris.onnx", models) == "iris"
+    assert local_model(f"file://{models}/../models/iris.onnx", models) is None
+    assert local_model(f"file://{models}/%2e%2e/x.onnx", models) is None
+    assert local_model(f"file://{models}/out.onnx", models) is None, "a symlink pointing elsewhere"
+    assert local_model("file:///etc/passwd", models) is None
+    assert localize_storage({"storage_uri": f"file://{models}/iris.onnx"}, models) == {"storage_uri": "iris"}
+
+
+def test_rollback_attrs_are_what_the_rollback_changes() -> None:
+    """Item 15: a rollback is bounded by the images, replicas and storage URI it restores, not by what stays."""
+    def template(*images: str) -> dict[str, object]:
+        return {"spec": {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]}}
+
+    assert restored_deployment_attrs(template("r/a:2"), template("evil/a:1")) == {"images": ["evil/a:1"]}
+    assert restored_deployment_attrs(template("evil/a:1", "r/b:2"), template("evil/a:1", "r/b:1")) == {
+        "images": ["r/b:1"]}
+    now = {"minReplicas": 1, "maxReplicas": 2, "model": {"storageUri": "iris"}}
+    back = {"minReplicas": 0, "maxReplicas": 2, "model": {"storageUri": "http://x/y"}}
+    attrs = restored_service_attrs(now, back)
+    assert attrs == {"replicas": 2, "current_replicas": 2, "min_replicas": 0, "storage_uri": "http://x/y"}
+    assert restored_service_attrs(now, {**now, "canaryTrafficPercent": 0}) == {}
+    reason = check_bounds("role:operator", OPERATOR, attrs)
+    assert reason is not None and "allow_scale_to_zero" in reason
+
+
+def test_a_policy_without_bounds_protects_the_cluster_namespaces(tmp_path: Path) -> None:
+    """Item 8: no bounds.toml, or one without [protected], keeps the default protection; only
+    ``namespaces = []`` turns it off, and the note says which file applies."""
+    csv = tmp_path / "my.csv"
+    csv.write_text("g, carol, role:admin, *\np, role:admin, *, *, *, allow\n")
+    lone = Policy.load(csv)
+    assert lone.protected == DEFAULT_PROTECTED and lone.bounds_path is None
+    assert lone.decide("carol", "kube-system", "deploy", "write").protected == "kube-system"
+    assert "no bounds.toml" in lone.bounds_note()
+    (tmp_path / "bounds.toml").write_text('[subject."role:admin"]\nmax_replicas = 3\n')
+    assert Policy.load(csv).protected == DEFAULT_PROTECTED
+    (tmp_path / "bounds.toml").write_text("[protected]\nnamespaces = []\n")
+    off = Policy.load(csv)
+    assert off.protected == () and off.decide("carol", "kube-system", "deploy", "write").allowed
+    assert str(tmp_path / "bounds.toml") in off.bounds_note()
+
+
+def test_effective_grants_narrow_each_rule_by_its_role_chain() -> None:
+    """Item 16: a grant holds where its own pattern and every g line on the way meet."""
+    assert pattern_meet("*", "team-*") == "team-*"
+    assert pattern_meet("team-*", "team-a") == "team-a"
+    assert pattern_meet("team-*", "prod") is None
+    assert pattern_meet("team-a-*", "team-*") == "team-a-*"
+    policy = Policy.default().with_rules(
+        [(1, "g, alice, role:operator, team-*"), (2, "p, alice, team-x, *, write, deny")], Path("t.table"))
+    grants = {(g.rule.fields[3], g.rule.fields[4]): g for g in policy.effective_grants("alice")}
+    assert grants[("write", "allow")].namespaces == "team-*"
+    assert [link.source for link in grants[("write", "allow")].via] == ["t.table:1"]
+    assert grants[("read", "allow")].namespaces == "*"
+    assert policy.allowed_in("alice", "deploy", "write") == ["team-* (except team-x)"]
+    assert policy.allowed_in("nobody", "deploy", "write") == []
