@@ -4,7 +4,8 @@ The TypeScript SDK 1.x client (tests/interop/ts_client.mjs, what most IDE and de
 validates a result's structuredContent against the tool's outputSchema, errors included; an error
 that carried structuredContent reached the agent as "MCP error -32602: Structured content does not
 match the tool's output schema" instead of opsgate's code and message. The same matrix runs through
-the Python SDK client. Both start a real ``opsgate serve`` on its built-in sandbox cluster.
+the TypeScript SDK 2.x client and the Python SDK client. Each starts a real ``opsgate serve`` on its
+built-in sandbox cluster.
 """
 
 from __future__ import annotations
@@ -85,15 +86,18 @@ def server_args(tmp_path: Path) -> list[str]:
     return ["--principal", "alice", "--policy", str(policy)]
 
 
-def test_typescript_sdk_client_shows_every_opsgate_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("major", "package"), [(1, "sdk"), (2, "client")])
+def test_typescript_sdk_client_shows_every_opsgate_error(tmp_path: Path, major: int, package: str) -> None:
+    """1.x checks even an error's structuredContent against the listed outputSchema; 2.x does not."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed: the TypeScript SDK client cannot run (CI installs it, see .ci/run)")
-    sdk = INTEROP / "node_modules" / "@modelcontextprotocol" / "sdk" / "package.json"
+    sdk = INTEROP / "node_modules" / "@modelcontextprotocol" / package / "package.json"
     assert sdk.exists(), "the TypeScript SDK is not installed: run `npm ci --prefix tests/interop` (.ci/run does)"
     home = tmp_path / "home"
     home.mkdir()
     spec = {
+        "sdk": major,
         "command": sys.executable,
         "args": ["-m", "opsgate.server", "serve", "--audit-log", str(tmp_path / "audit.jsonl"), *server_args(tmp_path)],
         "env": server_env({"HOME": str(home)}),
@@ -105,7 +109,7 @@ def test_typescript_sdk_client_shows_every_opsgate_error(tmp_path: Path) -> None
                          capture_output=True, text=True, timeout=90)
     assert run.returncode == 0, run.stderr[-3000:]
     doc = json.loads(run.stdout)
-    assert doc["client"]["version"].startswith("1."), doc["client"]
+    assert doc["client"]["version"].startswith(f"{major}."), doc["client"]
     assert {"infer", "scale", "rollout_status", "list_models"} <= set(doc["tools"])
     *errors, success = doc["results"]
     for case, answer in zip(CASES, errors, strict=True):

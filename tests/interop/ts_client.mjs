@@ -1,17 +1,21 @@
-// A real MCP TypeScript SDK 1.x client (what most IDE and desktop clients run) driving `opsgate serve`.
+// Real MCP TypeScript SDK clients (what most IDE and desktop clients run) driving `opsgate serve`:
+// 1.x (`@modelcontextprotocol/sdk`) or 2.x (`@modelcontextprotocol/client`), as the spec says.
 //
 // Usage: node ts_client.mjs SPEC.json
-//   SPEC: {"command": "...", "args": [...], "env": {...}, "calls": [{"name": "...", "arguments": {...}}, ...]}
+//   SPEC: {"sdk": 1 | 2, "command": "...", "args": [...], "env": {...}, "calls": [{"name": "...", "arguments": {...}}, ...]}
 // Prints one JSON document on stdout:
 //   {"client": {"name", "version"}, "tools": [names], "results": [{"result": <what callTool returned>} | {"exception": "<message>"}]}
 // Like an agent's host, it lists tools first: the SDK caches each tool's outputSchema then and
-// validates every later result against it, which is what this client is here to exercise.
+// validates later results against it (1.x even error results), which is what this client is here to exercise.
 import { readFileSync } from "node:fs";
-import { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 
 const spec = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const sdkManifest = new URL("./node_modules/@modelcontextprotocol/sdk/package.json", import.meta.url);
+const sdk = spec.sdk === 2
+  ? { name: "@modelcontextprotocol/client", main: "@modelcontextprotocol/client", stdio: "@modelcontextprotocol/client/stdio" }
+  : { name: "@modelcontextprotocol/sdk", main: "@modelcontextprotocol/sdk/client/index.js", stdio: "@modelcontextprotocol/sdk/client/stdio.js" };
+const { Client } = await import(sdk.main);
+const { StdioClientTransport } = await import(sdk.stdio);
+const sdkManifest = new URL(`./node_modules/${sdk.name}/package.json`, import.meta.url);
 const sdkVersion = JSON.parse(readFileSync(sdkManifest, "utf8")).version;
 
 const transport = new StdioClientTransport({
@@ -20,7 +24,7 @@ const transport = new StdioClientTransport({
   env: spec.env,
   stderr: "inherit",
 });
-const client = new Client({ name: "opsgate-interop-ts", version: sdkVersion });
+const client = new Client({ name: `opsgate-interop-ts${spec.sdk === 2 ? 2 : 1}`, version: sdkVersion });
 await client.connect(transport);
 const tools = (await client.listTools()).tools.map((tool) => tool.name);
 const results = [];
@@ -32,4 +36,4 @@ for (const call of spec.calls) {
   }
 }
 await client.close();
-process.stdout.write(JSON.stringify({ client: { name: "@modelcontextprotocol/sdk", version: sdkVersion }, tools, results }));
+process.stdout.write(JSON.stringify({ client: { name: sdk.name, version: sdkVersion }, tools, results }));
