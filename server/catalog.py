@@ -24,13 +24,13 @@ from opsgate.tools.tensors import (
     ListModelsResult,
     TensorSpec,
 )
+from opsgate.tools.untrusted import name_in_text
 
 from .config import Settings
 
 if TYPE_CHECKING:
     from opsgate.tools.inference import ModelStore
 from .toolspec import ToolSpec
-
 
 # Worker threads by kind of work (issue 15 item 21). Audit appends and fast tools (whoami) use anyio's
 # default limiter (40 threads); cluster calls, which wait on the network, and model runs, which hold
@@ -59,8 +59,14 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
         return await anyio.to_thread.run_sync(lambda: store().infer(args), limiter=limiter)
 
     def render_models(r: ListModelsResult) -> str:
+        def shape(s: TensorSpec) -> str:
+            dims = s.shape
+            return "" if dims is None else "[" + ", ".join(
+                "?" if d is None else str(d) if isinstance(d, int) else name_in_text(d) for d in dims) + "]"
+
         def sig(specs: list[TensorSpec]) -> str:
-            return ", ".join(f"{s.name}:{s.dtype}{s.shape}" for s in specs)
+            # Names and symbolic dims come from the model file: bare if plain, else quoted (issue 15 item 17).
+            return ", ".join(f"{name_in_text(s.name)}:{name_in_text(s.dtype)}{shape(s)}" for s in specs)
 
         return "\n".join(f"{m.name}: ({sig(m.inputs)}) -> ({sig(m.outputs)})" for m in r.models) or "no models"
 

@@ -25,7 +25,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from .errors import ToolError
 from .tensors import (
+    MAX_INPUT_ELEMENTS,
+    MAX_OUTPUT_BYTES,
+    MAX_OUTPUT_ELEMENTS,
     MODEL_NAME_PATTERN,
     MODEL_NAME_RE,
     MODELS_DIR_DEFAULT,
@@ -39,6 +43,7 @@ from .tensors import (
     TensorOut,
     TensorSpec,
 )
+from .untrusted import TEXT_MAX, name_in_text, quoted
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -289,7 +294,8 @@ def _describe(value: Any) -> str:
 def _fmt_shape(shape: list[int | str | None] | list[int] | None) -> str:
     if shape is None:
         return "any"
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    # A symbolic dim's name comes from the model file: bare if plain, else quoted (issue 15 item 17).
+    return "[" + ", ".join("?" if d is None else str(d) if isinstance(d, int) else name_in_text(d) for d in shape) + "]"
 
 
 def _first_chain_shape(value: Any) -> list[int]:
@@ -433,9 +439,16 @@ def _check_shape(field: str, spec: TensorSpec, shape: list[int], bound: dict[str
         if isinstance(want, str):
             size, source = bound.get(want) or new.get(want) or (got, field)
             if size != got:
-                raise mismatch(f" with {want}={size} as in {source}")
+                raise mismatch(f" with {name_in_text(want)}={size} as in {source}")
             new[want] = (size, source)
     bound.update(new)
+
+
+def input_field(name: str) -> str:
+    """Where an input is, in errors: ``inputs.features``, or ``inputs["..."]`` quoted and capped when the name
+    (written by whoever wrote the model file, or sent by the caller) is not a plain identifier (issue 15 item 17)."""
+    shown = name_in_text(name)
+    return f"inputs.{shown}" if shown == name else f"inputs[{shown}]"
 
 
 def check_inputs(spec: list[TensorSpec], inputs: dict[str, Any], max_elements: int) -> dict[str, np.ndarray]:
@@ -447,28 +460,23 @@ def check_inputs(spec: list[TensorSpec], inputs: dict[str, Any], max_elements: i
     expected_names = [s.name for s in spec]
 
     def listed() -> str:
-        return ", ".join(expected_names) or "(none)"
+        return ", ".join(name_in_text(n) for n in expected_names) or "(none)"
 
     for name in inputs:
         if name not in expected_names:
-            shown = name if len(name) <= 64 else name[:64] + "..."
+            field = input_field(name)
             raise ModelInputError(
-                f"inputs.{shown}",
-                "unknown-input",
-                f"inputs.{shown}: the model has no input of that name; its inputs are: {listed()}",
+                field, "unknown-input", f"{field}: the model has no input of that name; its inputs are: {listed()}"
             )
     for s in spec:
         if s.name not in inputs:
-            raise ModelInputError(
-                f"inputs.{s.name}",
-                "missing-input",
-                f"inputs.{s.name}: missing; the model's inputs are: {listed()}",
-            )
+            field = input_field(s.name)
+            raise ModelInputError(field, "missing-input", f"{field}: missing; the model's inputs are: {listed()}")
     feeds: dict[str, np.ndarray] = {}
     bound: dict[str, tuple[int, str]] = {}
     budget = max_elements
     for s in spec:
-        field = f"inputs.{s.name}"
+        field = input_field(s.name)
         if s.dtype not in _NUMPY_DTYPES:
             raise ModelInputError(field, "dtype", f"{field}: inputs of type {s.dtype} are not supported here")
         shape, leaves = _flatten(field, inputs[s.name], budget, max_elements)
@@ -478,11 +486,43 @@ def check_inputs(spec: list[TensorSpec], inputs: dict[str, Any], max_elements: i
     return feeds
 
 
+def _output_bytes(value: np.ndarray[Any, Any]) -> int:
+    if value.dtype.kind in "OUS":  # strings: their UTF-8 size, not the pointers' (bounded by the element cap)
+        return sum(len(str(v).encode("utf-8", "surrogatepass")) for v in value.flat)
+    return int(value.nbytes)
+
+
+def check_output_size(model: str, outputs: list[tuple[str, Any]], max_elements: int = MAX_OUTPUT_ELEMENTS,
+                      max_bytes: int = MAX_OUTPUT_BYTES) -> None:
+    """Refuse outputs too large to return, before any is converted to Python lists. Pure.
+
+    A model's output size may follow its input values (a Range to an input number), so small inputs
+    can ask for millions of numbers: converting and sending them would hold a worker for seconds and
+    the event loop while the answer is written. The sentence names the output, its shape and the cap.
+    """
+    elements = size = 0
+    for name, value in outputs:
+        if not isinstance(value, np.ndarray):
+            continue  # _tensor_out refuses it
+        elements += int(value.size)
+        if elements > max_elements:
+            raise ToolError(
+                f"model {model!r}: output {quoted(name)} has {value.size} elements (shape {list(value.shape)}), and "
+                f"one call returns at most {max_elements} over all outputs; nothing was returned. Smaller "
+                "inputs give a smaller output", code="model_error", field="inputs", rule="output-too-large")
+        size += _output_bytes(value)
+        if size > max_bytes:
+            raise ToolError(
+                f"model {model!r}: output {quoted(name)} is {size} bytes with the outputs before it, and one call "
+                f"returns at most {max_bytes} bytes; nothing was returned", code="model_error", field="inputs",
+                rule="output-too-large")
+
+
 def _tensor_out(name: str, value: Any) -> TensorOut:
     """An output array as JSON-ready lists; NaN and infinities become null."""
     if not isinstance(value, np.ndarray):
         raise ModelRuntimeError(
-            f"output {name!r} is not a tensor ({type(value).__name__}); not supported here"
+            f"output {name_in_text(name)} is not a tensor ({type(value).__name__}); not supported here"
         )
     dtype = _DTYPE_NAMES.get(value.dtype) or value.dtype.name
     if value.dtype.kind == "f":
@@ -532,12 +572,15 @@ class ModelStore:
     Thread-safe: lookups are lock-free; loading a model takes a lock so a session is built once.
     """
 
-    def __init__(self, folder: Path, max_input_elements: int = 100_000) -> None:
+    def __init__(self, folder: Path, max_input_elements: int = MAX_INPUT_ELEMENTS) -> None:
         self.folder = Path(folder).resolve()
         self._prefix = os.path.join(self.folder, "")  # str paths: Path objects cost ~2 us per call
         self.max_input_elements = max_input_elements
         self._infos: dict[str, tuple[_Stamp, ModelInfo]] = {}
         self._loaded: dict[str, _Loaded] = {}
+        # Files that failed to parse or load, by name, with the stamp they failed at and why (issue 15
+        # item 20): a bad 16 MiB file cost seconds on every list_models. Re-read once it changes.
+        self._bad: dict[str, tuple[_Stamp, str]] = {}
         self._lock = threading.Lock()
 
     # -- resolution
@@ -589,10 +632,15 @@ class ModelStore:
             if cached is not None and cached[0] == _stamp(st):
                 models.append(cached[1])
                 continue
+            bad = self._bad.get(name)
+            if bad is not None and bad[0] == _stamp(st):
+                continue  # failed before, unchanged since
             try:
                 stamp, info = _read_info(name, path)
             except (OSError, ValueError) as exc:
                 log.warning("skipping unreadable model %s: %s", path, exc)
+                with self._lock:
+                    self._bad[name] = (_stamp(st), f"model {name!r} could not be read: {quoted(exc, TEXT_MAX)}")
                 continue
             with self._lock:
                 self._infos[name] = (stamp, info)
@@ -602,6 +650,8 @@ class ModelStore:
                 del self._infos[gone]
             for gone in self._loaded.keys() - set(names):
                 del self._loaded[gone]
+            for gone in self._bad.keys() - set(names):
+                del self._bad[gone]
         return ListModelsResult(models=models)
 
     # -- inference
@@ -620,7 +670,14 @@ class ModelStore:
             loaded = self._loaded.get(name)
             if loaded is not None and loaded.stamp == _stamp(st):
                 return loaded
-            loaded = _load(name, path)
+            bad = self._bad.get(name)
+            if bad is not None and bad[0] == _stamp(st):
+                raise ModelRuntimeError(bad[1])  # failed before, unchanged since: not parsed again
+            try:
+                loaded = _load(name, path)
+            except ModelRuntimeError as exc:
+                self._bad[name] = (_stamp(st), exc.message)
+                raise
             self._loaded[name] = loaded
             self._infos[name] = (loaded.stamp, loaded.info)
             return loaded
@@ -636,7 +693,8 @@ class ModelStore:
         try:
             values = loaded.session.run(loaded.output_names, feeds)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelRuntimeError(f"model {args.model!r} failed to run: {exc}") from exc
+            raise ModelRuntimeError(f"model {args.model!r} failed to run: {quoted(exc, TEXT_MAX)}") from exc
+        check_output_size(args.model, list(zip(loaded.output_names, values, strict=True)))
         return InferResult(
             model=args.model,
             outputs=[_tensor_out(n, v) for n, v in zip(loaded.output_names, values, strict=True)],
@@ -668,7 +726,7 @@ def _load(name: str, path: str) -> _Loaded:
         inputs, outputs = parse_signature(data)
         session = _new_session(data)
     except Exception as exc:  # OSError, ValueError, or onnxruntime's own types
-        raise ModelRuntimeError(f"model {name!r} could not be loaded: {exc}") from exc
+        raise ModelRuntimeError(f"model {name!r} could not be loaded: {quoted(exc, TEXT_MAX)}") from exc
     info = ModelInfo(name=name, inputs=inputs, outputs=outputs, size_bytes=st.st_size)
     declared = sorted(i.name for i in session.get_inputs())
     if declared != sorted(s.name for s in inputs):

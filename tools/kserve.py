@@ -327,8 +327,8 @@ def status_result(obj: Mapping[str, Any]) -> ModelStatusResult:
     failing = sorted((c for c in conditions if c.get("status") != "True"),
                      key=lambda c: (c.get("type") == "Ready", c.get("status") != "False",
                                     order.get(str(c.get("type")), len(order))))
-    shown = [Condition(type=str(c.get("type", "")), status=str(c.get("status", "")), reason=_clip(c.get("reason")),
-                       message=_clip(c.get("message"))) for c in failing]
+    shown = [Condition(type=_clip(c.get("type")) or "", status=_clip(c.get("status")) or "",
+                       reason=_clip(c.get("reason")), message=_clip(c.get("message"))) for c in failing]
     ms = _dict(status.get("modelStatus"))
     failure = _dict(ms.get("lastFailureInfo"))
     model = ModelState(
@@ -359,11 +359,20 @@ def status_result(obj: Mapping[str, Any]) -> ModelStatusResult:
     return result
 
 
+_URL: Final = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]{0,200})?")
+
+
+def _said_url(url: Any) -> str:
+    """A status URL bare when it is a plain http(s) URL, else quoted like any other cluster text."""
+    text = str(url)
+    return text if _URL.fullmatch(text) else _said(_clip(text) or "")
+
+
 def _split_text(traffic: Sequence[TrafficSplit]) -> str:
     parts = []
     for t in traffic:
-        label = ", ".join(x for x in (t.tag, "canary" if t.tag == "latest" else None) if x)
-        parts.append(f"{t.percent}% {t.revision}" + (f" ({label})" if label else ""))
+        label = ", ".join(_said(_clip(x) or "") for x in (t.tag, "canary" if t.tag == "latest" else None) if x)
+        parts.append(f"{t.percent}% {_said(_clip(t.revision) or '?')}" + (f" ({label})" if label else ""))
     return ", ".join(parts)
 
 
@@ -373,16 +382,19 @@ def summarize(s: ModelStatusResult) -> str:
     if s.observed_generation < s.generation:
         return f"{head}: waiting for the controller to see generation {s.generation}"
     split = _split_text(s.traffic)
+    # Every word below that the cluster wrote (condition type and status, revision names, the URL, the
+    # model's state) is bare only when it is one plain token, else quoted and capped (issue 15 item 17).
     if s.ready and s.done:
-        return f"{head} is Ready at {s.url}" + (f": {split}" if split else "")
+        return f"{head} is Ready at {_said_url(s.url)}" + (f": {split}" if split else "")
     if s.ready:
-        return f"{head} is Ready ({split or s.url}); revision {s.latest_created_revision} is still loading"
+        revision = _said(_clip(s.latest_created_revision) or "?")
+        return f"{head} is Ready ({split or _said_url(s.url)}); revision {revision} is still loading"
     first = s.conditions[0] if s.conditions else None
-    why = (f"{first.type} {first.status}" + (f" ({_said(first.reason)})" if first.reason else "")
+    why = (f"{_said(first.type)} {_said(first.status)}" + (f" ({_said(first.reason)})" if first.reason else "")
            + (f": {_said(first.message)}" if first.message else "")) if first else "no Ready condition yet"
     model = s.model
     if model is not None and model.transition_status not in (None, "UpToDate"):
-        why += f"; model {model.transition_status}" + _failure(model)
+        why += f"; model {_said(_clip(model.transition_status) or '?')}" + _failure(model)
     return f"{head} is not Ready: {why}"
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ToolError
+from .untrusted import TEXT_MAX, name_in_text, quoted
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
@@ -234,13 +235,16 @@ def api_error(status: int, http_reason: str | None, body: str | None, what: str,
         rule = "server-error"
     else:
         rule = _RULES.get(status, f"http-{status}")
-    text = f"{what}: the API answered {status} {reason}: {message}"
+    # The Status text is the cluster's (an admission webhook's, a proxy's): quoted and capped in our
+    # sentence, never spliced in as our own words (issue 15 item 17).
+    text = f"{what}: the API answered {status} {name_in_text(reason or '-')}: {quoted(message, TEXT_MAX)}"
     if status == 422 and causes:
-        listed = "; ".join(f"{c.get('field', '?')}: {c.get('message', c.get('reason', ''))}" for c in causes)
-        if listed not in message:
-            text += f" ({listed})"
+        listed = "; ".join(f"{name_in_text(c.get('field', '?'))}: {quoted(c.get('message', c.get('reason', '')))}"
+                           for c in causes[:5])
+        if not (len(causes) == 1 and causes[0].get("message", "") in message):
+            text += f" (causes: {listed}{'; …' if len(causes) > 5 else ''})"
     fields = [c["field"] for c in causes if "field" in c]
-    return KubeApiError(_clip(" ".join(text.split())), status=status, reason=reason or None, rule=rule,
+    return KubeApiError(_clip(text), status=status, reason=reason or None, rule=rule,
                         field=_clip(fields[0], 256) if fields else None, causes=causes, audit_id=audit_id)
 
 
