@@ -16,8 +16,12 @@ resourceVersion, uid, generation, conflicts, watch log), ``patch`` and
 ``validation`` and ``selectors`` and ``rollout`` (pure), ``api`` (REST
 semantics), ``http`` (the socket edge; why the standard library and not kmock
 is said there), ``protobuf`` (kubectl's protobuf request bodies),
-``controllers``, ``faults``, ``discovery`` (and minimal OpenAPI v3),
-``tables``, ``cluster`` (``SandboxCluster``, ``run_sandbox``), ``logs``
+``controllers`` (with ``events``: client-go's event aggregation), ``pods``
+(the stand-in kubelet's logs and ids), ``infra`` (the Node, the ``kubernetes``
+Service and its endpoints, ComponentStatuses), ``faults``, ``discovery``,
+``openapi`` (v2 and v3 from the kubernetes client's models and ``crd``'s
+shipped CRD schemas), ``tables``, ``cluster`` (``SandboxCluster``,
+``run_sandbox``), ``logs``
 (structlog, never stdout), ``kserve`` (KServe's InferenceService, its
 controller and the Open Inference Protocol model servers; its own docstring
 lists how it differs from KServe).
@@ -33,10 +37,12 @@ Differences from a real API server (on purpose, or not yet done):
   deployment``) are read for the common fields of the built-in kinds only,
   anything else is 415. No aggregated discovery (clients fall back to the
   per-group lists).
-- OpenAPI: only a minimal v3 document per group version (permissive schemas
-  that advertise ``fieldValidation``), enough for ``kubectl apply``/``create
-  -f``; no v2, nothing for ``kubectl explain``. ``fieldValidation=Strict`` is
-  accepted but unknown fields are kept, not rejected.
+- OpenAPI: v3 per group version and v2 with the built-in kinds' schemas from
+  the ``kubernetes`` client's models and KServe's own CRD schema (``kubectl
+  explain`` works; ``openapi``'s docstring says how they differ from a real
+  server's); v2 is JSON only (a protobuf-only ``Accept`` gets 406).
+  ``fieldValidation=Strict`` is accepted but unknown fields are kept, not
+  rejected.
 - Server-side apply (``application/apply-patch+yaml``) answers 415; no
   ``managedFields``. Only the kinds registered are served (no Services,
   ConfigMaps, RBAC...).
@@ -50,10 +56,18 @@ Differences from a real API server (on purpose, or not yet done):
   namespace deletes its contents at once.
 - ``continue`` tokens resume after the last key but are not consistent
   snapshots; the watch log keeps the last 10,000 events (older -> 410 Expired).
-- Events are written by the controllers and capped at the newest 1,000
-  (a real server expires them after an hour).
-- Pods are minimal: created by the ReplicaSet controller, Pending, then
-  Running/Ready after ``rollout_delay``; no containers run, no logs/exec.
+- Events are written by the controllers through client-go's correlation
+  (repeats counted, similar ones combined after ten) and capped at the newest
+  1,000 (a real server expires them after an hour).
+- Pods are records: created by the ReplicaSet controller, Pending, then
+  Running/Ready after ``rollout_delay`` with ``Scheduled``/``Pulled``/
+  ``Created``/``Started`` events; no containers run, so ``pods/log`` has only
+  the stand-in kubelet's own lines (``follow`` ends at once), ``imageID``
+  digests are the sha256 of the image reference, and ``exec``/``attach``/
+  ``portforward`` answer 400 saying so. One Node, ``sandbox-node`` (this
+  machine's CPUs and memory; no Lease); Services get a cluster IP but nothing
+  fills their Endpoints or routes to them; only the ``kubernetes`` Service has
+  Endpoints and an EndpointSlice (the sandbox's address).
 - Rolling updates surge the new ReplicaSet to full size and drain the old
   ones when it is available (``maxSurge``/``maxUnavailable`` are only used for
   the ``Available`` condition and annotations); no ``ProgressDeadlineExceeded``,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import discovery, patch, protobuf
+from . import discovery, openapi, patch, protobuf
 from .errors import (
     ApiError,
     bad_request,
@@ -141,6 +141,8 @@ class Api:
         parts = [p for p in path.split("/") if p]
         if parts[:2] == ["openapi", "v3"]:
             return self._openapi(parts[2:])
+        if parts == ["openapi", "v2"]:
+            return self._openapi_v2(req)
         if len(parts) >= 2 and parts[0] == "api":
             group, version, rest = "", parts[1], parts[2:]
         elif len(parts) >= 2 and parts[0] == "apis":
@@ -164,15 +166,22 @@ class Api:
 
     def _openapi(self, parts: list[str]) -> Response:
         if not parts:
-            return Response(200, discovery.openapi_v3_index(self.registry))
+            return Response(200, openapi.v3_index(self.registry))
         doc = None
         if parts[0] == "api" and len(parts) == 2:
-            doc = discovery.openapi_v3_document(self.registry, "", parts[1])
+            doc = openapi.v3_document(self.registry, "", parts[1])
         elif parts[0] == "apis" and len(parts) == 3:
-            doc = discovery.openapi_v3_document(self.registry, parts[1], parts[2])
+            doc = openapi.v3_document(self.registry, parts[1], parts[2])
         if doc is None:
             raise path_not_found()
         return Response(200, doc)
+
+    def _openapi_v2(self, req: Request) -> Response:
+        """The Swagger 2.0 document, as JSON; 406 to a client that takes only protobuf (client-go's ask)."""
+        accept = req.header("accept").lower()
+        if accept and "json" not in accept and "*/*" not in accept:
+            raise ApiError(406, "NotAcceptable", "only the following media types are accepted: application/json")
+        return Response(200, openapi.v2_document(self.registry))
 
     def _route(self, group: str, version: str, rest: list[str]) -> Route:
         namespace: str | None = None

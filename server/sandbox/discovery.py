@@ -1,5 +1,7 @@
 """Discovery documents (pure): ``/api``, ``/apis``, ``/apis/<g>``, the resource lists, ``/version``.
 
+The OpenAPI documents are ``openapi.py``'s.
+
 kubectl and client-go build their REST mapping from these; plain JSON is
 served whatever the ``Accept`` header asks (the aggregated v2 form is
 optional: clients fall back to the per-group-version lists when the
@@ -70,67 +72,4 @@ def resource_list(registry: ResourceRegistry, group: str, version: str) -> JSON 
         "apiVersion": "v1",
         "groupVersion": f"{group}/{version}" if group else version,
         "resources": resources,
-    }
-
-
-def _gv_path(group: str, version: str) -> str:
-    return f"apis/{group}/{version}" if group else f"api/{version}"
-
-
-def openapi_v3_index(registry: ResourceRegistry) -> JSON:
-    """``/openapi/v3``: one document per group version."""
-    paths = {}
-    for group, versions in registry.group_versions().items():
-        for version in versions:
-            path = _gv_path(group, version)
-            paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash=sandbox"}
-    return {"paths": paths}
-
-
-def openapi_v3_document(registry: ResourceRegistry, group: str, version: str) -> JSON | None:
-    """A minimal OpenAPI v3 document for one group version.
-
-    Enough for kubectl: each kind has a permissive schema carrying its
-    group-version-kind, and a PATCH operation that lists the ``fieldValidation``
-    query parameter, so kubectl leaves validation to the server instead of
-    fetching the protobuf OpenAPI v2 document.
-    """
-    types = registry.in_group_version(group, version)
-    if not types:
-        return None
-    paths: JSON = {}
-    schemas: JSON = {}
-    for rt in types:
-        gvk = {"group": rt.group, "version": rt.version, "kind": rt.kind}
-        schema_name = f"sandbox.{rt.group or 'core'}.{rt.version}.{rt.kind}"
-        schemas[schema_name] = {
-            "type": "object",
-            "x-kubernetes-group-version-kind": [gvk],
-            "x-kubernetes-preserve-unknown-fields": True,
-            "properties": {
-                "apiVersion": {"type": "string"},
-                "kind": {"type": "string"},
-                "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-            },
-        }
-        prefix = f"/{_gv_path(group, version)}/" + ("namespaces/{namespace}/" if rt.namespaced else "")
-        params = [
-            {"name": name, "in": "query", "schema": {"type": "string"}}
-            for name in ("dryRun", "fieldManager", "fieldValidation")
-        ]
-        ref = {"$ref": f"#/components/schemas/{schema_name}"}
-        ok = {"200": {"description": "OK", "content": {"application/json": {"schema": ref}}}}
-        op = {"x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": ok}
-        paths[f"{prefix}{rt.plural}/{{name}}"] = {
-            "get": {**op, "x-kubernetes-action": "get"},
-            "put": {**op, "x-kubernetes-action": "put"},
-            "patch": {**op, "x-kubernetes-action": "patch"},
-            "delete": {**op, "x-kubernetes-action": "delete"},
-        }
-        paths[f"{prefix}{rt.plural}"] = {"post": {**op, "x-kubernetes-action": "post"}}
-    return {
-        "openapi": "3.0.0",
-        "info": {"title": "opsgate sandbox", "version": "v1"},
-        "paths": paths,
-        "components": {"schemas": schemas},
     }

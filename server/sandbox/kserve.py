@@ -101,6 +101,7 @@ from opsgate.tools.errors import ToolError
 from opsgate.tools.tensors import MODEL_NAME_RE, MODELS_DIR_DEFAULT, InferArgs, ModelInputError, TensorSpec
 
 from .controllers import Controller
+from .crd import inference_service_schema
 from .errors import Cause
 from .faults import Fault, FaultTable
 from .http import TrackingHTTPServer
@@ -352,6 +353,7 @@ INFERENCESERVICE = ResourceType(
     status_subresource=True,
     validator=validate_inference_service,
     columns=INFERENCESERVICE_COLUMNS,
+    schema=inference_service_schema,  # KServe's CRD schema: kubectl explain reads it
 )
 
 

@@ -143,6 +143,8 @@ class ResourceType:
     delete_returns_object: bool = False
     #: Keep at most this many objects, dropping the oldest (Events; a real server expires them by TTL). 0: no cap.
     max_objects: int = 0
+    #: The kind's OpenAPI v3 schema (a CRD's ``openAPIV3Schema``); None: from the kubernetes client's models.
+    schema: Callable[[], JSON] | None = None
 
     @property
     def api_version(self) -> str:
