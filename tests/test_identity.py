@@ -81,7 +81,7 @@ def test_the_sandbox_answers_a_self_subject_review_from_the_token(cluster: Sandb
 def _get(cluster: SandboxCluster, path: str) -> str:
     import urllib.request
 
-    with urllib.request.urlopen(cluster.url + path, timeout=5) as response:
+    with urllib.request.urlopen(cluster.url + path, timeout=5, context=cluster.ssl_context()) as response:
         return str(response.read().decode())
 
 

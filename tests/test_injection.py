@@ -134,7 +134,8 @@ def clients(cluster: SandboxCluster) -> tuple[Any, Any, Any]:
 @pytest.fixture(scope="module")
 def planted() -> Iterator[SandboxCluster]:
     """A sandbox whose Deployment and InferenceService carry planted text in annotations, image and status."""
-    with SandboxCluster(rollout_delay=0.02) as cluster:
+    # plain HTTP: session_on writes its own kubeconfig with the server URL only, as for the hostile servers
+    with SandboxCluster(rollout_delay=0.02, tls=False) as cluster:
         core, apps, custom = clients(cluster)
         core.create_namespace({"metadata": {"name": NS}})
         apps.create_namespaced_deployment(NS, {
@@ -221,7 +222,8 @@ def test_inference_service_status_comes_back_quoted_and_capped(session: Session)
 
 def test_a_status_written_straight_into_the_api_comes_back_on_one_line(tmp_path: Path) -> None:
     """Where no controller rewrites it, a status carries raw newlines; they stay inside JSON strings."""
-    with SandboxCluster(rollout_delay=0.02, kserve=False) as cluster, start_blocking_portal("asyncio") as portal:
+    with (SandboxCluster(rollout_delay=0.02, kserve=False, tls=False) as cluster,
+          start_blocking_portal("asyncio") as portal):
         cluster.register_resource(INFERENCESERVICE)  # the CRD without its controller: status is what we write
         core, _, custom = clients(cluster)
         core.create_namespace({"metadata": {"name": NS}})

@@ -217,13 +217,15 @@ def test_create_apply_and_describe(kubectl: Kubectl, apps: Any, tmp_path: Path) 
     assert "kubectl.kubernetes.io/last-applied-configuration" in d.metadata.annotations
     described = kubectl.run("describe", "deployment", "applied").stdout
     assert "NewReplicaSetAvailable" in described and "ScalingReplicaSet" in described
-    server_side = kubectl.run("apply", "--server-side", "-f", str(path), check=False)
-    assert server_side.returncode != 0 and "apply-patch+yaml" in server_side.stderr
+    # the same manifest applied server-side takes over with no conflict: no value changes
+    # (conflicts and --force-conflicts: test_sandbox_apply.py)
+    server_side = kubectl.run("apply", "--server-side", "-f", str(path))
+    assert server_side.stdout.strip() == "deployment.apps/applied serverside-applied"
 
 
 def test_kubectl_auth_whoami(kubectl: Kubectl) -> None:
-    """kubectl sends no bearer token to a plain-HTTP server, so the sandbox names it anonymous, as a cluster
-    that allows anonymous requests would; the Python client does send it (see test_identity.py)."""
+    """Over TLS (the sandbox's CA is in the kubeconfig) kubectl sends the bearer token, so it is the same
+    user as the Python client (see test_identity.py and test_sandbox_apply.py)."""
     out = json.loads(kubectl.run("auth", "whoami", "-o", "json").stdout)
     assert out["kind"] == "SelfSubjectReview"
-    assert out["status"]["userInfo"] == {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
+    assert out["status"]["userInfo"] == {"username": "sandbox-admin", "groups": ["system:authenticated"]}

@@ -94,7 +94,7 @@ async def test_unnamed_principal_is_the_os_user_with_read_only_grants(tmp_path: 
 async def test_no_kubeconfig_means_the_sandbox_and_it_says_so(tmp_path: Path) -> None:
     async with serve(tmp_path, "--principal", "alice", env={"HOME": str(tmp_path)}) as s:
         who = (await s.call("whoami")).structured_content
-        assert who["cluster"]["sandbox"] is True and who["cluster"]["server"].startswith("http://127.0.0.1:")
+        assert who["cluster"]["sandbox"] is True and who["cluster"]["server"].startswith("https://127.0.0.1:")
         listed = await s.call("list_workloads", {"namespace": "default"})
         assert not listed.is_error and listed.structured_content["workloads"] == []
     warnings = [json.loads(line) for line in s.stderr_path.read_text().splitlines()]

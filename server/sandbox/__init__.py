@@ -13,9 +13,11 @@ ReplicaSets with revisions exactly as kube-controller-manager numbers them.
 Modules: ``resources`` (the table of served kinds; ``register_resource`` adds
 a CRD), ``kinds`` (built-in kinds: defaults, columns), ``store`` (objects,
 resourceVersion, uid, generation, conflicts, watch log), ``patch`` and
-``validation`` and ``selectors`` and ``rollout`` (pure), ``api`` (REST
-semantics), ``http`` (the socket edge; why the standard library and not kmock
-is said there), ``protobuf`` (kubectl's protobuf request bodies),
+``validation`` and ``selectors`` and ``rollout`` (pure), ``apply``
+(server-side apply and ``managedFields``, pure), ``reviews`` (access
+reviews), ``tls`` (the CA made at start), ``api`` (REST semantics),
+``http`` (the socket edge; why the standard library and not kmock is said
+there), ``protobuf`` (kubectl's protobuf request bodies),
 ``controllers`` (with ``events``: client-go's event aggregation), ``pods``
 (the stand-in kubelet's logs and ids), ``infra`` (the Node, the ``kubernetes``
 Service and its endpoints, ComponentStatuses), ``faults``, ``discovery``,
@@ -31,8 +33,13 @@ Differences from a real API server (on purpose, or not yet done):
 - No authorization, and authentication only by name: any token, or none, is
   accepted; a ``SelfSubjectReview`` (``kubectl auth whoami``) answers the user
   a known token is mapped to (the kubeconfig's token: ``sandbox-admin``), else
-  ``system:anonymous``.
-- No TLS; answers are always JSON whatever ``Accept`` says (no protobuf or
+  ``system:anonymous``. Access reviews (``SelfSubjectAccessReview``,
+  ``SubjectAccessReview``, ``LocalSubjectAccessReview``,
+  ``SelfSubjectRulesReview``; ``reviews``) answer ``allowed: true`` with a
+  reason saying so, for any user, as the ``AlwaysAllow`` authorizer would.
+- TLS (``tls``) with a CA made at start, in the kubeconfig as
+  ``certificate-authority-data`` (no client certificates, no rotation); model
+  servers stay on plain HTTP. Answers are always JSON whatever ``Accept`` says (no protobuf or
   CBOR out); protobuf request bodies (kubectl's ``create namespace``/``create
   deployment``) are read for the common fields of the built-in kinds only,
   anything else is 415. No aggregated discovery (clients fall back to the
@@ -43,9 +50,15 @@ Differences from a real API server (on purpose, or not yet done):
   server's); v2 is JSON only (a protobuf-only ``Accept`` gets 406).
   ``fieldValidation=Strict`` is accepted but unknown fields are kept, not
   rejected.
-- Server-side apply (``application/apply-patch+yaml``) answers 415; no
-  ``managedFields``. Only the kinds registered are served (no Services,
-  ConfigMaps, RBAC...).
+- Server-side apply and ``managedFields`` (``apply``): apply creates, merges,
+  owns, removes what a manager stops applying, answers 409 with the real
+  conflict message unless ``force``; creates, PUTs, patches and ``scale``
+  record Update managers (``fieldManager``, else the User-Agent's first
+  word). Lists merge by a table of list keys by field name (the built-in
+  types' and KServe's), not each kind's OpenAPI; no version conversion, no
+  ``ancient-changes`` cap, no apply to ``/scale`` (415); objects the
+  controllers write (ReplicaSets, Pods, status) carry no managers of theirs.
+  Only the kinds registered are served (no ConfigMaps, Secrets, RBAC...).
 - Strategic merge patch finds merge keys by field name (containers, env and
   volumes by ``name``, container ports by ``containerPort``, conditions by
   ``type``...), not by the full OpenAPI schema; custom resources get 415 for it,

@@ -14,9 +14,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import discovery, openapi, patch, protobuf
+import yaml
+
+from . import apply as ssa
+from . import discovery, openapi, patch, protobuf, reviews
 from .errors import (
     ApiError,
+    Cause,
     bad_request,
     invalid,
     method_not_allowed,
@@ -27,7 +31,7 @@ from .kinds import POD, SELF_SUBJECT_REVIEW
 from .pods import STREAM_SUBRESOURCES, PodLogs, log_container, no_containers, select_log
 from .resources import PRIMITIVE_MERGE_LISTS, ResourceRegistry, ResourceType
 from .selectors import Requirement, labels_match, parse_field_selector, parse_label_selector
-from .store import Store, WatchEvent
+from .store import Store, WatchEvent, now_rfc3339
 from .tables import TABLE_CONTENT_TYPE, to_table
 from .validation import invalid_value
 
@@ -85,6 +89,14 @@ def _meta(obj: JSON) -> JSON:
         meta = {}
         obj["metadata"] = meta
     return meta
+
+
+def _set_managed(obj: JSON, managed: list[JSON]) -> None:
+    """``metadata.managedFields``, left out when no manager owns anything (as the API server writes it)."""
+    if managed:
+        _meta(obj)["managedFields"] = managed
+    else:
+        _meta(obj).pop("managedFields", None)
 
 
 def _wants(accept: str, kind: str) -> bool:
@@ -219,8 +231,10 @@ class Api:
                     raise method_not_allowed(method)
                 if route.rt is SELF_SUBJECT_REVIEW:
                     return self._self_subject_review(req)
+                if route.rt.key in reviews.REVIEW_KEYS:
+                    return Response(201, reviews.answer(route.rt, req.json_body(), self._ns(route)))
                 return self._create(req, route)
-            if route.rt is SELF_SUBJECT_REVIEW:
+            if route.rt is SELF_SUBJECT_REVIEW or route.rt.key in reviews.REVIEW_KEYS:
                 raise method_not_allowed(method)
             if method == "DELETE":
                 return self._delete_collection(req, route)
@@ -386,19 +400,23 @@ class Api:
     def _create(self, req: Request, route: Route) -> Response:
         body = self._check_body(route, req.json_body(), name=None)
         dry_run = self._dry_run(req)
-        obj = self.store.create(route.rt, body, namespace=self._ns(route), dry_run=dry_run)
+        self._no_force(req)
+        managed = self._managed_update(req, route)(None, body)
+        obj = self.store.create(route.rt, body, namespace=self._ns(route), dry_run=dry_run, managed_fields=managed)
         return self._render(req, route, obj, 201)
 
     def _replace(self, req: Request, route: Route) -> Response:
         body = self._check_body(route, req.json_body(), name=route.name)
         dry_run = self._dry_run(req)
+        record = self._managed_update(req, route)
+
+        def replace(cur: JSON) -> JSON:
+            new = copy.deepcopy(body)
+            _set_managed(new, record(cur, new))
+            return new
+
         obj = self.store.update(
-            route.rt,
-            self._ns(route),
-            route.name or "",
-            lambda _cur: copy.deepcopy(body),
-            subresource=route.subresource or "",
-            dry_run=dry_run,
+            route.rt, self._ns(route), route.name or "", replace, subresource=route.subresource or "", dry_run=dry_run
         )
         return self._render(req, route, obj)
 
@@ -421,18 +439,148 @@ class Api:
             if not isinstance(body, list):
                 raise bad_request("a json patch must be a JSON array of operations")
             return lambda cur: patch.json_patch(cur, body)
-        accepted = [patch.JSON_PATCH, patch.MERGE_PATCH]
+        accepted = [patch.JSON_PATCH, patch.MERGE_PATCH, patch.APPLY_PATCH]
         if rt.merge_keys is not None:
             accepted.append(patch.STRATEGIC_MERGE_PATCH)
         raise unsupported_media_type(content_type, accepted)
 
     def _patch(self, req: Request, route: Route) -> Response:
+        if req.header("content-type").split(";")[0].strip().lower() == patch.APPLY_PATCH:
+            return self._apply(req, route)
+        self._no_force(req)
         apply = self._patcher(req, route.rt)
         dry_run = self._dry_run(req)
+        record = self._managed_update(req, route)
+
+        def patched(cur: JSON) -> Any:
+            new = apply(cur)
+            if isinstance(new, dict):
+                _set_managed(new, record(cur, new))
+            return new
+
         obj = self.store.update(
-            route.rt, self._ns(route), route.name or "", apply, subresource=route.subresource or "", dry_run=dry_run
+            route.rt, self._ns(route), route.name or "", patched, subresource=route.subresource or "", dry_run=dry_run
         )
         return self._render(req, route, obj)
+
+    # --- managedFields and server-side apply ---------------------------------------------------
+
+    @staticmethod
+    def _no_force(req: Request) -> None:
+        if "force" in req.query:
+            raise invalid("PatchOptions", "meta.k8s.io", "", [
+                Cause("force", "Forbidden: may not be specified for non-apply patch", "FieldValueForbidden")])
+
+    @staticmethod
+    def _ignored(route: Route) -> ssa.FieldSet:
+        """Paths no manager of this endpoint owns: status on the main resource (when it has a status
+        subresource), everything but status on ``/status``, as the kinds' reset-fields strategies say."""
+        if route.subresource == "status":
+            return ssa.IGNORED | {("f:metadata",), ("f:spec",)}
+        if route.rt.status_subresource:
+            return ssa.IGNORED | {("f:status",)}
+        return ssa.IGNORED
+
+    def _manager(self, req: Request, route: Route, operation: str) -> ssa.Manager:
+        """Who writes: ``fieldManager``, else the User-Agent up to its first ``/`` (``prefixFromUserAgent``)."""
+        name = req.query.get("fieldManager") or req.header("user-agent").split("/")[0][:128] or "unknown"
+        return ssa.Manager(name, operation, route.rt.api_version, frozenset(), subresource=route.subresource or "")
+
+    def _managed_update(self, req: Request, route: Route) -> Callable[[JSON | None, JSON], list[JSON]]:
+        """The ``managedFields`` after an Update (create, PUT, patch, scale) from ``cur`` to ``new``.
+
+        Fields are counted after defaulting, as the real server decodes (and defaults) a request before
+        its field manager sees it. A request carrying its own non-empty ``managedFields`` sets them
+        (``[{}]`` clears them); an empty or missing list keeps the stored ones."""
+        who = self._manager(req, route, ssa.UPDATE)
+        ignored = self._ignored(route)
+        rt = route.rt
+        now = now_rfc3339()
+
+        def record(cur: JSON | None, new: JSON) -> list[JSON]:
+            requested = _meta(new).get("managedFields")
+            source = requested if isinstance(requested, list) and requested else (
+                _meta(cur).get("managedFields") if cur is not None else None)
+            managers = ssa.decode_managers(source)
+            after = copy.deepcopy(new)
+            if rt.defaulter is not None:
+                rt.defaulter(after)
+            return ssa.encode_managers(ssa.record_update(cur, after, managers, who, now, ignored))
+
+        return record
+
+    def _apply(self, req: Request, route: Route) -> Response:
+        """Server-side apply: merge the configuration, own its fields, 409 on others' fields unless
+        ``force``; an object that does not exist is created (201)."""
+        rt = route.rt
+        if route.subresource == "scale":
+            raise unsupported_media_type(patch.APPLY_PATCH, [patch.JSON_PATCH, patch.MERGE_PATCH])
+        if not req.query.get("fieldManager"):
+            raise invalid("PatchOptions", "meta.k8s.io", "", [
+                Cause("fieldManager", "Required value: is required for apply patch", "FieldValueRequired")])
+        force = _bool(req.query.get("force"))
+        config = self._apply_config(req, route)
+        dry_run = self._dry_run(req)
+        who = self._manager(req, route, ssa.APPLY)
+        ignored = self._ignored(route)
+        now = now_rfc3339()
+
+        def applied(cur: JSON | None) -> tuple[JSON, list[JSON]]:
+            managers = ssa.decode_managers(_meta(cur).get("managedFields") if cur is not None else None)
+            live = copy.deepcopy(cur) if cur is not None else None
+            if live is not None:
+                _meta(live).pop("managedFields", None)
+            try:
+                result, managers = ssa.apply(live, config, managers, who, now, force=force, ignored=ignored)
+            except ssa.ApplyConflict as exc:
+                causes = [{"reason": "FieldManagerConflict", "message": f"conflict with {m.describe()}",
+                           "field": ssa.path_string(p)} for m, p in exc.conflicts]
+                raise ApiError(409, "Conflict", str(exc), {"causes": causes}) from None
+            return result, ssa.encode_managers(managers)
+
+        def mutate(cur: JSON) -> JSON:
+            result, managed = applied(cur)
+            _set_managed(result, managed)
+            return result
+
+        try:
+            obj = self.store.update(
+                rt, self._ns(route), route.name or "", mutate, subresource=route.subresource or "", dry_run=dry_run
+            )
+        except ApiError as exc:
+            if exc.code != 404 or route.subresource or exc.details.get("name") != route.name:
+                raise
+            body, managed = applied(None)
+            obj = self.store.create(rt, body, namespace=self._ns(route), dry_run=dry_run, managed_fields=managed)
+            return self._render(req, route, obj, 201)
+        return self._render(req, route, obj)
+
+    def _apply_config(self, req: Request, route: Route) -> JSON:
+        """The applied configuration (YAML or JSON), checked as the API server checks it."""
+        try:
+            config = yaml.safe_load(req.body.decode("utf-8")) if req.body else None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise bad_request(f"error decoding YAML: {exc}") from None
+        if not isinstance(config, dict):
+            raise bad_request("the request body must be an object (YAML or JSON)")
+        rt = route.rt
+        if config.get("apiVersion") != rt.api_version:
+            raise bad_request(
+                f"Incorrect version specified in apply patch. Specified patch version: {config.get('apiVersion') or ''}"
+                f", expected: {rt.api_version}"
+            )
+        if config.get("kind") != rt.kind:
+            raise bad_request(
+                f"Incorrect kind specified in apply patch. Specified patch kind: {config.get('kind') or ''}"
+                f", expected: {rt.kind}"
+            )
+        meta = config.get("metadata")
+        if not isinstance(meta, dict):
+            raise bad_request("metadata must be set in an apply patch")
+        if meta.get("managedFields") is not None:
+            raise bad_request("metadata.managedFields must be nil")
+        self._check_body(route, config, name=route.name)
+        return config
 
     def _delete_options(self, req: Request) -> tuple[bool, JSON]:
         body = req.json_body() if req.body else None
@@ -541,8 +689,12 @@ class Api:
         else:
             raise method_not_allowed(req.method)
         dry_run = self._dry_run(req)
+        if req.method == "PATCH":
+            self._no_force(req)
+        record = self._managed_update(req, route)
 
         def mutate(cur: JSON) -> JSON:
+            old = copy.deepcopy(cur)
             scale = new_scale(self.scale_view(rt, cur))
             replicas = (scale.get("spec") or {}).get("replicas")
             if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
@@ -556,6 +708,7 @@ class Api:
             sub.set_spec_replicas(cur, replicas)
             if rv:
                 _meta(cur)["resourceVersion"] = rv
+            _set_managed(cur, record(old, cur))
             return cur
 
         obj = self.store.update(rt, self._ns(route), name, mutate, dry_run=dry_run)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import ssl
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +23,9 @@ from .kinds import BUILTIN_TYPES, NAMESPACE
 from .kserve import INFERENCESERVICE, KServeController
 from .logs import log
 from .resources import ResourceRegistry, ResourceType
+from .reviews import REVIEW_TYPES
 from .store import Store
+from .tls import ServerTLS, make_certificates
 
 NAME = "opsgate-sandbox"
 TOKEN = "opsgate-sandbox-token"  # the kubeconfig's bearer token
@@ -40,11 +44,18 @@ class SandboxCluster:
     serves ONNX models over the Open Inference Protocol (``kserve.py``); it is
     ``self.kserve``, with its test hooks. ``models_dir`` is where it resolves a
     ``storageUri`` that is a bare model name (default: the shipped models).
+
+    ``tls`` (on by default): the API is served over HTTPS with a CA made for this
+    cluster, written into ``kubeconfig()`` as ``certificate-authority-data``, so
+    kubectl and client-go send the bearer token as the Python client does.
+    ``tls=False`` serves plain HTTP (for tests that write their own kubeconfig).
+    The model servers KServe's controller starts stay on plain HTTP, as a
+    cluster-internal predictor URL would be.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, rollout_delay: float = 0.2,
                  kserve: bool = True, models_dir: Path | None = None,
-                 users: Mapping[str, str] | None = None, namespaces: Sequence[str] = ()) -> None:
+                 users: Mapping[str, str] | None = None, tls: bool = True, namespaces: Sequence[str] = ()) -> None:
         self.host = host
         self.rollout_delay = rollout_delay
         self._requested_port = port
@@ -54,6 +65,9 @@ class SandboxCluster:
         self.store = Store(self.registry)
         self.faults = FaultTable()
         self.users = dict(users if users is not None else {TOKEN: USER})
+        self.tls: ServerTLS | None = ServerTLS(make_certificates(host)) if tls else None
+        for review in REVIEW_TYPES:
+            self.registry.register(review)
         self.api = Api(self.registry, self.store, lambda: f"{self.host}:{self.port}", self.users)
         self.controllers = ControllerManager(self.store, rollout_delay)
         for controller in builtin_controllers(self.api.pod_logs):
@@ -82,7 +96,8 @@ class SandboxCluster:
             return self
         if self.store.closed:
             raise RuntimeError("this sandbox cluster was stopped; create a new one")
-        self._server = SandboxHTTPServer((self.host, self._requested_port), self.api, self.faults)
+        self._server = SandboxHTTPServer((self.host, self._requested_port), self.api, self.faults,
+                                         self.tls.context if self.tls is not None else None)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="sandbox-http", daemon=True
         )
@@ -136,12 +151,22 @@ class SandboxCluster:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the sandbox cluster is not started")
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def ca_pem(self) -> bytes | None:
+        """The PEM of the CA that signed the serving certificate (None without TLS)."""
+        return self.tls.certs.ca_pem if self.tls is not None else None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client ``SSLContext`` trusting this cluster's CA, for ``urllib`` and the like."""
+        return self.tls.client_context() if self.tls is not None else None
 
     # --- client configuration ------------------------------------------------------------------
 
     def kubeconfig(self, token: str = TOKEN) -> dict[str, Any]:
-        """A kubeconfig whose cluster, user and context are all named ``opsgate-sandbox`` (no TLS).
+        """A kubeconfig whose cluster, user and context are all named ``opsgate-sandbox``, trusting its CA.
 
         ``token`` is who the client is: the SelfSubjectReview answers the user ``users``
         maps it to (by default ``sandbox-admin``), or anonymous. Nothing else is checked.
@@ -149,12 +174,18 @@ class SandboxCluster:
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": NAME, "cluster": {"server": self.url}}],
+            "clusters": [{"name": NAME, "cluster": self._cluster_entry()}],
             "users": [{"name": NAME, "user": {"token": token}}],
             "contexts": [{"name": NAME, "context": {"cluster": NAME, "user": NAME, "namespace": "default"}}],
             "current-context": NAME,
             "preferences": {},
         }
+
+    def _cluster_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"server": self.url}
+        if self.ca_pem is not None:
+            entry["certificate-authority-data"] = base64.b64encode(self.ca_pem).decode()
+        return entry
 
     def write_kubeconfig(self, path: Path, token: str = TOKEN) -> None:
         """Write the kubeconfig (JSON, which is YAML too) readable by its owner only."""

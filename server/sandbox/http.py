@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -66,15 +67,27 @@ class TrackingHTTPServer(ThreadingHTTPServer):
 
 
 class SandboxHTTPServer(TrackingHTTPServer):
-    """The API server's socket edge."""
+    """The API server's socket edge; HTTPS when given an ``ssl_context``.
+
+    A connection is wrapped as it is accepted but its handshake runs on the first read, in the
+    connection's own thread, so a slow or failing client never holds up ``accept``.
+    """
 
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], api: Api, faults: FaultTable) -> None:
+    def __init__(self, address: tuple[str, int], api: Api, faults: FaultTable,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.api = api
         self.faults = faults
         self.log_requests = False
+        self.ssl_context = ssl_context
         super().__init__(address, Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = self.socket.accept()
+        if self.ssl_context is not None:
+            conn = self.ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
 
 
 class Handler(BaseHTTPRequestHandler):

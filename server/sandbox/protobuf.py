@@ -96,12 +96,27 @@ SCHEMA: dict[str, dict[int, F]] = {
                       4: F("protocol", "string"), 5: F("hostIP", "string")},
     "EnvVar": {1: F("name", "string"), 2: F("value", "string")},
     "ResourceRequirements": {1: F("limits", "quantity"), 2: F("requests", "quantity")},
+    # authorization.k8s.io/v1 reviews (kubectl auth can-i): answered, never stored.
+    "AccessReview": {1: F("metadata", "msg", "ObjectMeta"), 2: F("spec", "msg", "AccessReviewSpec"),
+                     3: F("status", "msg", "Ignored")},
+    "AccessReviewSpec": {1: F("resourceAttributes", "msg", "ResourceAttributes"),
+                         2: F("nonResourceAttributes", "msg", "NonResourceAttributes"), 3: F("user", "string"),
+                         4: F("groups", "string", repeated=True), 6: F("uid", "string")},
+    "ResourceAttributes": {1: F("namespace", "string"), 2: F("verb", "string"), 3: F("group", "string"),
+                           4: F("version", "string"), 5: F("resource", "string"), 6: F("subresource", "string"),
+                           7: F("name", "string")},
+    "NonResourceAttributes": {1: F("path", "string"), 2: F("verb", "string")},
+    "RulesReview": {1: F("metadata", "msg", "ObjectMeta"), 2: F("spec", "msg", "RulesReviewSpec"),
+                    3: F("status", "msg", "Ignored")},
+    "RulesReviewSpec": {1: F("namespace", "string")},
     # Status is the server's to write: read past it whatever it holds.
     "Ignored": {},
 }
 
 #: Kind -> root message, for the kinds a protobuf body may carry.
-ROOTS = {"Namespace": "Namespace", "Deployment": "Deployment", "ReplicaSet": "ReplicaSet", "Pod": "Pod"}
+ROOTS = {"Namespace": "Namespace", "Deployment": "Deployment", "ReplicaSet": "ReplicaSet", "Pod": "Pod",
+         "SelfSubjectAccessReview": "AccessReview", "SubjectAccessReview": "AccessReview",
+         "LocalSubjectAccessReview": "AccessReview", "SelfSubjectRulesReview": "RulesReview"}
 
 
 class _Unsupported(Exception):

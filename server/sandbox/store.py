@@ -214,14 +214,19 @@ class Store:
             meta = _meta(obj)
             raise invalid(rt.kind, rt.group, str(meta.get("name") or meta.get("generateName") or ""), causes)
 
-    def create(self, rt: ResourceType, body: JSON, *, namespace: str = "", dry_run: bool = False) -> JSON:
-        """Create ``body``; 409 AlreadyExists, 404 if the namespace is missing, 422 if invalid."""
+    def create(self, rt: ResourceType, body: JSON, *, namespace: str = "", dry_run: bool = False,
+               managed_fields: list[JSON] | None = None) -> JSON:
+        """Create ``body``; 409 AlreadyExists, 404 if the namespace is missing, 422 if invalid.
+
+        ``managed_fields`` is the API edge's ``metadata.managedFields`` (a client's own are dropped)."""
         obj = copy.deepcopy(body)
         obj["apiVersion"] = rt.api_version
         obj["kind"] = rt.kind
         meta = _meta(obj)
         for transient in ("resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "managedFields"):
             meta.pop(transient, None)
+        if managed_fields:
+            meta["managedFields"] = copy.deepcopy(managed_fields)
         if rt.namespaced:
             meta["namespace"] = namespace or meta.get("namespace") or "default"
         else:
@@ -307,6 +312,8 @@ class Store:
                 _meta(merged)["annotations"] = copy.deepcopy(annotations)
             else:
                 _meta(merged).pop("annotations", None)
+            if "managedFields" in _meta(new):  # the API edge's record of who wrote the status
+                _meta(merged)["managedFields"] = copy.deepcopy(_meta(new)["managedFields"])
             return merged
         merged = copy.deepcopy(new)
         merged["apiVersion"] = rt.api_version
