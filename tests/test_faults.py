@@ -26,7 +26,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from opsgate.audit import verify_log
 from opsgate.server.sandbox import SandboxCluster
-from opsgate.tools.kube import DEFAULT_TIMEOUT
+from opsgate.tools.kube import CONFLICT_ATTEMPTS, DEFAULT_TIMEOUT, KubeApiError, guard, guard_broken, retry_on_conflict
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 from tests.harness import Served, err, serve_on
 
@@ -290,3 +290,53 @@ def test_a_write_slower_than_the_client_timeout_is_all_or_nothing(session: Sessi
         assert after in (before[case.id], expected[case.id]), f"{case.id}: half applied after a timeout"
         landed.append(after == expected[case.id])
     print(f"\nslow writes applied after the client gave up: {sum(landed)} of {len(landed)}")
+
+
+# --------------------------------------------------------------------------- the guard and the retry, pure
+
+
+def test_guards_test_what_was_read_and_fall_back_to_the_resource_version() -> None:
+    """Issue 15 item 12: a guard is a JSON Patch test of what the write was computed from, which a status
+    write leaves alone; a path the object lacks (a Scale at 0 replicas omits it) falls back to resourceVersion."""
+    read = {"metadata": {"generation": 3, "resourceVersion": "7"}, "spec": {"replicas": 2}, "status": {"x": 1}}
+    ops = guard(read, "/metadata/generation", "/spec/replicas")
+    assert ops == [{"op": "test", "path": "/metadata/generation", "value": 3},
+                   {"op": "test", "path": "/spec/replicas", "value": 2}]
+    status_written = {**read, "metadata": {"generation": 3, "resourceVersion": "9"}, "status": {"x": 2}}
+    assert not guard_broken(status_written, ops)
+    assert guard_broken({**read, "metadata": {"generation": 4, "resourceVersion": "9"}}, ops)
+    assert guard_broken({**read, "spec": {}}, ops)
+    fallback = guard({"metadata": {"resourceVersion": "7"}, "spec": {}}, "/spec/replicas")
+    assert fallback == [{"op": "replace", "path": "/metadata/resourceVersion", "value": "7"}]
+    assert guard_broken({"metadata": {"resourceVersion": "8"}}, fallback)
+    assert not guard_broken({"metadata": {"resourceVersion": "7"}}, fallback)
+
+
+def test_conflicts_are_retried_with_a_growing_pause_and_other_errors_are_not() -> None:
+    pauses: list[float] = []
+    failures = iter([409, 422, 409])
+
+    def overtaken_three_times() -> str:
+        status = next(failures, None)
+        if status is None:
+            return "written"
+        raise KubeApiError("x", status=status, reason="Conflict", rule="conflict")
+
+    assert retry_on_conflict(overtaken_three_times, what="w", kind="Deployment", sleep=pauses.append) == "written"
+    assert len(pauses) == 3 and pauses[0] < pauses[2] <= 0.2
+
+    def always() -> str:
+        raise KubeApiError("x", status=409, reason="Conflict", rule="conflict")
+
+    with pytest.raises(KubeApiError) as info:
+        retry_on_conflict(always, what="scale deployment a/b", kind="Deployment", sleep=lambda _: None)
+    assert f"{CONFLICT_ATTEMPTS} times in a row" in info.value.message and info.value.rule == "conflict"
+    calls: list[int] = []
+
+    def invalid() -> str:
+        calls.append(1)
+        raise KubeApiError("x", status=422, reason="Invalid", rule="invalid")
+
+    with pytest.raises(KubeApiError):
+        retry_on_conflict(invalid, what="w", kind="Deployment", sleep=lambda _: None)
+    assert calls == [1], "a real refusal is not retried"

@@ -791,7 +791,8 @@ def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
                                replicas_after=before, dry_run=args.dry_run)
         # Guarded on the replica count read (and bounded), not on the resourceVersion the controller's
         # status writes keep changing.
-        ops = [*guard(current, "/spec/replicas"), {"op": "replace", "path": "/spec/replicas", "value": args.replicas}]
+        # "add", not "replace": a real Scale omits spec.replicas when it is 0 (omitempty), and replace needs it.
+        ops = [*guard(current, "/spec/replicas"), {"op": "add", "path": "/spec/replicas", "value": args.replicas}]
         after = guarded_patch(kube, kube.apps.patch_namespaced_deployment_scale, name, ns, ops=ops,
                               reread=lambda: kube.call(kube.apps.read_namespaced_deployment_scale, name, ns,
                                                        what=f"read scale of deployment {ns}/{name}",
