@@ -261,10 +261,33 @@ _BUILTIN_TAGS = frozenset({"int", "float", "str", "bool", "bytes", "none", "dict
 def is_type_tag(part: str | int) -> bool:
     """A step pydantic adds to an error's path to name a union member or a validator (``dict[str,any]``,
     ``list[OipTensorIn]``, ``function-after[...]``, ``int``, a model's class name), not a field: our
-    fields are snake_case, so a CamelCase word is a model's name."""
+    fields are snake_case, so a CamelCase word is a model's name. Used when the arguments are not at hand."""
     if not isinstance(part, str):
         return False
     return "[" in part or part in _BUILTIN_TAGS or (part[:1].isupper() and part.isalnum())
+
+
+def type_tags(loc: tuple[str | int, ...], sent: Any, error_type: str) -> list[bool]:
+    """Which steps of an error's path are pydantic's tags, told by walking the arguments that were sent:
+    a key the object holds or an index the array has is a step of the path (a user's key such as an
+    environment variable ``PORT`` included); a word that is neither is a tag, except a last step an error
+    says is missing."""
+    tags: list[bool] = []
+    value, known = sent, True
+    for i, part in enumerate(loc):
+        held = isinstance(value, Mapping) and part in value
+        held = held or (isinstance(value, list) and isinstance(part, int) and -len(value) <= part < len(value))
+        if known and held:
+            tags.append(False)
+            value = value[part]
+        elif not known:
+            tags.append(is_type_tag(part))
+        elif isinstance(part, str) and not (i == len(loc) - 1 and error_type == "missing"):
+            tags.append(True)
+        else:
+            tags.append(False)
+            known = False
+    return tags
 
 
 def _message(error_type: str, pydantic_message: str, sent: Any, depth: int) -> str:
@@ -291,21 +314,22 @@ def _unquoted(text: str, sent: Any) -> str:
     return cleaned
 
 
-def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+def validation_errors(exc: ValidationError, sent: Any = None) -> list[dict[str, str]]:
     """Field, short rule and a sentence (README "Errors"), never the rejected value, and few of them.
 
     Pydantic reports a value that fits no member of a union once per member, under paths tagged with
     the member's type; those tags are cut from the field, a member the value matched in shape keeps its
     detailed errors and hides the others, and members that all failed on the value's kind become one
-    "an object or an array was expected" entry.
+    "an object or an array was expected" entry. ``sent`` (the arguments) tells tags from keys exactly.
     """
     raw = exc.errors(include_url=False, include_input=True, include_context=False)
     branches: dict[tuple[str | int, ...], dict[str, bool]] = {}  # union position -> member tag -> only a kind mismatch
     parsed: list[tuple[tuple[str | int, ...], str | None, list[str | int], ErrorDetails]] = []
     for err in raw:
         loc = list(err["loc"])
-        path = [part for part in loc if not is_type_tag(part)]
-        first = next((i for i, part in enumerate(loc) if is_type_tag(part)), None)
+        tags = type_tags(err["loc"], sent, err["type"]) if sent is not None else [is_type_tag(p) for p in loc]
+        path = [part for part, tag in zip(loc, tags, strict=True) if not tag]
+        first = next((i for i, tag in enumerate(tags) if tag), None)
         prefix: tuple[str | int, ...] = ()
         tag = None
         if first is not None:
@@ -545,7 +569,7 @@ class Gate:
         try:
             args = spec.args_model.model_validate(raw)
         except ValidationError as exc:
-            return await self._invalid(call_id, caller, name, raw, validation_errors(exc), bound)
+            return await self._invalid(call_id, caller, name, raw, validation_errors(exc, raw), bound)
 
         namespace = spec.namespace_of(args)
         decision = await self._decide_call(spec, args, caller, namespace, ask)

@@ -146,6 +146,9 @@ WRONG_TYPES: list[tuple[str, dict[str, Any], list[tuple[str, str, str]]]] = [
       ("inputs.0.data", "missing", "required, and not sent"),
       ("inputs.0.x", "extra", "not a field this object takes")]),
     ("whoami", {"verbose": True}, [("verbose", "extra", "not an argument of this tool")]),
+    # a user's key is a step of the path, however it is spelled (pydantic's tags are not)
+    ("deploy", {"name": "web", "namespace": "default", "image": "nginx:1", "env": {"PORT": 8080}},
+     [("env.PORT", "type", "a string was expected, an integer was sent")]),
 ]
 
 
