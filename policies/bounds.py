@@ -287,6 +287,8 @@ def check_bounds(subject: str, bounds: SubjectBounds, attrs: Mapping[str, Any]) 
         problem = storage_uri_problem(subject, bounds, uri)
         if problem is not None:
             return problem
+    if attrs.get("url_override") is True and not bounds.allow_url_override:
+        return f"a url override needs allow_url_override = true in bounds.toml for {subject}"
     elements = _int(attrs.get("input_elements"))
     if elements is not None and bounds.max_input_elements is not None and elements > bounds.max_input_elements:
         return (

@@ -162,8 +162,7 @@ def policy_bounds_check(policy: Policy, decision: Decision, attrs: Mapping[str, 
     if decision.rule is None:
         return None
     subject = decision.rule.fields[0]
-    bounds = policy.bounds.get(subject)
-    return None if bounds is None else check_bounds(subject, bounds, attrs)
+    return check_bounds(subject, policy.bounds_for(subject), attrs)  # some bounds hold for every subject
 
 
 def run_table(
