@@ -28,6 +28,7 @@ from opsgate.policies.engine import Decision, Policy
 from opsgate.policies.ratelimit import RateLimiter
 from opsgate.tools.context import BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
+from opsgate.tools.rollout import dns1123_problem
 
 from .records import Caller, compact, decision_record, outcome_record
 from .results import cap_strings, cap_text
@@ -365,6 +366,42 @@ def validation_errors(exc: ValidationError, sent: Any = None) -> list[dict[str, 
     return errors
 
 
+MAX_CLIENT_TEXT = 128  # characters of a client's self-reported name or version kept in records
+
+
+def client_text(value: str | None) -> str | None:
+    """A client's self-reported name or version as records keep it: redacted, then capped."""
+    if value is None:
+        return None
+    return cap_strings(redact_text(value), MAX_CLIENT_TEXT)  # type: ignore[no-any-return]
+
+
+OBJECT_KINDS = ("Deployment", "InferenceService")
+
+
+def readable_target(raw: Any, object_kind: str | None) -> tuple[str, dict[str, str] | None]:
+    """The namespace and object a rejected call named, when they read as Kubernetes names; else ``-`` and None.
+
+    A call refused for one bad field is still about a namespace: ``audit query --namespace`` must find it
+    (issue 15 item 5). Only values that pass the DNS-1123 rules are kept, so nothing unchecked is filed
+    as a namespace.
+    """
+    if not isinstance(raw, Mapping):
+        return "-", None
+    ns = raw.get("namespace")
+    namespace = ns if isinstance(ns, str) and dns1123_problem(ns, "label") is None else "-"
+    if object_kind is None:
+        return namespace, None
+    name = raw.get("name")
+    kind = raw.get("kind") if raw.get("kind") in OBJECT_KINDS else object_kind
+    ref = {"kind": str(kind)}
+    if namespace != "-":
+        ref["namespace"] = namespace
+    if isinstance(name, str) and dns1123_problem(name, "subdomain") is None:
+        ref["name"] = name
+    return namespace, ref
+
+
 class Gate:
     def __init__(
         self,
@@ -385,6 +422,7 @@ class Gate:
         # On the gate, not the policy: a reload must not refill anyone's budget.
         self.limiter = RateLimiter()
         self._in_flight = 0  # calls between decision and outcome: decides how records are appended
+        self._client_caller: tuple[tuple[str | None, str | None], Caller] | None = None  # see with_client
 
     def register(self, specs: Iterable[ToolSpec[Any, Any]]) -> None:
         """The only way a tool reaches a client: through this gate's list and call handlers."""
@@ -514,8 +552,20 @@ class Gate:
         return check
 
     def with_client(self, name: str | None, version: str | None) -> Caller:
+        """The caller with the client's self-reported name and version, capped and redacted once per session.
+
+        ``clientInfo`` is the client's text: it lands in every decision record, so a megabyte name or a
+        token pasted into it would be copied into each one (issue 15 item 6).
+        """
+        key = (name, version)
+        cached = self._client_caller
+        if cached is not None and cached[0] == key:
+            return cached[1]
         c = self.caller
-        return Caller(c.principal, c.principal_source, c.os_user, name, version, c.session_id)
+        caller = Caller(c.principal, c.principal_source, c.os_user, client_text(name), client_text(version),
+                        c.session_id)
+        self._client_caller = (key, caller)
+        return caller
 
     async def call(
         self,
@@ -656,9 +706,11 @@ class Gate:
         bound: structlog.typing.FilteringBoundLogger,
     ) -> Answer:
         decision = {"effect": "invalid", "reason": "arguments rejected before any decision", "errors": errors}
+        spec = self._tools.get(tool)
+        namespace, object_ref = readable_target(raw, spec.object_kind if spec is not None else None)
         record = decision_record(
             call_id=call_id, caller=caller, tool=tool, verb=self.verb_of(tool) or "unknown",
-            namespace="-", arguments=raw, decision=decision,
+            namespace=namespace, arguments=raw, decision=decision, object_ref=object_ref,
         )
         if not await self._append(record, bound):
             return self._audit_refusal(call_id)
