@@ -374,3 +374,92 @@ def test_opsgate_sandbox_namespaces_flag(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "opsgate.server.cli", "sandbox", "--namespaces", "Bad_Name"],
                          capture_output=True, text=True, env=env, timeout=30)
     assert bad.returncode != 0 and "--namespaces" in bad.stderr and "Bad_Name" in bad.stderr
+
+
+# --- item 9: InferenceServices through KServe's CRD schema -------------------------------------------------
+
+
+def isvc(name: str, predictor: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": name},
+            "spec": {"predictor": predictor}}
+
+
+def custom_api(api: Any) -> Any:
+    return client.CustomObjectsApi(api)
+
+
+def create_isvc(api: Any, ns: str, body: dict[str, Any]) -> Any:
+    return custom_api(api).create_namespaced_custom_object("serving.kserve.io", "v1beta1", ns, "inferenceservices",
+                                                          body)
+
+
+def refused(api: Any, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+    with pytest.raises(client.ApiException) as err:
+        create_isvc(api, ns, body)
+    assert err.value.status == 422
+    status: dict[str, Any] = json.loads(str(err.value.body))
+    assert status["reason"] == "Invalid" and status["details"]["kind"] == "InferenceService"
+    return status
+
+
+def test_inferenceservice_is_validated_against_the_crd_schema(api: Any, ns: str) -> None:
+    model = {"modelFormat": {"name": "onnx"}, "storageUri": "mnist"}
+    wrong_type = refused(api, ns, isvc("a", {"minReplicas": "two", "model": model}))
+    assert wrong_type["message"] == (
+        'InferenceService.serving.kserve.io "a" is invalid: spec.predictor.minReplicas: Invalid value: "two": '
+        'spec.predictor.minReplicas in body must be of type integer: "string"')
+    assert wrong_type["details"]["causes"] == [{
+        "reason": "FieldValueTypeInvalid", "field": "spec.predictor.minReplicas",
+        "message": 'Invalid value: "two": spec.predictor.minReplicas in body must be of type integer: "string"'}]
+    enum = refused(api, ns, isvc("b", {"scaleMetric": "gpu", "model": model}))
+    assert ('spec.predictor.scaleMetric: Unsupported value: "gpu": supported values: "cpu", "memory", '
+            '"concurrency", "rps"') in enum["message"]
+    missing = refused(api, ns, isvc("c", {"model": {"modelFormat": {}, "storageUri": "mnist"}}))
+    assert missing["details"]["causes"] == [
+        {"reason": "FieldValueRequired", "field": "spec.predictor.model.modelFormat.name", "message": "Required value"}]
+    both = refused(api, ns, isvc("d", {"logger": {"mode": "everything"}, "containerConcurrency": 1.5,
+                                       "model": model}))
+    assert {c["field"] for c in both["details"]["causes"]} == {"spec.predictor.logger.mode",
+                                                                "spec.predictor.containerConcurrency"}
+
+
+def test_inferenceservice_is_pruned_and_defaulted_like_a_custom_resource(api: Any, ns: str) -> None:
+    model = {"modelFormat": {"name": "onnx"}, "storageUri": "mnist", "ports": [{"containerPort": 8080}]}
+    created = create_isvc(api, ns, isvc("p", {"model": model, "notInTheSchema": True, "minReplicas": None}))
+    predictor = created["spec"]["predictor"]
+    assert "notInTheSchema" not in predictor and "minReplicas" not in predictor  # pruned, as a real server does
+    assert predictor["model"]["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]  # the CRD's default
+
+
+def test_kubectl_shows_the_schema_refusal(kubectl: Kubectl, ns: str, tmp_path: Path) -> None:
+    manifest = tmp_path / "isvc.json"
+    manifest.write_text(json.dumps(isvc("k", {"minReplicas": "two", "model": {"modelFormat": {"name": "onnx"}}})))
+    proc = kubectl.run("-n", ns, "create", "-f", str(manifest), check=False)
+    assert proc.returncode != 0
+    assert ('spec.predictor.minReplicas: Invalid value: "two": spec.predictor.minReplicas in body must be of type '
+            'integer: "string"') in proc.stderr
+
+
+def test_structural_schema_findings_are_worded_as_the_api_server_does() -> None:
+    from opsgate.server.sandbox import structural
+
+    schema = {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "maxLength": 5, "pattern": "^[a-z]+$"},
+        "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+        "size": {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]},
+        "uris": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "note": {"type": "string", "nullable": True},
+    }}
+    findings = [(c.field, c.message) for c in structural.validate(
+        {"name": "Too-Long", "percent": 150, "size": [1], "uris": [], "note": None}, schema, "spec")]
+    assert findings == [
+        ("spec.name", "Too long: may not be more than 5 bytes"),
+        ("spec.name", "Invalid value: \"Too-Long\": spec.name in body should match '^[a-z]+$'"),
+        ("spec.percent", "Invalid value: 150: spec.percent in body should be less than or equal to 100"),
+        ("spec.size", 'Invalid value: array: spec.size in body must be of type int-or-string: "array"'),
+        ("spec.uris", "Invalid value: array: spec.uris in body should have at least 1 items"),
+    ]
+    too_long = structural.validate({"name": "abcdef"}, schema, "spec")
+    assert [(c.field, c.reason) for c in too_long] == [("spec.name", "FieldValueTooLong")]
+    assert [c.message for c in structural.validate({}, schema, "spec")] == ["Required value"]
+    assert structural.validate({"name": "ok", "size": "10%", "percent": 0, "note": None}, schema, "spec") == []

@@ -22,7 +22,8 @@ there), ``protobuf`` (kubectl's protobuf request bodies),
 (the stand-in kubelet's logs and ids), ``infra`` (the Node, the ``kubernetes``
 Service and its endpoints, ComponentStatuses), ``faults``, ``discovery``,
 ``openapi`` (v2 and v3 from the kubernetes client's models and ``crd``'s
-shipped CRD schemas), ``tables``, ``cluster`` (``SandboxCluster``,
+shipped CRD schemas), ``structural`` (a CRD schema's pruning, defaults and
+validation, pure), ``tables``, ``cluster`` (``SandboxCluster``,
 ``run_sandbox``), ``logs``
 (structlog, never stdout), ``kserve`` (KServe's InferenceService, its
 controller and the Open Inference Protocol model servers; its own docstring
@@ -49,7 +50,11 @@ Differences from a real API server (on purpose, or not yet done):
   explain`` works; ``openapi``'s docstring says how they differ from a real
   server's); v2 is JSON only (a protobuf-only ``Accept`` gets 406).
   ``fieldValidation=Strict`` is accepted but unknown fields are kept, not
-  rejected.
+  rejected (InferenceServices: pruned, as custom resources are).
+- InferenceServices are pruned, defaulted and validated against KServe's own
+  CRD schema before the webhook's checks (``structural``: types, required,
+  enums, patterns, lengths, bounds; no CEL rules, formats or list-type
+  uniqueness).
 - Server-side apply and ``managedFields`` (``apply``): apply creates, merges,
   owns, removes what a manager stops applying, answers 409 with the real
   conflict message unless ``force``; creates, PUTs, patches and ``scale``

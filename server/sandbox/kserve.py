@@ -101,7 +101,11 @@ from opsgate.tools.errors import ToolError
 from opsgate.tools.tensors import MODEL_NAME_RE, MODELS_DIR_DEFAULT, InferArgs, ModelInputError, TensorSpec
 
 from .controllers import Controller
-from .crd import inference_service_schema
+from .crd import (
+    inference_service_schema,
+    prune_and_default_inference_service,
+    validate_inference_service_schema,
+)
 from .errors import Cause
 from .faults import Fault, FaultTable
 from .http import TrackingHTTPServer
@@ -351,7 +355,8 @@ INFERENCESERVICE = ResourceType(
     singular="inferenceservice",
     short_names=("isvc",),
     status_subresource=True,
-    validator=validate_inference_service,
+    defaulter=prune_and_default_inference_service,  # the CRD schema's pruning and defaults
+    validator=lambda new, old: validate_inference_service_schema(new) or validate_inference_service(new, old),
     columns=INFERENCESERVICE_COLUMNS,
     schema=inference_service_schema,  # KServe's CRD schema: kubectl explain reads it
 )
