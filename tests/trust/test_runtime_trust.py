@@ -224,7 +224,7 @@ async def test_a_model_output_that_follows_its_input_is_capped(tmp_path: Path) -
         assert (error["code"], error["errors"][0]["rule"]) == ("model_error", "output-too-large"), error
         assert '"ramp"' in error["message"] and str(MAX_OUTPUT_ELEMENTS) in error["message"], error
         assert "9000000 elements" in error["message"], error
-    assert took["whoami"] < 2.0, took
+    assert took["whoami"] < 3.0, took
 
 
 def _slow_bad_model(path: Path, mib: int) -> None:
@@ -325,8 +325,7 @@ async def test_a_condition_type_is_quoted_in_model_status(tmp_path: Path) -> Non
             "apiVersion": f"{group}/{version}", "kind": "InferenceService", "metadata": {"name": "m"},
             "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"}, "storageUri": "iris"}}}})
         status = {"observedGeneration": 1,
-                  "conditions": [{"type": planted_type, "status": "False" + PLANT, "reason": "Planted"}],
-                  "modelStatus": {"transitionStatus": "Blocked" + PLANT}}
+                  "conditions": [{"type": planted_type, "status": "False", "reason": "Planted"}]}
         custom.patch_namespaced_custom_object_status(group, version, "planted", plural, "m", {"status": status})
         async with serve_cluster(bare, tmp_path) as s:
             result = ok(await s.call("model_status", {"name": "m", "namespace": "planted"}))
