@@ -555,12 +555,12 @@ def _check_policy(settings: Settings, holder: list[Policy]) -> list[Check]:
     sources = ", ".join(str(s) for s in policy.sources)
     which = "shipped" if settings.policy is None else "from --policy"
     checks = [Check("policy", "ok", f"{which}: {sources}; {len(policy.rules)} rules, sha256 {policy.hash[:12]}")]
+    note = policy.bounds_note().removeprefix("bounds: ")
     if policy.bounds_path is not None:
-        checks.append(Check("bounds", "ok", policy.bounds_note()))
+        checks.append(Check("bounds", "ok", note))
     else:  # not an error (a policy may mean it), but nothing else would say that no bound applies
-        checks.append(Check("bounds", "warning", policy.bounds_note(),
-                            f"to bound arguments, put a bounds.toml beside {settings.policy} "
-                            "(the shipped one is a start: `opsgate policy check` lists what it applies)"))
+        checks.append(Check("bounds", "warning", note, f"to bound arguments, put a bounds.toml beside "
+                            f"{settings.policy} (start from {SHIPPED_DIR / 'bounds.toml'})"))
     lint = _lint(policy, settings.policy or SHIPPED_DIR / POLICY_FILE)
     if lint is not None:
         checks.append(lint)
