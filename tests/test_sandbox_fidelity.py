@@ -463,3 +463,19 @@ def test_structural_schema_findings_are_worded_as_the_api_server_does() -> None:
     assert [(c.field, c.reason) for c in too_long] == [("spec.name", "FieldValueTooLong")]
     assert [c.message for c in structural.validate({}, schema, "spec")] == ["Required value"]
     assert structural.validate({"name": "ok", "size": "10%", "percent": 0, "note": None}, schema, "spec") == []
+
+
+def test_verbs_a_resource_does_not_serve_are_405(cluster: SandboxCluster) -> None:
+    context = cluster.ssl_context()
+    headers = {"Authorization": "Bearer opsgate-sandbox-token", "Content-Type": "application/json"}
+    for method, path, body in (("POST", "/api/v1/componentstatuses", {"metadata": {"name": "x"}}),
+                               ("DELETE", "/api/v1/componentstatuses/scheduler", None),
+                               ("DELETE", "/api/v1/namespaces", None)):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{cluster.url}{path}", data=data, method=method, headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, context=context, timeout=30)
+        assert err.value.code == 405 and json.load(err.value)["reason"] == "MethodNotAllowed"
+    req = urllib.request.Request(f"{cluster.url}/api/v1/componentstatuses/scheduler", headers=headers)
+    with urllib.request.urlopen(req, context=context, timeout=30) as resp:
+        assert json.load(resp)["conditions"][0]["type"] == "Healthy"

@@ -112,6 +112,15 @@ def _bool(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
 
 
+def _verb(req: Request, route: Route) -> str:
+    """The API verb of a request on a resource (what discovery's ``verbs`` lists)."""
+    if req.method == "GET":
+        return "get" if route.name else "watch" if _bool(req.query.get("watch")) else "list"
+    if req.method == "DELETE":
+        return "delete" if route.name else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(req.method, req.method.lower())
+
+
 @dataclass(frozen=True)
 class Route:
     rt: ResourceType
@@ -221,6 +230,8 @@ class Api:
         method = req.method
         if route.subresource in STREAM_SUBRESOURCES:
             return self._pod_stream(req, route)
+        if route.subresource is None and _verb(req, route) not in route.rt.verbs:
+            raise method_not_allowed(method)  # as for componentstatuses (get, list) or namespaces' deletecollection
         if route.name is None:
             if method == "GET":
                 if _bool(req.query.get("watch")):
