@@ -273,6 +273,8 @@ def test_explain_deployment_spec(kubectl: Kubectl) -> None:
                   "template\t<PodTemplateSpec>", "revisionHistoryLimit\t<integer>"):
         assert field in spec, field
     assert "Number of desired pods." in spec
+    rolling = kubectl.run("explain", "deployment.spec.strategy.rollingUpdate").stdout
+    assert "maxSurge\t<IntOrString>" in rolling and "maxUnavailable\t<IntOrString>" in rolling
     containers = kubectl.run("explain", "deployment.spec.template.spec.containers").stdout
     for field in ("image\t<string>", "imagePullPolicy\t<string>", "ports\t<[]ContainerPort>",
                   "env\t<[]EnvVar>", "resources\t<ResourceRequirements>", "name\t<string> -required-"):

@@ -144,9 +144,11 @@ class SchemaBuilder:
             return dict(_SCALARS[type_text])
         if type_text == "object":
             if _is_int_or_string(annotation):
+                # As kube-openapi defines it: oneOf in v3 (kubectl explain then shows <IntOrString>), a string in v2.
+                alternatives: JSON = ({"oneOf": [{"type": "integer"}, {"type": "string"}]} if self.v3
+                                      else {"type": "string", "format": "int-or-string"})
                 self.schemas.setdefault(INT_OR_STRING, {
-                    "type": "string", "format": "int-or-string",
-                    "description": "IntOrString is a type that can hold an int32 or a string.",
+                    **alternatives, "description": "IntOrString is a type that can hold an int32 or a string.",
                 })
                 return self.ref(INT_OR_STRING)
             return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
