@@ -15,7 +15,7 @@ from opsgate.tools import workloads as wl
 from opsgate.tools.bounded import localize_storage, with_models_dir
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
-from opsgate.tools.kube import Kube
+from opsgate.tools.kube import MAX_CONCURRENT_CALLS, Kube
 from opsgate.tools.tensors import (
     MODELS_DIR_DEFAULT,
     InferArgs,
@@ -35,7 +35,7 @@ from .toolspec import ToolSpec
 # Worker threads by kind of work (issue 15 item 21). Audit appends and fast tools (whoami) use anyio's
 # default limiter (40 threads); cluster calls, which wait on the network, and model runs, which hold
 # cores, each get their own, so neither can take every thread and stall the rest of the server.
-CLUSTER_THREADS: Final = 32
+CLUSTER_THREADS: Final = MAX_CONCURRENT_CALLS  # as many as the client keeps connections open to the cluster
 INFERENCE_THREADS: Final = 4
 
 

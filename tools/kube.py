@@ -40,12 +40,15 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 
 __all__ = [
-    "CONFLICT_ATTEMPTS", "DEFAULT_TIMEOUT", "JSON_PATCH", "ClusterUnreachable", "Kube", "KubeApiError", "KubeTarget",
-    "api_error", "guard", "guard_broken", "guarded_patch", "pointer", "retry_on_conflict",
+    "CONFLICT_ATTEMPTS", "DEFAULT_TIMEOUT", "JSON_PATCH", "MAX_CONCURRENT_CALLS", "ClusterUnreachable", "Kube",
+    "KubeApiError", "KubeTarget", "api_error", "guard", "guard_broken", "guarded_patch", "pointer", "retry_on_conflict",
 ]
 
 DEFAULT_TIMEOUT: Final = (3.0, 10.0)
 JSON_PATCH: Final = "application/json-patch+json"
+#: Calls in flight to one cluster at most (the server's thread limiter for cluster calls), and so the
+#: connections kept open to it: urllib3's default pool of 10 dropped and reopened the rest with a warning.
+MAX_CONCURRENT_CALLS: Final = 32
 _MESSAGE_MAX: Final = 1000
 _WRITE_PREFIXES: Final = ("create_", "patch_", "replace_", "delete_")
 
@@ -331,6 +334,7 @@ class Kube:
             raise ToolError(f"cannot load cluster settings from {where}: {exc}", code="cluster_config") from None
         # Retry a failed connect once; never a read (a write might be applied twice) nor a status.
         cfg.retries = urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0)
+        cfg.connection_pool_maxsize = MAX_CONCURRENT_CALLS
         self._server = cfg.host
         return k8s.ApiClient(cfg)
 
