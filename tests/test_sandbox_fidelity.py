@@ -223,6 +223,15 @@ def test_pod_status_and_scheduler_and_kubelet_events(api: Any, ns: str) -> None:
     assert events["Pulled"].involved_object.field_path == "spec.containers{st}"
 
 
+def test_get_events_wide_shows_source_count_and_subobject(kubectl: Kubectl, api: Any, ns: str) -> None:
+    make_deployment(apps_api(api), ns, "wd")
+    (pod,) = running_pods(api, ns, "wd")
+    rows = wait_for(lambda: [r for r in kubectl.run("get", "events", "-n", ns, "-o", "wide").stdout.splitlines()
+                             if " Started " in r] or None)
+    assert "spec.containers{wd}" in rows[0] and "kubelet, sandbox-node" in rows[0]
+    assert rows[0].split()[-1].startswith(f"{pod.metadata.name}.")  # NAME comes last, as on a real cluster
+
+
 def test_logs(kubectl: Kubectl, api: Any, ns: str) -> None:
     make_deployment(apps_api(api), ns, "lg")
     (pod,) = running_pods(api, ns, "lg")
@@ -481,3 +490,23 @@ def test_verbs_a_resource_does_not_serve_are_405(cluster: SandboxCluster) -> Non
     req = urllib.request.Request(f"{cluster.url}/api/v1/componentstatuses/scheduler", headers=headers)
     with urllib.request.urlopen(req, context=context, timeout=30) as resp:
         assert json.load(resp)["conditions"][0]["type"] == "Healthy"
+
+
+def test_log_selection_and_image_names_pure() -> None:
+    from opsgate.server.sandbox.pods import LogLine, image_id, image_reference, select_log
+
+    lines = [LogLine(1000.0, "one"), LogLine(1010.0, "two"), LogLine(1020.5, "three")]
+    assert select_log(lines, {}, 1030.0) == b"one\ntwo\nthree\n"
+    assert select_log(lines, {"tailLines": "2"}, 1030.0) == b"two\nthree\n"
+    assert select_log(lines, {"tailLines": "0"}, 1030.0) == b""
+    assert select_log(lines, {"sinceSeconds": "15"}, 1030.0) == b"three\n"
+    assert select_log(lines, {"sinceTime": "1970-01-01T00:16:50Z"}, 1030.0) == b"two\nthree\n"
+    assert select_log(lines, {"limitBytes": "5"}, 1030.0) == b"one\nt"
+    assert select_log(lines, {"timestamps": "true", "tailLines": "1"}, 1030.0) == (
+        b"1970-01-01T00:17:00.500000000Z three\n")
+    assert image_reference("nginx") == ("docker.io/library/nginx:latest", "docker.io/library/nginx")
+    assert image_reference("ghcr.io/org/app:1.2") == ("ghcr.io/org/app:1.2", "ghcr.io/org/app")
+    assert image_reference("localhost:5000/app:3") == ("localhost:5000/app:3", "localhost:5000/app")
+    assert image_id("user/app:1").startswith("docker.io/user/app@sha256:")
+    pinned = "quay.io/x/y@sha256:" + "a" * 64
+    assert image_id(pinned) == pinned

@@ -199,12 +199,11 @@ def _event_object(o: JSON) -> str:
 
 
 def _event_source(o: JSON) -> str:
-    """``formatEventSource``: component, then host, or the reporting controller and instance."""
+    """``formatEventSource``: the source's component and host, else the reporting controller and instance."""
     src = o.get("source") or {}
-    component, host = src.get("component") or o.get("reportingComponent"), src.get("host")
-    if not src.get("component"):
-        host = o.get("reportingInstance")
-    return f"{component or ''}, {host}" if host else str(component or "")
+    component = src.get("component") or o.get("reportingComponent") or ""
+    host = src.get("host") or o.get("reportingInstance") or ""
+    return f"{component}, {host}" if host else str(component)
 
 
 # As the API server's printer for core/v1 Events (pkg/printers/internalversion): no NAME column first.

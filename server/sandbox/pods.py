@@ -10,6 +10,7 @@ report a missing pod.
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import threading
 import time
@@ -80,12 +81,23 @@ def _int_param(query: Mapping[str, str], name: str, minimum: int) -> int | None:
     return value
 
 
+def _since_time(raw: str | None) -> float | None:
+    """``sinceTime`` (RFC 3339, seconds precision as the kubelet reads it)."""
+    if not raw:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(raw[:19], "%Y-%m-%dT%H:%M:%S")))
+    except ValueError as exc:
+        raise bad_request(f"sinceTime: Invalid value: {raw!r}: must be an RFC 3339 time") from exc
+
+
 def select_log(lines: list[LogLine], query: Mapping[str, str], now: float) -> bytes:
-    """The kubelet's reading of a container log: sinceSeconds, tailLines, timestamps, then limitBytes."""
+    """The kubelet's reading of a container log: sinceSeconds or sinceTime, tailLines, timestamps, limitBytes."""
     since = _int_param(query, "sinceSeconds", 1)
     tail = _int_param(query, "tailLines", 0)
     limit = _int_param(query, "limitBytes", 1)
-    chosen = [line for line in lines if since is None or line.stamp >= now - since]
+    start = now - since if since is not None else _since_time(query.get("sinceTime"))
+    chosen = [line for line in lines if start is None or line.stamp >= start]
     if tail is not None:
         chosen = chosen[len(chosen) - tail :] if tail else []
     stamps = (query.get("timestamps") or "").lower() in ("1", "true")
