@@ -23,6 +23,7 @@ from kubernetes import client, config
 from opsgate.server.sandbox import SandboxCluster
 from opsgate.server.sandbox import apply as ssa
 from opsgate.server.sandbox.cluster import USER
+from opsgate.server.sandbox.crd import inference_service_schema
 
 from .test_sandbox_kubectl import KUBECTL, Kubectl
 
@@ -77,6 +78,28 @@ def test_service_ports_are_keyed_by_port_and_protocol() -> None:
     }
 
 
+def test_inference_service_lists_follow_its_crd_schema() -> None:
+    """KServe's CRD declares a model's env and ports as list-maps but leaves ``containers`` untyped: atomic."""
+    schema = ssa.OpenAPISchema(inference_service_schema())
+    isvc = {"spec": {"predictor": {
+        "model": {"modelFormat": {"name": "onnx"}, "env": [{"name": "A", "value": "1"}],
+                  "ports": [{"containerPort": 8080}]},
+        "containers": [{"name": "kserve-container", "image": "x:1"}]}}}
+    fields = ssa.field_set(isvc, schema=schema)
+    model = ("f:spec", "f:predictor", "f:model")
+    assert (*model, "f:env", 'k:{"name":"A"}', "f:value") in fields
+    assert (*model, "f:ports", 'k:{"containerPort":8080,"protocol":"TCP"}', "f:containerPort") in fields
+    assert ("f:spec", "f:predictor", "f:containers") in fields
+    assert not any(len(p) > 3 and p[2] == "f:containers" for p in fields)
+    live = _copy(isvc)
+    live["spec"]["predictor"]["containers"].append({"name": "sidecar", "image": "y:1"})
+    merged = ssa.merge(live, {"spec": {"predictor": {"containers": [{"name": "kserve-container", "image": "x:2"}]}}},
+                       schema)
+    assert merged["spec"]["predictor"]["containers"] == [{"name": "kserve-container", "image": "x:2"}]
+    # with the built-in table the same list would have been merged by name
+    assert len(ssa.merge(live, {"spec": {"predictor": {"containers": []}}})["spec"]["predictor"]["containers"]) == 2
+
+
 def test_merge_keeps_other_items_and_replaces_atomic_lists() -> None:
     live = _copy(DEPLOYMENT)
     live["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "envoy"})
@@ -119,7 +142,9 @@ def test_conflict_message_with_several_managers_and_update_managers() -> None:
 
 
 def test_fields_left_out_are_removed_unless_someone_else_owns_them() -> None:
-    live, managers = ssa.apply(None, DEPLOYMENT, [], manager("alice"), "t1", force=False)
+    first = _copy(DEPLOYMENT)
+    first["spec"]["template"]["spec"]["containers"].append({"name": "sidecar", "image": "envoy:1"})
+    live, managers = ssa.apply(None, first, [], manager("alice"), "t1", force=False)
     # bob updates the env var A (an Update takes the field from alice)
     updated = _copy(live)
     updated["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = "9"
@@ -129,7 +154,8 @@ def test_fields_left_out_are_removed_unless_someone_else_owns_them() -> None:
     container = smaller["spec"]["template"]["spec"]["containers"][0]
     del container["args"], container["env"]
     result, after = ssa.apply(updated, smaller, managers, manager("alice"), "t3", force=False)
-    kept = result["spec"]["template"]["spec"]["containers"][0]
+    # the sidecar item, which alice no longer applies and no one else owns, goes whole
+    [kept] = result["spec"]["template"]["spec"]["containers"]
     assert "args" not in kept and "labels" not in result["metadata"]
     # env A survives: bob owns its value, so the item stays
     assert kept["env"] == [{"name": "A", "value": "9"}]
@@ -333,3 +359,36 @@ def test_tls_only_with_the_sandbox_ca(cluster: SandboxCluster) -> None:
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         urllib.request.urlopen(cluster.url.replace("https://", "http://") + "/version", timeout=5)
     assert time.monotonic() - started < 5
+
+
+@needs_kubectl
+def test_kubectl_server_side_apply_of_an_inference_service(
+    cluster: SandboxCluster, api: Any, ns: str, tmp_path: Path
+) -> None:
+    kubectl = Kubectl(cluster, tmp_path, ns)
+    custom: Any = client.CustomObjectsApi(api)
+    doc: dict[str, Any] = {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "iris"},
+        "spec": {"predictor": {"minReplicas": 1,
+                               "model": {"modelFormat": {"name": "onnx"}, "storageUri": "iris",
+                                         "env": [{"name": "A", "value": "1"}]}}},
+    }
+    manifest = tmp_path / "iris.json"
+    manifest.write_text(json.dumps(doc))
+    assert kubectl.run("apply", "--server-side", "-f", str(manifest)).stdout.strip() == (
+        "inferenceservice.serving.kserve.io/iris serverside-applied")
+    doc["spec"]["predictor"]["model"]["env"] = [{"name": "B", "value": "2"}]
+    manifest.write_text(json.dumps(doc))
+    kubectl.run("apply", "--server-side", "-f", str(manifest))
+    isvc = custom.get_namespaced_custom_object("serving.kserve.io", "v1beta1", ns, "inferenceservices", "iris")
+    # the env item kubectl no longer applies is gone (no one else owned it); the new one is kubectl's
+    assert isvc["spec"]["predictor"]["model"]["env"] == [{"name": "B", "value": "2"}]
+    [entry] = [m for m in isvc["metadata"]["managedFields"] if m["manager"] == "kubectl"]
+    model = entry["fieldsV1"]["f:spec"]["f:predictor"]["f:model"]
+    assert entry["operation"] == "Apply" and list(model["f:env"]) == ['k:{"name":"B"}']
+    kubectl.run("patch", "isvc", "iris", "--type=merge", "-p", '{"spec":{"predictor":{"minReplicas":2}}}')
+    doc["spec"]["predictor"]["minReplicas"] = 3
+    manifest.write_text(json.dumps(doc))
+    refused = kubectl.run("apply", "--server-side", "-f", str(manifest), check=False)
+    assert refused.returncode != 0 and ".spec.predictor.minReplicas" in refused.stderr
+    assert 'conflict with "kubectl-patch" using serving.kserve.io/v1beta1' in refused.stderr

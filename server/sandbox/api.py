@@ -139,6 +139,7 @@ class Api:
         self.server_address = server_address
         self.users: Mapping[str, str] = users or {}  # bearer token -> user name; others are anonymous
         self.watch_poll = 1.0
+        self._apply_schemas: dict[str, ssa.Schema] = {}  # per kind, for server-side apply
         self.pod_logs = PodLogs()  # the stand-in kubelet writes here, ``pods/log`` reads
 
     # --- routing ---------------------------------------------------------------------------
@@ -492,6 +493,14 @@ class Api:
             return ssa.IGNORED | {("f:status",)}
         return ssa.IGNORED
 
+    def _apply_schema(self, rt: ResourceType) -> ssa.Schema:
+        """How lists and maps merge for this kind: its CRD schema, else the built-in types' table."""
+        schema = self._apply_schemas.get(rt.key)
+        if schema is None:
+            schema = ssa.OpenAPISchema(rt.schema()) if rt.schema is not None else ssa.NAMES
+            self._apply_schemas[rt.key] = schema
+        return schema
+
     def _manager(self, req: Request, route: Route, operation: str) -> ssa.Manager:
         """Who writes: ``fieldManager``, else the User-Agent up to its first ``/`` (``prefixFromUserAgent``)."""
         name = req.query.get("fieldManager") or req.header("user-agent").split("/")[0][:128] or "unknown"
@@ -506,6 +515,7 @@ class Api:
         who = self._manager(req, route, ssa.UPDATE)
         ignored = self._ignored(route)
         rt = route.rt
+        schema = self._apply_schema(rt)
         now = now_rfc3339()
 
         def record(cur: JSON | None, new: JSON) -> list[JSON]:
@@ -516,7 +526,7 @@ class Api:
             after = copy.deepcopy(new)
             if rt.defaulter is not None:
                 rt.defaulter(after)
-            return ssa.encode_managers(ssa.record_update(cur, after, managers, who, now, ignored))
+            return ssa.encode_managers(ssa.record_update(cur, after, managers, who, now, ignored, schema))
 
         return record
 
@@ -534,6 +544,7 @@ class Api:
         dry_run = self._dry_run(req)
         who = self._manager(req, route, ssa.APPLY)
         ignored = self._ignored(route)
+        schema = self._apply_schema(rt)
         now = now_rfc3339()
 
         def applied(cur: JSON | None) -> tuple[JSON, list[JSON]]:
@@ -542,7 +553,8 @@ class Api:
             if live is not None:
                 _meta(live).pop("managedFields", None)
             try:
-                result, managers = ssa.apply(live, config, managers, who, now, force=force, ignored=ignored)
+                result, managers = ssa.apply(live, config, managers, who, now, force=force, ignored=ignored,
+                                             schema=schema)
             except ssa.ApplyConflict as exc:
                 causes = [{"reason": "FieldManagerConflict", "message": f"conflict with {m.describe()}",
                            "field": ssa.path_string(p)} for m, p in exc.conflicts]

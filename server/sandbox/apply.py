@@ -19,13 +19,14 @@ kubernetes-sigs/structured-merge-diff (``merge.Updater``), which it wraps:
   fields that were added or changed, others lose them (updates never
   conflict), and every manager loses the fields that were removed.
 
-What the sandbox does not do: the schema is a table of list keys by field
-name (``LIST_MAP_KEYS``, ``SET_LISTS``, ``ATOMIC``) taken from the built-in
-types and KServe's CRD, not the full OpenAPI of each kind (custom resources
-with a list the table does not name treat it as atomic, as a CRD without
-``x-kubernetes-list-type`` does); no version conversion (one version per
-kind is served); no union (``oneOf``) normalisation; no cap of ten Update
-managers merged into ``ancient-changes``.
+Which lists are associative (and by which keys), sets or atomic, and which
+maps are atomic, is a ``Schema``: for custom resources their CRD's
+``openAPIV3Schema`` (``OpenAPISchema``: KServe's InferenceService, whose
+``containers`` are atomic lists), for the built-in kinds a table by field
+name (``LIST_MAP_KEYS``, ``SET_LISTS``, ``ATOMIC``) rather than each kind's
+full OpenAPI. Not done: version conversion (one version per kind is
+served), union (``oneOf``) normalisation, the cap of ten Update managers
+merged into ``ancient-changes``.
 """
 
 from __future__ import annotations
@@ -98,21 +99,72 @@ class ApplyConflict(Exception):
 # --- schema -------------------------------------------------------------------------------------
 
 
-def _list_kind(fields: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """How the list at these field names merges: ("map", keys), ("set", ()) or ("atomic", ())."""
-    name = fields[-1] if fields else ""
-    if name == "ports":
-        inside_container = len(fields) >= 2 and fields[-2] in _CONTAINER_LISTS
-        return "map", CONTAINER_PORT_KEYS if inside_container else SERVICE_PORT_KEYS
-    if name in LIST_MAP_KEYS:
-        return "map", LIST_MAP_KEYS[name]
-    if name in SET_LISTS:
-        return "set", ()
-    return "atomic", ()
+class Schema:
+    """How the list or map at a path (its field names from the root; list items add none) merges.
+
+    This default is the built-in types' table by field name (``LIST_MAP_KEYS``, ``SET_LISTS``, ``ATOMIC``).
+    """
+
+    def list_kind(self, fields: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        """("map", keys), ("set", ()) or ("atomic", ())."""
+        name = fields[-1] if fields else ""
+        if name == "ports":
+            inside_container = len(fields) >= 2 and fields[-2] in _CONTAINER_LISTS
+            return "map", CONTAINER_PORT_KEYS if inside_container else SERVICE_PORT_KEYS
+        if name in LIST_MAP_KEYS:
+            return "map", LIST_MAP_KEYS[name]
+        if name in SET_LISTS:
+            return "set", ()
+        return "atomic", ()
+
+    def atomic_map(self, fields: tuple[str, ...]) -> bool:
+        return bool(fields) and fields[-1] in ATOMIC
 
 
-def _atomic_map(fields: tuple[str, ...]) -> bool:
-    return bool(fields) and fields[-1] in ATOMIC
+class OpenAPISchema(Schema):
+    """A custom resource's ``openAPIV3Schema``: ``x-kubernetes-list-type``/``-list-map-keys``/``-map-type``
+    decide; a list without ``x-kubernetes-list-type`` (or outside the schema) is atomic, as the API server
+    treats a CRD's lists. ``metadata`` is the built-in ObjectMeta, so it falls back to the table."""
+
+    def __init__(self, root: JSON) -> None:
+        self.root = root
+        self._cache: dict[tuple[str, ...], JSON | None] = {}
+
+    def _node(self, fields: tuple[str, ...]) -> JSON | None:
+        if fields not in self._cache:
+            node: Any = self.root
+            for name in fields:
+                if isinstance(node, dict) and node.get("type") == "array":
+                    node = node.get("items")
+                if not isinstance(node, dict):
+                    node = None
+                    break
+                props = node.get("properties")
+                extra = node.get("additionalProperties")
+                node = props.get(name) if isinstance(props, dict) and name in props else (
+                    extra if isinstance(extra, dict) else None)
+            self._cache[fields] = node if isinstance(node, dict) else None
+        return self._cache[fields]
+
+    def list_kind(self, fields: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        if fields[:1] == ("metadata",):
+            return super().list_kind(fields)
+        node = self._node(fields) or {}
+        list_type = node.get("x-kubernetes-list-type")
+        if list_type == "map":
+            return "map", tuple(str(k) for k in node.get("x-kubernetes-list-map-keys") or ())
+        if list_type == "set":
+            return "set", ()
+        return "atomic", ()
+
+    def atomic_map(self, fields: tuple[str, ...]) -> bool:
+        if fields[:1] == ("metadata",):
+            return super().atomic_map(fields)
+        node = self._node(fields) or {}
+        return node.get("x-kubernetes-map-type") == "atomic"
+
+
+NAMES: Final = Schema()
 
 
 def _compact(value: Any) -> str:
@@ -132,19 +184,19 @@ def _item_element(kind: str, keys: tuple[str, ...], item: Any, index: int) -> st
 # --- field sets ---------------------------------------------------------------------------------
 
 
-def _walk(value: Any, path: Path, fields: tuple[str, ...]) -> Iterator[Path]:
+def _walk(schema: Schema, value: Any, path: Path, fields: tuple[str, ...]) -> Iterator[Path]:
     if isinstance(value, dict):
-        if _atomic_map(fields):
+        if schema.atomic_map(fields):
             yield path
             return
         for key, child in value.items():
             child_path = (*path, f"f:{key}")
-            yield from _walk(child, child_path, (*fields, key))
+            yield from _walk(schema, child, child_path, (*fields, key))
             if child is None or child == {}:
                 yield child_path
         return
     if isinstance(value, list):
-        kind, keys = _list_kind(fields)
+        kind, keys = schema.list_kind(fields)
         if kind == "atomic":
             yield path
             return
@@ -152,7 +204,7 @@ def _walk(value: Any, path: Path, fields: tuple[str, ...]) -> Iterator[Path]:
             item_path = (*path, _item_element(kind, keys, item, index))
             yield item_path
             if kind == "map":
-                yield from _walk(item, item_path, fields)
+                yield from _walk(schema, item, item_path, fields)
         return
     yield path
 
@@ -161,9 +213,9 @@ def _ignored(path: Path, ignored: FieldSet) -> bool:
     return any(path[: len(prefix)] == prefix for prefix in ignored)
 
 
-def field_set(obj: JSON, ignored: FieldSet = IGNORED) -> FieldSet:
+def field_set(obj: JSON, ignored: FieldSet = IGNORED, schema: Schema | None = None) -> FieldSet:
     """The fields an applied configuration sets (``TypedValue.ToFieldSet``), without the ignored ones."""
-    return frozenset(p for p in _walk(obj, (), ()) if p and not _ignored(p, ignored))
+    return frozenset(p for p in _walk(schema or NAMES, obj, (), ()) if p and not _ignored(p, ignored))
 
 
 def to_fields_v1(paths: Iterable[Path]) -> JSON:
@@ -244,19 +296,20 @@ def _keyed(value: list[Any], kind: str, keys: tuple[str, ...]) -> dict[str, Any]
     return {_item_element(kind, keys, item, i): item for i, item in enumerate(value)}
 
 
-def _compare(lhs: Any, rhs: Any, path: Path, fields: tuple[str, ...], out: Comparison) -> None:
+def _compare(schema: Schema, lhs: Any, rhs: Any, path: Path, fields: tuple[str, ...], out: Comparison) -> None:
     if lhs is _MISSING and rhs is _MISSING:
         return
     maps = [v for v in (lhs, rhs) if v is not _MISSING]
-    if all(isinstance(v, dict) for v in maps) and not _atomic_map(fields) and any(maps):
+    if all(isinstance(v, dict) for v in maps) and not schema.atomic_map(fields) and any(maps):
         left = lhs if isinstance(lhs, dict) else {}
         right = rhs if isinstance(rhs, dict) else {}
         for key in {**left, **right}:
-            _compare(left.get(key, _MISSING), right.get(key, _MISSING), (*path, f"f:{key}"), (*fields, key), out)
+            _compare(schema, left.get(key, _MISSING), right.get(key, _MISSING), (*path, f"f:{key}"), (*fields, key),
+                     out)
         _structure(lhs, rhs, path, out)
         return
     lists = [v for v in (lhs, rhs) if v is not _MISSING]
-    kind, keys = _list_kind(fields)
+    kind, keys = schema.list_kind(fields)
     if all(isinstance(v, list) for v in lists) and kind != "atomic" and any(lists):
         left_items = _keyed(lhs, kind, keys) if isinstance(lhs, list) else {}
         right_items = _keyed(rhs, kind, keys) if isinstance(rhs, list) else {}
@@ -265,15 +318,15 @@ def _compare(lhs: Any, rhs: Any, path: Path, fields: tuple[str, ...], out: Compa
             if kind == "set":
                 _leaf(left_items.get(element, _MISSING), right_items.get(element, _MISSING), item_path, out)
             else:
-                _compare(left_items.get(element, _MISSING), right_items.get(element, _MISSING), item_path, fields,
-                         out)
+                _compare(schema, left_items.get(element, _MISSING), right_items.get(element, _MISSING), item_path,
+                         fields, out)
         _structure(lhs, rhs, path, out)
         return
     if lhs is not _MISSING and rhs is not _MISSING and type(lhs) is not type(rhs) and (
         isinstance(lhs, dict | list) or isinstance(rhs, dict | list)
     ):
-        _compare(lhs, _MISSING, path, fields, out)
-        _compare(_MISSING, rhs, path, fields, out)
+        _compare(schema, lhs, _MISSING, path, fields, out)
+        _compare(schema, _MISSING, rhs, path, fields, out)
         return
     _leaf(lhs, rhs, path, out)
 
@@ -299,31 +352,32 @@ def _leaf(lhs: Any, rhs: Any, path: Path, out: Comparison) -> None:
         out.modified.add(path)
 
 
-def compare(old: JSON, new: JSON, ignored: FieldSet = IGNORED) -> Comparison:
+def compare(old: JSON, new: JSON, ignored: FieldSet = IGNORED, schema: Schema | None = None) -> Comparison:
     """What changed from ``old`` to ``new``, path by path (``TypedValue.Compare``)."""
     out = Comparison()
-    _compare(old, new, (), (), out)
+    _compare(schema or NAMES, old, new, (), (), out)
     for paths in (out.added, out.modified, out.removed):
         paths.difference_update({p for p in paths if _ignored(p, ignored)})
     return out
 
 
-def merge(live: Any, config: Any, fields: tuple[str, ...] = ()) -> Any:
+def merge(live: Any, config: Any, schema: Schema | None = None, fields: tuple[str, ...] = ()) -> Any:
     """``live`` with ``config`` merged in (``TypedValue.Merge``): maps by key, associative lists by their
     keys (live order, new items appended), set lists as sets, atomic values and scalars replaced."""
-    if isinstance(config, dict) and isinstance(live, dict) and not _atomic_map(fields):
+    schema = schema or NAMES
+    if isinstance(config, dict) and isinstance(live, dict) and not schema.atomic_map(fields):
         out = copy.deepcopy(live)
         for key, value in config.items():
-            out[key] = merge(live.get(key, _MISSING), value, (*fields, key))
+            out[key] = merge(live.get(key, _MISSING), value, schema, (*fields, key))
         return out
-    kind, keys = _list_kind(fields)
+    kind, keys = schema.list_kind(fields)
     if isinstance(config, list) and isinstance(live, list) and kind != "atomic":
         result = copy.deepcopy(live)
         index = {element: i for i, element in enumerate(_keyed(result, kind, keys))}
         for i, item in enumerate(config):
             element = _item_element(kind, keys, item, i)
             if element in index:
-                result[index[element]] = merge(result[index[element]], item, fields)
+                result[index[element]] = merge(result[index[element]], item, schema, fields)
             else:
                 index[element] = len(result)
                 result.append(copy.deepcopy(item))
@@ -331,7 +385,7 @@ def merge(live: Any, config: Any, fields: tuple[str, ...] = ()) -> Any:
     return copy.deepcopy(config)
 
 
-def _remove_path(obj: Any, path: Path, fields: tuple[str, ...] = ()) -> None:
+def _remove_path(schema: Schema, obj: Any, path: Path, fields: tuple[str, ...] = ()) -> None:
     """Remove the value at ``path`` in place, if it is there."""
     if not path:
         return
@@ -339,16 +393,16 @@ def _remove_path(obj: Any, path: Path, fields: tuple[str, ...] = ()) -> None:
     kind_tag, _, name = element.partition(":")
     if kind_tag == "f" and isinstance(obj, dict) and name in obj:
         if rest:
-            _remove_path(obj[name], rest, (*fields, name))
+            _remove_path(schema, obj[name], rest, (*fields, name))
         else:
             del obj[name]
         return
     if isinstance(obj, list):
-        kind, keys = _list_kind(fields)
+        kind, keys = schema.list_kind(fields)
         for i, item in enumerate(obj):
             if _item_element(kind, keys, item, i) == element:
                 if rest:
-                    _remove_path(item, rest, fields)
+                    _remove_path(schema, item, rest, fields)
                 else:
                     obj.pop(i)
                 return
@@ -358,19 +412,19 @@ def _owned_under(path: Path, owned: Iterable[Path]) -> bool:
     return any(p[: len(path)] == path for p in owned)
 
 
-def _value_at(obj: Any, path: Path, fields: tuple[str, ...] = ()) -> Any:
+def _value_at(schema: Schema, obj: Any, path: Path, fields: tuple[str, ...] = ()) -> Any:
     """The value at ``path``, or ``_MISSING``."""
     if not path:
         return obj
     element, rest = path[0], path[1:]
     kind_tag, _, name = element.partition(":")
     if kind_tag == "f" and isinstance(obj, dict) and name in obj:
-        return _value_at(obj[name], rest, (*fields, name))
+        return _value_at(schema, obj[name], rest, (*fields, name))
     if isinstance(obj, list):
-        kind, keys = _list_kind(fields)
+        kind, keys = schema.list_kind(fields)
         for i, item in enumerate(obj):
             if _item_element(kind, keys, item, i) == element:
-                return _value_at(item, rest, fields)
+                return _value_at(schema, item, rest, fields)
     return _MISSING
 
 
@@ -385,25 +439,28 @@ def _key_of_kept_item(path: Path, kept: FieldSet) -> bool:
     return isinstance(keys, dict) and path[-1][2:] in keys and _owned_under(path[:-1], kept)
 
 
-def prune(merged: JSON, last: FieldSet, applied: FieldSet, others: FieldSet) -> JSON:
+def prune(merged: JSON, last: FieldSet, applied: FieldSet, others: FieldSet, schema: Schema | None = None) -> JSON:
     """Remove what the applier set last time and no longer applies, unless it (or something under it)
     is owned by another manager or still applied; then the maps and lists those removals left empty,
     when no one owns them (``EnsureNamedFieldsAreMembers`` and ``addBackDanglingItems``: fields no
     manager tracks, such as defaults, stay)."""
+    schema = schema or NAMES
     kept = applied | others
     out = copy.deepcopy(merged)
     removed: list[Path] = []
-    for path in sorted(last - applied, key=len, reverse=True):
+    for path in sorted(last - applied, key=len):  # an item before its fields: its key finds it
+        if any(path[: len(r)] == r for r in removed):
+            continue
         if not _owned_under(path, kept) and not _key_of_kept_item(path, kept):
-            _remove_path(out, path)
+            _remove_path(schema, out, path)
             removed.append(path)
     husks = {path[:end] for path in removed for end in range(1, len(path))}
     for path in sorted(husks, key=len, reverse=True):
         if path in kept:
             continue
-        value = _value_at(out, path)
+        value = _value_at(schema, out, path)
         if isinstance(value, dict | list) and not value:
-            _remove_path(out, path)
+            _remove_path(schema, out, path)
     return out
 
 
@@ -493,11 +550,12 @@ def _touch(before: Mapping[tuple[str, str, str, str], FieldSet], entry: Manager,
 
 
 def record_update(
-    old: JSON | None, new: JSON, managers: list[Manager], who: Manager, now: str, ignored: FieldSet = IGNORED
+    old: JSON | None, new: JSON, managers: list[Manager], who: Manager, now: str, ignored: FieldSet = IGNORED,
+    schema: Schema | None = None,
 ) -> list[Manager]:
     """The managers after an Update by ``who`` from ``old`` (None: a create) to ``new``."""
     before = {m.ident: m.fields for m in managers}
-    diff = compare(old if old is not None else {}, new, ignored)
+    diff = compare(old if old is not None else {}, new, ignored, schema)
     changed, removed = diff.changed(), frozenset(diff.removed)
     out: list[Manager] = []
     mine = Manager(who.manager, UPDATE, who.api_version, frozenset(), None, who.subresource)
@@ -522,6 +580,7 @@ def apply(
     *,
     force: bool,
     ignored: FieldSet = IGNORED,
+    schema: Schema | None = None,
 ) -> tuple[JSON, list[Manager]]:
     """Apply ``config`` as ``who`` (an Apply entry) to ``live`` (None: the object is created).
 
@@ -530,9 +589,9 @@ def apply(
     """
     base = live if live is not None else {}
     before = {m.ident: m.fields for m in managers}
-    merged = merge(base, config)
-    applied = field_set(config, ignored)
-    diff = compare(base, merged, ignored)
+    merged = merge(base, config, schema)
+    applied = field_set(config, ignored, schema)
+    diff = compare(base, merged, ignored, schema)
     changed = diff.changed()
     conflicts = [
         (entry, path)
@@ -551,8 +610,8 @@ def apply(
         others.append(Manager(entry.manager, entry.operation, entry.api_version,
                               entry.fields - changed - frozenset(diff.removed), entry.time, entry.subresource))
     owned_by_others = frozenset().union(*(m.fields for m in others))
-    result = prune(merged, last, applied, owned_by_others)
-    removed = frozenset(compare(base, result, ignored).removed)
+    result = prune(merged, last, applied, owned_by_others, schema)
+    removed = frozenset(compare(base, result, ignored, schema).removed)
     mine = Manager(who.manager, APPLY, who.api_version, applied, _time_of(managers, who), who.subresource)
     _touch(before, mine, now)
     out = [Manager(m.manager, m.operation, m.api_version, m.fields - removed, m.time, m.subresource) for m in others]
