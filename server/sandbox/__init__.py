@@ -59,8 +59,8 @@ Differences from a real API server (on purpose, or not yet done):
   owns, removes what a manager stops applying, answers 409 with the real
   conflict message unless ``force``; creates, PUTs, patches and ``scale``
   record Update managers (``fieldManager``, else the User-Agent's first
-  word). Lists merge by a table of list keys by field name (the built-in
-  types' and KServe's), not each kind's OpenAPI; no version conversion, no
+  word). Built-in kinds' lists merge by a table of list keys by field name,
+  not each kind's OpenAPI (custom resources: their CRD schema); no version conversion, no
   ``ancient-changes`` cap, no apply to ``/scale`` (415); objects the
   controllers write (ReplicaSets, Pods, status) carry no managers of theirs.
   Only the kinds registered are served (no ConfigMaps, Secrets, RBAC...).
