@@ -152,6 +152,9 @@ def test_nodes_component_statuses_and_version(kubectl: Kubectl, api: Any) -> Non
     assert int(node.status.capacity["cpu"]) >= 1 and node.status.capacity["memory"].endswith("Ki")
     assert {a.type for a in node.status.addresses} == {"InternalIP", "Hostname"}
     assert node.status.node_info.kubelet_version == kubelet
+    described = kubectl.run("describe", "node", "sandbox-node").stdout
+    assert "HolderIdentity:  sandbox-node" in described and "Failed to get lease" not in described
+    assert "Ready            True" in described
     statuses = kubectl.run("get", "componentstatuses").stdout.splitlines()
     assert statuses[0].split() == ["NAME", "STATUS", "MESSAGE", "ERROR"]
     assert all(" Healthy " in row for row in statuses[1:]) and len(statuses) == 4

@@ -83,7 +83,7 @@ Differences from a real API server (on purpose, or not yet done):
   the stand-in kubelet's own lines (``follow`` ends at once), ``imageID``
   digests are the sha256 of the image reference, and ``exec``/``attach``/
   ``portforward`` answer 400 saying so. One Node, ``sandbox-node`` (this
-  machine's CPUs and memory; no Lease); Services get a cluster IP but nothing
+  machine's CPUs and memory; its Lease renewed every 10 s); Services get a cluster IP but nothing
   fills their Endpoints or routes to them; only the ``kubernetes`` Service has
   Endpoints and an EndpointSlice (the sandbox's address).
 - Rolling updates surge the new ReplicaSet to full size and drain the old

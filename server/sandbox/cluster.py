@@ -8,6 +8,7 @@ import os
 import signal
 import ssl
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -18,7 +19,7 @@ from .api import Api
 from .controllers import Controller, ControllerManager, builtin_controllers
 from .faults import Fault, FaultTable
 from .http import SandboxHTTPServer
-from .infra import COMPONENT_STATUS, ENDPOINT_SLICE, ENDPOINTS, INFRA_TYPES, NODE, SERVICE
+from .infra import COMPONENT_STATUS, ENDPOINT_SLICE, ENDPOINTS, INFRA_TYPES, LEASE, NODE, SERVICE
 from .kinds import BUILTIN_TYPES, NAMESPACE
 from .kserve import INFERENCESERVICE, KServeController
 from .logs import log
@@ -83,6 +84,9 @@ class SandboxCluster:
         self.store.create(NODE, node)
         self.store.update(NODE, "", str(node["metadata"]["name"]), lambda cur: {**cur, "status": node["status"]},
                           subresource="status")  # a create drops status, as for any kind with the subresource
+        self.store.create(LEASE, infra.node_lease(self.store.get(NODE, "", str(node["metadata"]["name"])),
+                                                  time.time()), namespace=infra.NODE_LEASE_NAMESPACE)
+        self.controllers.add(infra.NodeLeaseController())
         for status in infra.component_statuses():
             self.store.create(COMPONENT_STATUS, status)
         self._server: SandboxHTTPServer | None = None

@@ -1,7 +1,8 @@
 """The cluster's own objects: its Node, the ``kubernetes`` Service and its endpoints, ComponentStatuses.
 
 Pods say ``nodeName: sandbox-node``, so that Node exists (Ready, with this
-machine's CPUs and memory as capacity); ``kubectl cluster-info`` and clients
+machine's CPUs and memory as capacity, and its Lease in ``kube-node-lease``
+renewed every ten seconds as the kubelet does); ``kubectl cluster-info`` and clients
 that find the API server through the ``kubernetes`` Service in ``default`` see
 it, with Endpoints and an EndpointSlice at the sandbox's own address and port,
 as the API server's endpoint reconciler writes them. Services, Endpoints and
@@ -16,14 +17,16 @@ import hashlib
 import ipaddress
 import os
 import platform
+import time
 import uuid
 from typing import Any
 
+from .controllers import Controller
 from .discovery import SERVER_MAJOR, SERVER_MINOR
 from .kinds import _dict, _path, _spec, _status
 from .pods import NODE_IP, NODE_NAME, RUNTIME
 from .resources import POD_MERGE_KEYS, Column, ResourceType
-from .store import now_rfc3339
+from .store import WatchEvent, now_rfc3339
 from .tables import AGE_COLUMN
 
 JSON = dict[str, Any]
@@ -219,7 +222,17 @@ COMPONENT_STATUS = ResourceType(
     short_names=("cs",), verbs=("get", "list"), generation_paths=(), columns=COMPONENT_STATUS_COLUMNS,
 )
 
-INFRA_TYPES: tuple[ResourceType, ...] = (NODE, SERVICE, ENDPOINTS, ENDPOINT_SLICE, COMPONENT_STATUS)
+LEASE = ResourceType(
+    group="coordination.k8s.io", version="v1", plural="leases", kind="Lease", generation_paths=(),
+    merge_keys=POD_MERGE_KEYS,
+    columns=(Column("Holder", "string", lambda o: _spec(o).get("holderIdentity", ""), "The holder of the lease."),
+             AGE_COLUMN),
+)
+
+INFRA_TYPES: tuple[ResourceType, ...] = (NODE, SERVICE, ENDPOINTS, ENDPOINT_SLICE, COMPONENT_STATUS, LEASE)
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+LEASE_DURATION_SECONDS = 40
+LEASE_RENEW_SECONDS = 10.0  # the kubelet renews at a quarter of the duration
 
 
 # --- the objects ---------------------------------------------------------------------------------
@@ -327,3 +340,48 @@ def component_statuses() -> list[JSON]:
         {"metadata": {"name": name}, "conditions": [{"type": "Healthy", "status": "True", "message": message}]}
         for name, message in parts.items()
     ]
+
+
+def _micro_time(stamp: float) -> str:
+    whole = int(stamp)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((stamp - whole) * 1e6):06d}Z"
+
+
+def node_lease(node_obj: JSON, now: float) -> JSON:
+    """The node's heartbeat Lease in ``kube-node-lease``, owned by the Node, as the kubelet keeps it."""
+    meta = node_obj.get("metadata") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name", NODE_NAME),
+            "namespace": NODE_LEASE_NAMESPACE,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": meta.get("name", NODE_NAME),
+                                 "uid": meta.get("uid", "")}],
+        },
+        "spec": {"holderIdentity": meta.get("name", NODE_NAME), "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                 "renewTime": _micro_time(now)},
+    }
+
+
+class NodeLeaseController(Controller):
+    """The kubelet's heartbeat: renews the node's Lease every ten seconds while the sandbox runs."""
+
+    name = "kubelet-lease"
+    watches = (LEASE,)
+
+    def keys_for(self, event: WatchEvent) -> list[tuple[str, str]]:
+        meta = event.obj.get("metadata") or {}
+        if event.type != "ADDED" or meta.get("namespace") != NODE_LEASE_NAMESPACE:
+            return []
+        return [(NODE_LEASE_NAMESPACE, str(meta.get("name", "")))]
+
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        if self.s.find(LEASE, namespace, name) is None:
+            return None
+        stamp = _micro_time(time.time())
+
+        def renew(cur: JSON) -> JSON:
+            cur.setdefault("spec", {})["renewTime"] = stamp
+            return cur
+
+        self.s.update(LEASE, namespace, name, renew)
+        return LEASE_RENEW_SECONDS
