@@ -1005,6 +1005,15 @@ class Policy:
                     self._where.popitem(last=False)
         return dataclasses.replace(decision, reason=f"{decision.reason}; {note}")
 
+    def granted_via(self, principal: str, namespace: str, rule: Rule) -> tuple[Rule, ...]:
+        """The ``g`` lines (member first) that gave the principal ``rule``'s subject in ``namespace``; empty
+        when the rule names the principal itself or role:everyone. For decision records: an auditor sees
+        which grant let alice act, not only the role's rule (issue 15 item 5)."""
+        for grant in self.effective_grants(principal):
+            if grant.rule == rule and pattern_covers(grant.namespaces, namespace):
+                return grant.via
+        return ()
+
     def subjects_of(self, principal: str, namespace: str) -> set[str]:
         """Every subject whose rules apply to the principal in the namespace (itself, its roles, everyone's)."""
         return self._index.subjects(principal, namespace)

@@ -24,7 +24,7 @@ from pydantic_core.core_schema import ErrorType
 from opsgate.audit import AuditLog, AuditWriteError
 from opsgate.audit.redact import redact, redact_text
 from opsgate.policies.bounds import check_bounds
-from opsgate.policies.engine import Decision, Policy
+from opsgate.policies.engine import Decision, Policy, Rule
 from opsgate.policies.ratelimit import RateLimiter
 from opsgate.tools.context import BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
@@ -50,9 +50,10 @@ class GateDecision:
     subject: str | None = None  # the subject the deciding rule names: whose bounds apply
     bound: str | None = None  # the bound that refused an allowed call
     confirmation: str | None = None  # accepted / decline / cancel / unsupported, when the policy asked
+    via: tuple[str, ...] | None = None  # the g lines that gave the principal the rule's subject, member first
 
     @classmethod
-    def from_policy(cls, decision: Decision) -> GateDecision:
+    def from_policy(cls, decision: Decision, via: tuple[Rule, ...] = ()) -> GateDecision:
         rule = decision.rule
         return cls(
             allowed=decision.allowed,
@@ -61,6 +62,7 @@ class GateDecision:
             source=rule.source if rule else None,
             policy_hash=decision.policy_hash,
             subject=rule.fields[0] if rule else None,
+            via=tuple(f"{link.source} ({link.text})" for link in via) or None,
         )
 
     def record(self) -> dict[str, Any]:
@@ -72,6 +74,7 @@ class GateDecision:
             "policy_hash": self.policy_hash,
             "bound": self.bound,
             "confirmation": self.confirmation,
+            "via": list(self.via) if self.via else None,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -467,7 +470,9 @@ class Gate:
         if self.disable_destructive and spec is not None and spec.destructive:
             return GateDecision(False, "denied: the server runs with --disable-destructive")
         try:
-            return GateDecision.from_policy(self.policy.decide(principal, namespace, tool, verb))
+            decision = self.policy.decide(principal, namespace, tool, verb)
+            via = self.policy.granted_via(principal, namespace, decision.rule) if decision.rule else ()
+            return GateDecision.from_policy(decision, via)
         except Exception as exc:  # a policy that fails while deciding denies
             log.error("policy_error", error=repr(exc))
             return GateDecision(False, f"denied: policy error ({type(exc).__name__})")

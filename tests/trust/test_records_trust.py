@@ -88,3 +88,18 @@ async def test_client_info_is_capped_and_redacted_in_every_record(tmp_path: Path
         assert isinstance(client, dict)
         assert len(client["name"]) < 300 and len(client["version"]) < 300
     assert max(len(line) for line in raw.splitlines()) < 8192
+
+
+async def test_a_decision_record_names_the_grant_that_gave_the_role(tmp_path: Path) -> None:
+    """Issue 15 item 5: decision records named only the ``p`` rule (``role:operator ... allow``); an auditor
+    could not tell which ``g`` line made alice an operator there. They now name the grant chain."""
+    policy = shipped_policy(tmp_path / "policy", "g, alice, role:operator, team-*")
+    async with serve(tmp_path, "--principal", "alice", "--policy", str(policy)) as served:
+        await served.call("scale", {"namespace": "team-a", "name": "web", "replicas": 2, "dry_run": True})
+        await served.call("whoami", {})
+    decisions = [r for r in served.records() if r.get("stage") == "decision"]
+    scale, whoami = decisions[0]["decision"], decisions[1]["decision"]
+    assert isinstance(scale, dict) and isinstance(whoami, dict)
+    assert scale["rule"] == "p, role:operator, *, *, write, allow"
+    assert any("g, alice, role:operator, team-*" in link for link in scale["via"]), scale
+    assert "via" not in whoami or all("alice" not in link for link in whoami["via"]), whoami
