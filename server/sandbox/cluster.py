@@ -52,6 +52,12 @@ class SandboxCluster:
     ``tls=False`` serves plain HTTP (for tests that write their own kubeconfig).
     The model servers KServe's controller starts stay on plain HTTP, as a
     cluster-internal predictor URL would be.
+
+    ``namespaces`` are created at start besides ``default`` and the ``kube-*`` ones
+    (``opsgate sandbox --namespaces``, ``--sandbox-namespaces`` for the built-in one);
+    ``namespaces`` (the property) lists those that exist now. The Node ``sandbox-node``
+    and its Lease, ComponentStatuses, and (once the port is known) the ``kubernetes``
+    Service with its Endpoints and EndpointSlice exist from the start too (``infra``).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, rollout_delay: float = 0.2,
