@@ -77,7 +77,8 @@ TOOL_ATTRS: Final[Mapping[str, frozenset[str]]] = {
     "deploy": frozenset({"replicas", "current_replicas", "image"}),
     "scale": frozenset({"replicas", "min_replicas", "current_replicas"}),
     "infer": frozenset({"model", "input_elements"}),
-    "kserve_infer": frozenset({"model", "input_elements", "url_override"}),
+    # kserve_infer: also the storage URI of the service it calls (read from the cluster, tools/kserve.py)
+    "kserve_infer": frozenset({"model", "input_elements", "url_override", "storage_uri"}),
     "deploy_model": frozenset({"replicas", "min_replicas", "current_replicas", "model", "storage_uri"}),
     # rollback: the state it restores (tools/bounded.py), checked before the write
     "rollback": frozenset({"replicas", "min_replicas", "image", "storage_uri"}),

@@ -196,7 +196,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="kserve_infer",
             description="Send inputs to a Ready InferenceService (Open Inference Protocol v2, or v1) and get its "
             "outputs; v2 inputs are checked against the model's metadata when it has some.",
-            args_model=ks.KServeInferArgs, result_model=ks.KServeInferResult, run=bind(ks.kserve_infer),
+            args_model=ks.KServeInferArgs, result_model=ks.KServeInferResult,
+            run=bind(with_models_dir(ks.kserve_infer, models_dir)),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
             bound_attrs=lambda a: a.policy_attrs(),
         ),

@@ -1155,6 +1155,9 @@ def kserve_infer(kube: Kube, args: KServeInferArgs, ctx: CallContext) -> KServeI
     custom predictors), they are sent as given and the result says so."""
     ns, name = args.namespace, args.name
     obj = _read(kube, name, ns, ctx)
+    uri = _model(obj).get("storageUri")
+    if isinstance(uri, str):  # the `models` bound named the service; this bounds the model it actually serves
+        enforce_bounds(ctx, {"storage_uri": uri}, f"inferenceservice {ns}/{name} serves a model")
     s = status_result(obj)
     if not s.ready:
         raise ToolError(f"inferenceservice {ns}/{name} cannot be called: {s.summary}", code="failed_precondition",

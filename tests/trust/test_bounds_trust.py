@@ -263,3 +263,26 @@ async def test_whoami_reports_grants_where_they_hold_and_denials_say_where(
         assert explained["allowed"] is False and explained["allowed_in"] == ["team-*"]
     (decision,) = decisions(s, "deploy")
     assert "may write with deploy in: team-*" in decision["decision"]["reason"]
+
+
+async def test_kserve_infer_is_bounded_by_the_model_a_service_serves(cluster: SandboxCluster, tmp_path: Path) -> None:
+    """Issue 15 item 10, the calling side: an InferenceService named like an allowed model (``iris``), created
+    by someone else with its storageUri pointing at the cloud metadata address, is refused by kserve_infer:
+    the bound looks at the model the service serves, not only at its name."""
+    from kubernetes import client, config
+
+    new_client: Any = config.new_client_from_config_dict
+    api = new_client(cluster.kubeconfig())
+    custom: Any = client.CustomObjectsApi(api)
+    model = {"modelFormat": {"name": "onnx"}, "storageUri": "http://169.254.169.254/latest/meta-data/iris.onnx"}
+    custom.create_namespaced_custom_object("serving.kserve.io", "v1beta1", "team-b", "inferenceservices", {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "iris"},
+        "spec": {"predictor": {"model": model}}})
+    api.close()
+    async with serve_as(cluster, tmp_path, "alice", bounded_policy(tmp_path / "policy")) as served:
+        refused = err(await served.call("kserve_infer", {
+            "namespace": "team-b", "name": "iris", "inputs": {"features": [[5.1, 3.5, 1.4, 0.2]]}}))
+    assert refused["code"] == "denied" and refused["errors"][0]["rule"] == "bound", refused
+    assert "storage_uri (http://...)" in refused["message"] and "169.254" not in refused["message"]
+    outcome = [r for r in served.records() if r.get("stage") == "outcome"][-1]
+    assert outcome["outcome"]["status"] == "error" and outcome["outcome"]["error"]["code"] == "denied"
