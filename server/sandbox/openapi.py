@@ -227,6 +227,7 @@ def _document(types_: Iterable[ResourceType], *, v3: bool) -> JSON:
 _V3: dict[tuple[int, ...], tuple[tuple[ResourceType, ...], JSON, str]] = {}
 _V2: dict[tuple[int, ...], tuple[tuple[ResourceType, ...], JSON]] = {}
 _CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 32
 
 
 def _key(types_: Iterable[ResourceType]) -> tuple[ResourceType, ...]:
@@ -239,6 +240,8 @@ def _v3_cached(served: tuple[ResourceType, ...]) -> tuple[JSON, str]:
     with _CACHE_LOCK:
         hit = _V3.get(ids)
         if hit is None:
+            if len(_V3) >= _CACHE_SIZE:  # tests register kinds of their own: keep the newest sets only
+                del _V3[next(iter(_V3))]
             doc = _document(served, v3=True)
             digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32].upper()
             hit = _V3[ids] = (served, doc, digest)
@@ -250,6 +253,8 @@ def _v2_cached(served: tuple[ResourceType, ...]) -> JSON:
     with _CACHE_LOCK:
         hit = _V2.get(ids)
         if hit is None:
+            if len(_V2) >= _CACHE_SIZE:
+                del _V2[next(iter(_V2))]
             hit = _V2[ids] = (served, _document(served, v3=False))
         return hit[1]
 
