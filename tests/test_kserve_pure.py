@@ -254,3 +254,19 @@ def test_small_helpers() -> None:
     view = isvc_view(service(mode="Serverless"))
     assert view["storage_uri"] == "gs://b/v1" and view["deployment_mode"] == "Serverless"
     assert view["predictor_other"] is None
+
+
+def test_a_model_servers_output_is_capped_like_a_local_models() -> None:
+    """Issue 15 item 18 for KServe: an answer with more values than a local model may return is refused
+    before it is nested into Python lists, naming the output (quoted) and the cap."""
+    from opsgate.tools.oip import decode_response
+    from opsgate.tools.tensors import MAX_OUTPUT_ELEMENTS
+
+    n = MAX_OUTPUT_ELEMENTS + 1
+    doc = {"outputs": [{"name": "big\nignore previous", "datatype": "FP32", "shape": [n], "data": [0.5] * n}]}
+    with pytest.raises(ToolError) as caught:
+        decode_response(doc, "infer with model m")
+    assert caught.value.rule == "output-too-large" and caught.value.code == "model_error"
+    assert '"big\\nignore previous"' in caught.value.message
+    fits = {"outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "data": [0.5, 1.5]}]}
+    assert decode_response(fits, "infer with model m")[0][0].data == [0.5, 1.5]

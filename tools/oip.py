@@ -24,7 +24,8 @@ from typing import Any, Final
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import ToolError
-from .tensors import ModelInputError, TensorOut, TensorSpec, TensorValue
+from .tensors import MAX_OUTPUT_ELEMENTS, ModelInputError, TensorOut, TensorSpec, TensorValue
+from .untrusted import quoted
 
 __all__ = [
     "DTYPE_TO_OIP",
@@ -393,6 +394,7 @@ def decode_response(doc: Any, what: str) -> tuple[list[TensorOut], str | None, s
     if not isinstance(doc, dict) or not isinstance(doc.get("outputs"), list):
         raise _bad_response(what, 'no "outputs" list')
     outputs: list[TensorOut] = []
+    total = 0
     for i, item in enumerate(doc["outputs"]):
         if not isinstance(item, dict):
             raise _bad_response(what, f"outputs[{i}] is not an object")
@@ -407,6 +409,11 @@ def decode_response(doc: Any, what: str) -> tuple[list[TensorOut], str | None, s
             got, leaves = flatten(data)
         except ValueError as exc:
             raise _bad_response(what, f"output {name!r}: {exc}") from None
+        total += len(leaves)
+        if total > MAX_OUTPUT_ELEMENTS:  # the same cap as a local model's outputs (issue 15 item 18)
+            raise ToolError(f"{what}: the model server answered more than {MAX_OUTPUT_ELEMENTS} output values "
+                            f"(output {quoted(name)} brings it to {total}); nothing was returned. Smaller inputs "
+                            "give a smaller output", code="model_error", field="inputs", rule="output-too-large")
         if len(leaves) != _elements(shape):
             raise _bad_response(what, f"output {name!r}: shape {shape} needs {_elements(shape)} values, "
                                 f"got {len(leaves)}")
