@@ -513,3 +513,23 @@ def test_log_selection_and_image_names_pure() -> None:
     assert image_id("user/app:1").startswith("docker.io/user/app@sha256:")
     pinned = "quay.io/x/y@sha256:" + "a" * 64
     assert image_id(pinned) == pinned
+
+
+def test_a_pod_being_created_reads_as_on_a_real_cluster(tmp_path: Path) -> None:
+    with SandboxCluster(rollout_delay=60, kserve=False) as slow:
+        api_client = new_client_from_dict(slow.kubeconfig())
+        try:
+            make_deployment(apps_api(api_client), "default", "slow")
+            core = core_api(api_client)
+            pod = wait_for(lambda: next((p for p in core.list_namespaced_pod("default").items
+                                         if p.status.container_statuses), None))
+            assert pod.status.phase == "Pending" and pod.status.host_ip == "10.0.0.1"
+            assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+            assert {c.type: c.status for c in pod.status.conditions}["PodScheduled"] == "True"
+            kubectl = Kubectl(slow, tmp_path)
+            row = kubectl.run("get", "pods", "-n", "default").stdout.splitlines()[1].split()
+            assert row[1:3] == ["0/1", "ContainerCreating"]
+            logs = kubectl.run("logs", pod.metadata.name, "-n", "default", check=False)
+            assert logs.returncode != 0 and "is waiting to start: ContainerCreating" in logs.stderr
+        finally:
+            api_client.close()

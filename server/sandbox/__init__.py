@@ -77,15 +77,16 @@ Differences from a real API server (on purpose, or not yet done):
 - Events are written by the controllers through client-go's correlation
   (repeats counted, similar ones combined after ten) and capped at the newest
   1,000 (a real server expires them after an hour).
-- Pods are records: created by the ReplicaSet controller, Pending, then
-  Running/Ready after ``rollout_delay`` with ``Scheduled``/``Pulled``/
-  ``Created``/``Started`` events; no containers run, so ``pods/log`` has only
-  the stand-in kubelet's own lines (``follow`` ends at once), ``imageID``
-  digests are the sha256 of the image reference, and ``exec``/``attach``/
-  ``portforward`` answer 400 saying so. One Node, ``sandbox-node`` (this
-  machine's CPUs and memory; its Lease renewed every 10 s); Services get a cluster IP but nothing
-  fills their Endpoints or routes to them; only the ``kubernetes`` Service has
-  Endpoints and an EndpointSlice (the sandbox's address).
+- Pods are records: created by the ReplicaSet controller, Pending
+  (``ContainerCreating``), then Running/Ready after ``rollout_delay``, with
+  ``Scheduled``/``Pulled``/``Created``/``Started`` events; no containers run,
+  so ``pods/log`` has only the stand-in kubelet's own lines (``follow`` ends
+  at once), ``imageID`` digests are the sha256 of the image reference, and
+  ``exec``/``attach``/``portforward`` answer 400 saying so. One Node,
+  ``sandbox-node`` (this machine's CPUs and memory; its Lease renewed every
+  10 s). Services get a cluster IP but nothing fills their Endpoints or routes
+  to them; only the ``kubernetes`` Service has Endpoints and an EndpointSlice
+  (the sandbox's address).
 - Rolling updates surge the new ReplicaSet to full size and drain the old
   ones when it is available (``maxSurge``/``maxUnavailable`` are only used for
   the ``Available`` condition and annotations); no ``ProgressDeadlineExceeded``,

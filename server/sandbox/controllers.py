@@ -285,6 +285,41 @@ class KubeletController(Controller):
             return []
         return super().keys_for(event)
 
+    def _creating(self, namespace: str, name: str) -> None:
+        """Scheduled, containers being created: the Pending status a kubelet writes before they start."""
+        stamp = now_rfc3339()
+
+        def pending(cur: JSON) -> JSON:
+            containers = [c for c in (cur.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
+            names = " ".join(str(c.get("name")) for c in containers)
+            not_ready = {"status": "False", "reason": "ContainersNotReady",
+                         "message": f"containers with unready status: [{names}]"}
+            cur["status"] = {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodReadyToStartContainers", "status": "False"},
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "Ready", **not_ready},
+                    {"type": "ContainersReady", **not_ready},
+                    {"type": "PodScheduled", "status": "True"},
+                ],
+                "hostIP": NODE_IP,
+                "hostIPs": [{"ip": NODE_IP}],
+                "startTime": stamp,
+                "qosClass": "BestEffort",
+                "containerStatuses": [
+                    {"name": c.get("name", ""), "image": image_reference(str(c.get("image", "")))[0], "imageID": "",
+                     "ready": False, "started": False, "restartCount": 0,
+                     "state": {"waiting": {"reason": "ContainerCreating"}}}
+                    for c in containers
+                ],
+            }
+            for condition in cur["status"]["conditions"]:
+                condition.update(lastProbeTime=None, lastTransitionTime=stamp)
+            return cur
+
+        self.s.update(POD, namespace, name, pending, subresource="status")
+
     def reconcile(self, namespace: str, name: str) -> float | None:
         pod = self.s.find(POD, namespace, name)
         if pod is None or (pod.get("status") or {}).get("phase") != "Pending":
@@ -295,6 +330,7 @@ class KubeletController(Controller):
             node = (pod.get("spec") or {}).get("nodeName") or NODE_NAME
             self.record_event(pod, "Scheduled", f"Successfully assigned {namespace}/{name} to {node}",
                               component="default-scheduler")
+            self._creating(namespace, name)
         first = self._first_seen[uid]
         wait = first + self.rollout_delay - time.monotonic()
         if wait > 0:

@@ -174,9 +174,18 @@ def _pod_ready(o: JSON) -> str:
     return f"{sum(1 for s in statuses if s.get('ready'))}/{total}"
 
 
+def _pod_phase_reason(o: JSON) -> str:
+    """As kubectl's printer: a waiting container's reason (ContainerCreating...) before the phase."""
+    for status in _status(o).get("containerStatuses") or []:
+        reason = ((status.get("state") or {}).get("waiting") or {}).get("reason")
+        if reason:
+            return str(reason)
+    return str(_status(o).get("reason") or _status(o).get("phase", ""))
+
+
 POD_COLUMNS = (
     Column("Ready", "string", _pod_ready, "The aggregate readiness state of this pod for accepting traffic."),
-    Column("Status", "string", lambda o: _status(o).get("phase", ""), "The aggregate status of the pod."),
+    Column("Status", "string", _pod_phase_reason, "The aggregate status of the pod."),
     Column(
         "Restarts",
         "string",
