@@ -369,6 +369,8 @@ def validation_errors(exc: ValidationError, sent: Any = None) -> list[dict[str, 
     return errors
 
 
+STOPPED = ("the server stopped before the call finished; what it changed, if anything, is not known here "
+           "(read the object again)")
 MAX_CLIENT_TEXT = 128  # characters of a client's self-reported name or version kept in records
 
 
@@ -425,6 +427,7 @@ class Gate:
         # On the gate, not the policy: a reload must not refill anyone's budget.
         self.limiter = RateLimiter()
         self._in_flight = 0  # calls between decision and outcome: decides how records are appended
+        self._open: dict[str, tuple[str, Caller, float]] = {}  # calls running, by call id: tool, caller, start
         self._client_caller: tuple[tuple[str | None, str | None], Caller] | None = None  # see with_client
 
     def register(self, specs: Iterable[ToolSpec[Any, Any]]) -> None:
@@ -659,6 +662,7 @@ class Gate:
         error: dict[str, Any] | None = None  # for the outcome record (audit/SCHEMA.md)
         envelope: dict[str, Any] | None = None  # for the caller (README "Errors")
         cancelled: BaseException | None = None
+        self._open[call_id] = (spec.name, caller, started)
         try:
             result = await spec.run(args, context)
         except anyio.get_cancelled_exc_class() as exc:  # the client cancelled: that is an outcome too
@@ -682,6 +686,10 @@ class Gate:
             status="ok" if error is None else "error", duration_ms=duration_ms, error=error,
             result=summary() if callable(summary) else None,
         )
+        if self._open.pop(call_id, None) is None:  # a forced stop wrote this call's outcome (close_open_calls)
+            if cancelled is not None:
+                raise cancelled
+            return Answer(error_envelope("cancelled", STOPPED, call_id))
         with anyio.CancelScope(shield=True):  # a cancel must not cut the record of what ran (issue 15 item 3)
             written = await self._append(outcome, bound)
         if cancelled is not None:
@@ -700,6 +708,29 @@ class Gate:
         bound.info("call_ok", duration_ms=round(duration_ms, 3))
         return Answer(text=cap_text(redact_text(spec.render(result))),  # a label, an image, the cluster's text
                       data=cap_strings(redact(result.model_dump(mode="json"))))
+
+    @property
+    def calls_in_flight(self) -> int:
+        return self._in_flight
+
+    def close_open_calls(self) -> int:
+        """For a forced stop: an outcome record for every call still running, so no decision that ran is left
+        without one (issue 15 item 3). Their threads cannot be interrupted; the process ends without them.
+        Runs on the event loop, like ``_run``'s own outcome append, so each call gets exactly one outcome."""
+        closed = 0
+        for call_id, (tool, caller, started) in list(self._open.items()):
+            del self._open[call_id]
+            outcome = outcome_record(
+                call_id=call_id, caller=caller, tool=tool, status="error",
+                duration_ms=(time.perf_counter() - started) * 1000, error={"code": "cancelled", "message": STOPPED},
+            )
+            try:
+                self.audit.append(outcome)
+            except AuditWriteError as exc:
+                log.error("audit_write_failed", stage="outcome", call_id=call_id, error=str(exc))
+                continue
+            closed += 1
+        return closed
 
     async def _invalid(
         self,

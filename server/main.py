@@ -195,9 +195,10 @@ def serve(settings: Settings) -> None:
     def stop_now() -> None:
         """Calls still running after the grace (a cluster request waiting out its timeout) are not waited for:
         their threads cannot be interrupted, so the process ends without them, and the stop record says so."""
-        in_flight = getattr(gate, "_in_flight", 0)
-        log.warning("stopping_now", calls_in_flight=in_flight,
-                    message="calls still running are cut off; their decisions have no outcome record")
+        in_flight = gate.calls_in_flight
+        closed = gate.close_open_calls()  # each cut-off call's outcome says the stop cancelled it
+        log.warning("stopping_now", calls_in_flight=in_flight, outcomes_written=closed,
+                    message="calls still running are cut off; their outcome records say so")
         write_stop(forced=True, calls_in_flight=in_flight)
         log.info("stopped")
         os._exit(0)

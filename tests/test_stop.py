@@ -225,4 +225,9 @@ def test_a_call_stuck_on_the_cluster_does_not_hold_the_stop(tmp_path: Path) -> N
         took = stop_and_time(served, "sigterm")
         stop = assert_stopped_cleanly(served, took, "sigterm with a call in flight")
         assert stop["forced"] is True and stop["calls_in_flight"] == 1
-        assert [r["stage"] for r in records(served.audit_log)] == ["start", "decision", "stop"]
+        written = records(served.audit_log)
+        assert [r["stage"] for r in written] == ["start", "decision", "outcome", "stop"]
+        # Issue 15 item 3: a decision that ran is never left without an outcome, even when the stop cuts it off.
+        outcome = written[2]["outcome"]
+        assert written[2]["call_id"] == written[1]["call_id"]
+        assert outcome["status"] == "error" and outcome["error"]["code"] == "cancelled"
