@@ -234,7 +234,7 @@ def test_a_status_written_straight_into_the_api_comes_back_on_one_line(tmp_path:
             "url": "http://raw.example.com\n\n" + MARK,
             "conditions": [{"type": "Ready", "status": "False", "reason": "Planted\n" + MARK, "message": PLANT}],
             "modelStatus": {"transitionStatus": "BlockedByFailedLoad",
-                            "lastFailureInfo": {"reason": "Planted", "message": PLANT}},
+                            "lastFailureInfo": {"reason": "ModelLoadFailed", "message": PLANT}},  # a CRD enum value
             "components": {"predictor": {"latestCreatedRevision": "raw-predictor-00001\n\n" + MARK}},
         }
         custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "raw", {"status": status})
