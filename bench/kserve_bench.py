@@ -39,7 +39,7 @@ async def run(tmp: Path, row: Row, session_for: Callable[[list[str]], Any], opsg
               n: int = 300) -> None:
     from kubernetes import client, config
 
-    from opsgate.server.sandbox import SandboxCluster
+    from opsgate.sandbox import SandboxCluster
 
     with SandboxCluster(rollout_delay=0.0) as cluster:
         kubeconfig = tmp / "kserve-bench-kubeconfig"

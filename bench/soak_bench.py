@@ -192,7 +192,7 @@ async def soak(tmp: Path, calls: int, *, window: int = WINDOW, warmup: int = WAR
     and every ``window`` calls.
     """
     from opsgate.audit import verify_log
-    from opsgate.server.sandbox import SandboxCluster
+    from opsgate.sandbox import SandboxCluster
 
     if calls % len(MIX) or window % len(MIX) or calls < 2 * window or warmup >= calls:
         raise ValueError(f"calls and window must be multiples of {len(MIX)}, calls at least two windows")

@@ -200,9 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo()
     if args.command == "sandbox":
+        from opsgate.sandbox import run_sandbox
+
         from .config import SettingsError, load_settings
         from .logs import configure_logging
-        from .sandbox import run_sandbox
 
         try:  # the same setting, and checks, as the built-in sandbox's
             env = {k: v for k, v in os.environ.items() if k == "OPSGATE_SANDBOX_NAMESPACES"}

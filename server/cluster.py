@@ -24,7 +24,7 @@ from .config import Settings
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
-    from .sandbox import SandboxCluster
+    from opsgate.sandbox import SandboxCluster
 
 log = structlog.get_logger("opsgate.cluster")
 
@@ -43,7 +43,7 @@ class SandboxKube(Kube):
     def ensure_started(self) -> SandboxCluster:
         with self._start_lock:
             if self.sandbox is None:
-                from .sandbox import SandboxCluster
+                from opsgate.sandbox import SandboxCluster
 
                 # serves our models folder; creates the namespaces asked for (--sandbox-namespaces)
                 self.sandbox = SandboxCluster(models_dir=self._models_dir, namespaces=self._namespaces).start()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from opsgate.audit import verify_log
-from opsgate.server.sandbox import SandboxCluster
+from opsgate.sandbox import SandboxCluster
 from opsgate.tools.kube import CONFLICT_ATTEMPTS
 from tests.harness import Served, err, ok, serve, serve_on
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from opsgate.audit import AuditLog
+from opsgate.sandbox import SandboxCluster
 from opsgate.server.config import Settings, SettingsError, load_settings
 from opsgate.server.doctor import (
     Check,
@@ -24,7 +25,6 @@ from opsgate.server.doctor import (
     run_doctor,
     settings_error_check,
 )
-from opsgate.server.sandbox import SandboxCluster
 from tests.harness import server_env
 
 

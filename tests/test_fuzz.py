@@ -35,8 +35,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opsgate.audit import verify_log
+from opsgate.sandbox import SandboxCluster
 from opsgate.server.results import MAX_STRING
-from opsgate.server.sandbox import SandboxCluster
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 from tests.harness import Served, err, serve, serve_on
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from opsgate.sandbox import SandboxCluster
 from opsgate.server.identity import resolve_identity
-from opsgate.server.sandbox import SandboxCluster
 from opsgate.tools.errors import ToolError
 from tests.harness import serve
 

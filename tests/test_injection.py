@@ -29,8 +29,8 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from opsgate.audit import verify_log
+from opsgate.sandbox import INFERENCESERVICE, SandboxCluster
 from opsgate.server.results import MAX_STRING
-from opsgate.server.sandbox import INFERENCESERVICE, SandboxCluster
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 from tests.harness import Served, err, serve, shipped_policy
 

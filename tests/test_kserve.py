@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from opsgate.server.sandbox import KServeController, SandboxCluster
+from opsgate.sandbox import KServeController, SandboxCluster
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
 from opsgate.tools.inference import InferArgs, ModelStore

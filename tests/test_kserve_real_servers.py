@@ -263,7 +263,7 @@ def cluster() -> Iterator[Any]:
     """A sandbox cluster where InferenceServices ml/iris and ml/iris-typed (protocol v2) are Ready."""
     from kubernetes import client, config
 
-    from opsgate.server.sandbox import SandboxCluster
+    from opsgate.sandbox import SandboxCluster
 
     with SandboxCluster(rollout_delay=0.05) as sandbox:
         new_client: Any = config.new_client_from_config_dict

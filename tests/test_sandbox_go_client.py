@@ -25,7 +25,7 @@ from kubernetes import client, config
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from opsgate.server.sandbox import SandboxCluster
+from opsgate.sandbox import SandboxCluster
 
 pytestmark = pytest.mark.anyio
 

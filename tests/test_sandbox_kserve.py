@@ -23,8 +23,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from opsgate.server.sandbox import SandboxCluster
-from opsgate.server.sandbox.kserve import (
+from opsgate.sandbox import SandboxCluster
+from opsgate.sandbox.kserve import (
     INFERENCESERVICE,
     KServeController,
     deployment_mode,

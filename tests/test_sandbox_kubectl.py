@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from opsgate.server.sandbox import SandboxCluster
+from opsgate.sandbox import SandboxCluster
 
 # The client's config helpers and Watch are untyped; its models are Optional everywhere: tests use Any.
 new_client_from_dict: Any = config.new_client_from_config_dict

@@ -7,18 +7,18 @@ from typing import Any
 
 import pytest
 
-from opsgate.server.sandbox import ApiError, rollout, template_hash, validation
-from opsgate.server.sandbox.kinds import DEPLOYMENT, default_deployment, image_pull_policy
-from opsgate.server.sandbox.patch import json_patch, merge_patch, strategic_merge
-from opsgate.server.sandbox.protobuf import decode_object
-from opsgate.server.sandbox.resources import POD_MERGE_KEYS, PRIMITIVE_MERGE_LISTS
-from opsgate.server.sandbox.selectors import (
+from opsgate.sandbox import ApiError, rollout, template_hash, validation
+from opsgate.sandbox.kinds import DEPLOYMENT, default_deployment, image_pull_policy
+from opsgate.sandbox.patch import json_patch, merge_patch, strategic_merge
+from opsgate.sandbox.protobuf import decode_object
+from opsgate.sandbox.resources import POD_MERGE_KEYS, PRIMITIVE_MERGE_LISTS
+from opsgate.sandbox.selectors import (
     labels_match,
     parse_field_selector,
     parse_label_selector,
     selector_string,
 )
-from opsgate.server.sandbox.tables import human_duration, to_table
+from opsgate.sandbox.tables import human_duration, to_table
 
 # --- merge patch (RFC 7386, examples from its appendix) -----------------------------------------
 

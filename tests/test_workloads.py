@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from opsgate.server.sandbox import SandboxCluster
+from opsgate.sandbox import SandboxCluster
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import CONFLICT_ATTEMPTS, ClusterUnreachable, Kube, KubeApiError, KubeTarget, guarded_patch

@@ -20,7 +20,7 @@ import pytest
 
 from opsgate.audit import verify_log
 from opsgate.policies.engine import SHIPPED_DIR
-from opsgate.server.sandbox import SandboxCluster
+from opsgate.sandbox import SandboxCluster
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 from tests.harness import Served, err, ok, serve, server_env, shipped_policy
 

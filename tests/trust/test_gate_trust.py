@@ -16,7 +16,7 @@ import anyio
 import mcp_types as types
 import pytest
 
-from opsgate.server.sandbox import SandboxCluster
+from opsgate.sandbox import SandboxCluster
 from tests.harness import Served, err, ok, serve, shipped_policy
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from opsgate.server.sandbox import SandboxCluster
+from opsgate.sandbox import SandboxCluster
 from tests.harness import Served, err, ok, serve, shipped_policy
 
 pytestmark = pytest.mark.anyio
@@ -311,7 +311,7 @@ async def test_a_condition_type_is_quoted_in_model_status(tmp_path: Path) -> Non
     """Issue 15 item 17: an InferenceService condition *type* (anyone who can write status chooses it) is quoted."""
     from kubernetes import client, config
 
-    from opsgate.server.sandbox import INFERENCESERVICE
+    from opsgate.sandbox import INFERENCESERVICE
 
     planted_type = "PredictorReady" + PLANT
     with SandboxCluster(rollout_delay=0.02, kserve=False) as bare:

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-import opsgate.server.sandbox.http as sandbox_http
-from opsgate.server.sandbox import SandboxCluster
-from opsgate.server.sandbox.errors import ApiError
+import opsgate.sandbox.http as sandbox_http
+from opsgate.sandbox import SandboxCluster
+from opsgate.sandbox.errors import ApiError
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 from tests.harness import serve, shipped_policy
 
