@@ -28,7 +28,7 @@ from opsgate.policies.engine import Decision, Policy, Rule
 from opsgate.policies.ratelimit import RateLimiter
 from opsgate.tools.context import BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
-from opsgate.tools.rollout import dns1123_problem
+from opsgate.vocab.names import dns1123_problem
 
 from .records import Caller, compact, decision_record, outcome_record
 from .results import cap_strings, cap_text

@@ -26,7 +26,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from opsgate.audit import verify_log
 from opsgate.sandbox import SandboxCluster
-from opsgate.tools.kube import CONFLICT_ATTEMPTS, DEFAULT_TIMEOUT, KubeApiError, guard, guard_broken, retry_on_conflict
+from opsgate.tools.kube import CONFLICT_ATTEMPTS, DEFAULT_TIMEOUT, KubeApiError, retry_on_conflict
+from opsgate.tools.structs.patches import guard, guard_broken
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 from tests.harness import Served, err, serve_on
 

@@ -14,45 +14,40 @@ from pydantic import ValidationError
 
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import api_error
-from opsgate.tools.rollout import (
-    CHANGE_CAUSE_ANNOTATION,
-    HASH_LABEL,
-    HIDDEN,
-    HIDDEN_CHANGED,
-    NAME_LABEL,
-    REVISION_ANNOTATION,
-    DeploySpec,
-    change_cause,
-    choose_rollback_revision,
-    decode_cursor,
-    deploy_is_noop,
-    deployment_view,
-    diff_deployments,
-    dns1123_problem,
-    encode_cursor,
+from opsgate.tools.structs.diff import HIDDEN, HIDDEN_CHANGED, deployment_view, diff_deployments, render_path
+from opsgate.tools.structs.names import (
     env_name_problem,
-    fit_page,
     image_problem,
     image_registry,
-    json_size,
     label_key_problem,
     label_value_problem,
-    new_deployment,
+)
+from opsgate.tools.structs.objects import (
+    CHANGE_CAUSE_ANNOTATION,
+    HASH_LABEL,
+    NAME_LABEL,
+    REVISION_ANNOTATION,
+    change_cause,
     owned_by,
-    parse_quantity,
-    render_path,
     revision_of,
+    selector_string,
+)
+from opsgate.tools.structs.pages import decode_cursor, encode_cursor, fit_page, json_size
+from opsgate.tools.structs.patches import (
+    DeploySpec,
+    choose_rollback_revision,
+    deploy_is_noop,
+    new_deployment,
     rollback_annotations,
     rollback_patch,
-    rollout_progress,
-    rollout_state,
-    selector_string,
-    strip_hash,
-    templates_equal,
     update_patch,
     updated_deployment,
 )
+from opsgate.tools.structs.quantities import parse_quantity
+from opsgate.tools.structs.status import rollout_progress, rollout_state
+from opsgate.tools.structs.templates import strip_hash, templates_equal
 from opsgate.tools.workloads import DeployArgs, ListWorkloadsArgs, RollbackArgs, ScaleArgs
+from opsgate.vocab.names import dns1123_problem
 
 
 def template(image: str = "nginx:1", *, hash_label: str | None = None, env: list[dict[str, Any]] | None = None,
@@ -565,7 +560,7 @@ def test_api_error_409_kinds_and_plain_bodies() -> None:
 
 def test_importing_the_tools_does_not_import_kubernetes() -> None:
     """kubernetes costs ~0.3 s at import; the server must start without paying it."""
-    code = ("import sys, opsgate.tools.workloads, opsgate.tools.kube, opsgate.tools.rollout; "
+    code = ("import sys, opsgate.tools.workloads, opsgate.tools.kube, opsgate.tools.structs.patches; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'urllib3')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

@@ -14,7 +14,8 @@ from opsgate.sandbox import SandboxCluster
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import CONFLICT_ATTEMPTS, ClusterUnreachable, Kube, KubeApiError, KubeTarget, guarded_patch
-from opsgate.tools.rollout import PAGE_BUDGET_BYTES, DeploySpec, json_size, new_deployment, rollback_patch
+from opsgate.tools.structs.pages import PAGE_BUDGET_BYTES, json_size
+from opsgate.tools.structs.patches import DeploySpec, new_deployment, rollback_patch
 from opsgate.tools.workloads import (
     DeployArgs,
     DeployResult,

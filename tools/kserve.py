@@ -43,7 +43,7 @@ from pydantic_core import PydanticCustomError
 from .bounded import enforce_bounds, restored_service_attrs
 from .context import CallContext
 from .errors import ToolError
-from .kube import Kube, KubeApiError, guard, guarded_patch, pointer, retry_on_conflict
+from .kube import Kube, KubeApiError, guarded_patch, retry_on_conflict
 from .oip import (
     ModelMetadata,
     OipTensorIn,
@@ -55,7 +55,9 @@ from .oip import (
     input_elements,
     parse_metadata,
 )
-from .rollout import CHANGE_CAUSE_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, FieldChange, change_cause, diff_views, meta
+from .structs.diff import FieldChange, diff_views
+from .structs.objects import CHANGE_CAUSE_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, change_cause, meta
+from .structs.patches import guard, pointer
 from .tensors import InferResult, TensorOut, TensorValue
 from .workloads import (
     CONDITION_MESSAGE_MAX,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import ToolError
+from .structs.patches import guard_broken
 from .untrusted import TEXT_MAX, name_in_text, quoted
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFLICT_ATTEMPTS", "DEFAULT_TIMEOUT", "JSON_PATCH", "MAX_CONCURRENT_CALLS", "ClusterUnreachable", "Kube",
-    "KubeApiError", "KubeTarget", "api_error", "guard", "guard_broken", "guarded_patch", "pointer", "retry_on_conflict",
+    "KubeApiError", "KubeTarget", "api_error", "guarded_patch", "retry_on_conflict",
 ]
 
 DEFAULT_TIMEOUT: Final = (3.0, 10.0)
@@ -117,59 +118,6 @@ def retry_on_conflict(attempt: Callable[[], T], *, what: str, kind: str,
 
 
 # --------------------------------------------------------------------------- guards on what a write depends on
-
-
-def pointer(key: str) -> str:
-    """One JSON-pointer reference token (RFC 6901): ``~`` and ``/`` escaped."""
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def _at(obj: Any, path: str) -> tuple[bool, Any]:
-    cur = obj
-    for token in path.split("/")[1:]:
-        key = token.replace("~1", "/").replace("~0", "~")
-        if not isinstance(cur, dict) or key not in cur:
-            return False, None
-        cur = cur[key]
-    return True, cur
-
-
-def guard(obj: Mapping[str, Any], *paths: str) -> list[JSON]:
-    """JSON Patch ``test`` operations: the write applies only while ``obj``'s values at ``paths`` still hold. Pure.
-
-    Guard with what the write was computed from, never the whole object's resourceVersion: a
-    controller's status writes change that constantly, so a spec write guarded by it keeps losing
-    (issue 15 item 12). Values are scalars (``metadata.generation``, replica counts, digit
-    strings) or label maps, whose JSON text is the same from Python and Go: the API server's
-    JSON Patch compares leaves byte by byte. A path the object lacks cannot be tested
-    portably, so the guard falls back to the resourceVersion read.
-    """
-    ops: list[JSON] = []
-    for path in paths:
-        found, value = _at(obj, path)
-        if not found:
-            rv = (obj.get("metadata") or {}).get("resourceVersion")
-            return [{"op": "replace", "path": "/metadata/resourceVersion", "value": rv}]
-        ops.append({"op": "test", "path": path, "value": value})
-    return ops
-
-
-def guard_broken(fresh: Mapping[str, Any], ops: list[JSON]) -> bool:
-    """Would the guards among ``ops`` fail against ``fresh``? Pure.
-
-    The API server answers a failed ``test`` with a bare 422 ("the server rejected our request due
-    to an error in our request", no causes: the patch library's text is dropped), the same answer
-    as any other patch that does not apply. A fresh read tells a guard that no longer holds apart.
-    """
-    for op in ops:
-        if op.get("op") == "test":
-            found, value = _at(fresh, str(op["path"]))
-            if not found or value != op.get("value"):
-                return True
-        elif (op.get("op"), op.get("path")) == ("replace", "/metadata/resourceVersion") and (
-                fresh.get("metadata") or {}).get("resourceVersion") != op.get("value"):
-            return True
-    return False
 
 
 def guarded_patch(kube: Kube, fn: Callable[..., Any], *args: Any, ops: list[JSON], reread: Callable[[], JSON],

@@ -28,51 +28,40 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_MAX, dns1123_problem
+
 from .bounded import enforce_bounds, restored_deployment_attrs
 from .context import CallContext
 from .errors import ToolError
-from .kube import Kube, KubeApiError, guard, guarded_patch, retry_on_conflict
-from .rollout import (
-    CURSOR_MAX,
-    DNS1123_LABEL_MAX,
-    DNS1123_LABEL_PATTERN,
-    DNS1123_SUBDOMAIN_MAX,
+from .kube import Kube, KubeApiError, guarded_patch, retry_on_conflict
+from .structs.diff import FieldChange, diff_deployments, env_names
+from .structs.names import IMAGE_MAX, env_name_problem, image_problem, label_key_problem, label_value_problem
+from .structs.objects import (
     HASH_LABEL,
-    IMAGE_MAX,
     NAME_LABEL,
-    PAGE_BUDGET_BYTES,
-    DeploySpec,
-    FieldChange,
     change_cause,
-    choose_rollback_revision,
-    decode_cursor,
-    deploy_is_noop,
-    diff_deployments,
-    dns1123_problem,
-    encode_cursor,
-    env_name_problem,
-    env_names,
-    fit_page,
-    image_problem,
     images_of,
-    json_size,
-    label_key_problem,
-    label_value_problem,
     meta,
-    new_deployment,
     owned_by,
-    parse_quantity,
     revision_of,
-    rollback_patch,
-    rollout_progress,
-    rollout_state,
     selector_string,
     spec_of,
     status_of,
-    templates_equal,
+)
+from .structs.pages import CURSOR_MAX, PAGE_BUDGET_BYTES, decode_cursor, encode_cursor, fit_page, json_size
+from .structs.patches import (
+    DeploySpec,
+    choose_rollback_revision,
+    deploy_is_noop,
+    guard,
+    new_deployment,
+    rollback_patch,
     update_patch,
     updated_deployment,
 )
+from .structs.quantities import parse_quantity
+from .structs.status import rollout_progress, rollout_state
+from .structs.templates import templates_equal
 
 __all__ = [
     "Condition",
