@@ -260,7 +260,7 @@ def test_a_model_servers_output_is_capped_like_a_local_models() -> None:
     """Issue 15 item 18 for KServe: an answer with more values than a local model may return is refused
     before it is nested into Python lists, naming the output (quoted) and the cap."""
     from opsgate.tools.oip import decode_response
-    from opsgate.tools.tensors import MAX_OUTPUT_ELEMENTS
+    from opsgate.vocab.limits import MAX_OUTPUT_ELEMENTS
 
     n = MAX_OUTPUT_ELEMENTS + 1
     doc = {"outputs": [{"name": "big\nignore previous", "datatype": "FP32", "shape": [n], "data": [0.5] * n}]}

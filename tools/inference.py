@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from opsgate.vocab.elements import count_elements
+from opsgate.vocab.limits import MAX_INPUT_ELEMENTS, MAX_OUTPUT_BYTES, MAX_OUTPUT_ELEMENTS
+
 from .errors import ToolError
 from .tensors import (
-    MAX_INPUT_ELEMENTS,
-    MAX_OUTPUT_BYTES,
-    MAX_OUTPUT_ELEMENTS,
     MODEL_NAME_PATTERN,
     MODEL_NAME_RE,
     MODELS_DIR_DEFAULT,
@@ -62,7 +62,6 @@ __all__ = [
     "TensorOut",
     "TensorSpec",
     "check_inputs",
-    "count_elements",
     "parse_signature",
 ]
 
@@ -308,20 +307,6 @@ def _first_chain_shape(value: Any) -> list[int]:
             break
         node = node[0]
     return shape
-
-
-def count_elements(inputs: dict[str, Any]) -> int:
-    """Cheap element count over all inputs (O(rank) per input), for policy bounds.
-
-    Exact for well-formed inputs; ragged inputs are refused by check_inputs anyway.
-    """
-    total = 0
-    for value in inputs.values():
-        if isinstance(value, np.ndarray):
-            total += int(value.size)
-        else:
-            total += math.prod(_first_chain_shape(value))
-    return total
 
 
 def _flatten(field: str, value: Any, budget: int, max_elements: int) -> tuple[list[int], list[Any]]:

@@ -40,6 +40,8 @@ from urllib.parse import quote
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from opsgate.vocab.limits import MAX_INPUT_ELEMENTS, MAX_REPLICAS, replica_range_ok
+
 from .bounded import enforce_bounds, restored_service_attrs
 from .context import CallContext
 from .errors import ToolError
@@ -114,8 +116,6 @@ RAW: Final = "RawDeployment"
 MODES: Final[Mapping[str, str]] = {
     "Serverless": SERVERLESS, "Knative": SERVERLESS, "RawDeployment": RAW, "Standard": RAW, "ModelMesh": "ModelMesh",
 }
-MAX_REPLICAS: Final = 1000
-MAX_INPUT_ELEMENTS: Final = 100_000
 CONNECT_TIMEOUT: Final = 3.0
 RESPONSE_MAX_BYTES: Final = 4 * 2**20
 POLL_SECONDS: Final = 0.1
@@ -499,7 +499,7 @@ class DeployModelArgs(_Args):
             raise PydanticCustomError("promote_and_canary", "promote removes canary_traffic_percent: give one or "
                                       "the other")
         low, high = self.min_replicas, self.max_replicas
-        if low is not None and high is not None and low > high:
+        if not replica_range_ok(low, high):
             raise PydanticCustomError("replica_range", "min_replicas ({low}) must not exceed max_replicas ({high})",
                                       {"low": low, "high": high})
         return self
@@ -788,7 +788,8 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
         new_high = args.max_replicas if args.max_replicas is not None else high
         new_target = args.scale_target if args.scale_target is not None else target
         new_metric = args.scale_metric if args.scale_metric is not None else metric
-        if isinstance(new_low, int) and isinstance(new_high, int) and 0 < new_high < new_low:
+        if (isinstance(new_low, int) and isinstance(new_high, int) and new_high > 0  # 0: no upper limit set
+                and not replica_range_ok(new_low, new_high)):
             raise ToolError(f"min_replicas {new_low} would exceed max_replicas {new_high}", code="invalid_arguments",
                             field="min_replicas", rule="replica-range")
         if (new_low, new_high, new_target, new_metric) == (low, high, target, metric):
@@ -955,7 +956,7 @@ class KServeInferArgs(_Args):
     timeout_seconds: float = Field(default=10.0, gt=0, le=30, description="Read timeout.")
 
     def input_elements(self) -> int:
-        """Values the call sends, for the policy's max_input_elements (no numpy, no walk over the data)."""
+        """Values the call sends, for the policy's max_input_elements (no numpy)."""
         if isinstance(self.inputs, dict) and set(self.inputs) == {"instances"}:
             return input_elements({"instances": self.inputs["instances"]})
         return input_elements(self.inputs)

@@ -23,8 +23,11 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from opsgate.vocab.elements import count_elements
+from opsgate.vocab.limits import MAX_OUTPUT_ELEMENTS
+
 from .errors import ToolError
-from .tensors import MAX_OUTPUT_ELEMENTS, ModelInputError, TensorOut, TensorSpec, TensorValue
+from .tensors import ModelInputError, TensorOut, TensorSpec, TensorValue
 from .untrusted import quoted
 
 __all__ = [
@@ -176,25 +179,15 @@ def _elements(shape: Iterable[int]) -> int:
 
 
 def input_elements(inputs: Mapping[str, Any] | Sequence[OipTensorIn]) -> int:
-    """How many values a call sends (the policy's ``input_elements``), without numpy and without walking data.
+    """How many values a call sends (the policy's ``input_elements``), without numpy.
 
-    Named inputs count by the nesting of their first elements (ragged ones are refused later);
-    protocol-form inputs by their shape when given, else their data.
+    Named inputs count their values (:func:`opsgate.vocab.elements.count_elements`, one answer on ragged
+    input everywhere); protocol-form inputs by their shape when given, else their data.
     """
     if isinstance(inputs, Mapping):
-        return sum(_first_chain_count(v) for v in inputs.values())
-    return sum(_elements(max(d, 0) for d in t.shape) if t.shape is not None else _first_chain_count(t.data)
+        return count_elements(inputs)
+    return sum(_elements(max(d, 0) for d in t.shape) if t.shape is not None else count_elements(t.data)
                for t in inputs)
-
-
-def _first_chain_count(value: Any) -> int:
-    node, count, depth = value, 1, 0
-    while isinstance(node, list | tuple) and depth <= _MAX_RANK:
-        count *= len(node)
-        if not node:
-            break
-        node, depth = node[0], depth + 1
-    return count
 
 
 # --------------------------------------------------------------------------- metadata

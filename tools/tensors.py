@@ -19,9 +19,6 @@ MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MODEL_NAME_RE: Final = re.compile(MODEL_NAME_PATTERN)
 # What one local inference call may take and give back (issue 15 item 18): a model's output size can follow
 # its input values (Range, ConstantOfShape), so outputs are bounded like inputs, before any conversion.
-MAX_INPUT_ELEMENTS: Final = 100_000
-MAX_OUTPUT_ELEMENTS: Final = 100_000  # numbers (or strings) over all outputs of one call
-MAX_OUTPUT_BYTES: Final = 4 << 20  # their size as computed: numeric bytes, or UTF-8 bytes of strings
 # A tensor's values as the caller sends them: nested lists, checked against the model at call time.
 # Its schema says "array" so that clients get a real type (a 0-d input's bare number is still accepted).
 TensorValue = Annotated[Any, WithJsonSchema({"type": "array"})]

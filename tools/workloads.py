@@ -28,6 +28,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from opsgate.vocab.limits import MAX_REPLICAS, replica_range_ok
 from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_MAX, dns1123_problem
 
 from .bounded import enforce_bounds, restored_deployment_attrs
@@ -96,7 +97,6 @@ log = logging.getLogger(__name__)
 #: A sync progress reporter (progress, total, message); the server bridges it to MCP progress.
 ProgressCallback = Callable[[float, float | None, str | None], None]
 
-MAX_REPLICAS: Final = 1000
 POLL_SECONDS: Final = 0.2
 REVISION_WAIT_SECONDS: Final = 2.0
 CONDITION_MESSAGE_MAX: Final = 256
@@ -706,7 +706,7 @@ class ScaleArgs(_Args):
             raise PydanticCustomError("range_required", "give min_replicas, max_replicas, scale_target or "
                                       "scale_metric")
         low, high = self.min_replicas, self.max_replicas
-        if low is not None and high is not None and low > high:
+        if not replica_range_ok(low, high):
             raise PydanticCustomError("replica_range", "min_replicas ({low}) must not exceed max_replicas ({high})",
                                       {"low": low, "high": high})
         return self

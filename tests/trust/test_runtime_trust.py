@@ -190,7 +190,7 @@ async def test_a_model_output_that_follows_its_input_is_capped(tmp_path: Path) -
 
     Before, 9 M numbers were converted and sent (45 MB) and a concurrent whoami waited 13 s.
     """
-    from opsgate.tools.tensors import MAX_OUTPUT_ELEMENTS
+    from opsgate.vocab.limits import MAX_OUTPUT_ELEMENTS
 
     models = tmp_path / "models"
     models.mkdir()
