@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
-from opsgate.policies.bounds import count_input_elements
 from opsgate.tools import kserve as ks
+from opsgate.tools import listing
 from opsgate.tools import workloads as wl
 from opsgate.tools.bounded import localize_storage, with_models_dir
 from opsgate.tools.context import CallContext
@@ -25,6 +25,9 @@ from opsgate.tools.tensors import (
     TensorSpec,
 )
 from opsgate.tools.untrusted import name_in_text
+from opsgate.tools.workload_types import RollbackArgs, RollbackResult, ScaleArgs, ScaleResult
+from opsgate.vocab.elements import count_elements
+from opsgate.vocab.kinds import INFERENCE_SERVICE
 
 from .config import Settings
 
@@ -37,6 +40,20 @@ from .toolspec import ToolSpec
 # cores, each get their own, so neither can take every thread and stall the rest of the server.
 CLUSTER_THREADS: Final = MAX_CONCURRENT_CALLS  # as many as the client keeps connections open to the cluster
 INFERENCE_THREADS: Final = 4
+
+
+def scale_workload(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
+    """scale, for the kind the call names: the one place that picks the Deployment or the InferenceService path."""
+    if args.kind == INFERENCE_SERVICE:
+        return ks.scale_inference_service(kube, args, ctx)
+    return wl.scale_deployment(kube, args, ctx)
+
+
+def rollback_workload(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult:
+    """rollback, for the kind the call names: kubectl rollout undo, or an InferenceService's canary or spec."""
+    if args.kind == INFERENCE_SERVICE:
+        return ks.rollback_inference_service(kube, args, ctx)
+    return wl.rollback_deployment(kube, args, ctx)
 
 
 def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
@@ -80,7 +97,7 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
             name="infer",
             description="Run a local ONNX model (onnxruntime) on your inputs; names and shapes from list_models.",
             args_model=InferArgs, result_model=InferResult, run=infer, object_kind="Model",
-            bound_attrs=lambda a: {"model": a.model, "input_elements": count_input_elements(a.inputs)},
+            bound_attrs=lambda a: {"model": a.model, "input_elements": count_elements(a.inputs)},
         ),
     ]
     return specs
@@ -134,7 +151,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="list_workloads",
             description="Deployments and InferenceServices in a namespace: replicas desired/ready, images or "
             "model, revision. Start here to find names.",
-            args_model=wl.ListWorkloadsArgs, result_model=wl.ListWorkloadsResult, run=bind(wl.list_workloads),
+            args_model=listing.ListWorkloadsArgs, result_model=listing.ListWorkloadsResult,
+            run=bind(listing.list_workloads),
             namespace_of=ns, open_world=True, object_kind="Deployment",
         ),
         ToolSpec(
@@ -162,7 +180,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="scale",
             description="Set a Deployment's replicas, or (kind) an InferenceService's replica range and "
             "autoscaling.",
-            args_model=wl.ScaleArgs, result_model=wl.ScaleResult, run=bind(wl.scale), verb="write",
+            args_model=ScaleArgs, result_model=ScaleResult, run=bind(scale_workload), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             bound_attrs=lambda a: a.policy_attrs(), current_state=current_replicas,
         ),
@@ -171,8 +189,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             description="Undo a bad change. A Deployment: back to the previous or a given revision (kubectl "
             "rollout undo); an InferenceService (kind): canary traffic to 0, or the previous spec opsgate "
             "recorded.",
-            args_model=wl.RollbackArgs, result_model=wl.RollbackResult,
-            run=bind(with_models_dir(wl.rollback, models_dir)), verb="write",
+            args_model=RollbackArgs, result_model=RollbackResult,
+            run=bind(with_models_dir(rollback_workload, models_dir)), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
         ),
         ToolSpec(

@@ -184,12 +184,11 @@ def tool_error_envelope(exc: ToolError, call_id: str) -> dict[str, Any]:
     422 causes, each a field the API refused, follow it; the HTTP status rides along."""
     rule = exc.rule or exc.code.replace("_", "-")
     errors = [{"field": exc.field or NO_FIELD, "rule": rule, "message": exc.message}]
-    for cause in getattr(exc, "causes", None) or []:
+    for cause in exc.causes:
         if isinstance(cause, dict) and cause.get("field") and cause["field"] != exc.field:
             errors.append({"field": str(cause["field"]), "rule": rule,
                            "message": str(cause.get("message") or cause.get("reason") or "")})
-    status = getattr(exc, "status", None)  # the API's HTTP status, when the failure came from one
-    details = {"http_status": status} if isinstance(status, int) else {}
+    details = {"http_status": exc.status} if exc.status is not None else {}  # when the failure came from an answer
     return error_envelope(exc.code, exc.message, call_id, errors[:MAX_ERRORS], **details)
 
 

@@ -29,20 +29,15 @@ from opsgate.tools.kserve import (
     deploy_model,
     kserve_infer,
     model_status,
+    rollback_inference_service,
+    scale_inference_service,
 )
 from opsgate.tools.kube import Kube
+from opsgate.tools.listing import ListWorkloadsArgs, list_workloads
 from opsgate.tools.oip import OipTensorIn
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT, ModelInputError
-from opsgate.tools.workloads import (
-    DeployArgs,
-    ListWorkloadsArgs,
-    RollbackArgs,
-    ScaleArgs,
-    deploy,
-    list_workloads,
-    rollback,
-    scale,
-)
+from opsgate.tools.workload_types import RollbackArgs, ScaleArgs
+from opsgate.tools.workloads import DeployArgs, deploy
 
 IRIS = f"file://{MODELS_DIR_DEFAULT}/iris.onnx"
 IRIS_V2 = f"file://{MODELS_DIR_DEFAULT}/iris-v2.onnx"
@@ -154,14 +149,14 @@ def test_canary_promote_and_serverless_rollback(kube: Kube, cluster: SandboxClus
     tagged = infer(kube, ns)
     assert tagged.outputs in (local("iris").outputs, local("iris-v2").outputs)
 
-    back = rollback(kube, RollbackArgs(name="iris", namespace=ns, kind="InferenceService"), ctx())
+    back = rollback_inference_service(kube, RollbackArgs(name="iris", namespace=ns, kind="InferenceService"), ctx())
     assert back.action == "rolled-back" and back.strategy == "canary-traffic-to-0"
     assert back.from_revision == 2 and back.to_revision == 1
     assert "canaryTrafficPercent to 0" in back.message and "iris-predictor-00001" in back.message
     s = settle(kube, ns, "iris")
     assert [(t.revision, t.percent) for t in s.traffic] == [("iris-predictor-00002", 0), ("iris-predictor-00001", 100)]
     assert {infer(kube, ns).served_by for _ in range(5)} == {"iris-predictor-00001"}
-    same = rollback(kube, RollbackArgs(name="iris", namespace=ns, kind="InferenceService"), ctx())
+    same = rollback_inference_service(kube, RollbackArgs(name="iris", namespace=ns, kind="InferenceService"), ctx())
     assert same.action == "unchanged" and "already 0" in same.message
 
     promoted = deploy_model(kube, DeployModelArgs(name="iris", namespace=ns, promote=True, wait=True), ctx())
@@ -171,7 +166,7 @@ def test_canary_promote_and_serverless_rollback(kube: Kube, cluster: SandboxClus
     assert [(t.revision, t.percent) for t in promoted.status.traffic] == [("iris-predictor-00002", 100)]
     assert infer(kube, ns).outputs == local("iris-v2").outputs
 
-    undo = rollback(kube, RollbackArgs(name="iris", namespace=ns, kind="InferenceService"), ctx())
+    undo = rollback_inference_service(kube, RollbackArgs(name="iris", namespace=ns, kind="InferenceService"), ctx())
     assert undo.strategy == "restored-previous-spec" and "no canary is taking traffic" in undo.message
     assert f"storageUri {IRIS_V2} -> {IRIS}" in undo.message
     s = settle(kube, ns, "iris")
@@ -196,20 +191,22 @@ def test_raw_mode_has_no_canary_and_rolls_back_the_recorded_spec(kube: Kube, ns:
     recorded = json.loads(raw(kube, ns, "raw")["metadata"]["annotations"][PREVIOUS_SPEC_ANNOTATION])
     assert recorded["predictor"]["model"]["storageUri"] == IRIS
 
-    preview = rollback(kube, RollbackArgs(name="raw", namespace=ns, kind="InferenceService", dry_run=True), ctx())
+    preview = rollback_inference_service(
+        kube, RollbackArgs(name="raw", namespace=ns, kind="InferenceService", dry_run=True), ctx())
     assert preview.action == "dry-run" and raw(kube, ns, "raw")["spec"]["predictor"]["model"]["storageUri"] == IRIS_V2
-    back = rollback(kube, RollbackArgs(name="raw", namespace=ns, kind="InferenceService"), ctx())
+    back = rollback_inference_service(kube, RollbackArgs(name="raw", namespace=ns, kind="InferenceService"), ctx())
     assert back.action == "rolled-back" and back.strategy == "restored-previous-spec"
     assert back.message.startswith("RawDeployment mode has no canary: restored the previous spec")
     assert [(c.path, c.before, c.after) for c in back.changes] == [("storage_uri", IRIS_V2, IRIS)]
     settle(kube, ns, "raw")
     assert infer(kube, ns, "raw").outputs == local("iris").outputs
-    forward = rollback(kube, RollbackArgs(name="raw", namespace=ns, kind="InferenceService"), ctx())
+    forward = rollback_inference_service(kube, RollbackArgs(name="raw", namespace=ns, kind="InferenceService"), ctx())
     assert forward.action == "rolled-back", "the spec replaced is recorded in turn, so a second rollback undoes it"
     assert raw(kube, ns, "raw")["spec"]["predictor"]["model"]["storageUri"] == IRIS_V2
 
     with pytest.raises(ToolError) as no_revision:
-        rollback(kube, RollbackArgs(name="raw", namespace=ns, kind="InferenceService", to_revision=1), ctx())
+        rollback_inference_service(
+            kube, RollbackArgs(name="raw", namespace=ns, kind="InferenceService", to_revision=1), ctx())
     assert no_revision.value.field == "to_revision"
 
 
@@ -224,25 +221,29 @@ def test_dry_run_scale_and_list(kube: Kube, ns: str) -> None:
     deploy_model(kube, DeployModelArgs(name="iris", namespace=ns, storage_uri=IRIS, max_replicas=2, wait=True), ctx())
     assert current_replicas(kube, ns, "iris") == {"current_replicas": 2}, "for the max_replicas_change bound"
     before = raw(kube, ns, "iris")
-    dry = scale(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", max_replicas=5, dry_run=True),
-                ctx())
+    dry = scale_inference_service(
+        kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", max_replicas=5, dry_run=True),
+        ctx())
     assert dry.action == "dry-run" and dry.max_replicas_after == 5 and raw(kube, ns, "iris") == before
-    scaled = scale(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", min_replicas=2,
-                                   max_replicas=5), ctx())
+    scaled = scale_inference_service(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", min_replicas=2,
+                                                     max_replicas=5), ctx())
     assert (scaled.action, scaled.kind, scaled.replicas_before) == ("scaled", "InferenceService", None)
     assert (scaled.min_replicas_before, scaled.min_replicas_after) == (None, 2)
     assert (scaled.max_replicas_before, scaled.max_replicas_after) == (2, 5)
     assert scaled.message and "new revision" in scaled.message
     assert scaled.audit_summary()["max_replicas"] == {"before": 2, "after": 5}
-    same = scale(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", max_replicas=5), ctx())
+    same = scale_inference_service(
+        kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", max_replicas=5), ctx())
     assert same.action == "unchanged"
-    autoscale = scale(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", scale_target=40,
-                                      scale_metric="concurrency"), ctx())
+    autoscale = scale_inference_service(
+        kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", scale_target=40,
+                        scale_metric="concurrency"), ctx())
     assert (autoscale.scale_target_after, autoscale.scale_metric_after) == (40, "concurrency")
     predictor = raw(kube, ns, "iris")["spec"]["predictor"]
     assert (predictor["scaleTarget"], predictor["scaleMetric"], predictor["maxReplicas"]) == (40, "concurrency", 5)
     with pytest.raises(ToolError) as inverted:
-        scale(kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", min_replicas=9), ctx())
+        scale_inference_service(
+            kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", min_replicas=9), ctx())
     assert inverted.value.rule == "replica-range"
 
     deploy(kube, DeployArgs(name="iris", namespace=ns, image="registry.example.com/web:1"), ctx())

@@ -8,20 +8,13 @@ from typing import Any
 import pytest
 
 from opsgate.tools import oip
+from opsgate.tools.clients.modelserver import model_http_error
 from opsgate.tools.errors import ToolError
-from opsgate.tools.kserve import (
-    PREVIOUS_SPEC_ANNOTATION,
-    DeployModelArgs,
-    deploy_notes,
-    desired_predictor,
-    isvc_view,
-    model_http_error,
-    revision_number,
-    rollback_plan,
-    spec_patch,
-    status_result,
-    wait_step,
-)
+from opsgate.tools.kserve import PREVIOUS_SPEC_ANNOTATION, DeployModelArgs
+from opsgate.tools.kserve.deploy import deploy_notes, desired_predictor, wait_step
+from opsgate.tools.kserve.rollback import rollback_plan
+from opsgate.tools.kserve.services import isvc_view, revision_number, spec_patch
+from opsgate.tools.kserve.status import status_result
 from opsgate.tools.tensors import ModelInputError, TensorOut, TensorSpec
 
 META = oip.ModelMetadata.model_validate({

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from opsgate.tools import oip
-from opsgate.tools.kserve import unchecked_note
+from opsgate.tools.kserve.infer import unchecked_note
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT, ModelInputError
 
 ROOT = Path(__file__).resolve().parent.parent

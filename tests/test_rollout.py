@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import api_error
+from opsgate.tools.listing import ListWorkloadsArgs
 from opsgate.tools.structs.diff import HIDDEN, HIDDEN_CHANGED, deployment_view, diff_deployments, render_path
 from opsgate.tools.structs.names import (
     env_name_problem,
@@ -46,7 +47,8 @@ from opsgate.tools.structs.patches import (
 from opsgate.tools.structs.quantities import parse_quantity
 from opsgate.tools.structs.status import rollout_progress, rollout_state
 from opsgate.tools.structs.templates import strip_hash, templates_equal
-from opsgate.tools.workloads import DeployArgs, ListWorkloadsArgs, RollbackArgs, ScaleArgs
+from opsgate.tools.workload_types import RollbackArgs, ScaleArgs
+from opsgate.tools.workloads import DeployArgs
 from opsgate.vocab.names import dns1123_problem
 
 

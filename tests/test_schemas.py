@@ -16,7 +16,9 @@ from pydantic import BaseModel, Field
 from opsgate.server.catalog import tool_verbs
 from opsgate.server.toolspec import hints, input_schema, portability_problems
 from opsgate.tools.kserve import DeployModelArgs, KServeInferArgs
-from opsgate.tools.workloads import DeployArgs, ListWorkloadsArgs, RollbackArgs, ScaleArgs
+from opsgate.tools.listing import ListWorkloadsArgs
+from opsgate.tools.workload_types import RollbackArgs, ScaleArgs
+from opsgate.tools.workloads import DeployArgs
 from tests.harness import serve, shipped_policy
 
 pytestmark = pytest.mark.anyio

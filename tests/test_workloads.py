@@ -14,22 +14,20 @@ from opsgate.sandbox import SandboxCluster
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import CONFLICT_ATTEMPTS, ClusterUnreachable, Kube, KubeApiError, KubeTarget, guarded_patch
+from opsgate.tools.listing import ListWorkloadsArgs, list_workloads
 from opsgate.tools.structs.pages import PAGE_BUDGET_BYTES, json_size
 from opsgate.tools.structs.patches import DeploySpec, new_deployment, rollback_patch
+from opsgate.tools.workload_types import RollbackArgs, ScaleArgs
 from opsgate.tools.workloads import (
     DeployArgs,
     DeployResult,
-    ListWorkloadsArgs,
-    RollbackArgs,
     RolloutHistoryArgs,
     RolloutStatusArgs,
-    ScaleArgs,
     deploy,
-    list_workloads,
-    rollback,
+    rollback_deployment,
     rollout_history,
     rollout_status,
-    scale,
+    scale_deployment,
 )
 
 _ids = itertools.count(1)
@@ -119,7 +117,7 @@ def test_deploy_history_rollback_renumbers(kube: Kube, ns: str) -> None:
     assert history.revisions[1].current and history.revisions[1].images == ["nginx:2.0"]
 
     c3 = ctx("carol")
-    undone = rollback(kube, RollbackArgs(name="web", namespace=ns), c3)
+    undone = rollback_deployment(kube, RollbackArgs(name="web", namespace=ns), c3)
     assert (undone.action, undone.from_revision, undone.to_revision, undone.new_revision) == ("rolled-back", 2, 1, 3)
     assert {c.path: (c.before, c.after) for c in undone.changes}["containers.web.image"] == ("nginx:2.0", "nginx:1.0")
     assert undone.audit_summary()["revision"] == 3
@@ -133,7 +131,7 @@ def test_deploy_history_rollback_renumbers(kube: Kube, ns: str) -> None:
     assert history.current_revision == 3 and history.revisions[1].images == ["nginx:1.0"]
     assert history.revisions[1].change_cause == f"opsgate: carol call {c3.call_id}"
 
-    again = rollback(kube, RollbackArgs(name="web", namespace=ns, to_revision=2), ctx())
+    again = rollback_deployment(kube, RollbackArgs(name="web", namespace=ns, to_revision=2), ctx())
     assert (again.to_revision, again.new_revision) == (2, 4)
     assert image_of(kube, ns, "web") == "nginx:2.0"
     history = rollout_history(kube, RolloutHistoryArgs(name="web", namespace=ns), ctx())
@@ -164,7 +162,7 @@ def test_rollback_unknown_revision_lists_revisions(kube: Kube, ns: str) -> None:
     deploy_web(kube, ns, "nginx:1")
     deploy_web(kube, ns, "nginx:2")
     with pytest.raises(ToolError) as info:
-        rollback(kube, RollbackArgs(name="web", namespace=ns, to_revision=7), ctx())
+        rollback_deployment(kube, RollbackArgs(name="web", namespace=ns, to_revision=7), ctx())
     assert (info.value.field, info.value.rule) == ("to_revision", "unknown-revision")
     assert "1, 2" in info.value.message
 
@@ -172,9 +170,9 @@ def test_rollback_unknown_revision_lists_revisions(kube: Kube, ns: str) -> None:
 def test_rollback_with_one_revision_and_to_the_current_one(kube: Kube, ns: str) -> None:
     deploy_web(kube, ns, "nginx:1")
     with pytest.raises(ToolError) as info:
-        rollback(kube, RollbackArgs(name="web", namespace=ns), ctx())
+        rollback_deployment(kube, RollbackArgs(name="web", namespace=ns), ctx())
     assert info.value.rule == "no-previous-revision"
-    same = rollback(kube, RollbackArgs(name="web", namespace=ns, to_revision=1), ctx())
+    same = rollback_deployment(kube, RollbackArgs(name="web", namespace=ns, to_revision=1), ctx())
     assert same.action == "unchanged" and "already at revision 1" in same.message
 
 
@@ -185,7 +183,7 @@ def test_paused_deployment_refused(kube: Kube, ns: str) -> None:
               _content_type="application/merge-patch+json", what="pause")
     before = raw(kube, ns, "web")
     with pytest.raises(ToolError) as info:
-        rollback(kube, RollbackArgs(name="web", namespace=ns), ctx())
+        rollback_deployment(kube, RollbackArgs(name="web", namespace=ns), ctx())
     assert (info.value.rule, info.value.code) == ("paused", "failed_precondition")
     assert raw(kube, ns, "web")["spec"] == before["spec"]
 
@@ -204,7 +202,7 @@ def test_rollback_ignores_replicasets_it_does_not_own(kube: Kube, ns: str) -> No
     history = rollout_history(kube, RolloutHistoryArgs(name="web", namespace=ns), ctx())
     assert [r.revision for r in history.revisions] == [1]
     with pytest.raises(ToolError) as info:
-        rollback(kube, RollbackArgs(name="web", namespace=ns, to_revision=9), ctx())
+        rollback_deployment(kube, RollbackArgs(name="web", namespace=ns, to_revision=9), ctx())
     assert info.value.rule == "unknown-revision"
 
 
@@ -219,9 +217,9 @@ def test_dry_runs_leave_the_object_byte_for_byte(kube: Kube, ns: str) -> None:
     d = deploy_web(kube, ns, "nginx:3", replicas=4, env={"X": "y"}, dry_run=True)
     assert (d.action, d.dry_run, d.revision, d.images) == ("dry-run", True, None, ["nginx:3"])
     assert {c.path for c in d.changes} >= {"containers.web.image", "replicas", "containers.web.env.X"}
-    s = scale(kube, ScaleArgs(name="web", namespace=ns, replicas=5, dry_run=True), ctx())
+    s = scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=5, dry_run=True), ctx())
     assert (s.action, s.replicas_before, s.replicas_after) == ("dry-run", 1, 5)
-    r = rollback(kube, RollbackArgs(name="web", namespace=ns, dry_run=True), ctx())
+    r = rollback_deployment(kube, RollbackArgs(name="web", namespace=ns, dry_run=True), ctx())
     assert (r.action, r.to_revision, r.new_revision) == ("dry-run", 1, None)
     assert [(c.path, c.before, c.after) for c in r.changes] == [("containers.web.image", "nginx:2", "nginx:1")]
 
@@ -246,13 +244,13 @@ def test_dry_run_create_stores_nothing(kube: Kube, ns: str) -> None:
 
 def test_scale_within_range(kube: Kube, ns: str) -> None:
     deploy_web(kube, ns, "nginx:1")
-    up = scale(kube, ScaleArgs(name="web", namespace=ns, replicas=3), ctx())
+    up = scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=3), ctx())
     assert (up.action, up.replicas_before, up.replicas_after) == ("scaled", 1, 3)
     assert up.audit_summary()["replicas"] == {"before": 1, "after": 3}
     assert raw(kube, ns, "web")["spec"]["replicas"] == 3
-    same = scale(kube, ScaleArgs(name="web", namespace=ns, replicas=3), ctx())
+    same = scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=3), ctx())
     assert same.action == "unchanged"
-    down = scale(kube, ScaleArgs(name="web", namespace=ns, replicas=0), ctx())
+    down = scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=0), ctx())
     assert down.replicas_after == 0
     status = settled(kube, ns, "web")
     assert status["status"].get("replicas", 0) == 0
@@ -260,7 +258,7 @@ def test_scale_within_range(kube: Kube, ns: str) -> None:
 
 def test_scale_missing_deployment_is_not_found(kube: Kube, ns: str) -> None:
     with pytest.raises(KubeApiError) as info:
-        scale(kube, ScaleArgs(name="nope", namespace=ns, replicas=1), ctx())
+        scale_deployment(kube, ScaleArgs(name="nope", namespace=ns, replicas=1), ctx())
     assert (info.value.status, info.value.rule, info.value.code) == (404, "not-found", "api_error")
     assert "nope" in info.value.message
 
@@ -272,10 +270,10 @@ def test_conflict_once_is_retried(kube: Kube, ns: str, cluster: SandboxCluster) 
     deploy_web(kube, ns, "nginx:1")
     deploy_web(kube, ns, "nginx:2")
     fault = cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web/scale$", status=409, times=1)
-    assert scale(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx()).replicas_after == 2
+    assert scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx()).replicas_after == 2
     assert fault.hits == 1
     fault = cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web$", status=409, times=1)
-    assert rollback(kube, RollbackArgs(name="web", namespace=ns), ctx()).action == "rolled-back"
+    assert rollback_deployment(kube, RollbackArgs(name="web", namespace=ns), ctx()).action == "rolled-back"
     assert fault.hits == 1
     assert image_of(kube, ns, "web") == "nginx:1"
 
@@ -285,12 +283,12 @@ def test_conflict_on_every_try_is_reported(kube: Kube, ns: str, cluster: Sandbox
     deploy_web(kube, ns, "nginx:2")
     cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web/scale$", status=409, times=CONFLICT_ATTEMPTS)
     with pytest.raises(KubeApiError) as info:
-        scale(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())
+        scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())
     assert (info.value.status, info.value.rule, info.value.code) == (409, "conflict", "api_error")
     assert "nothing was applied" in info.value.message and f"{CONFLICT_ATTEMPTS} times in a row" in info.value.message
     cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web$", status=409, times=CONFLICT_ATTEMPTS)
     with pytest.raises(KubeApiError) as info:
-        rollback(kube, RollbackArgs(name="web", namespace=ns), ctx())
+        rollback_deployment(kube, RollbackArgs(name="web", namespace=ns), ctx())
     assert info.value.status == 409
     assert image_of(kube, ns, "web") == "nginx:2" and raw(kube, ns, "web")["spec"]["replicas"] == 1
 
@@ -318,7 +316,7 @@ def test_a_rollback_patch_outlives_status_writes_and_a_stale_one_is_refused(kube
     stale = raw(kube, ns, "web")
     rs = kube.call(kube.apps.list_namespaced_replica_set, ns, what="list")["items"]
     second = next(r for r in rs if r["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:2")
-    scale(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())  # someone else changes the spec
+    scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())  # someone else changes the spec
     with pytest.raises(KubeApiError) as info:
         kube.call(kube.apps.patch_namespaced_deployment, "web", ns, rollback_patch(stale, second, "x"),
                   _content_type="application/json-patch+json", what="stale rollback")
@@ -373,7 +371,7 @@ def test_unreachable_and_dropped_connections(cluster: SandboxCluster, ns: str, k
     deploy_web(kube, ns, "nginx:1")
     cluster.inject_fault("PATCH", rf"/namespaces/{ns}/deployments/web/scale$", drop=True, times=1)
     with pytest.raises(ClusterUnreachable) as info:
-        scale(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())
+        scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())
     assert info.value.rule == "connection-dropped"
     assert "may or may not have been applied" in info.value.message
 

@@ -74,10 +74,9 @@ class KubeApiError(ToolError):
 
     def __init__(self, message: str, *, status: int, reason: str | None, rule: str, field: str | None = None,
                  causes: list[dict[str, str]] | None = None, audit_id: str | None = None) -> None:
-        super().__init__(message, code="api_error", field=field, rule=rule)
-        self.status = status
+        super().__init__(message, code="api_error", field=field, rule=rule, status=status, causes=causes)
+        self.status: int = status
         self.reason = reason
-        self.causes = causes or []
         self.audit_id = audit_id
 
 

@@ -1,11 +1,11 @@
-"""Kubernetes Deployment tools: list, rollout status and history, deploy, scale, rollback.
+"""Kubernetes Deployment tools: rollout status and history, deploy, scale, rollback, and list rows.
 
-``list_workloads``, ``scale`` and ``rollback`` also take KServe InferenceServices
-(``kind``); those calls are handed to :mod:`.kserve`, imported when first needed.
+The same calls for a KServe InferenceService are in :mod:`.kserve`; the server's catalog
+picks one by the call's ``kind``, and :mod:`.listing` lists both kinds.
 
 Plain synchronous functions ``tool(kube, args, ctx) -> Result``; the gate runs them
 in a worker thread. Decisions (which revision, is this a no-op, what changed,
-what fits on a page) are pure functions in :mod:`.rollout`; this module only
+what fits on a page) are pure functions in :mod:`.structs`; this module only
 reads, writes and polls through :meth:`Kube.call`. Importing it does not import
 ``kubernetes``.
 
@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from opsgate.vocab.limits import MAX_REPLICAS, replica_range_ok
-from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN, DNS1123_SUBDOMAIN_MAX, dns1123_problem
+from opsgate.vocab.limits import MAX_REPLICAS
+from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 
 from .bounded import enforce_bounds, restored_deployment_attrs
 from .context import CallContext
@@ -40,6 +40,7 @@ from .structs.names import IMAGE_MAX, env_name_problem, image_problem, label_key
 from .structs.objects import (
     HASH_LABEL,
     NAME_LABEL,
+    age_seconds,
     change_cause,
     images_of,
     meta,
@@ -49,7 +50,6 @@ from .structs.objects import (
     spec_of,
     status_of,
 )
-from .structs.pages import CURSOR_MAX, PAGE_BUDGET_BYTES, decode_cursor, encode_cursor, fit_page, json_size
 from .structs.patches import (
     DeploySpec,
     choose_rollback_revision,
@@ -60,46 +60,48 @@ from .structs.patches import (
     update_patch,
     updated_deployment,
 )
-from .structs.quantities import parse_quantity
 from .structs.status import rollout_progress, rollout_state
 from .structs.templates import templates_equal
+from .workload_types import (
+    CONDITION_MESSAGE_MAX,
+    DRY_RUN,
+    Args,
+    Condition,
+    Namespace,
+    ObjectName,
+    ProgressCallback,
+    Resources,
+    Result,
+    RollbackArgs,
+    RollbackResult,
+    ScaleArgs,
+    ScaleResult,
+    WorkloadRow,
+    check_label,
+    report_progress,
+)
 
 __all__ = [
-    "Condition",
     "DeployArgs",
     "DeployResult",
-    "FieldChange",
-    "ListWorkloadsArgs",
-    "ListWorkloadsResult",
-    "ProgressCallback",
-    "ResourceAmounts",
-    "Resources",
     "RevisionInfo",
-    "RollbackArgs",
-    "RollbackResult",
     "RolloutHistoryArgs",
     "RolloutHistoryResult",
     "RolloutStatusArgs",
     "RolloutStatusResult",
-    "ScaleArgs",
-    "ScaleResult",
-    "WorkloadRow",
     "deploy",
-    "list_workloads",
-    "rollback",
+    "deployment_rows",
+    "rollback_deployment",
     "rollout_history",
     "rollout_status",
-    "scale",
+    "scale_deployment",
 ]
 
 log = logging.getLogger(__name__)
 
-#: A sync progress reporter (progress, total, message); the server bridges it to MCP progress.
-ProgressCallback = Callable[[float, float | None, str | None], None]
 
 POLL_SECONDS: Final = 0.2
 REVISION_WAIT_SECONDS: Final = 2.0
-CONDITION_MESSAGE_MAX: Final = 256
 JSON_PATCH: Final = "application/json-patch+json"
 MERGE_PATCH: Final = "application/merge-patch+json"
 _LIST_CHUNK: Final = 500
@@ -108,92 +110,15 @@ _LIST_CHUNK: Final = 500
 # --------------------------------------------------------------------------- argument types
 
 
-def _check_label(value: str) -> str:
-    why = dns1123_problem(value, "label")
-    if why is not None:
-        raise PydanticCustomError("dns1123_label", why)
-    return value
-
-
-def _check_subdomain(value: str) -> str:
-    why = dns1123_problem(value, "subdomain")
-    if why is not None:
-        raise PydanticCustomError("dns1123_subdomain", why)
-    return value
-
-
-# Names of things that exist carry no pattern or length in the schema (every tools/list pays for them):
-# an agent passes names it has read, and a typo gets the validator's own sentence. New names (DeployName) do.
-Namespace = Annotated[str, AfterValidator(_check_label)]
-ObjectName = Annotated[str, AfterValidator(_check_subdomain)]
 DeployName = Annotated[
     str,
     Field(description="Also the container name and app.kubernetes.io/name label.",
           json_schema_extra={"pattern": DNS1123_LABEL_PATTERN, "maxLength": DNS1123_LABEL_MAX}),
-    AfterValidator(_check_label),
+    AfterValidator(check_label),
 ]
 
 
-# Field descriptions are sent on every tools/list: a few words, for what the name does not say.
-DRY_RUN: Final = "Show the server's diff; change nothing."
-SERVICE_ONLY: Final = "InferenceService only."
-
-
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Result(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# --------------------------------------------------------------------------- list_workloads
-
-
-WorkloadKind = Literal["Deployment", "InferenceService"]
-
-
-class ListWorkloadsArgs(_Args):
-    namespace: Namespace
-    kind: WorkloadKind | None = Field(
-        default=None, description="Omit for both kinds."
-    )
-    cursor: str | None = Field(
-        default=None, max_length=CURSOR_MAX,
-        description="next_cursor of the previous page.",
-    )
-
-
-class WorkloadRow(_Result):
-    name: str
-    kind: str
-    desired: int = Field(description="Replicas asked for (spec.replicas; an InferenceService: minReplicas).")
-    ready: int = Field(description="Replicas ready now (an InferenceService: desired when Ready, else 0).")
-    images: list[str] = Field(description="Container images (an InferenceService: its storageUri).")
-    revision: int | None = Field(description="Current rollout revision (an InferenceService: its latest ready "
-                                 "revision's number); null before the first rollout.")
-    age_seconds: int | None
-
-
-class ListWorkloadsResult(_Result):
-    namespace: str
-    workloads: list[WorkloadRow]
-    total: int = Field(description="Workloads in the namespace matching kind, over all pages.")
-    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page.")
-
-    def audit_summary(self) -> dict[str, Any]:
-        return {"count": len(self.workloads), "total": self.total}
-
-
-def _age_seconds(obj: dict[str, Any], now: datetime) -> int | None:
-    stamp = meta(obj).get("creationTimestamp")
-    if not isinstance(stamp, str):
-        return None
-    try:
-        created = datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    return max(0, int((now - created).total_seconds()))
+# --------------------------------------------------------------------------- list_workloads rows
 
 
 def _list_all(kube: Kube, fn: Callable[..., Any], namespace: str, what: str, ctx: CallContext,
@@ -210,60 +135,29 @@ def _list_all(kube: Kube, fn: Callable[..., Any], namespace: str, what: str, ctx
             return items
 
 
-def list_workloads(kube: Kube, args: ListWorkloadsArgs, ctx: CallContext) -> ListWorkloadsResult:
-    """Deployments and InferenceServices in a namespace as compact rows, paginated under a ~4 KB JSON budget."""
-    after = decode_cursor(args.cursor, args.namespace, args.kind) if args.cursor else None
-    now = datetime.now(UTC)
+def deployment_rows(kube: Kube, namespace: str, ctx: CallContext, now: datetime) -> list[WorkloadRow]:
+    """The namespace's Deployments as workload rows (list_workloads)."""
     rows: list[WorkloadRow] = []
-    if args.kind in (None, "Deployment"):
-        items = _list_all(kube, kube.apps.list_namespaced_deployment, args.namespace,
-                          f"list deployments in {args.namespace}", ctx)
-        for d in items:
-            status = status_of(d)
-            rows.append(WorkloadRow(
-                name=str(meta(d).get("name")), kind="Deployment",
-                desired=int(spec_of(d).get("replicas") or 0), ready=int(status.get("readyReplicas") or 0),
-                images=images_of(spec_of(d).get("template")), revision=revision_of(d) or None,
-                age_seconds=_age_seconds(d, now),
-            ))
-    if args.kind in (None, "InferenceService"):
-        from .kserve import inference_service_rows
-
-        rows.extend(inference_service_rows(kube, args.namespace, ctx, now, required=args.kind is not None))
-    rows.sort(key=lambda r: (r.name, r.kind))
-    # The cursor names the last row as "name/kind": a Deployment and an InferenceService may share a name.
-    resume = tuple(after.split("/", 1)) if after is not None else None
-    remaining = [r for r in rows if resume is None or (r.name, r.kind) > resume]
-    # The page's own fields, with the longest cursor a name can make, come out of the budget first.
-    longest_cursor = encode_cursor(args.namespace, args.kind, "x" * DNS1123_SUBDOMAIN_MAX + "/InferenceService")
-    envelope = json_size(ListWorkloadsResult(namespace=args.namespace, workloads=[], total=len(rows),
-                                             next_cursor=longest_cursor).model_dump(mode="json"))
-    count = fit_page([json_size(r.model_dump(mode="json")) for r in remaining], PAGE_BUDGET_BYTES - envelope)
-    page = remaining[:count]
-    more = count < len(remaining)
-    return ListWorkloadsResult(
-        namespace=args.namespace, workloads=page, total=len(rows),
-        next_cursor=encode_cursor(args.namespace, args.kind, f"{page[-1].name}/{page[-1].kind}") if more and page
-        else None,
-    )
+    for d in _list_all(kube, kube.apps.list_namespaced_deployment, namespace, f"list deployments in {namespace}", ctx):
+        status = status_of(d)
+        rows.append(WorkloadRow(
+            name=str(meta(d).get("name")), kind="Deployment",
+            desired=int(spec_of(d).get("replicas") or 0), ready=int(status.get("readyReplicas") or 0),
+            images=images_of(spec_of(d).get("template")), revision=revision_of(d) or None,
+            age_seconds=age_seconds(d, now),
+        ))
+    return rows
 
 
 # --------------------------------------------------------------------------- rollout_status
 
 
-class RolloutStatusArgs(_Args):
+class RolloutStatusArgs(Args):
     name: ObjectName
     namespace: Namespace
 
 
-class Condition(_Result):
-    type: str
-    status: str
-    reason: str | None = None
-    message: str | None = Field(default=None, description=f"At most {CONDITION_MESSAGE_MAX} characters.")
-
-
-class RolloutStatusResult(_Result):
+class RolloutStatusResult(Result):
     name: str
     namespace: str
     desired: int
@@ -327,12 +221,12 @@ def rollout_status(kube: Kube, args: RolloutStatusArgs, ctx: CallContext) -> Rol
 # --------------------------------------------------------------------------- rollout_history
 
 
-class RolloutHistoryArgs(_Args):
+class RolloutHistoryArgs(Args):
     name: ObjectName
     namespace: Namespace
 
 
-class RevisionInfo(_Result):
+class RevisionInfo(Result):
     revision: int
     change_cause: str | None = Field(description="kubernetes.io/change-cause; opsgate writes "
                                      "'opsgate: <principal> call <audit call id>'.")
@@ -342,7 +236,7 @@ class RevisionInfo(_Result):
     current: bool
 
 
-class RolloutHistoryResult(_Result):
+class RolloutHistoryResult(Result):
     name: str
     namespace: str
     current_revision: int | None
@@ -399,18 +293,6 @@ def _await_revision(kube: Kube, name: str, namespace: str, ctx: CallContext, gen
         pause = min(pause * 2, 0.1)
 
 
-def _report(progress: ProgressCallback | None, value: float, total: float | None, message: str) -> bool:
-    """Send one progress report; a failing reporter (client gone) is dropped, never fails the call."""
-    if progress is None:
-        return False
-    try:
-        progress(value, total, message)
-    except Exception:
-        log.warning("progress callback failed; no more progress for this call", exc_info=True)
-        return False
-    return True
-
-
 def _wait_rollout(kube: Kube, name: str, namespace: str, ctx: CallContext, timeout: float,
                   progress: ProgressCallback | None, done_what: str) -> RolloutStatusResult:
     """Poll every ~0.2 s until the rollout is done; ToolError ``timeout``/``rollout_failed`` otherwise."""
@@ -427,7 +309,7 @@ def _wait_rollout(kube: Kube, name: str, namespace: str, ctx: CallContext, timeo
                 value = total
             elif value >= total:
                 value = total - 0.5  # counts say done but kubectl does not (e.g. generation not observed)
-            if not _report(progress, value, total, status.summary):
+            if not report_progress(progress, value, total, status.summary):
                 progress = None
         if status.done:
             return status
@@ -453,53 +335,7 @@ def _replicas(obj: dict[str, Any] | None) -> int | None:
 # --------------------------------------------------------------------------- deploy
 
 
-def _check_quantity(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        parse_quantity(value)
-    except ValueError as exc:
-        raise PydanticCustomError("quantity", str(exc)) from None
-    return value
-
-
-Quantity = Annotated[str | None, AfterValidator(_check_quantity)]
-
-
-class ResourceAmounts(_Args):
-    cpu: Quantity = None
-    memory: Quantity = None
-
-
-class Resources(_Args):
-    requests: ResourceAmounts | None = None
-    limits: ResourceAmounts | None = None
-
-    @model_validator(mode="after")
-    def _requests_within_limits(self) -> Resources:
-        if self.requests is None or self.limits is None:
-            return self
-        for key in ("cpu", "memory"):
-            req, lim = getattr(self.requests, key), getattr(self.limits, key)
-            if req is not None and lim is not None and parse_quantity(req) > parse_quantity(lim):
-                raise PydanticCustomError(
-                    "requests_exceed_limits", "requests.{key} ({req}) must not exceed limits.{key} ({lim})",
-                    {"key": key, "req": req, "lim": lim},
-                )
-        return self
-
-    def as_dict(self) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {}
-        for section in ("requests", "limits"):
-            amounts: ResourceAmounts | None = getattr(self, section)
-            if amounts is not None:
-                values = {k: v for k, v in amounts.model_dump().items() if v is not None}
-                if values:
-                    out[section] = values
-        return out
-
-
-class DeployArgs(_Args):
+class DeployArgs(Args):
     name: DeployName
     namespace: Namespace
     image: str = Field(
@@ -586,7 +422,7 @@ class DeployArgs(_Args):
         )
 
 
-class DeployResult(_Result):
+class DeployResult(Result):
     name: str
     namespace: str
     action: Literal["created", "updated", "unchanged", "dry-run"]
@@ -676,94 +512,12 @@ def _deploy_result(args: DeployArgs, action: Literal["created", "updated", "unch
 # --------------------------------------------------------------------------- scale
 
 
-class ScaleArgs(_Args):
-    name: ObjectName
-    namespace: Namespace
-    kind: WorkloadKind = "Deployment"
-    replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, description="Deployment only; 0 stops it.")
-    min_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS, description=SERVICE_ONLY)
-    max_replicas: int | None = Field(default=None, ge=1, le=MAX_REPLICAS, description=SERVICE_ONLY)
-    scale_target: int | None = Field(default=None, ge=1, le=100_000,
-                                     description="InferenceService: autoscaling target per replica.")
-    scale_metric: Literal["cpu", "memory", "concurrency", "rps"] | None = Field(
-        default=None, description=SERVICE_ONLY)
-    dry_run: bool = Field(default=False, description="Validate on the server; change nothing.")
-
-    @model_validator(mode="after")
-    def _fits_kind(self) -> ScaleArgs:
-        service_only = (self.min_replicas, self.max_replicas, self.scale_target, self.scale_metric)
-        if self.kind == "Deployment":
-            if self.replicas is None:
-                raise PydanticCustomError("replicas_required", "a Deployment is scaled with replicas")
-            if any(v is not None for v in service_only):
-                raise PydanticCustomError("not_for_deployment", "min_replicas/max_replicas/scale_target/scale_metric "
-                                          "are for an InferenceService; a Deployment takes replicas")
-            return self
-        if self.replicas is not None:
-            raise PydanticCustomError("not_for_inferenceservice", "an InferenceService is scaled with "
-                                      "min_replicas/max_replicas, not replicas")
-        if all(v is None for v in service_only):
-            raise PydanticCustomError("range_required", "give min_replicas, max_replicas, scale_target or "
-                                      "scale_metric")
-        low, high = self.min_replicas, self.max_replicas
-        if not replica_range_ok(low, high):
-            raise PydanticCustomError("replica_range", "min_replicas ({low}) must not exceed max_replicas ({high})",
-                                      {"low": low, "high": high})
-        return self
-
-    def bound_replicas(self) -> int | None:
-        """The replica count policy bounds check: replicas, or the most an InferenceService may run."""
-        if self.kind == "Deployment":
-            return self.replicas
-        asked = [v for v in (self.min_replicas, self.max_replicas) if v is not None]
-        return max(asked) if asked else None
-
-    def policy_attrs(self) -> dict[str, Any]:
-        """What policy bounds look at: the most replicas asked for, and an InferenceService's fewest.
-
-        Both ends of a range are bounded: ``min_replicas=0, max_replicas=3`` scales to zero.
-        """
-        return {"replicas": self.bound_replicas(), "min_replicas": self.min_replicas}
-
-
-class ScaleResult(_Result):
-    name: str
-    namespace: str
-    kind: str = "Deployment"
-    action: Literal["scaled", "unchanged", "dry-run"]
-    replicas_before: int | None = Field(description="A Deployment's replicas (null for an InferenceService).")
-    replicas_after: int | None
-    min_replicas_before: int | None = None
-    min_replicas_after: int | None = None
-    max_replicas_before: int | None = None
-    max_replicas_after: int | None = None
-    scale_target_after: int | None = None
-    scale_metric_after: str | None = None
-    dry_run: bool
-    message: str | None = None
-
-    def audit_summary(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {"action": self.action, "dry_run": self.dry_run}
-        if self.kind == "Deployment":
-            summary["replicas"] = {"before": self.replicas_before, "after": self.replicas_after}
-        else:
-            summary.update(kind=self.kind,
-                           min_replicas={"before": self.min_replicas_before, "after": self.min_replicas_after},
-                           max_replicas={"before": self.max_replicas_before, "after": self.max_replicas_after},
-                           scale_target=self.scale_target_after, scale_metric=self.scale_metric_after)
-        return summary
-
-
-def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
+def scale_deployment(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
     """Set replicas through the scale subresource, guarded by (and bounded on) the replica count read just before.
 
     The scale subresource carries no annotations, so no change-cause is written: the audit log
     holds the call, and the current revision's change-cause keeps naming the call that made it.
     """
-    if args.kind == "InferenceService":
-        from .kserve import scale_inference_service
-
-        return scale_inference_service(kube, args, ctx)
     ns, name = args.namespace, args.name
     what = f"scale deployment {ns}/{name}"
     dry = "All" if args.dry_run else None
@@ -797,47 +551,8 @@ def scale(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
 # --------------------------------------------------------------------------- rollback
 
 
-class RollbackArgs(_Args):
-    name: ObjectName
-    namespace: Namespace
-    kind: WorkloadKind = "Deployment"
-    to_revision: int | None = Field(default=None, ge=1, description="From rollout_history; omit for the previous.")
-    dry_run: bool = Field(default=False, description=DRY_RUN)
-
-
-class RollbackResult(_Result):
-    name: str
-    namespace: str
-    action: Literal["rolled-back", "unchanged", "dry-run"]
-    kind: str = "Deployment"
-    from_revision: int | None
-    to_revision: int | None = Field(description="The revision restored (its pod template, or for an "
-                                    "InferenceService the one taking all traffic again).")
-    new_revision: int | None = Field(description="Revision number after the rollback: the controller renumbers "
-                                     "the restored template to the next revision (null for dry-run/unchanged).")
-    changes: list[FieldChange]
-    dry_run: bool
-    message: str
-    strategy: str | None = Field(default=None, description="InferenceService: canary-traffic-to-0 or "
-                                 "restored-previous-spec.")
-
-    def audit_summary(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {
-            "action": self.action, "dry_run": self.dry_run, "from_revision": self.from_revision,
-            "to_revision": self.to_revision, "revision": self.new_revision,
-            "changes": [c.model_dump(mode="json") for c in self.changes],
-        }
-        if self.strategy is not None:
-            summary.update(kind=self.kind, strategy=self.strategy)
-        return summary
-
-
-def rollback(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult:
+def rollback_deployment(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult:
     """``kubectl rollout undo``, natively: owned ReplicaSets, target revision, one guarded JSON Patch."""
-    if args.kind == "InferenceService":
-        from .kserve import rollback_inference_service
-
-        return rollback_inference_service(kube, args, ctx)
     ns, name = args.namespace, args.name
     what = f"rollback deployment {ns}/{name}"
     dry = "All" if args.dry_run else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Final
 
 JSON = dict[str, Any]
@@ -86,3 +87,15 @@ def selector_string(selector: Mapping[str, Any] | None) -> str | None:
     if not labels:
         return None
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def age_seconds(obj: Mapping[str, Any], now: datetime) -> int | None:
+    """Seconds since the object was created (its creationTimestamp), or None when it has none."""
+    stamp = meta(obj).get("creationTimestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        created = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return max(0, int((now - created).total_seconds()))
