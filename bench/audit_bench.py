@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":  # run from a checkout without installing: make the opsgate.* namespace importable
-    _build = Path(__file__).resolve().parents[1] / "build" / "typecheck"
-    if _build.is_dir():
-        sys.path.insert(0, str(_build))
+    _links = Path(__file__).resolve().parents[1] / ".typecheck"  # opsgate/<package> -> the checkout's folders
+    if _links.is_dir():
+        sys.path.insert(0, str(_links))
 
 from opsgate.audit import AuditLog, verify_log
 from opsgate.audit.chain import GENESIS_HASH, seal_line

@@ -25,7 +25,7 @@ from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the other bench modules sit beside this one
+sys.path.insert(0, str(HERE.parent))  # bench.* as the tests import it: one module name for each file
 BATCH1 = {"features": [[5.1, 3.5, 1.4, 0.2]]}
 ROWS: list[tuple[str, str, str, str]] = []  # figure, value, floor, target
 
@@ -200,11 +200,11 @@ async def main() -> None:
             f"{statistics.median(gated) - statistics.median(direct):.3f} ms",
             f"{statistics.median(direct) * 1000:.1f} us direct")
         row("gate overhead per call p95", f"{pct(gated, 0.95):.3f} ms")
-        from audit_bench import run as audit
-        from deployments_bench import run as deployments
-        from kserve_bench import run as kserve
-        from policy_bench import run as policy
-        from soak_bench import run as soak
+        from bench.audit_bench import run as audit
+        from bench.deployments_bench import run as deployments
+        from bench.kserve_bench import run as kserve
+        from bench.policy_bench import run as policy
+        from bench.soak_bench import run as soak
 
         await deployments(tmp, row, session, opsgate_args)
         await kserve(tmp, row, session, opsgate_args)

@@ -42,3 +42,15 @@ def test_every_package_sits_in_a_layer() -> None:
             for layer in contract["layers"]:
                 layered.update(name.strip() for name in layer.replace(":", "|").split("|"))
     assert layered == shipped
+
+
+def test_typecheck_links_mirror_the_package_dir() -> None:
+    """`mypy` sees opsgate.<name> through .typecheck/opsgate/<name>: one relative link to each shipped folder."""
+    package_dir: dict[str, str] = _pyproject()["tool"]["setuptools"]["package-dir"]
+    links = ROOT / ".typecheck" / "opsgate"
+    expected = {name.removeprefix("opsgate."): folder for name, folder in package_dir.items()}
+    assert {p.name for p in links.iterdir()} == set(expected)
+    for name, folder in expected.items():
+        link = links / name
+        assert link.is_symlink() and link.readlink() == Path("..", "..", folder), link
+        assert link.resolve() == (ROOT / folder).resolve()
