@@ -1,6 +1,6 @@
 """The audit log writer: one hash chain in append-only JSON Lines segments, with signed checkpoints.
 
-Durability and ordering rules (see DESIGN.md, "Pitfalls checked here > Audit"):
+Durability and ordering rules, each held by a test in ``tests/test_audit_*.py``:
 
 * :meth:`AuditLog.append` returns only once its record is written and
   ``fsync``-ed, so the gate runs a tool only after its decision is on disk.

@@ -4,7 +4,7 @@
 short name ``isvc``, status subresource, the columns ``kubectl get isvc`` shows:
 URL, READY, PREV, LATEST, PREVROLLEDOUTREVISION, LATESTREADYREVISION, AGE) and
 runs a ``KServeController`` that behaves like KServe over Knative, as far as
-opsgate relies on it (``/work/shared/KSERVE.md`` and KServe's ksvc reconciler):
+opsgate relies on it (as KServe's ksvc reconciler writes it):
 
 - Revisions: a change of ``spec.predictor`` other than ``canaryTrafficPercent``
   makes a new revision ``{isvc}-predictor-0000N`` (Knative makes one per change

@@ -1,4 +1,4 @@
-"""Who the server acts for: --principal, else the cluster's SelfSubjectReview, else the OS user (DESIGN.md).
+"""Who the server acts for: --principal, else the cluster's SelfSubjectReview, else the OS user (README, `--principal`).
 
 The cluster is the sandbox reached through a kubeconfig, as a real one would be;
 the server asks it with the real ``kubernetes`` client over HTTP.
