@@ -1,5 +1,7 @@
-"""``opsgate`` command line. Heavy imports (the MCP SDK, onnxruntime) happen inside
-the subcommand that needs them, so ``opsgate audit verify`` starts instantly."""
+"""The ``opsgate`` command line: its subcommands, their flags, and what each runs.
+
+Heavy imports (the MCP SDK, onnxruntime, the settings model) happen inside the subcommand
+that needs them, so ``opsgate audit verify`` starts instantly."""
 
 from __future__ import annotations
 
@@ -25,39 +27,19 @@ def _emit(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-SETTING_FLAGS = ("principal", "policy", "audit_log", "models", "kubeconfig", "context", "read_only",
-                 "disable_destructive", "log_level", "policy_reload_seconds", "audit_signing_key",
-                 "audit_checkpoint_every", "audit_max_segment_bytes", "kube_timeout_seconds",
-                 "sandbox_namespaces")
+# The commands that take the settings; only they import the settings model (pydantic), so the others start fast.
+SETTINGS_COMMANDS = ("serve", "doctor")
 
 
-def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_settings: bool) -> None:
     p = sub.add_parser("serve", help="run the MCP server over stdio (what an IDE starts)")
-    _add_setting_flags(p)
     doctor = sub.add_parser("doctor", help="check this setup: versions, cluster, RBAC, policy, audit log, models")
-    _add_setting_flags(doctor)
+    if with_settings:
+        from .config import add_setting_flags
 
-
-def _add_setting_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML file with the settings below")
-    p.add_argument("--principal", help="who the assistant acts for (default: the OS user)")
-    p.add_argument("--policy", type=Path, help="Casbin policy folder (model.conf + *.csv) or .csv file")
-    p.add_argument("--audit-log", type=Path, help="audit log path (JSON Lines)")
-    p.add_argument("--models", type=Path, help="folder of local ONNX models")
-    p.add_argument("--kubeconfig", type=Path, help="kubeconfig file")
-    p.add_argument("--context", help="kubeconfig context")
-    p.add_argument("--kube-timeout-seconds", type=float, help="how long one Kubernetes API request may take")
-    p.add_argument("--sandbox-namespaces", metavar="NS,NS",
-                   help="namespaces the built-in sandbox creates at start (default: team-a)")
-    p.add_argument("--read-only", action="store_const", const=True, default=None,
-                   help="refuse every tool that changes something")
-    p.add_argument("--disable-destructive", action="store_const", const=True, default=None,
-                   help="refuse and hide every tool marked destructive")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--policy-reload-seconds", type=float, help="poll interval for policy changes (0: off)")
-    p.add_argument("--audit-signing-key", type=Path, help="Ed25519 private key for checkpoints (audit keygen)")
-    p.add_argument("--audit-checkpoint-every", type=int, help="records between signed checkpoints")
-    p.add_argument("--audit-max-segment-bytes", type=int, help="rotate the log into segments past this size")
+        for parser in (p, doctor):
+            parser.add_argument("--config", type=Path, help="TOML file with the settings below")
+            add_setting_flags(parser)
 
 
 def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,7 +99,8 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--audit-log", type=Path)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given the command about to run, the settings flags are built only if it takes them."""
     parser = argparse.ArgumentParser(
         prog="opsgate",
         description="An MCP server that lets AI assistants operate Kubernetes and ONNX models "
@@ -125,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"opsgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_serve(sub)
+    _add_serve(sub, with_settings=command is None or command in SETTINGS_COMMANDS)
     _add_audit(sub)
     _add_policy(sub)
     _add_sandbox(sub)
@@ -133,16 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flags(args: argparse.Namespace) -> dict[str, object]:
-    return {name: getattr(args, name) for name in SETTING_FLAGS}
-
-
 def _doctor(args: argparse.Namespace) -> int:
-    from .config import SettingsError, load_settings
+    from .config import SettingsError, flag_settings, load_settings
     from .doctor import doctor_exit_code, format_checks, run_doctor, settings_error_check
 
     try:
-        checks = run_doctor(load_settings(_flags(args), config_file=args.config))
+        checks = run_doctor(load_settings(flag_settings(args), config_file=args.config))
     except SettingsError as exc:
         checks = [settings_error_check(exc)]
     _emit(format_checks(checks))
@@ -164,12 +143,11 @@ def _client_config(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .config import SettingsError, load_settings
+    from .config import SettingsError, flag_settings, load_settings
     from .main import StartupError, serve
 
-    flags = _flags(args)
     try:
-        settings = load_settings(flags, config_file=args.config)
+        settings = load_settings(flag_settings(args), config_file=args.config)
     except SettingsError as exc:
         _err(str(exc))
         return EXIT_UNUSABLE
@@ -182,7 +160,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in argv if not word.startswith("-")), None)  # top-level options take no value
+    args = build_parser(command).parse_args(argv)
     if args.command == "serve":
         return _serve(args)
     if args.command == "audit":

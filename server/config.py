@@ -1,28 +1,32 @@
-"""The one settings model, and how it is assembled from file, environment and flags.
+"""The one settings model, and the flags, environment variables and file keys generated from it.
 
 Precedence, lowest first: the TOML file (``--config``), ``OPSGATE_*`` environment
 variables, command-line flags. Every source goes through the same pydantic model
 with ``extra="forbid"``, so an unknown or invalid setting stops the server at
-start with a message that names it, wherever it came from.
+start with a message that names it, wherever it came from. The flags (name, type,
+help) are built from the model's fields, as pydantic-settings' CLI source does, so
+a setting is written once: here.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import re
 import tomllib
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
-from opsgate.policies.engine import validate_principal
+from opsgate.policies import validate_principal
+from opsgate.vocab.names import is_dns1123_label
 
 ENV_PREFIX = "OPSGATE_"
 # The README's example grant is for team-*: its first namespace exists on the sandbox from the start.
 DEFAULT_SANDBOX_NAMESPACES = ("team-a",)
-NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # RFC 1123 label, as the API server checks
 # Variables with these prefixes belong to the test suite, not to the server.
 ENV_IGNORED_PREFIXES = ("OPSGATE_E2E_", "OPSGATE_TEST_")
 
@@ -39,7 +43,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     principal: str | None = Field(
-        default=None, description="Who the assistant acts for; the OS user when unset."
+        default=None, description="Who the assistant acts for; when unset, who a real cluster says the "
+        "kubeconfig's credentials are (SelfSubjectReview), else the OS user."
     )
     policy: Path | None = Field(
         default=None, description="Casbin policy: a folder (model.conf + *.csv) or one .csv file."
@@ -66,9 +71,11 @@ class Settings(BaseModel):
     policy_reload_seconds: float = Field(
         default=2.0, ge=0, le=3600, description="How often to look for a changed policy; 0 turns reload off."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Level of the JSON log lines on stderr."
+    )
     sandbox_namespaces: tuple[str, ...] = Field(
-        default=DEFAULT_SANDBOX_NAMESPACES,
+        default=DEFAULT_SANDBOX_NAMESPACES, json_schema_extra={"metavar": "NS,NS"},
         description="Namespaces the built-in sandbox creates at start, besides default and kube-* "
         "(comma-separated in flags and the environment); the default is the README's example grant's.",
     )
@@ -82,7 +89,7 @@ class Settings(BaseModel):
     @classmethod
     def _namespaces_are_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for name in value:
-            if len(name) > 63 or not NAMESPACE_NAME.fullmatch(name):
+            if not is_dns1123_label(name):
                 raise ValueError(f"{name!r} is not a namespace name (lowercase letters, digits and '-', "
                                  "starting and ending with a letter or digit, at most 63)")
         return value
@@ -98,6 +105,46 @@ class Settings(BaseModel):
         if value is not None and not value.exists():
             raise ValueError(f"path does not exist: {value}")
         return value
+
+
+def _value_type(field: FieldInfo) -> Any:
+    """The field's type without its ``| None``: what a flag's string is parsed into."""
+    annotation = field.annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        options = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = options[0] if len(options) == 1 else str
+    return annotation
+
+
+# Settings that are paths: relative ones in a config file are relative to the file.
+PATH_SETTINGS = tuple(name for name, f in Settings.model_fields.items() if _value_type(f) is Path)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, from the model: ``--audit-log`` for ``audit_log``, its description as help.
+
+    Every flag defaults to None ("not given"), so the environment and the file still count; a bool is
+    a switch that can only turn its setting on, as the safe defaults are all off.
+    """
+    for name, field in Settings.model_fields.items():
+        kind = _value_type(field)
+        help_text = (field.description or "").replace("%", "%%")  # argparse formats help with %
+        options: dict[str, Any] = {"dest": name, "help": help_text, "default": None}
+        if kind is bool:
+            options.update(action="store_const", const=True)
+        elif get_origin(kind) is Literal:
+            options["choices"] = list(get_args(kind))
+        elif kind in (int, float, Path):
+            options["type"] = kind
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get("metavar"), str):
+            options["metavar"] = extra["metavar"]
+        parser.add_argument(f"--{name.replace('_', '-')}", **options)
+
+
+def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (None: not given), for :func:`load_settings`."""
+    return {name: getattr(args, name) for name in Settings.model_fields}
 
 
 class SettingsError(Exception):
@@ -135,7 +182,7 @@ def _from_file(path: Path) -> dict[str, Any]:
             raise SettingsError(f"unknown setting {key!r} in {path}")
         values[name] = value
     # Relative paths in a config file are relative to the file, as users expect.
-    for name in ("policy", "audit_log", "models", "kubeconfig", "audit_signing_key"):
+    for name in PATH_SETTINGS:
         if isinstance(values.get(name), str):
             values[name] = str((path.parent / values[name]).expanduser())
     return values

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from opsgate.server.config import SettingsError, load_settings
+from opsgate.server.cli import build_parser, main
+from opsgate.server.config import Settings, SettingsError, flag_settings, load_settings
 from tests.harness import server_env
 
 
@@ -89,3 +91,57 @@ def test_unwritable_audit_log_stops_the_server(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "audit log" in proc.stderr and "refusing" in proc.stderr
+
+
+# --------------------------------------------------------------------------- one model: flags, env, README
+
+
+def _readme_settings_rows() -> list[tuple[list[str], list[str]]]:
+    """(flags, env variables) of each row of the README's settings table."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`--"):
+            rows.append((re.findall(r"`(--[a-z-]+)`", cells[0]), re.findall(r"`(OPSGATE_[A-Z_]+)`", cells[1])))
+    return rows
+
+
+def test_the_readme_settings_table_is_the_model() -> None:
+    """Every setting has its row, named by its flag and its variable side by side, and no row names another."""
+    rows = _readme_settings_rows()
+    assert rows, "no settings table in the README"
+    for flags, env in rows:
+        assert env == [f"OPSGATE_{f.removeprefix('--').replace('-', '_').upper()}" for f in flags], (flags, env)
+    listed = [flag for flags, _ in rows for flag in flags]
+    model = [f"--{name.replace('_', '-')}" for name in Settings.model_fields]
+    assert sorted(listed) == sorted(model)
+
+
+def test_flags_are_generated_from_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    """One flag a setting, typed as the field is, help from its description; a flag not given is None."""
+    parser = build_parser("serve")
+    args = parser.parse_args(["serve", "--read-only", "--audit-checkpoint-every", "5", "--log-level", "debug",
+                              "--sandbox-namespaces", "a,b", "--kube-timeout-seconds", "2.5"])
+    given = flag_settings(args)
+    assert set(given) == set(Settings.model_fields)
+    s = load_settings(given, None, environ={})
+    assert s.read_only is True and s.audit_checkpoint_every == 5 and s.log_level == "debug"
+    assert s.sandbox_namespaces == ("a", "b") and s.kube_timeout_seconds == 2.5
+    assert given["principal"] is None and given["disable_destructive"] is None  # not given: env and file count
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--log-level", "loud"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    serve_help = capsys.readouterr().out
+    assert "--audit-max-segment-bytes" in serve_help and "SelfSubjectReview" in serve_help
+
+
+def test_commands_without_settings_do_not_import_the_model() -> None:
+    """`opsgate audit verify` starts fast: the settings flags (and pydantic) are built only for serve and doctor."""
+    code = ("import sys; from opsgate.server.cli import build_parser; build_parser('audit'); "
+            "print('opsgate.server.config' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=server_env())
+    assert out.stdout.strip() == "False"
