@@ -99,6 +99,7 @@ from urllib.parse import unquote, urlsplit
 from opsgate.tools import oip
 from opsgate.tools.errors import ToolError
 from opsgate.tools.tensors import MODEL_NAME_RE, MODELS_DIR_DEFAULT, InferArgs, ModelInputError, TensorSpec
+from opsgate.vocab.limits import replica_range_ok
 
 from .controllers import Controller
 from .crd import (
@@ -283,7 +284,7 @@ def validate_inference_service(obj: JSON, old: JSON | None) -> list[Cause]:
     for path, value in (("minReplicas", low), ("maxReplicas", high)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             causes.append(invalid_value(f"spec.predictor.{path}", value, "must be greater than or equal to 0"))
-    if isinstance(low, int) and isinstance(high, int) and 0 < high < low:
+    if isinstance(low, int) and isinstance(high, int) and high > 0 and not replica_range_ok(low, high):
         causes.append(invalid_value("spec.predictor.maxReplicas", high,
                                     f"MaxReplicas cannot be less than MinReplicas ({low})"))
     protocol = _dict(predictor.get("model")).get("protocolVersion")

@@ -8,29 +8,34 @@ server ("Invalid value: -1: must be greater than or equal to 0").
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
+
+from opsgate.vocab.names import (
+    DNS1123_LABEL,
+    DNS1123_LABEL_MAX,
+    DNS1123_SUBDOMAIN,
+    DNS1123_SUBDOMAIN_MAX,
+    LABEL_RE,
+    QUALIFIED_NAME_MAX,
+    QUALIFIED_NAME_RE,
+    SUBDOMAIN_RE,
+    is_qualified_name,
+)
 
 from .errors import Cause
 from .selectors import selector_matches
 
 JSON = dict[str, Any]
 
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_SUBDOMAIN = rf"{_LABEL}(\.{_LABEL})*"
-_LABEL_RE = re.compile(rf"^{_LABEL}$")
-_SUBDOMAIN_RE = re.compile(rf"^{_SUBDOMAIN}$")
-_QUALIFIED_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-
 DNS1123_LABEL_MSG = (
     "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start "
     "and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
-    f"'{_LABEL}')"
+    f"'{DNS1123_LABEL}')"
 )
 DNS1123_SUBDOMAIN_MSG = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
     "start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
-    f"'{_SUBDOMAIN}')"
+    f"'{DNS1123_SUBDOMAIN}')"
 )
 
 
@@ -69,9 +74,9 @@ def dns1123_label(path: str, name: Any) -> list[Cause]:
     if not isinstance(name, str) or not name:
         return [required(path)]
     causes = []
-    if len(name) > 63:
-        causes.append(invalid_value(path, name, "must be no more than 63 characters"))
-    if not _LABEL_RE.match(name):
+    if len(name) > DNS1123_LABEL_MAX:
+        causes.append(invalid_value(path, name, f"must be no more than {DNS1123_LABEL_MAX} characters"))
+    if not LABEL_RE.fullmatch(name):
         causes.append(invalid_value(path, name, DNS1123_LABEL_MSG))
     return causes
 
@@ -80,9 +85,9 @@ def dns1123_subdomain(path: str, name: Any) -> list[Cause]:
     if not isinstance(name, str) or not name:
         return [required(path)]
     causes = []
-    if len(name) > 253:
-        causes.append(invalid_value(path, name, "must be no more than 253 characters"))
-    if not _SUBDOMAIN_RE.match(name):
+    if len(name) > DNS1123_SUBDOMAIN_MAX:
+        causes.append(invalid_value(path, name, f"must be no more than {DNS1123_SUBDOMAIN_MAX} characters"))
+    if not SUBDOMAIN_RE.fullmatch(name):
         causes.append(invalid_value(path, name, DNS1123_SUBDOMAIN_MSG))
     return causes
 
@@ -90,9 +95,9 @@ def dns1123_subdomain(path: str, name: Any) -> list[Cause]:
 def _qualified_name(path: str, key: str) -> list[Cause]:
     prefix, slash, name = key.rpartition("/")
     causes: list[Cause] = []
-    if slash and (not prefix or not _SUBDOMAIN_RE.match(prefix)):
+    if slash and (not prefix or not SUBDOMAIN_RE.fullmatch(prefix)):
         causes.append(invalid_value(path, key, "prefix part " + DNS1123_SUBDOMAIN_MSG))
-    if not name or len(name) > 63 or not _QUALIFIED_NAME_RE.match(name):
+    if not name or len(name) > QUALIFIED_NAME_MAX or not QUALIFIED_NAME_RE.fullmatch(name):
         causes.append(
             invalid_value(
                 path,
@@ -113,7 +118,7 @@ def labels(path: str, value: Any) -> list[Cause]:
     causes: list[Cause] = []
     for key, val in value.items():
         causes += _qualified_name(path, str(key))
-        if not isinstance(val, str) or (val and (len(val) > 63 or not _QUALIFIED_NAME_RE.match(val))):
+        if not isinstance(val, str) or (val and not is_qualified_name(val)):
             causes.append(
                 invalid_value(
                     path,
