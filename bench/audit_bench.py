@@ -136,7 +136,7 @@ def _cpu_per_append(directory: Path, count: int = 20_000) -> float:
     fsync / (fsync + this), whatever the disk."""
     path = directory / "cpu.jsonl"
     real_fsync = os.fsync
-    os.fsync = lambda fd: None  # type: ignore[assignment]
+    os.fsync = lambda fd: None
     try:
         with AuditLog(path) as log:
             start = time.perf_counter()

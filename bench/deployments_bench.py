@@ -84,7 +84,7 @@ async def run(tmp: Path, row: Row, session_for: Callable[[list[str]], Any], opsg
         kubeconfig = tmp / "bench-kubeconfig"
         cluster.write_kubeconfig(kubeconfig)
         api_client = config.new_client_from_config_dict(cluster.kubeconfig())
-        client.CoreV1Api(api_client).create_namespace({"metadata": {"name": NS}})
+        client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
         apps = client.AppsV1Api(api_client)
         args = opsgate_args(tmp, "--principal", "bench", "--kubeconfig", str(kubeconfig), "--policy",
                             str(_policy(tmp)))

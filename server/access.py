@@ -1,4 +1,4 @@
-"""``whoami`` and ``explain_access``: the gate describing itself to the assistant.
+"""The gate's own tools (``whoami``, ``explain_access``, the caller's audit records): the gate describing itself.
 
 They live beside the gate, not in ``tools/``, because what they report is the
 gate's own state (identity, policy, mode); they still run through the gate.
@@ -21,7 +21,6 @@ from .toolspec import ToolSpec
 if TYPE_CHECKING:
     from .gate import Gate
 
-ACCESS_TOOLS = ("whoami", "explain_access", "audit_log")
 OWN_RECORDS_URI = "opsgate://audit/mine"
 # How far back from the end of the live log the resource looks: recent means recent, and reads stay cheap.
 TAIL_BYTES = 1 << 20
@@ -103,9 +102,13 @@ def own_records(path: Path, principal: str, limit: int) -> list[dict[str, Any]]:
 
 
 def access_tools(
-    gate: Gate, cluster: Callable[[], Mapping[str, Any]] | None = None
+    gate_of: Callable[[], Gate], cluster: Callable[[], Mapping[str, Any]] | None = None
 ) -> list[ToolSpec[Any, Any]]:
+    """The gate's own tools. ``gate_of`` names the gate they describe when they run: the gate is built from
+    a policy checked against these very specs, so it does not exist yet when they are made."""
+
     async def whoami(_: WhoamiArgs, ctx: CallContext) -> WhoamiResult:
+        gate = gate_of()
         caller = gate.caller
         grants = [
             Grant(
@@ -132,6 +135,7 @@ def access_tools(
     async def explain_access(args: ExplainAccessArgs, ctx: CallContext) -> ExplainAccessResult:
         from opsgate.tools.errors import ToolError
 
+        gate = gate_of()
         verb = gate.verb_of(args.tool)
         if verb is None:
             raise ToolError(
@@ -148,7 +152,7 @@ def access_tools(
         )
 
     async def audit_log(args: OwnRecordsArgs, ctx: CallContext) -> OwnRecordsResult:
-        records = await anyio.to_thread.run_sync(own_records, gate.audit.path, ctx.principal, args.limit)
+        records = await anyio.to_thread.run_sync(own_records, gate_of().audit.path, ctx.principal, args.limit)
         return OwnRecordsResult(principal=ctx.principal, records=records)
 
     def render_whoami(r: WhoamiResult) -> str:

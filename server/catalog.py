@@ -1,9 +1,10 @@
-"""Which tools this server offers, bound to their configuration. Registration happens
-only through ``Gate.register``; this module just builds the specs."""
+"""Which tools this server offers, bound to their configuration: the one list serve, doctor and lint read.
+
+Registration happens only through ``Gate.register``; this module just builds the specs."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -29,10 +30,13 @@ from opsgate.tools.workload_types import RollbackArgs, RollbackResult, ScaleArgs
 from opsgate.vocab.elements import count_elements
 from opsgate.vocab.kinds import INFERENCE_SERVICE
 
+from .access import access_tools
 from .config import Settings
 
 if TYPE_CHECKING:
     from opsgate.tools.inference import ModelStore
+
+    from .gate import Gate
 from .toolspec import ToolSpec
 
 # Worker threads by kind of work (issue 15 item 21). Audit appends and fast tools (whoami) use anyio's
@@ -222,15 +226,25 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
     ]
 
 
-def build_tools(settings: Settings, kube: Kube) -> list[ToolSpec[Any, Any]]:
-    """Tools that need configuration but not the gate itself."""
+def _no_gate() -> Gate:
+    raise RuntimeError("these tool specs were built to be listed, not run: no gate was given")
+
+
+def server_tools(
+    settings: Settings | None = None,
+    kube: Kube | None = None,
+    gate_of: Callable[[], Gate] = _no_gate,
+    cluster: Callable[[], Mapping[str, Any]] | None = None,
+) -> list[ToolSpec[Any, Any]]:
+    """Every tool (and gated resource) this server registers, in listing order: the one list that serve,
+    doctor, the policy lint and the tests read. Without settings and a cluster, the defaults and a
+    Kube that is never contacted (it connects on first use): enough to list, name and verb them."""
+    settings = settings if settings is not None else Settings()
     models = settings.models or MODELS_DIR_DEFAULT
-    return [*inference_tools(models), *workload_tools(kube, models)]
+    kube = kube if kube is not None else Kube()
+    return [*access_tools(gate_of, cluster), *inference_tools(models), *workload_tools(kube, models)]
 
 
-def tool_verbs() -> dict[str, str]:
-    """Every policy object this server knows and its verb, without a cluster: for lint and tables."""
-    from .access import ACCESS_TOOLS
-
-    specs = build_tools(Settings(), Kube())  # Kube connects lazily: nothing is contacted here
-    return {**{name: "read" for name in ACCESS_TOOLS}, **{spec.name: spec.verb for spec in specs}}
+def tool_verbs(specs: Iterable[ToolSpec[Any, Any]] | None = None) -> dict[str, str]:
+    """Every name a policy may grant (tools and gated resources) and its verb: for loading, lint and tables."""
+    return {spec.name: spec.verb for spec in (server_tools() if specs is None else specs)}

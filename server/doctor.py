@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from . import __version__
 from .config import Settings, SettingsError
+from .rbac import APPS, READ_VERBS, TOOL_NEEDS, ApiAccess, cluster_needs
 
 if TYPE_CHECKING:
     from opsgate.policies.engine import Policy
@@ -53,13 +54,6 @@ MIN_PYTHON: Final = (3, 11)
 DEFAULT_NAMESPACE: Final = "default"
 SA_NAMESPACE_FILE: Final = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-# What the Deployment tools call (tools/workloads.py), as (resource, verbs) in group apps/v1.
-NEEDED_VERBS: Final[dict[str, tuple[str, ...]]] = {
-    "deployments": ("get", "list", "create", "patch"),
-    "deployments/scale": ("get", "patch"),
-    "replicasets": ("list",),
-}
-READ_VERBS: Final = frozenset({"get", "list"})
 # All cluster steps together get this many times ``timeout``: 4.5 s at the default 3 s.
 CLUSTER_BUDGET: Final = 1.5
 
@@ -139,9 +133,11 @@ def run_doctor(
     checks += _guarded("python", _check_python)
     checks += _guarded("packages", _check_packages)
     cluster_user: list[str] = []  # what the cluster's SelfSubjectReview said, when it was asked and answered
-    checks += _guarded("cluster", lambda: _check_cluster(settings, env, home_dir, timeout, cluster_user))
+    known = _known_tools(settings)  # what serve would register: the policy and the cluster's RBAC are checked for it
+    needs = _cluster_needs(known)
+    checks += _guarded("cluster", lambda: _check_cluster(settings, env, home_dir, timeout, cluster_user, needs))
     policy_holder: list[Policy] = []
-    checks += _guarded("policy", lambda: _check_policy(settings, policy_holder))
+    checks += _guarded("policy", lambda: _check_policy(settings, policy_holder, known))
     checks += _guarded("principal", lambda: _check_principal(settings, policy_holder, cluster_user))
     checks += _guarded("audit log", lambda: _check_audit_log(settings.audit_log))
     checks += _guarded("models", lambda: _check_models(settings.models))
@@ -281,7 +277,7 @@ def _kubeconfig_origin(settings: Settings, environ: Mapping[str, str]) -> str:
 
 
 def _check_cluster(settings: Settings, environ: Mapping[str, str], home: Path, timeout: float,
-                   cluster_user: list[str]) -> list[Check]:
+                   cluster_user: list[str], needs: Sequence[ApiAccess]) -> list[Check]:
     """Which cluster, kubeconfig, context, API reachable, discovery, RBAC: each step needs the one before."""
     from .cluster import find_kubeconfig
 
@@ -293,7 +289,7 @@ def _check_cluster(settings: Settings, environ: Mapping[str, str], home: Path, t
                 namespace = SA_NAMESPACE_FILE.read_text(encoding="utf-8").strip() or DEFAULT_NAMESPACE
             in_cluster = _Target("in-cluster", namespace=namespace)
             checks = [Check("cluster", "ok", f"in-cluster service account (namespace {namespace})")]
-            return checks + _check_api(in_cluster, timeout, cluster_user)
+            return checks + _check_api(in_cluster, timeout, cluster_user, needs)
         return [Check(
             "cluster", "warning",
             "no kubeconfig: `opsgate serve` would use the built-in sandbox (in memory, not a real cluster)",
@@ -306,7 +302,7 @@ def _check_cluster(settings: Settings, environ: Mapping[str, str], home: Path, t
     checks += more
     if target is None:
         return checks
-    return checks + _check_api(target, timeout, cluster_user)
+    return checks + _check_api(target, timeout, cluster_user, needs)
 
 
 def _check_kubeconfig(settings: Settings, path: Path, origin: str) -> tuple[_Target | None, list[Check]]:
@@ -355,7 +351,7 @@ def _short(message: str) -> str:
     return re.sub(r"<[^<>]* object at 0x[0-9a-f]+>:?\s*", "", message)
 
 
-def _check_api(target: _Target, timeout: float, cluster_user: list[str]) -> list[Check]:
+def _check_api(target: _Target, timeout: float, cluster_user: list[str], needs: Sequence[ApiAccess]) -> list[Check]:
     from kubernetes import client as k8s  # imported here, not in a bounded thread: imports take a lock
 
     from opsgate.tools.errors import ToolError
@@ -402,10 +398,10 @@ def _check_api(target: _Target, timeout: float, cluster_user: list[str]) -> list
         git = version.get("gitVersion") if isinstance(version, dict) else None
         checks = [Check("api", "ok", f"{server} answered in {elapsed:.2f} s: Kubernetes {git or '?'}")]
         checks.append(_check_cluster_user(kube, budget, timeout, cluster_user))
-        discovery = _check_discovery(kube, budget, timeout)
+        discovery = _check_discovery(kube, budget, timeout, needs)
         checks.append(discovery)
         if discovery.status != "error":
-            checks.append(_check_rbac(kube, target.namespace, budget, timeout))
+            checks.append(_check_rbac(kube, target.namespace, budget, timeout, needs))
         return checks
     finally:
         kube.close()
@@ -436,7 +432,8 @@ def _check_cluster_user(kube: Kube, budget: _Budget, timeout: float, cluster_use
     return Check("cluster user", "ok", f"the cluster knows these credentials as {name!r} (kubectl auth whoami)")
 
 
-def _check_discovery(kube: Kube, budget: _Budget, timeout: float) -> Check:
+def _check_discovery(kube: Kube, budget: _Budget, timeout: float, needs: Sequence[ApiAccess]) -> Check:
+    """apps/v1 serves the resources and verbs the Deployment tools need (KServe is optional: its tools say so)."""
     from opsgate.tools.errors import ToolError
 
     limit = budget.step(timeout)
@@ -453,38 +450,40 @@ def _check_discovery(kube: Kube, budget: _Budget, timeout: float) -> Check:
     for res in (listing.get("resources") or []) if isinstance(listing, dict) else []:
         if isinstance(res, dict) and isinstance(res.get("name"), str):
             served[res["name"]] = {str(v) for v in res.get("verbs") or []}
+    apps = {a.resource: a.verbs for a in needs if a.group == APPS}
     lacking = [f"{name} ({', '.join(v for v in verbs if v not in served.get(name, set()))})"
-               for name, verbs in NEEDED_VERBS.items() if not set(verbs) <= served.get(name, set())]
+               for name, verbs in apps.items() if not set(verbs) <= served.get(name, set())]
     if lacking:
         return Check("discovery", "error", f"/apis/apps/v1 does not offer: {'; '.join(lacking)}",
                      "opsgate's Deployment tools need these resources and verbs; use a conformant Kubernetes API")
-    shown = "; ".join(f"{name} {', '.join(verbs)}" for name, verbs in NEEDED_VERBS.items())
+    shown = "; ".join(f"{name} {', '.join(verbs)}" for name, verbs in apps.items())
     return Check("discovery", "ok", f"apps/v1 serves {shown}")
 
 
-def _access_review(namespace: str, resource: str, verb: str) -> dict[str, Any]:
+def _access_review(namespace: str, group: str, resource: str, verb: str) -> dict[str, Any]:
     name, _, sub = resource.partition("/")
-    attrs: dict[str, str] = {"namespace": namespace, "verb": verb, "group": "apps", "resource": name}
+    attrs: dict[str, str] = {"namespace": namespace, "verb": verb, "group": group, "resource": name}
     if sub:
         attrs["subresource"] = sub
     return {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
             "spec": {"resourceAttributes": attrs}}
 
 
-def _check_rbac(kube: Kube, namespace: str, budget: _Budget, timeout: float) -> Check:
-    """Ask the API (SelfSubjectAccessReview) whether this identity may do what the tools do."""
+def _check_rbac(kube: Kube, namespace: str, budget: _Budget, timeout: float, needs: Sequence[ApiAccess]) -> Check:
+    """Ask the API (SelfSubjectAccessReview) whether this identity may do what the tools do (server/rbac.py)."""
     from kubernetes import client as k8s
 
     from opsgate.tools.errors import ToolError
     from opsgate.tools.kube import KubeApiError
 
     authz = k8s.AuthorizationV1Api(kube.connect())
-    asks = [(res, verb) for res, verbs in NEEDED_VERBS.items() for verb in verbs]
+    asks = [(access, verb) for access in needs for verb in access.verbs]
 
-    def review_all() -> list[tuple[str, str, dict[str, Any]]]:
-        return [(res, verb, kube.call(authz.create_self_subject_access_review, _access_review(namespace, res, verb),
-                                      what=f"review {verb} {res}"))
-                for res, verb in asks]
+    def review_all() -> list[tuple[ApiAccess, str, dict[str, Any]]]:
+        return [(access, verb, kube.call(authz.create_self_subject_access_review,
+                                         _access_review(namespace, access.group, access.resource, verb),
+                                         what=f"review {verb} {access.resource}"))
+                for access, verb in asks]
 
     limit = budget.step(timeout)
     if limit <= 0:
@@ -501,49 +500,57 @@ def _check_rbac(kube: Kube, namespace: str, budget: _Budget, timeout: float) -> 
     except (ToolError, _StepTimeout) as exc:
         text = exc.message if isinstance(exc, ToolError) else str(exc)
         return Check("rbac", "error", _short(text), f"check with `kubectl auth can-i --list -n {namespace}`")
-    denied = [(res, verb) for res, verb, ans in answers
+    denied = [(access, verb) for access, verb, ans in answers
               if not (isinstance(ans, dict) and (ans.get("status") or {}).get("allowed") is True)]
     if not denied:
         return Check("rbac", "ok", f"the cluster identity may {_verbs(asks)} in namespace {namespace}")
     reads = [d for d in denied if d[1] in READ_VERBS]
     status: Status = "error" if reads else "warning"
     what = "read" if reads else "change"
-    role = "; ".join(f"{res}: {', '.join(v for r, v in denied if r == res)}"
-                     for res in dict.fromkeys(r for r, _ in denied))
+    kinds = " or ".join(dict.fromkeys(access.kind for access, _ in (reads or denied)))
+    role = "; ".join(f"({access.group}) {access.resource}: {', '.join(v for a, v in denied if a == access)}"
+                     for access in dict.fromkeys(a for a, _ in denied))
+    first, verb = denied[0]
     return Check("rbac", status,
                  f"in namespace {namespace} the cluster identity may not {_verbs(denied)}, so opsgate cannot "
-                 f"{what} Deployments there (checked with SelfSubjectAccessReview)",
-                 f"ask a cluster admin for a Role in {namespace} granting (apps) {role}; verify with "
-                 f"`kubectl auth can-i {denied[0][1]} {denied[0][0]} -n {namespace}`")
+                 f"{what} {kinds} there (checked with SelfSubjectAccessReview)",
+                 f"ask a cluster admin for a Role in {namespace} granting {role}; verify with "
+                 f"`kubectl auth can-i {verb} {_resource_name(first)} -n {namespace}`")
 
 
-def _verbs(pairs: Sequence[tuple[str, str]]) -> str:
+def _resource_name(access: ApiAccess) -> str:
+    """As kubectl takes it: a custom resource by its full name (``inferenceservices.serving.kserve.io``)."""
+    return access.resource if access.group in ("", APPS) else f"{access.resource}.{access.group}"
+
+
+def _verbs(pairs: Sequence[tuple[ApiAccess, str]]) -> str:
     by_res: dict[str, list[str]] = {}
-    for res, verb in pairs:
-        by_res.setdefault(res, []).append(verb)
+    for access, verb in pairs:
+        by_res.setdefault(_resource_name(access), []).append(verb)
     return "; ".join(f"{'/'.join(verbs)} {res}" for res, verbs in by_res.items())
+
+
+def _cluster_needs(known: Mapping[str, str] | None) -> list[ApiAccess]:
+    """What the tools serve would register call on the cluster (every tool's, if that list could not be made)."""
+    return cluster_needs(TOOL_NEEDS if known is None else known)
 
 
 # --------------------------------------------------------------------------- policy and principal
 
 
-def _known_tools(settings: Settings) -> list[str] | None:
-    """The tool names the server would register, so the policy is checked as serve checks it."""
+def _known_tools(settings: Settings) -> dict[str, str] | None:
+    """The tools the server would register and their verbs, so the policy is loaded and linted as serve does."""
     try:
-        from opsgate.tools.kube import Kube
+        from .catalog import server_tools, tool_verbs
 
-        from .access import ACCESS_TOOLS
-        from .catalog import build_tools
-
-        return [*ACCESS_TOOLS, *(spec.name for spec in build_tools(settings, Kube()))]
+        return tool_verbs(server_tools(settings))
     except Exception:
         return None
 
 
-def _check_policy(settings: Settings, holder: list[Policy]) -> list[Check]:
+def _check_policy(settings: Settings, holder: list[Policy], known: Mapping[str, str] | None) -> list[Check]:
     from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy, PolicyError
 
-    known = _known_tools(settings)
     try:
         policy = Policy.default(known_tools=known) if settings.policy is None else Policy.load(
             settings.policy, known_tools=known)
@@ -561,20 +568,18 @@ def _check_policy(settings: Settings, holder: list[Policy]) -> list[Check]:
     else:  # not an error (a policy may mean it), but nothing else would say that no bound applies
         checks.append(Check("bounds", "warning", note, f"to bound arguments, put a bounds.toml beside "
                             f"{settings.policy} (start from {SHIPPED_DIR / 'bounds.toml'})"))
-    lint = _lint(policy, settings.policy or SHIPPED_DIR / POLICY_FILE)
+    lint = _lint(settings.policy or SHIPPED_DIR / POLICY_FILE, known)
     if lint is not None:
         checks.append(lint)
     return checks
 
 
-def _lint(policy: Policy, load_path: Path) -> Check | None:
+def _lint(load_path: Path, verbs: Mapping[str, str] | None) -> Check | None:
     """The same lint as ``opsgate policy check``, with this server's tools and verbs."""
     from opsgate.policies.lint import lint
 
-    from .catalog import tool_verbs
-
     try:
-        findings = lint(load_path, tool_verbs())
+        findings = lint(load_path, verbs)
     except Exception as exc:  # one check failing never stops the others
         return Check("policy lint", "warning", f"the lint could not run here: {type(exc).__name__}: {exc}",
                      "run `opsgate policy check` instead")

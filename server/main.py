@@ -1,4 +1,4 @@
-"""Start-up: settings -> identity -> policy -> audit log -> gate -> stdio.
+"""Start-up and shutdown of ``opsgate serve``: settings -> identity -> policy -> audit log -> gate -> stdio.
 
 Everything that can be wrong with the setup is found here, before the first
 message is read, and stops the server with a message naming what is wrong:
@@ -26,8 +26,7 @@ from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy
 from opsgate.policies.lint import format_findings, load_checked
 
 from . import __version__
-from .access import ACCESS_TOOLS, access_tools
-from .catalog import build_tools
+from .catalog import server_tools, tool_verbs
 from .cluster import Cluster, describe_cluster, open_cluster
 from .config import Settings
 from .gate import Gate
@@ -88,17 +87,17 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
         client_version=None,
         session_id=uuid.uuid4().hex,
     )
+    gates: list[Gate] = []  # the access tools describe the gate built below, from a policy checked against them
     try:
-        specs = build_tools(settings, cluster.kube)
-        verbs = {**{name: "read" for name in ACCESS_TOOLS}, **{spec.name: spec.verb for spec in specs}}
-        policy = load_policy(settings, verbs)
+        specs = server_tools(settings, cluster.kube, lambda: gates[0], cluster.describe)
+        policy = load_policy(settings, tool_verbs(specs))
         audit = open_audit_log(settings)
     except BaseException:
         cluster.close()
         raise
     gate = Gate(policy=policy, audit=audit, caller=caller, read_only=settings.read_only,
                 disable_destructive=settings.disable_destructive)
-    gate.register(access_tools(gate, cluster.describe))
+    gates.append(gate)
     gate.register(specs)
     return gate, cluster
 

@@ -10,6 +10,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -30,7 +31,7 @@ from opsgate.audit.checkpoint import (
 from opsgate.audit.segments import checkpoints_path, hmac_key_path
 
 
-def _checkpoints(path: Path) -> list[dict[str, object]]:
+def _checkpoints(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in checkpoints_path(path).read_bytes().splitlines()]
 
 

@@ -142,4 +142,4 @@ def test_verify_walks_segments_when_the_live_file_is_gone(tmp_path: Path) -> Non
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     for kwargs in ({"checkpoint_every": 0}, {"checkpoint_every": True}, {"max_segment_bytes": 0}):
         with pytest.raises(ValueError):
-            AuditLog(tmp_path / "audit.jsonl", **kwargs)  # type: ignore[arg-type]
+            AuditLog(tmp_path / "audit.jsonl", **kwargs)

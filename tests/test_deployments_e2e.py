@@ -28,11 +28,11 @@ pytestmark = [
 
 def _apps() -> Any:
     from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     api_client = config.new_client_from_config(config_file=KUBECONFIG)
     try:
-        client.CoreV1Api(api_client).create_namespace({"metadata": {"name": NAMESPACE}})
+        client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
     except ApiException as exc:
         if exc.status != 409:
             raise
@@ -64,7 +64,7 @@ async def test_round_trip_on_a_real_cluster(tmp_path: Path) -> None:
             scaled = await s.call("scale", {**base, "replicas": 2})
             assert not scaled.is_error, scaled.content
     finally:
-        from kubernetes.client.rest import ApiException
+        from kubernetes.client.exceptions import ApiException
 
         with contextlib.suppress(ApiException):
             apps.delete_namespaced_deployment(NAME, NAMESPACE)

@@ -38,8 +38,8 @@ def api(cluster: SandboxCluster) -> Any:
 
     api_client = config.new_client_from_config_dict(cluster.kubeconfig())
     core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
-    core.create_namespace({"metadata": {"name": NS}})
-    core.create_namespace({"metadata": {"name": "prod"}})
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="prod")))
     return apps
 
 
@@ -60,10 +60,10 @@ def raw(apps: Any, name: str = "web") -> dict[str, Any]:
 
 
 async def test_deploy_history_rollback_round_trip(tmp_path: Path, cluster: SandboxCluster, api: Any) -> None:
-    progress: list[float] = []
+    reported: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async with opsgate(tmp_path, cluster, "alice") as s:
         first = await s.session.call_tool(
@@ -72,7 +72,7 @@ async def test_deploy_history_rollback_round_trip(tmp_path: Path, cluster: Sandb
         )
         created = ok(first)
         assert created["action"] == "created" and created["rollout"]["done"] is True
-        assert progress, "wait sends MCP progress notifications"
+        assert reported, "wait sends MCP progress notifications"
 
         before = raw(api)
         preview = ok(await s.call("deploy", {"name": "web", "namespace": NS, "image": V2, "dry_run": True}))
@@ -153,7 +153,7 @@ async def test_a_viewer_is_denied_every_mutating_tool(tmp_path: Path, cluster: S
             "metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": V1}]}}},
     })
     before = raw(api)["spec"]
-    calls = [
+    calls: list[tuple[str, dict[str, Any]]] = [
         ("deploy", {"name": "web", "namespace": NS, "image": V2}),
         ("scale", {"name": "web", "namespace": NS, "replicas": 2}),
         ("rollback", {"name": "web", "namespace": NS}),

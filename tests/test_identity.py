@@ -73,6 +73,7 @@ def test_the_sandbox_answers_a_self_subject_review_from_the_token(cluster: Sandb
             review = client.AuthenticationV1Api(api).create_self_subject_review(client.V1SelfSubjectReview())
         finally:
             api.close()
+        assert review.status and review.status.user_info
         assert review.status.user_info.username == expected
     resources = json.loads(_get(cluster, "/apis/authentication.k8s.io/v1"))["resources"]
     assert [(r["name"], r["verbs"]) for r in resources] == [("selfsubjectreviews", ["create"])]

@@ -38,11 +38,11 @@ pytestmark = [
 
 def _custom() -> Any:
     from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     api_client = config.new_client_from_config(config_file=KUBECONFIG)
     try:
-        client.CoreV1Api(api_client).create_namespace({"metadata": {"name": NAMESPACE}})
+        client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
     except ApiException as exc:
         if exc.status != 409:
             raise
@@ -88,7 +88,7 @@ async def test_inference_service_round_trip_on_a_real_cluster(tmp_path: Path) ->
                 back = ok(await s.call("rollback", {**base, "kind": "InferenceService"}))
                 assert back["strategy"] == "canary-traffic-to-0"
     finally:
-        from kubernetes.client.rest import ApiException
+        from kubernetes.client.exceptions import ApiException
 
         with contextlib.suppress(ApiException):
             custom.delete_namespaced_custom_object("serving.kserve.io", "v1beta1", NAMESPACE, "inferenceservices",

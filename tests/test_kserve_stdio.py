@@ -57,16 +57,16 @@ async def opsgate(tmp_path: Path, cluster: SandboxCluster, principal: str) -> As
 
 
 async def test_deploy_call_canary_and_roll_back(tmp_path: Path, cluster: SandboxCluster) -> None:
-    progress: list[float] = []
+    reported: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async with opsgate(tmp_path, cluster, "alice") as s:
         arguments: dict[str, Any] = {**SERVICE, "storage_uri": IRIS, "max_replicas": 3, "wait": True}
         created = ok(await s.session.call_tool("deploy_model", arguments, progress_callback=on_progress))
         assert created["action"] == "created" and created["status"]["ready"] is True
-        assert progress and progress[-1] == 3.0, "wait sends MCP progress notifications"
+        assert reported and reported[-1] == 3.0, "wait sends MCP progress notifications"
 
         remote = ok(await s.call("kserve_infer", {**SERVICE, "inputs": {"features": ROWS}}))
         local = ok(await s.call("infer", {"model": "iris", "inputs": {"features": ROWS}}))

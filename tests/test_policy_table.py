@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from opsgate.policies import SHIPPED_DIR, Policy
 from opsgate.policies.table import TableError, format_table_result, parse_table, run_table
-from opsgate.server.access import access_tools
-from opsgate.server.catalog import inference_tools, workload_tools
-from opsgate.server.toolspec import ToolSpec
+from opsgate.server.catalog import server_tools, tool_verbs
 
 ROLES_TABLE = SHIPPED_DIR / "roles.table"
-
-
-def server_tools() -> list[ToolSpec[Any, Any]]:
-    """Every tool the server registers (the specs only; nothing runs)."""
-    return [*access_tools(None), *inference_tools(Path(".")), *workload_tools(None)]  # type: ignore[arg-type]
-
-
-VERBS = {spec.name: spec.verb for spec in server_tools()}
-
-
-def namespaced(spec: ToolSpec[Any, Any]) -> bool:
-    from opsgate.server import toolspec
-
-    return spec.namespace_of is not toolspec._no_namespace
+VERBS = tool_verbs()
 
 
 # --------------------------------------------------------------------------- the matrix
@@ -55,7 +39,7 @@ def test_shipped_table_covers_every_role_tool_and_namespace() -> None:
     people = {"nobody": "role:everyone only", "val": "viewer", "alice": "operator", "root-admin": "admin"}
     missing = []
     for spec in server_tools():
-        namespaces = ("team-a", "prod", "kube-system") if namespaced(spec) else ("-",)
+        namespaces = ("team-a", "prod", "kube-system") if spec.namespaced else ("-",)
         for who in people:
             for ns in namespaces:
                 if (who, ns, spec.name) not in covered:

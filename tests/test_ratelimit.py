@@ -61,7 +61,7 @@ def test_idle_buckets_are_evicted_and_memory_is_bounded() -> None:
     assert len(limiter) == 3
     # full: a fourth principal is refused (fail closed) until the oldest bucket is idle
     wait = limiter.try_acquire("p3", 10, now=30.0)
-    assert wait == pytest.approx(30.0)
+    assert wait is not None and wait == pytest.approx(30.0)
     assert limiter.try_acquire("p3", 10, now=30.0 + wait) is None
     assert len(limiter) <= 3
     # a whole window later everything idle is gone, and nothing was lost by dropping it

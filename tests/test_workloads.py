@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from opsgate.sandbox import SandboxCluster
 from opsgate.tools.context import CallContext
@@ -93,13 +94,13 @@ def deploy_web(kube: Kube, ns: str, image: str, name: str = "web", **kw: Any) ->
 def test_deploy_history_rollback_renumbers(kube: Kube, ns: str) -> None:
     c1, c2 = ctx("alice"), ctx("bob")
     first = deploy(kube, DeployArgs(name="web", namespace=ns, image="nginx:1.0", replicas=2,
-                                    env={"DB_PASSWORD": "s3cret-one"}), c1)
+                                    env={"DB_PASSWORD": SecretStr("s3cret-one")}), c1)
     assert (first.action, first.revision, first.images) == ("created", 1, ["nginx:1.0"])
     assert first.env_names == ["DB_PASSWORD"]
 
     reports: list[tuple[float, float | None, str | None]] = []
     second = deploy(kube, DeployArgs(name="web", namespace=ns, image="nginx:2.0",
-                                     env={"DB_PASSWORD": "s3cret-two"}, wait=True, timeout_seconds=10), c2,
+                                     env={"DB_PASSWORD": SecretStr("s3cret-two")}, wait=True, timeout_seconds=10), c2,
                     progress=lambda p, t, m: reports.append((p, t, m)))
     assert second.action == "updated" and second.revision == 2
     assert second.rollout is not None and second.rollout.done

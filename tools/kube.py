@@ -259,22 +259,22 @@ class Kube:
                 cfg.host = t.sandbox_url.rstrip("/")
                 self._context = "sandbox"
             elif t.in_cluster:
-                k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+                k8s_config.load_incluster_config(client_configuration=cfg)
                 self._context = "in-cluster"
             elif self._config_dict is not None:
-                k8s_config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+                k8s_config.load_kube_config_from_dict(
                     self._config_dict, context=t.context, client_configuration=cfg, persist_config=False
                 )
                 self._context = t.context or self._config_dict.get("current-context")
             else:
                 path = str(t.kubeconfig) if t.kubeconfig is not None else None
-                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                k8s_config.load_kube_config(
                     config_file=path, context=t.context, client_configuration=cfg, persist_config=False
                 )
                 if t.context is not None:
                     self._context = t.context
                 else:
-                    _, current = k8s_config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+                    _, current = k8s_config.list_kube_config_contexts(config_file=path)
                     self._context = current.get("name") if isinstance(current, dict) else None
         except Exception as exc:  # ConfigException, a missing file, bad YAML, a failing exec plugin
             where = str(t.kubeconfig) if t.kubeconfig else ("in-cluster config" if t.in_cluster else "kubeconfig")

@@ -316,7 +316,7 @@ async def test_a_condition_type_is_quoted_in_model_status(tmp_path: Path) -> Non
     planted_type = "PredictorReady" + PLANT
     with SandboxCluster(rollout_delay=0.02, kserve=False) as bare:
         bare.register_resource(INFERENCESERVICE)  # the CRD without its controller: status is what we write
-        api: Any = config.new_client_from_config_dict(bare.kubeconfig())  # type: ignore[no-untyped-call]
+        api: Any = config.new_client_from_config_dict(bare.kubeconfig())
         core: Any = client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": "planted"}})
         custom: Any = client.CustomObjectsApi(api)

@@ -1,0 +1,129 @@
+"""server/rbac.py holds what the tools really call: every tool runs against the sandbox, each request is told
+apart by method and path, and the permissions it used must be the ones the table lists for that tool."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from opsgate.sandbox import SandboxCluster
+from opsgate.server.catalog import server_tools
+from opsgate.server.config import Settings
+from opsgate.server.rbac import APPS, KSERVE, TOOL_NEEDS, ApiAccess, cluster_needs
+from opsgate.server.toolspec import ToolSpec
+from opsgate.tools.context import CallContext
+from opsgate.tools.kube import Kube
+from opsgate.tools.tensors import MODELS_DIR_DEFAULT
+
+pytestmark = pytest.mark.anyio
+
+IRIS = f"file://{MODELS_DIR_DEFAULT}/iris.onnx"
+IRIS_V2 = f"file://{MODELS_DIR_DEFAULT}/iris-v2.onnx"
+# Every resource a tool might touch, so a call outside the table is named, not only counted.
+RESOURCES = [(APPS, "deployments"), (APPS, "deployments/scale"), (APPS, "replicasets"), (APPS, "statefulsets"),
+             (KSERVE, "inferenceservices"), ("", "pods"), ("", "events"), ("", "services"), ("", "namespaces")]
+_HTTP = {"get": ("GET", True), "list": ("GET", False), "create": ("POST", False), "patch": ("PATCH", True),
+         "update": ("PUT", True), "delete": ("DELETE", True)}
+_ids = itertools.count(1)
+
+
+def _path(group: str, resource: str, item: bool) -> str:
+    root = "/api/v1" if group == "" else f"/apis/{re.escape(group)}/[^/]+"
+    plural, _, sub = resource.partition("/")
+    where = "" if plural == "namespaces" else "/namespaces/[^/]+"
+    return f"^{root}{where}/{plural}" + ("/[^/]+" if item or sub else "") + (f"/{sub}" if sub else "") + "$"
+
+
+class Recorder:
+    """Pass-through faults (no status, no delay) on the sandbox: each counts the requests it matches."""
+
+    def __init__(self, cluster: SandboxCluster) -> None:
+        self.cluster = cluster
+        self.faults: dict[tuple[str, str, str], Any] = {}
+        self.other: Any = None
+
+    def start(self) -> None:
+        self.cluster.clear_faults()
+        self.faults = {(g, r, verb): self.cluster.inject_fault(method, _path(g, r, item), times=0)
+                       for g, r in RESOURCES for verb, (method, item) in _HTTP.items()}
+        self.other = self.cluster.inject_fault(None, ".*", times=0)  # anything else: must stay 0
+
+    def used(self) -> set[tuple[str, str, str]]:
+        assert self.other.hits == 0, "a request outside the known resources (see RESOURCES)"
+        return {key for key, fault in self.faults.items() if fault.hits}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SandboxCluster]:
+    with SandboxCluster(rollout_delay=0.05) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def kube(cluster: SandboxCluster) -> Iterator[Kube]:
+    k = Kube.from_kubeconfig_dict(cluster.kubeconfig(), sandbox=True)
+    yield k
+    k.close()
+
+
+def _declared(tool: str) -> set[tuple[str, str, str]]:
+    return {(a.group, a.resource, verb) for a in TOOL_NEEDS.get(tool, ()) for verb in a.verbs}
+
+
+async def test_each_tool_uses_exactly_the_permissions_the_table_lists(cluster: SandboxCluster, kube: Kube) -> None:
+    specs: dict[str, ToolSpec[Any, Any]] = {s.name: s for s in server_tools(Settings(), kube)}
+    ns = f"rbac{next(_ids)}"
+    kube.call(kube.core.create_namespace, {"metadata": {"name": ns}}, what="create namespace")
+    recorder = Recorder(cluster)
+    used: dict[str, set[tuple[str, str, str]]] = {}
+
+    async def call(tool: str, **arguments: Any) -> Any:
+        spec = specs[tool]
+        args = spec.args_model.model_validate({"namespace": ns, **arguments})
+        recorder.start()
+        try:
+            if spec.current_state is not None:  # the gate's read for max_replicas_change is the tool's too
+                await spec.current_state(args)
+            return await spec.run(args, CallContext(call_id=f"c{next(_ids)}", principal="alice"))
+        finally:
+            seen = recorder.used()
+            cluster.clear_faults()
+            outside = seen - _declared(tool)
+            assert not outside, f"{tool} calls {sorted(outside)}, which server/rbac.py does not list for it"
+            used.setdefault(tool, set()).update(seen)
+
+    await call("deploy", name="web", image="nginx:1.27", replicas=2, wait=True)
+    await call("deploy", name="web", image="nginx:1.28")
+    await call("rollout_status", name="web")
+    await call("rollout_history", name="web")
+    await call("scale", name="web", replicas=3)
+    await call("rollback", name="web")
+    await call("deploy_model", name="iris", storage_uri=IRIS, wait=True)
+    await call("deploy_model", name="iris", storage_uri=IRIS_V2, canary_traffic_percent=20, wait=True)
+    deadline = time.monotonic() + 10
+    while not (await call("model_status", name="iris")).done:
+        assert time.monotonic() < deadline, "the canary never became ready"
+        await anyio.sleep(0.05)
+    await call("kserve_infer", name="iris", inputs={"features": [[5.1, 3.5, 1.4, 0.2]]})
+    await call("scale", name="iris", kind="InferenceService", min_replicas=1, max_replicas=2)
+    await call("rollback", name="iris", kind="InferenceService")
+    await call("list_workloads")
+
+    unused = {tool: sorted(_declared(tool) - used.get(tool, set())) for tool in TOOL_NEEDS}
+    assert not {t: u for t, u in unused.items() if u}, f"listed in server/rbac.py but never called: {unused}"
+    cluster_tools = {name for name, spec in specs.items() if spec.open_world}
+    assert set(TOOL_NEEDS) == cluster_tools, "every tool that calls the cluster has its row, and only those"
+
+
+def test_needs_merge_by_resource_in_rbac_verb_order() -> None:
+    merged = cluster_needs(["scale", "deploy", "whoami"])
+    assert merged[0] == ApiAccess(APPS, "deployments/scale", ("get", "patch"))
+    assert ApiAccess(APPS, "deployments", ("get", "create", "patch")) in merged
+    assert ApiAccess(KSERVE, "inferenceservices", ("get", "patch")) in merged
+    assert cluster_needs(["whoami", "list_models"]) == []
