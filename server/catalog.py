@@ -28,7 +28,7 @@ from opsgate.tools.tensors import (
 from opsgate.tools.untrusted import name_in_text
 from opsgate.tools.workload_types import RollbackArgs, RollbackResult, ScaleArgs, ScaleResult
 from opsgate.vocab.elements import count_elements
-from opsgate.vocab.kinds import INFERENCE_SERVICE
+from opsgate.vocab.kinds import DEPLOYMENT, INFERENCE_SERVICE
 
 from .access import access_tools
 from .config import Settings
@@ -157,7 +157,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             "model, revision. Start here to find names.",
             args_model=listing.ListWorkloadsArgs, result_model=listing.ListWorkloadsResult,
             run=bind(listing.list_workloads),
-            namespace_of=ns, open_world=True, object_kind="Deployment",
+            namespace_of=ns, open_world=True, object_kind="Deployment", kind_of=lambda a: a.kind or DEPLOYMENT,
         ),
         ToolSpec(
             name="rollout_status",
@@ -186,6 +186,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             "autoscaling.",
             args_model=ScaleArgs, result_model=ScaleResult, run=bind(scale_workload), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
+            kind_of=lambda a: a.kind,
             bound_attrs=lambda a: a.policy_attrs(), current_state=current_replicas,
         ),
         ToolSpec(
@@ -196,6 +197,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             args_model=RollbackArgs, result_model=RollbackResult,
             run=bind(with_models_dir(rollback_workload, models_dir)), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
+            kind_of=lambda a: a.kind,
         ),
         ToolSpec(
             name="deploy_model",

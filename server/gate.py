@@ -28,6 +28,7 @@ from opsgate.policies.engine import Decision, Policy, Rule
 from opsgate.policies.ratelimit import RateLimiter
 from opsgate.tools.context import BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
+from opsgate.vocab.kinds import WORKLOAD_KINDS
 from opsgate.vocab.names import dns1123_problem
 
 from .records import Caller, compact, decision_record, outcome_record
@@ -380,9 +381,6 @@ def client_text(value: str | None) -> str | None:
     return cap_strings(redact_text(value), MAX_CLIENT_TEXT)  # type: ignore[no-any-return]
 
 
-OBJECT_KINDS = ("Deployment", "InferenceService")
-
-
 def readable_target(raw: Any, object_kind: str | None) -> tuple[str, dict[str, str] | None]:
     """The namespace and object a rejected call named, when they read as Kubernetes names; else ``-`` and None.
 
@@ -397,7 +395,7 @@ def readable_target(raw: Any, object_kind: str | None) -> tuple[str, dict[str, s
     if object_kind is None:
         return namespace, None
     name = raw.get("name")
-    kind = raw.get("kind") if raw.get("kind") in OBJECT_KINDS else object_kind
+    kind = raw.get("kind") if raw.get("kind") in WORKLOAD_KINDS else object_kind
     ref = {"kind": str(kind)}
     if namespace != "-":
         ref["namespace"] = namespace

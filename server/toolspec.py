@@ -56,6 +56,9 @@ class ToolSpec(Generic[A, R]):
     current_state: Callable[[A], Awaitable[dict[str, Any]]] | None = None
     # The kind of object the tool acts on, for the audit record's object reference.
     object_kind: str | None = None
+    # The kind a call is about when its arguments choose it (scale, rollback, list_workloads): set by the
+    # catalog, which also picks the tool path by it; None means object_kind.
+    kind_of: Callable[[A], str] | None = None
     # "resource": served as an MCP resource, not in tools/list nor callable by tools/call; still gated.
     route: Literal["tool", "resource"] = "tool"
 
@@ -64,7 +67,7 @@ class ToolSpec(Generic[A, R]):
         if self.object_kind is None:
             return None
         name = getattr(args, "name", None) or getattr(args, "model", None)
-        kind = getattr(args, "kind", None) or self.object_kind  # scale/rollback act on either kind
+        kind = self.kind_of(args) if self.kind_of is not None else self.object_kind
         ref = {"kind": kind, "namespace": self.namespace_of(args), "name": name}
         return {k: v for k, v in ref.items() if v not in (None, "-")}
 
