@@ -310,7 +310,7 @@ def _check_kubeconfig(settings: Settings, path: Path, origin: str) -> tuple[_Tar
     from kubernetes import config as k8s_config
 
     try:
-        contexts, current = k8s_config.list_kube_config_contexts(config_file=str(path))  # type: ignore[no-untyped-call]
+        contexts, current = k8s_config.list_kube_config_contexts(config_file=str(path))
     except Exception as exc:  # ConfigException, bad YAML, unreadable file
         return None, [Check("kubeconfig", "error", f"{path} does not load: {exc}",
                             f"check it with `kubectl config view --kubeconfig {path}`")]
