@@ -1,6 +1,8 @@
-"""The sandbox cluster: an in-process Kubernetes API over real HTTP on 127.0.0.1.
+"""The built-in cluster: a Kubernetes API server and a KServe controller, in process, over HTTPS on 127.0.0.1.
 
-Used when no kubeconfig is configured and by the tests. The real
+Used when no kubeconfig is configured (``opsgate serve`` starts it on first
+use; ``opsgate sandbox`` runs it alone) and by the tests and benchmarks;
+nothing else imports it (the import-linter contracts in pyproject.toml). The real
 ``kubernetes`` Python client, kubectl and client-go based tools talk to it:
 full discovery, typed lists, Table output for ``kubectl get``, the three
 patch formats, ``scale``/``status`` subresources, ``dryRun=All``, 409/422/404
