@@ -100,6 +100,7 @@ from opsgate.tools import oip
 from opsgate.tools.errors import ToolError
 from opsgate.tools.tensors import MODEL_NAME_RE, MODELS_DIR_DEFAULT, InferArgs, ModelInputError, TensorSpec
 from opsgate.vocab.limits import replica_range_ok
+from opsgate.vocab.names import DNS1035_RE
 
 from .controllers import Controller
 from .crd import (
@@ -138,7 +139,6 @@ REVISION_HEADER: Final = "X-Sandbox-Revision"
 BODY_MAX: Final = 16 * 2**20
 REVISIONS_KEPT: Final = 20
 REQUEST_LOG: Final = 1000
-_DNS1035: Final = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
 # --------------------------------------------------------------------------- pure: object access
@@ -269,7 +269,7 @@ def validate_inference_service(obj: JSON, old: JSON | None) -> list[Cause]:
     causes: list[Cause] = []
     meta = _dict(obj.get("metadata"))
     name = meta.get("name")
-    if isinstance(name, str) and (len(name) > 63 or not _DNS1035.fullmatch(name)):
+    if isinstance(name, str) and (len(name) > 63 or not DNS1035_RE.fullmatch(name)):
         causes.append(invalid_value("metadata.name", name, "a DNS-1035 label must consist of lower case "
                                     "alphanumeric characters or '-', start with an alphabetic character, and "
                                     "end with an alphanumeric character (at most 63 characters)"))

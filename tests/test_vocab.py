@@ -66,3 +66,9 @@ def test_count_elements_survives_deep_nesting() -> None:
     for _ in range(50_000):
         deep = [deep]
     assert count_elements({"x": deep}) == 1
+
+
+def test_dns1035_labels_start_with_a_letter() -> None:
+    from opsgate.vocab.names import DNS1035_RE
+
+    assert DNS1035_RE.fullmatch("iris-v2") and not DNS1035_RE.fullmatch("2iris") and not DNS1035_RE.fullmatch("iris-")

@@ -19,9 +19,13 @@ DNS1123_SUBDOMAIN: Final = rf"{DNS1123_LABEL}(\.{DNS1123_LABEL})*"
 #: Anchored forms for JSON Schema ``pattern`` (which searches unless anchored).
 DNS1123_LABEL_PATTERN: Final = rf"^{DNS1123_LABEL}$"
 DNS1123_SUBDOMAIN_PATTERN: Final = rf"^{DNS1123_SUBDOMAIN}$"
+#: A DNS-1035 label starts with a letter: KServe's rule for InferenceService names (they become Service names).
+DNS1035_LABEL: Final = r"[a-z]([-a-z0-9]*[a-z0-9])?"
+DNS1035_LABEL_PATTERN: Final = rf"^{DNS1035_LABEL}$"
 
 LABEL_RE: Final = re.compile(DNS1123_LABEL)
 SUBDOMAIN_RE: Final = re.compile(DNS1123_SUBDOMAIN)
+DNS1035_RE: Final = re.compile(DNS1035_LABEL)
 #: A label key's name part or a label value (IsQualifiedName, IsValidLabelValue).
 QUALIFIED_NAME_RE: Final = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 

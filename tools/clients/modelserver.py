@@ -22,20 +22,10 @@ if TYPE_CHECKING:
 
 
 CONNECT_TIMEOUT: Final = 3.0
-
-
 RESPONSE_MAX_BYTES: Final = 4 * 2**20
-
-
 _pool_lock = threading.Lock()
-
-
 _pools: list[PoolManager] = []
-
-
 _META_CACHE_SIZE: Final = 64
-
-
 _meta_cache: OrderedDict[tuple[str, ...], ModelMetadata] = OrderedDict()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from ..bounded import enforce_bounds, restored_service_attrs
 from ..context import CallContext
@@ -34,10 +34,6 @@ from .services import (
     spec_patch,
     template_of,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 RollbackStrategy = Literal["canary-traffic-to-0", "restored-previous-spec"]
 

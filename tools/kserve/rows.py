@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from ..context import CallContext
 from ..kube import Kube, KubeApiError
@@ -14,9 +13,6 @@ from ..workload_types import (
 from .api import custom_api, no_kserve
 from .services import GROUP, JSON, KIND, PLURAL, VERSION, as_json, predictor_of, revision_number
 from .status import status_result
-
-if TYPE_CHECKING:
-    pass
 
 
 def inference_service_rows(kube: Kube, namespace: str, ctx: CallContext, now: datetime,

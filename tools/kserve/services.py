@@ -7,73 +7,41 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
+
+from opsgate.vocab.kinds import INFERENCE_SERVICE
+from opsgate.vocab.names import DNS1035_LABEL_PATTERN, DNS1035_RE
 
 from ..structs.diff import FieldChange, diff_views
 from ..structs.objects import CHANGE_CAUSE_ANNOTATION, meta
 from ..structs.patches import guard, pointer
 
-if TYPE_CHECKING:
-    pass
-
-
 JSON = dict[str, Any]
-
-
 GROUP: Final = "serving.kserve.io"
-
-
 VERSION: Final = "v1beta1"
-
-
 PLURAL: Final = "inferenceservices"
-
-
-KIND: Final = "InferenceService"
-
-
+KIND: Final = INFERENCE_SERVICE
 MODE_ANNOTATION: Final = "serving.kserve.io/deploymentMode"
-
-
 PREVIOUS_SPEC_ANNOTATION: Final = "opsgate.dev/previous-spec"
-
-
 SERVERLESS: Final = "Serverless"
-
-
 RAW: Final = "RawDeployment"
-
-
 #: Annotation values -> the mode they mean (0.15+ renamed Serverless -> Knative, RawDeployment -> Standard).
 MODES: Final[Mapping[str, str]] = {
     "Serverless": SERVERLESS, "Knative": SERVERLESS, "RawDeployment": RAW, "Standard": RAW, "ModelMesh": "ModelMesh",
 }
-
-
 NAME_MAX: Final = 47  # so "{name}-predictor-00001" stays a 63-character DNS label, as Knative requires
-
-
-NAME_PATTERN: Final = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-
-
+NAME_PATTERN: Final = DNS1035_LABEL_PATTERN
 STORAGE_URI_MAX: Final = 2048
-
-
 STORAGE_URI_PATTERN: Final = r"^([a-z][a-z0-9+.-]*://\S+|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$"
-
-
-_NAME_RE: Final = re.compile(NAME_PATTERN)
-
-
 _REVISION_NUMBER: Final = re.compile(r"(\d+)$")
 
 
 def name_checker(limit: int) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not _NAME_RE.fullmatch(value):
+        if not DNS1035_RE.fullmatch(value):
             raise PydanticCustomError(
                 "dns1035_label", "not a valid InferenceService name: lowercase letters, digits and "
                 "'-', starting with a letter and ending with a letter or digit", {"value": value})
@@ -85,8 +53,6 @@ def name_checker(limit: int) -> Callable[[str], str]:
 
 
 ServiceName = Annotated[str, AfterValidator(name_checker(63))]  # an existing service: see workloads.Namespace
-
-
 NewServiceName = Annotated[
     str,
     Field(description="Also the model name in its URLs.",
