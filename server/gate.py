@@ -26,7 +26,7 @@ from opsgate.audit.redact import redact, redact_text
 from opsgate.policies.bounds import check_bounds
 from opsgate.policies.engine import Decision, Policy, Rule
 from opsgate.policies.ratelimit import RateLimiter
-from opsgate.tools.context import BoundsCheck, CallContext, ProgressFn
+from opsgate.tools.context import AuditSummarized, BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
 from opsgate.vocab.kinds import WORKLOAD_KINDS
 from opsgate.vocab.names import dns1123_problem
@@ -677,11 +677,10 @@ class Gate:
             error = {"code": "internal_error", "message": f"internal error in {spec.name} ({type(exc).__name__})"}
             envelope = error_envelope(error["code"], error["message"], call_id)
         duration_ms = (time.perf_counter() - started) * 1000
-        summary = getattr(result, "audit_summary", None)
         outcome = outcome_record(
             call_id=call_id, caller=caller, tool=spec.name,
             status="ok" if error is None else "error", duration_ms=duration_ms, error=error,
-            result=summary() if callable(summary) else None,
+            result=result.audit_summary() if isinstance(result, AuditSummarized) else None,
         )
         if self._open.pop(call_id, None) is None:  # a forced stop wrote this call's outcome (close_open_calls)
             if cancelled is not None:

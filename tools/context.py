@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 ProgressFn = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
 # The caller's bounds (those of the subject whose rule allowed the call) applied to bound attributes
@@ -21,3 +21,11 @@ class CallContext:
     # For state a write takes from the cluster rather than the arguments (a rollback's restored revision):
     # the tool checks it before writing (tools/bounded.py). None outside the gate (tests calling tools directly).
     check_bounds: BoundsCheck | None = None
+
+
+@runtime_checkable
+class AuditSummarized(Protocol):
+    """A tool result that says what its outcome record keeps (a few facts: counts, revisions, the
+    replicas before and after), never the whole result; results without one record no summary."""
+
+    def audit_summary(self) -> dict[str, Any]: ...
