@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from opsgate.vocab.limits import MAX_REPLICAS, replica_range_ok
+from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 
 from ..bounded import enforce_bounds
 from ..context import CallContext
@@ -51,92 +52,16 @@ from .services import (
 )
 from .status import ModelStatusResult, failure_of, replica_ceiling, said, status_result
 
-if TYPE_CHECKING:
-    pass
-
-
-
-
 POLL_SECONDS: Final = 0.1
 
 
 # --------------------------------------------------------------------------- argument types
 
 
-
-
-
-
 # --------------------------------------------------------------------------- pure: reading a service
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- model_status
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------- deploy_model
@@ -150,7 +75,7 @@ class DeployModelArgs(Args):
         description='gs://, s3://, pvc://, https:// or file:/// URI, or a sandbox model name. Needed to create.',
     )
     model_format: Literal["onnx"] = "onnx"
-    runtime: str | None = Field(default=None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    runtime: str | None = Field(default=None, max_length=DNS1123_LABEL_MAX, pattern=DNS1123_LABEL_PATTERN,
                                 description="ServingRuntime; omit to let KServe choose.")
     protocol_version: Literal["v1", "v2"] | None = Field(default=None, description="v2 on create if omitted.")
     min_replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS)
@@ -251,8 +176,6 @@ def new_inference_service(args: DeployModelArgs, cause: str) -> JSON:
                      "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
         "spec": {"predictor": desired_predictor({}, args, creating=True)},
     }
-
-
 
 
 def deploy_notes(current: Mapping[str, Any] | None, args: DeployModelArgs, predictor: Mapping[str, Any],
@@ -423,55 +346,9 @@ def _wait_ready(kube: Kube, name: str, namespace: str, ctx: CallContext, timeout
 # --------------------------------------------------------------------------- scale and rollback (kind=InferenceService)
 
 
-
-
-
-
-
-
-
-
-
-
 # --------------------------------------------------------------------------- list_workloads rows
 
 
-
-
 # --------------------------------------------------------------------------- kserve_infer
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 

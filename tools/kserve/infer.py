@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from pydantic import ConfigDict, Field
@@ -33,9 +33,6 @@ from ..workload_types import (
 from .api import read_service
 from .services import ServiceName, model_of, protocol_of
 from .status import status_result
-
-if TYPE_CHECKING:
-    pass
 
 
 class KServeInferArgs(Args):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from opsgate.vocab.limits import replica_range_ok
 
@@ -19,9 +19,6 @@ from ..workload_types import (
 from .api import custom_api, read_service
 from .services import GROUP, JSON, KIND, PLURAL, RAW, VERSION, mode_of, predictor_of, spec_patch
 from .status import replica_ceiling
-
-if TYPE_CHECKING:
-    pass
 
 
 def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from pydantic import Field
 
@@ -22,9 +22,6 @@ from ..workload_types import (
 )
 from .api import read_service
 from .services import RAW, ServiceName, as_json, component_of, mode_of, model_of, predictor_of, protocol_of
-
-if TYPE_CHECKING:
-    pass
 
 
 class ModelStatusArgs(Args):
