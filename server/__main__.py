@@ -1,4 +1,6 @@
-"""``python -m opsgate.server [flags]`` serves over stdio, like ``opsgate serve [flags]``;
+"""The ``python -m opsgate.server`` entry point: ``opsgate serve`` when given only flags, else any subcommand.
+
+``python -m opsgate.server [flags]`` serves over stdio, like ``opsgate serve [flags]``;
 any other ``opsgate`` subcommand works here too."""
 
 import sys

@@ -1,4 +1,4 @@
-"""Who the assistant acts for.
+"""Who the assistant acts for: ``--principal``, else the cluster's SelfSubjectReview, else the OS user.
 
 Over stdio there is no login. The principal comes, in this order, from
 configuration (``--principal``), from the cluster's own answer to a

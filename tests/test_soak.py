@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.stdio]  # the server runs in bench/soak_bench.py
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "soak_bench.py"
 
