@@ -133,14 +133,14 @@ def measure(size: int, folder: Path, casbin_budget_s: float = 8.0) -> dict[str, 
     import casbin
     from casbin.util import key_match_func
 
-    from opsgate.policies import SHIPPED_DIR, Policy
+    from opsgate.policies import SHIPPED_DIR, load_policy
 
     text, principals, teams = generate_policy(size)
     csv = folder / f"policy-{size}.csv"
     csv.write_text(text)
 
     started = time.perf_counter()
-    policy = Policy.load(csv, known_tools=TOOLS)
+    policy = load_policy(csv, known_tools=TOOLS)
     load_ms = (time.perf_counter() - started) * 1000
     assert policy.indexed and len(policy.rules) == size
 

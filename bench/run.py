@@ -101,7 +101,7 @@ async def gate_overhead(tmp: Path, n: int) -> tuple[list[float], list[float]]:
     from pydantic import BaseModel, ConfigDict
 
     from opsgate.audit import AuditLog
-    from opsgate.policies.engine import Policy
+    from opsgate.policies import default_policy
     from opsgate.server.gate import Gate
     from opsgate.server.records import Caller
     from opsgate.server.toolspec import ToolSpec
@@ -117,7 +117,7 @@ async def gate_overhead(tmp: Path, n: int) -> tuple[list[float], list[float]]:
         return Ok()
 
     caller = Caller("bench", "config", "bench", "bench", "0", "s")
-    gate = Gate(policy=Policy.default(), audit=AuditLog(tmp / "gate.jsonl"), caller=caller)
+    gate = Gate(policy=default_policy(), audit=AuditLog(tmp / "gate.jsonl"), caller=caller)
     gate.register([ToolSpec(name="noop", description="", args_model=NoArgs, result_model=Ok, run=noop)])
     gated, direct = [], []
     ctx = CallContext(call_id="x", principal="bench")

@@ -1,9 +1,10 @@
-"""Bounds: limits a policy states next to a grant, checked after Casbin allows a call.
+"""Bounds: what a call tells the policy (:class:`BoundAttrs`), the limits a subject has, and the one check.
 
 Casbin answers "may this subject call this tool here"; bounds answer "with these
-arguments?". They live in ``bounds.toml`` beside the policy CSV, keyed by the
-subject a grant names (a role or a principal); the bounds of the subject whose
-rule allowed the call are the ones that apply, so every refusal names both.
+arguments?". They live in ``bounds.toml`` beside the policy CSV (read by
+bounds_file.py), keyed by the subject a grant names (a role or a principal); the
+bounds of the subject whose rule allowed the call are the ones that apply, so
+every refusal names both.
 
     [subject."role:operator"]
     max_replicas = 10             # deploy and scale may not ask for more
@@ -15,81 +16,121 @@ rule allowed the call are the ones that apply, so every refusal names both.
     max_input_elements = 4096     # numbers in one inference request
     rate_limit_per_minute = 30    # mutating calls per principal (token bucket)
 
-Each bound looks at one attribute the gate passes in ``attrs`` (see
-:data:`BOUND_ATTRS`); a call that carries no such attribute is not touched by
-that bound (``scale`` has no image). Two exceptions fail closed:
-``max_replicas_change`` needs ``current_replicas`` beside ``replicas``, and a
-call that asks for replicas without it is refused, because a limit on change
-that cannot be measured must not pass silently; and a ``storage_uri`` with a
-scheme (``gs://``, ``http://``, ``file://``) is refused unless it starts with one
-of ``storage_uri_prefixes``, for every subject, bounds or not (see
-:data:`DEFAULT_BOUNDS`): a model is loaded from wherever the URI says, so,
-as with ``allow_url_override``, an address the caller picks is opt-in.
-``rate_limit_per_minute`` is
-stateful and is applied by :class:`~opsgate.policies.ratelimit.RateLimiter`,
-not here.
+A tool tells the policy what a call asks for as one typed :class:`BoundAttrs`
+(the gate builds it from the arguments; a tool builds one more on the read that
+guards its write), and declares which of its fields it ever sets
+(``ToolSpec.bounded``), so the lint knows which bounds can reach which tool.
+Each bound reads the attributes :data:`BOUND_READS` names; a call that carries
+none of them is not touched by that bound (``scale`` has no image). Two
+exceptions fail closed: ``max_replicas_change`` needs ``current_replicas`` beside
+``replicas``, and a call that asks for replicas without it is refused, because a
+limit on change that cannot be measured must not pass silently; and a
+``storage_uri`` with a scheme (``gs://``, ``http://``, ``file://``) is refused
+unless it starts with one of ``storage_uri_prefixes``, for every subject, bounds
+or not (see :data:`DEFAULT_BOUNDS`): a model is loaded from wherever the URI
+says, so, as with ``allow_url_override``, an address the caller picks is opt-in.
+``rate_limit_per_minute`` is stateful and is applied by
+:class:`~opsgate.policies.ratelimit.RateLimiter`, not here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
-    "BOUNDS_FILE",
-    "BOUND_ATTRS",
+    "BOUND_NAMES",
+    "BOUND_READS",
     "DEFAULT_BOUNDS",
-    "DEFAULT_PROTECTED",
-    "TOOL_ATTRS",
-    "BoundsError",
+    "BoundAttrs",
+    "BoundName",
     "SubjectBounds",
-    "bounds_lines",
     "check_bounds",
-    "count_input_elements",
-    "parse_bounds",
     "storage_uri_problem",
 ]
 
-BOUNDS_FILE: Final = "bounds.toml"
+BoundName = Literal[
+    "replicas", "min_replicas", "current_replicas", "images", "model", "storage_uri", "input_elements", "url_override"
+]
+"""The attributes a call can tell the policy: the fields of :class:`BoundAttrs`."""
+BOUND_NAMES: Final[tuple[BoundName, ...]] = get_args(BoundName)
 
-# Which call attribute each bound reads. rate_limit_per_minute reads none: it
-# counts calls whose verb is "write".
-BOUND_ATTRS: Final[Mapping[str, str]] = {
-    "max_replicas": "replicas",
-    "max_replicas_change": "replicas",
-    "allow_scale_to_zero": "replicas",
-    "image_prefixes": "image",
-    "models": "model",
-    "storage_uri_prefixes": "storage_uri",
-    "max_input_elements": "input_elements",
-    "allow_url_override": "url_override",
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoundAttrs:
+    """What one call tells the policy's bounds; a field left at its default tells nothing.
+
+    Built by the gate from the arguments (``ToolSpec.bound_attrs``, plus ``current_state`` when a
+    bound needs the world), and by a tool from the read that guards its write (a rollback's restored
+    revision), through ``CallContext.check_bounds``: both go to :func:`check_bounds`.
+    """
+
+    replicas: int | None = None
+    """The most replicas asked for (an InferenceService: the top of its range)."""
+    min_replicas: int | None = None
+    """The fewest replicas asked for (an InferenceService's range: 0 scales to zero)."""
+    current_replicas: int | None = None
+    """The workload's replicas now, 0 when it is being created; None when unknown."""
+    images: tuple[str, ...] = ()
+    """Every image the write leaves running that is the caller's doing."""
+    model: str | None = None
+    """The model (or InferenceService) the call names."""
+    storage_uri: str | None = None
+    """Where the model a service serves is loaded from (a bare name: the models folder)."""
+    input_elements: int | None = None
+    """How many values an inference request carries."""
+    url_override: bool = False
+    """The caller picked the address the request goes to."""
+
+    def given(self) -> frozenset[BoundName]:
+        """The fields this call sets (those not at their default)."""
+        return frozenset(name for name in BOUND_NAMES if getattr(self, name) != _DEFAULTS[name])
+
+    def but(self, other: BoundAttrs) -> BoundAttrs:
+        """These attributes with every field ``other`` sets taken from ``other``."""
+        return dataclasses.replace(self, **{name: getattr(other, name) for name in other.given()})
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> BoundAttrs:
+        """From JSON a person wrote (a decision table's attributes), as leniently as the gate reads calls:
+        a value of the wrong type tells nothing (``true`` is not a count), ``image`` is one of ``images``,
+        and a key that is no attribute is ignored."""
+        image, images = data.get("image"), data.get("images")
+        given = [image, *(images if isinstance(images, list | tuple) else ())]
+        return cls(
+            replicas=_int(data.get("replicas")),
+            min_replicas=_int(data.get("min_replicas")),
+            current_replicas=_int(data.get("current_replicas")),
+            images=tuple(i for i in given if isinstance(i, str)),
+            model=_str(data.get("model")),
+            storage_uri=_str(data.get("storage_uri")),
+            input_elements=_int(data.get("input_elements")),
+            url_override=data.get("url_override") is True,
+        )
+
+
+_DEFAULTS: Final[Mapping[str, Any]] = {f.name: f.default for f in dataclasses.fields(BoundAttrs)}
+
+# Which attributes each bound reads (rate_limit_per_minute reads none: it counts calls whose verb is
+# "write"). The lint uses it with the tools' declared attributes to find bounds that reach no tool.
+BOUND_READS: Final[Mapping[str, frozenset[BoundName]]] = {
+    "max_replicas": frozenset({"replicas"}),
+    "max_replicas_change": frozenset({"replicas"}),
+    "allow_scale_to_zero": frozenset({"replicas", "min_replicas"}),
+    "image_prefixes": frozenset({"images"}),
+    # a bare storage URI is a model from the models folder: `models` bounds it as it bounds a name
+    "models": frozenset({"model", "storage_uri"}),
+    "storage_uri_prefixes": frozenset({"storage_uri"}),
+    "max_input_elements": frozenset({"input_elements"}),
+    "allow_url_override": frozenset({"url_override"}),
 }
 
-# The attributes the gate supplies per tool (ToolSpec.bound_attrs); the lint
-# uses it to find bounds on subjects that hold no tool taking that argument.
-TOOL_ATTRS: Final[Mapping[str, frozenset[str]]] = {
-    "deploy": frozenset({"replicas", "current_replicas", "image"}),
-    "scale": frozenset({"replicas", "min_replicas", "current_replicas"}),
-    "infer": frozenset({"model", "input_elements"}),
-    # kserve_infer: also the storage URI of the service it calls (read from the cluster, tools/kserve.py)
-    "kserve_infer": frozenset({"model", "input_elements", "url_override", "storage_uri"}),
-    "deploy_model": frozenset({"replicas", "min_replicas", "current_replicas", "model", "storage_uri"}),
-    # rollback: the state it restores (tools/bounded.py), checked before the write
-    "rollback": frozenset({"replicas", "min_replicas", "image", "storage_uri"}),
-}
-
-# Namespaces protected when no bounds file says otherwise: the cluster's own.
-# Only ``[protected] namespaces = [...]`` in a bounds.toml changes the list
-# (``namespaces = []`` turns protection off, explicitly).
-DEFAULT_PROTECTED: Final = ("kube-system", "kube-public", "kube-node-lease")
-
-# "s3://" (the scheme alone) or "scheme://host/..." ending in "/": no user-info, no dot segments.
 _URI_PREFIX_RE: Final = re.compile(r"^[a-z][a-z0-9+.-]*://(?:[^/@\s]*/(?:[^\s]*/)?)?\Z")
 _SCHEME_RE: Final = re.compile(r"[a-z][a-z0-9+.-]{0,15}\Z")
 _DOT_SEGMENT_RE: Final = re.compile(r"(?:^|/)\.{1,2}(?:/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
@@ -139,116 +180,25 @@ class SubjectBounds(BaseModel):
 DEFAULT_BOUNDS: Final = SubjectBounds()
 """The bounds of a subject bounds.toml does not name: nothing limited, but url and storage URI overrides off."""
 
-
-class BoundsError(Exception):
-    """A bounds file that cannot be used, with the line to fix when it is known."""
-
-    def __init__(self, path: Path, message: str, line: int | None = None) -> None:
-        where = f"{path}:{line}" if line is not None else f"{path}"
-        super().__init__(f"{where}: {message}")
-        self.path = path
-        self.line = line
-        self.message = message
-
-
-_HEADER_RE: Final = re.compile(
-    r"""^\s*\[\s*subject\s*\.\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*\]\s*(?:#.*)?$"""
-)
-_TABLE_RE: Final = re.compile(r"^\s*\[")
-_KEY_RE: Final = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
-_TOML_LINE_RE: Final = re.compile(r"\(at line (\d+)")
-
-
-def bounds_lines(text: str) -> dict[tuple[str, str | None], int]:
-    """Where each ``[subject."X"]`` table (key None) and each key inside it is written.
-
-    For messages only: TOML itself is parsed by tomllib, which keeps no lines.
-    """
-    found: dict[tuple[str, str | None], int] = {}
-    subject: str | None = None
-    for number, line in enumerate(text.splitlines(), 1):
-        header = _HEADER_RE.match(line)
-        if header:
-            subject = next(g for g in header.groups() if g is not None)
-            found.setdefault((subject, None), number)
-            continue
-        if _TABLE_RE.match(line):
-            subject = None
-            continue
-        key = _KEY_RE.match(line)
-        if key and subject is not None:
-            found.setdefault((subject, key.group(1)), number)
-    return found
-
-
-def parse_bounds(path: Path, data: bytes) -> dict[str, SubjectBounds]:
-    """Parse a bounds file; BoundsError names the line when it can."""
-    try:
-        text = data.decode("utf-8")
-        doc = tomllib.loads(text)
-    except UnicodeDecodeError as exc:
-        raise BoundsError(path, "not UTF-8 text", data[: exc.start].count(b"\n") + 1) from exc
-    except tomllib.TOMLDecodeError as exc:
-        found = _TOML_LINE_RE.search(str(exc))
-        line = int(found.group(1)) if found else None
-        if line is None and "end of document" in str(exc):
-            line = max(1, text.count("\n") + (0 if text.endswith("\n") else 1))
-        raise BoundsError(path, str(exc), line) from exc
-    unknown = set(doc) - {"subject", "protected"}
-    if unknown:
-        raise BoundsError(path, f"unknown table(s) {sorted(unknown)}; bounds go under [subject.\"<name>\"]")
-    subjects = doc.get("subject", {})
-    if not isinstance(subjects, dict):
-        raise BoundsError(path, "[subject] must be a table of subjects")
-    lines = bounds_lines(text)
-    bounds: dict[str, SubjectBounds] = {}
-    for subject, table in subjects.items():
-        try:
-            bounds[subject] = SubjectBounds.model_validate(table)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            key = str(first["loc"][0]) if first["loc"] else None
-            line = lines.get((subject, key)) or lines.get((subject, None))
-            raise BoundsError(path, f'subject "{subject}": {where}: {first["msg"]}', line) from exc
-    return bounds
-
-
-def parse_protected(path: Path, data: bytes) -> tuple[str, ...]:
-    """``[protected] namespaces = [...]``: where writes need a rule that names the namespace itself.
-
-    Left out (no table, or no key), the cluster's own namespaces
-    (:data:`DEFAULT_PROTECTED`): protection is switched off only by writing
-    ``namespaces = []``, never by forgetting the table.
-    """
-    doc = tomllib.loads(data.decode("utf-8"))  # parse_bounds has already checked the file reads
-    table = doc.get("protected", {})
-    if not isinstance(table, dict) or set(table) - {"namespaces"}:
-        raise BoundsError(path, "[protected] takes one key: namespaces = [\"kube-system\", ...]")
-    if "namespaces" not in table:
-        return DEFAULT_PROTECTED
-    names = table["namespaces"]
-    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() and "*" not in n for n in names):
-        raise BoundsError(path, "[protected] namespaces must be a list of namespace names (no patterns)")
-    return tuple(names)
-
-
 def _int(value: Any) -> int | None:
     """An int attribute, or None (bool is not a count)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def check_bounds(subject: str, bounds: SubjectBounds, attrs: Mapping[str, Any]) -> str | None:
-    """The reason the arguments break a bound, or None. Pure, so the gate and tests share it.
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
-    ``attrs`` (all optional, see TOOL_ATTRS): ``replicas`` (the most replicas
-    asked for), ``min_replicas`` (the fewest, for an InferenceService's range),
-    ``current_replicas`` (the workload's replicas now; 0 when it is being
-    created), ``image`` or ``images`` (every image a write leaves), ``model``,
-    ``storage_uri``, ``input_elements``. Messages name the bound, never the
-    rejected value beyond a URI's scheme (it may carry a secret).
+
+def check_bounds(subject: str, bounds: SubjectBounds, attrs: BoundAttrs) -> str | None:
+    """The reason the call breaks a bound of ``subject``, or None. Pure: the gate, the tools' re-check on
+    their guarding read (``CallContext.check_bounds``) and decision tables all call this one function.
+
+    Messages name the bound, never the rejected value beyond a URI's scheme (it may carry a secret).
     """
-    replicas = _int(attrs.get("replicas"))
+    if attrs.url_override and not bounds.allow_url_override:
+        # An address the caller picks is a request from inside the cluster's network: opt-in only.
+        return f"a url override needs allow_url_override = true in bounds.toml for {subject}"
+    replicas = _int(attrs.replicas)
     if replicas is not None:
         if bounds.max_replicas is not None and replicas > bounds.max_replicas:
             return f"replicas {replicas} exceeds max_replicas {bounds.max_replicas} for {subject}"
@@ -256,7 +206,7 @@ def check_bounds(subject: str, bounds: SubjectBounds, attrs: Mapping[str, Any]) 
             return f"scaling to zero is not allowed for {subject} (allow_scale_to_zero = false)"
         limit = bounds.max_replicas_change
         if limit is not None:
-            current = _int(attrs.get("current_replicas"))
+            current = _int(attrs.current_replicas)
             if current is None:
                 return (
                     f"max_replicas_change {limit} for {subject} cannot be checked: the current replica "
@@ -268,29 +218,24 @@ def check_bounds(subject: str, bounds: SubjectBounds, attrs: Mapping[str, Any]) 
                     f"changing replicas from {current} to {replicas} (by {change}) exceeds "
                     f"max_replicas_change {limit} for {subject}; change it in steps of at most {limit}"
                 )
-    low = _int(attrs.get("min_replicas"))
-    if low == 0 and not bounds.allow_scale_to_zero:
+    if _int(attrs.min_replicas) == 0 and not bounds.allow_scale_to_zero:
         # An InferenceService's range is bounded at both ends: min_replicas 0 lets it scale to zero.
         return f"min_replicas 0 (scale to zero) is not allowed for {subject} (allow_scale_to_zero = false)"
-    images = [attrs.get("image"), *(attrs.get("images") or ())]
     prefixes = bounds.image_prefixes
-    for image in images:
-        if isinstance(image, str) and prefixes is not None and not any(image.startswith(p) for p in prefixes):
-            allowed = ", ".join(prefixes) or "none"
-            return f"the image is not from an allowed registry for {subject} (allowed: {allowed})"  # never the value
-    model = attrs.get("model")
-    models = bounds.models
-    if isinstance(model, str) and models is not None and not any(fnmatchcase(model, p) for p in models):
+    if prefixes is not None:
+        for image in attrs.images:
+            if not any(image.startswith(p) for p in prefixes):
+                allowed = ", ".join(prefixes) or "none"  # never the image itself
+                return f"the image is not from an allowed registry for {subject} (allowed: {allowed})"
+    model, models = attrs.model, bounds.models
+    if model is not None and models is not None and not any(fnmatchcase(model, p) for p in models):
         allowed = ", ".join(models) or "none"
         return f"model {model!r} is not one {subject} may call (allowed: {allowed})"
-    uri = attrs.get("storage_uri")
-    if isinstance(uri, str):
-        problem = storage_uri_problem(subject, bounds, uri)
+    if attrs.storage_uri is not None:
+        problem = storage_uri_problem(subject, bounds, attrs.storage_uri)
         if problem is not None:
             return problem
-    if attrs.get("url_override") is True and not bounds.allow_url_override:
-        return f"a url override needs allow_url_override = true in bounds.toml for {subject}"
-    elements = _int(attrs.get("input_elements"))
+    elements = _int(attrs.input_elements)
     if elements is not None and bounds.max_input_elements is not None and elements > bounds.max_input_elements:
         return (
             f"input of {elements} elements exceeds max_input_elements {bounds.max_input_elements} "
@@ -327,21 +272,3 @@ def storage_uri_problem(subject: str, bounds: SubjectBounds, uri: str) -> str | 
         return f"storage_uri ({shown}://...) is not under an allowed prefix for {subject} (allowed: {allowed})"
     return None
 
-
-def count_input_elements(inputs: Any) -> int:
-    """How many numbers an inference request carries: the ``input_elements`` attribute.
-
-    Counts leaves of nested lists (a bare number is one), iteratively so a deeply
-    nested request cannot exhaust the stack; a mapping counts its values.
-    """
-    count = 0
-    stack: list[Any] = [inputs]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Mapping):
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend(item)
-        else:
-            count += 1
-    return count

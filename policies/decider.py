@@ -1,179 +1,42 @@
-"""Load, lint and enforce opsgate's Casbin policy.
+"""The decider: an immutable, loaded policy answering "may this principal call this tool here?".
 
 Why a wrapper rather than a bare ``casbin.Enforcer``: Casbin silently ignores
 rules it cannot use (an effect spelled ``Deny``, a misspelled tool name), is
 not thread-safe, takes milliseconds per decision once a policy grows, and
-reports the rule that decided without saying where it was written. This module
-parses the policy itself with line numbers, rejects what Casbin would misread,
-decides through an index over the rules that answers exactly as Casbin would
-(index.py; a changed matcher falls back to Casbin behind one lock), and names
-the ``file:line`` of the deciding rule in every decision.
+reports the rule that decided without saying where it was written. The loader
+(loader.py) parses the policy itself with line numbers and rejects what Casbin
+would misread; this module decides through an index over the rules that
+answers exactly as Casbin would (index.py; a changed matcher falls back to
+Casbin behind one lock), and names the ``file:line`` of the deciding rule in
+every decision.
 
-Files are read only in :meth:`Policy.load`; everything after that is pure.
+A :class:`Policy` is built whole from already-read parts (its rules, bounds and
+protected namespaces given at construction, never assigned after); it reads no
+file and never changes its answers.
 """
 
 from __future__ import annotations
 
-import ast
 import bisect
 import dataclasses
-import difflib
-import hashlib
-import re
 import threading
-import unicodedata
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from types import MappingProxyType
 
-import casbin
-from casbin.model import FunctionMap, Model
-from casbin.util import escape_assertion, key_match, key_match_func, remove_comments
+from casbin.util import key_match
 
-from .bounds import (
-    BOUNDS_FILE,
-    DEFAULT_BOUNDS,
-    DEFAULT_PROTECTED,
-    BoundsError,
-    SubjectBounds,
-    parse_bounds,
-    parse_protected,
-)
+from .bounds import DEFAULT_BOUNDS, SubjectBounds
+from .bounds_file import BOUNDS_FILE, DEFAULT_PROTECTED, bounds_note
+from .casbin_model import build_enforcer, probe
+from .errors import PolicyError
 from .index import MAX_ROLE_HOPS, RuleIndex, key_prefix
+from .names import EVERYONE, NO_NAMESPACE, request_problem, validate_namespace, validate_principal
+from .rules import Rule
 
-__all__ = [
-    "ACTIONS",
-    "EVERYONE",
-    "NO_NAMESPACE",
-    "SHIPPED_DIR",
-    "Decision",
-    "EffectiveGrant",
-    "Policy",
-    "PolicyError",
-    "Rule",
-    "bounds_note",
-    "validate_namespace",
-    "validate_principal",
-]
-
-SHIPPED_DIR: Final = Path(__file__).resolve().parent
-MODEL_FILE: Final = "model.conf"
-POLICY_FILE: Final = "policy.csv"
-
-ROLE_PREFIX: Final = "role:"
-EVERYONE: Final = "role:everyone"
-"""The implicit role every principal holds (a string literal in the matcher)."""
-NO_NAMESPACE: Final = "-"
-"""The domain of tools that target no namespace (whoami, list_models, infer)."""
-ACTIONS: Final = ("read", "write")
-RULE_ACTIONS: Final = ("read", "write", "*")
-EFFECTS: Final = ("allow", "deny")
-P_FIELDS: Final = ("subject", "namespace", "tool", "action", "effect")
-G_FIELDS: Final = ("member", "role", "namespace")
-MAX_PRINCIPAL_LEN: Final = 253
-
-_R_TOKENS: Final = ("sub", "dom", "obj", "act")
-_P_TOKENS: Final = ("sub", "dom", "obj", "act", "eft")
-_EFFECT_EXPR: Final = "some(where (p.eft == allow)) && !some(where (p.eft == deny))"
-_MODEL_KEYS: Final = {
-    "request_definition": "r",
-    "policy_definition": "p",
-    "role_definition": "g",
-    "policy_effect": "e",
-    "matchers": "m",
-}
-
-_ROLE_RE: Final = re.compile(r"role:[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-_NAMESPACE_RE: Final = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\Z")
-# keyMatch honours only the first "*" and treats it as "any suffix", so a
-# pattern may hold one "*", at its end; "team-*-prod" would match team-x.
-_NAMESPACE_PATTERN_RE: Final = re.compile(
-    r"(?:-|\*|[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?|[a-z0-9][-a-z0-9]{0,61}\*)\Z"
-)
-_TOOL_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
-_TOOL_PATTERN_RE: Final = re.compile(r"(?:\*|[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\*?)\Z")
-# ',' splits a policy line, '*' is a pattern, quotes and brackets are read
-# specially by Casbin's own CSV tokenizer (so its tools would see another rule).
-_PRINCIPAL_FORBIDDEN: Final = frozenset("*,\"'`()[]")
-
-
-class PolicyError(Exception):
-    """A model or policy file that cannot be loaded, with the place to fix it."""
-
-    def __init__(self, path: Path, line: int | None, message: str) -> None:
-        super().__init__(path, line, message)
-        self.path = path
-        self.line = line
-        self.message = message
-
-    def __str__(self) -> str:
-        if self.line is None:
-            return f"{self.path}: {self.message}"
-        return f"{self.path}:{self.line}: {self.message}"
-
-
-def validate_principal(name: str) -> str:
-    """Return ``name`` if it can be a Casbin subject, else raise ValueError naming the rule.
-
-    Why: in Casbin a subject spelled like a role *is* that role (``g(x, x)``
-    holds), ``*`` and ``,`` act as a pattern or split a policy line, and every
-    distinct subject grows the role manager's cache.
-    """
-    if not isinstance(name, str):
-        raise ValueError("principal must be a string")
-    if not name:
-        raise ValueError("principal must not be empty")
-    if len(name) > MAX_PRINCIPAL_LEN:
-        raise ValueError(f"principal must be at most {MAX_PRINCIPAL_LEN} characters, got {len(name)}")
-    if name.casefold().startswith(ROLE_PREFIX):
-        raise ValueError("principal must not start with 'role:' (that prefix names roles)")
-    for ch in name:
-        if ch in _PRINCIPAL_FORBIDDEN:
-            raise ValueError(f"principal must not contain {ch!r}")
-        if ch.isspace():
-            raise ValueError("principal must not contain whitespace")
-        category = unicodedata.category(ch)
-        if category[0] in ("C", "Z"):
-            raise ValueError(f"principal must not contain control or invisible characters (U+{ord(ch):04X})")
-    return name
-
-
-def validate_namespace(namespace: str) -> str:
-    """Return ``namespace`` if it is a Kubernetes namespace name or ``-``, else raise ValueError.
-
-    Why: a request domain holding ``*`` would match patterns as if it were
-    one, and every distinct domain grows Casbin's per-domain role cache.
-    """
-    if not isinstance(namespace, str):
-        raise ValueError("namespace must be a string")
-    if namespace != NO_NAMESPACE and not _NAMESPACE_RE.match(namespace):
-        raise ValueError(
-            f"namespace {_clip(namespace)!r} is not a Kubernetes namespace name "
-            "(lower-case letters, digits and '-', at most 63) or '-'"
-        )
-    return namespace
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    """Shorten untrusted text before it goes into a message."""
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One policy line as loaded, with where it came from (``policy.csv:12``)."""
-
-    ptype: str
-    fields: tuple[str, ...]
-    source: str
-
-    @property
-    def text(self) -> str:
-        """The rule as written in a policy file, e.g. ``p, role:viewer, *, *, read, allow``."""
-        return ", ".join((self.ptype, *self.fields))
-
+__all__ = ["Decision", "EffectiveGrant", "Policy", "pattern_covers", "pattern_meet"]
 
 @dataclass(frozen=True)
 class Decision:
@@ -217,317 +80,6 @@ def pattern_covers(outer: str, inner: str) -> bool:
     return pattern_meet(outer, inner) == inner
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _read(path: Path) -> tuple[bytes, str]:
-    """Read a file as raw bytes (for the hash) and UTF-8 text (a BOM is dropped)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PolicyError(path, None, f"cannot read: {exc.strerror or exc}") from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise PolicyError(path, line, "not UTF-8 text") from exc
-    return data, text.removeprefix("\ufeff")
-
-
-def _model_statements(path: Path, text: str) -> dict[str, tuple[str, int]]:
-    """Split model.conf into ``key -> (value, line)`` the way Casbin's config parser does.
-
-    Casbin reports neither file nor line for most model errors, so we read the
-    layout ourselves first and keep the line each statement starts on.
-    """
-    found: dict[str, tuple[str, int]] = {}
-    section: str | None = None
-    buf: list[str] = []
-    start = 0
-
-    def flush() -> None:
-        if not buf:
-            return
-        statement = "".join(buf).strip()
-        buf.clear()
-        if section is None:
-            raise PolicyError(path, start, "statement outside a [section]")
-        key, eq, value = statement.partition("=")
-        key = key.strip()
-        if not eq:
-            raise PolicyError(
-                path, start, f"expected '{_MODEL_KEYS[section]} = ...', got {_clip(statement)!r}"
-            )
-        expected = _MODEL_KEYS[section]
-        if key != expected:
-            raise PolicyError(
-                path,
-                start,
-                f"unsupported key {key!r} in [{section}]: opsgate uses exactly one '{expected} = ...'",
-            )
-        if key in found:
-            raise PolicyError(path, start, f"'{key}' is defined twice (first on line {found[key][1]})")
-        found[key] = (value.strip(), start)
-
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            flush()
-            continue
-        if line[0] == "[" and line[-1] == "]":
-            flush()
-            name = line[1:-1].strip()
-            if name not in _MODEL_KEYS:
-                raise PolicyError(
-                    path, number, f"unknown section [{name}]; expected {', '.join(_MODEL_KEYS)}"
-                )
-            section = name
-            continue
-        if not buf:
-            start = number
-        if line.endswith("\\"):
-            buf.append(line[:-1].strip() + " ")
-            continue
-        buf.append(line)
-        flush()
-    flush()
-
-    for sec, key in _MODEL_KEYS.items():
-        if key not in found:
-            raise PolicyError(path, None, f"missing '{key} = ...' in [{sec}]")
-    return found
-
-
-def _tokens(value: str) -> tuple[str, ...]:
-    return tuple(token.strip() for token in value.split(","))
-
-
-def _check_model_shape(path: Path, statements: dict[str, tuple[str, int]]) -> None:
-    """Reject models whose request, rule or effect shape the loader and reasons do not fit."""
-    value, line = statements["r"]
-    if _tokens(value) != _R_TOKENS:
-        raise PolicyError(path, line, f"request definition must be 'r = {', '.join(_R_TOKENS)}'")
-    value, line = statements["p"]
-    if _tokens(value) != _P_TOKENS:
-        raise PolicyError(path, line, f"policy definition must be 'p = {', '.join(_P_TOKENS)}'")
-    value, line = statements["g"]
-    if _tokens(value) != ("_", "_", "_"):
-        raise PolicyError(
-            path, line, "role definition must be 'g = _, _, _' (member, role, namespace pattern)"
-        )
-    value, line = statements["e"]
-    if " ".join(value.split()) != _EFFECT_EXPR:
-        raise PolicyError(path, line, f"policy effect must be 'e = {_EFFECT_EXPR}' (deny overrides allow)")
-
-
-def _matcher_ast(matcher: str) -> ast.Expression:
-    """Parse a matcher (already through Casbin's escape_assertion) exactly as Casbin rewrites it."""
-    expr = matcher.replace("&&", "and").replace("||", "or")
-    expr = re.sub(r"!(?!=)", "not ", expr)
-    return ast.parse(expr.strip(), mode="eval")
-
-
-# The matcher the index reproduces (see index.py); a model.conf whose matcher
-# parses to the same tree, whatever its spacing or redundant parentheses, is
-# decided through the index.
-SHIPPED_MATCHER: Final = (
-    '(g(r.sub, p.sub, r.dom) || g("role:everyone", p.sub, r.dom)) && keyMatch(r.dom, p.dom) '
-    '&& keyMatch(r.obj, p.obj) && (p.act == "*" || r.act == p.act)'
-)
-_SHIPPED_MATCHER_TREE: Final = ast.dump(_matcher_ast(escape_assertion(SHIPPED_MATCHER)))
-
-
-def _check_matcher(path: Path, line: int, matcher: str) -> bool:
-    """Reject a matcher that does not parse or names an unknown function or field.
-
-    Why: Casbin looks names up only while evaluating, and ``&&`` short-circuits,
-    so a misspelled ``keyMatsch`` would fail on some requests only, at run time.
-    Returns whether the matcher is the shipped one (so the index may decide).
-    """
-    glued = re.search(r"\S(?:&&|\|\|)|(?:&&|\|\|)\S", matcher)
-    if glued:
-        raise PolicyError(
-            path, line, f"put spaces around && and || (near {glued.group(0)!r}): Casbin rewrites them "
-            "to 'and' and 'or' without adding any, which glues the names on either side together"
-        )
-    try:
-        tree = _matcher_ast(matcher)
-    except SyntaxError as exc:
-        raise PolicyError(path, line, f"matcher is not a valid expression: {exc.msg}") from exc
-    functions = set(FunctionMap.load_function_map().get_functions()) | {"g"}
-    names = {f"r_{t}" for t in _R_TOKENS} | {f"p_{t}" for t in _P_TOKENS}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            if not (isinstance(node.func, ast.Name) and node.func.id in functions):
-                raise PolicyError(path, line, f"matcher calls unknown function {ast.unparse(node.func)!r}")
-        elif isinstance(node, ast.Name) and node.id not in names and node.id not in functions:
-            shown = re.sub(r"^([rp])_", r"\1.", node.id)
-            raise PolicyError(path, line, f"matcher uses unknown name {shown!r}")
-        elif isinstance(node, ast.Attribute):
-            raise PolicyError(path, line, f"matcher uses unknown name {ast.unparse(node)!r}")
-    return ast.dump(tree) == _SHIPPED_MATCHER_TREE
-
-
-def _build_enforcer(model_path: Path, model_text: str) -> tuple[Any, int, bool]:
-    """Build an empty Enforcer from the model text.
-
-    Returns it, the matcher's line, and whether the matcher is the shipped one.
-    """
-    statements = _model_statements(model_path, model_text)
-    _check_model_shape(model_path, statements)
-    matcher_line = statements["m"][1]
-    shipped = _check_matcher(model_path, matcher_line, remove_comments(escape_assertion(statements["m"][0])))
-    try:
-        model = Model()
-        model.load_model_from_text(model_text)
-        enforcer = casbin.Enforcer(model)
-    except Exception as exc:
-        raise PolicyError(model_path, None, f"Casbin cannot load the model: {exc}") from exc
-    if not enforcer.add_named_domain_matching_func("g", key_match_func):
-        raise PolicyError(model_path, statements["g"][1], "Casbin made no role manager for 'g'")
-    _probe(enforcer, model_path, matcher_line)
-    if shipped and ast.dump(_matcher_ast(enforcer.model["m"]["m"].value)) != _SHIPPED_MATCHER_TREE:
-        shipped = False  # Casbin read the statement differently from us: let Casbin decide
-    return enforcer, matcher_line, shipped
-
-
-def _probe(enforcer: Any, model_path: Path, matcher_line: int) -> None:
-    """Evaluate one request so a matcher that cannot run fails at load, not at decide."""
-    try:
-        enforcer.enforce_ex("opsgate-probe", NO_NAMESPACE, "opsgate-probe", "read")
-    except Exception as exc:
-        raise PolicyError(model_path, matcher_line, f"matcher fails to evaluate: {exc}") from exc
-
-
-def _check_subject(value: str, what: str) -> None:
-    if value.startswith(ROLE_PREFIX):
-        if not _ROLE_RE.match(value):
-            raise ValueError(
-                f"{what} {value!r} is not a role name (role: then letters, digits, '_', '.', '-')"
-            )
-        return
-    try:
-        validate_principal(value)
-    except ValueError as exc:
-        raise ValueError(f"{what} {value!r}: {exc}") from None
-
-
-def _check_namespace_pattern(value: str) -> None:
-    if not _NAMESPACE_PATTERN_RE.match(value):
-        raise ValueError(
-            f"namespace {value!r} must be a namespace name, a prefix pattern ending in one '*' "
-            "(team-*), '*' for all, or '-' for tools without a namespace"
-        )
-
-
-def _check_tool(value: str, known_tools: Collection[str] | None) -> None:
-    if not _TOOL_PATTERN_RE.match(value):
-        raise ValueError(f"tool {value!r} must be a tool name, a prefix pattern ending in one '*', or '*'")
-    if known_tools is None or value == "*" or value in known_tools:
-        return
-    if value.endswith("*"):
-        if not any(key_match(tool, value) for tool in known_tools):
-            raise ValueError(f"tool pattern {value!r} matches no known tool")
-        return
-    hint = difflib.get_close_matches(value, list(known_tools), n=1)
-    suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-    raise ValueError(f"unknown tool {value!r}{suffix}")
-
-
-def _check_p(fields: tuple[str, ...], known_tools: Collection[str] | None) -> None:
-    sub, dom, obj, act, eft = fields
-    _check_subject(sub, "subject")
-    _check_namespace_pattern(dom)
-    _check_tool(obj, known_tools)
-    if act not in RULE_ACTIONS:
-        raise ValueError(f"action must be read, write or *, got {act!r}")
-    if eft not in EFFECTS:
-        if eft.lower() in EFFECTS:
-            raise ValueError(
-                f"effect must be exactly {eft.lower()!r} in lower case: Casbin silently ignores {eft!r}"
-            )
-        raise ValueError(f"effect must be allow or deny, got {eft!r}")
-
-
-def _check_g(fields: tuple[str, ...]) -> None:
-    member, role, dom = fields
-    _check_subject(member, "member")
-    if not role.startswith(ROLE_PREFIX):
-        raise ValueError(f"the second field of a g rule must be a role (role:NAME), got {role!r}")
-    _check_subject(role, "role")
-    _check_namespace_pattern(dom)
-
-
-def parse_line(raw: str, known_tools: Collection[str] | None = None) -> tuple[str, tuple[str, ...]] | None:
-    """Parse one policy line into (ptype, fields), None for a blank or comment line.
-
-    Raises ValueError saying what is wrong; the callers add file and line.
-    """
-    line = raw.strip()
-    if not line or line.startswith("#"):
-        return None
-    if "#" in line:
-        raise ValueError("a '#' comment must be on its own line, not after a rule")
-    if '"' in line:
-        raise ValueError("quoted fields are not supported")
-    parts = tuple(part.strip() for part in line.split(","))
-    ptype, fields = parts[0], parts[1:]
-    names: tuple[str, ...]
-    if ptype == "p":
-        names = P_FIELDS
-    elif ptype == "g":
-        names = G_FIELDS
-    else:
-        raise ValueError(f"a rule starts with p or g, got {_clip(ptype)!r}")
-    if len(fields) != len(names):
-        shape = ", ".join((ptype, *(n.upper() for n in names)))
-        raise ValueError(f"a {ptype} rule has {len(names)} fields ({shape}), got {len(fields)}")
-    for name, value in zip(names, fields, strict=True):
-        if not value:
-            raise ValueError(f"{name} is empty")
-    if ptype == "p":
-        _check_p(fields, known_tools)
-    else:
-        _check_g(fields)
-    return ptype, fields
-
-
-def _parse_policy(path: Path, text: str, known_tools: Collection[str] | None) -> list[tuple[Rule, int]]:
-    """Parse and check one policy CSV into (rule, line) pairs; every problem names its line."""
-    rules: list[tuple[Rule, int]] = []
-    name = path.name
-    for number, raw in enumerate(text.splitlines(), 1):
-        try:
-            parsed = parse_line(raw, known_tools)
-        except ValueError as exc:
-            raise PolicyError(path, number, str(exc)) from None
-        if parsed is not None:
-            rules.append((Rule(parsed[0], parsed[1], f"{name}:{number}"), number))
-    return rules
-
-
-def policy_files(path: Path) -> tuple[Path, list[Path]]:
-    """Resolve a load path to (model.conf, policy CSVs in load order)."""
-    if path.is_dir():
-        model = path / MODEL_FILE
-        if not model.is_file():
-            raise PolicyError(
-                model,
-                None,
-                "missing: a policy folder holds model.conf and *.csv files "
-                "(pass one .csv file instead to use the shipped model)",
-            )
-        csvs = sorted(p for p in path.glob("*.csv") if not p.name.startswith("."))
-        if not csvs:
-            raise PolicyError(path, None, "no *.csv policy file in this folder")
-        return model, csvs
-    if not path.exists():
-        raise PolicyError(path, None, "no such file or folder")
-    if path.suffix != ".csv":
-        raise PolicyError(path, None, "expected a policy folder or a .csv policy file")
-    return SHIPPED_DIR / MODEL_FILE, [path]
-
-
 # --------------------------------------------------------------------------- the policy
 
 
@@ -554,22 +106,31 @@ class Policy:
     _memo_limit: int = 4096
 
     def __init__(
-        self, model_path: Path, model_text: str, rules: Iterable[Rule], sources: Iterable[Path], digest: str
+        self,
+        model_path: Path,
+        model_text: str,
+        rules: Iterable[Rule],
+        sources: Iterable[Path],
+        digest: str,
+        *,
+        bounds: Mapping[str, SubjectBounds] | None = None,
+        protected: tuple[str, ...] = DEFAULT_PROTECTED,
+        bounds_path: Path | None = None,
     ) -> None:
-        """Build from already-read, already-checked parts; use :meth:`load` or :meth:`default`."""
+        """Build whole from already-read, already-checked parts; use loader.py's :func:`load_policy`."""
         self.model_path = model_path
-        self._model_text = model_text
+        self.model_text = model_text
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.sources: tuple[Path, ...] = tuple(sources)
         self.hash = digest
-        # Limits on arguments, by the subject a grant names (see bounds.py).
-        self.bounds: dict[str, SubjectBounds] = {}
+        # Limits on arguments, by the subject a grant names (see bounds.py); read-only.
+        self.bounds: Mapping[str, SubjectBounds] = MappingProxyType(dict(bounds or {}))
         # Namespaces where a write needs an allow rule naming the namespace itself (bounds.toml [protected];
         # the cluster's own when no bounds file says otherwise).
-        self.protected: tuple[str, ...] = DEFAULT_PROTECTED
+        self.protected: tuple[str, ...] = tuple(protected)
         # The bounds file that applies, or None: no argument bounds, default protections (see bounds_note).
-        self.bounds_path: Path | None = None
-        self._enforcer, self._matcher_line, shipped_matcher = _build_enforcer(model_path, model_text)
+        self.bounds_path: Path | None = bounds_path
+        self._enforcer, self._matcher_line, shipped_matcher = build_enforcer(model_path, model_text)
         self._grants = tuple(rule for rule in self.rules if rule.ptype == "p")
         links = [rule.fields for rule in self.rules if rule.ptype == "g"]
         self._index = RuleIndex([rule.fields for rule in self._grants], links)
@@ -611,105 +172,11 @@ class Policy:
                 raise RuntimeError("Casbin refused the g rules")
         except Exception as exc:
             raise PolicyError(self.sources[-1], None, f"Casbin cannot load the rules: {exc}") from exc
-        _probe(self._enforcer, self.model_path, self._matcher_line)
+        probe(self._enforcer, self.model_path, self._matcher_line)
 
     def __repr__(self) -> str:
         sources = [str(p) for p in self.sources]
         return f"Policy(sources={sources}, rules={len(self.rules)}, hash={self.hash[:12]})"
-
-    @classmethod
-    def load(cls, path: Path | str, *, known_tools: Collection[str] | None = None) -> Policy:
-        """Load a policy folder (model.conf + every ``*.csv``, by name) or one ``.csv`` file.
-
-        A ``bounds.toml`` beside the CSV files adds argument bounds (see bounds.py).
-        Without one no argument bounds apply, and the cluster's own namespaces
-        are protected all the same (:data:`~opsgate.policies.bounds.DEFAULT_PROTECTED`);
-        ``bounds_path`` and :meth:`bounds_note` say which file, if any, applies.
-
-        With one ``.csv`` file the shipped model.conf is used. Any problem
-        raises PolicyError naming the file and line; nothing is half-loaded.
-        With ``known_tools``, a tool name (or pattern) that names no known tool
-        is an error, so typos are caught at load rather than never matching.
-
-        ``hash`` is the SHA-256 of the files' bytes concatenated in load order,
-        so a reviewer can recompute it: ``cat model.conf *.csv bounds.toml | sha256sum``
-        (in the folder; ``LC_ALL=C`` for the same name order).
-
-        Loading is linear in the rules (10,000 rules load in well under a
-        second): with the shipped matcher no Casbin enforcer is filled, so a
-        reload is cheap enough to run on every change of the files.
-        """
-        path = Path(path)
-        model_path, csv_paths = policy_files(path)
-        model_bytes, model_text = _read(model_path)
-        digest = hashlib.sha256(model_bytes)
-        rules: dict[tuple[str, ...], Rule] = {}
-        for csv_path in csv_paths:
-            data, text = _read(csv_path)
-            digest.update(data)
-            for rule, line in _parse_policy(csv_path, text, known_tools):
-                # Casbin's add_policies refuses a whole batch holding a rule it has.
-                first = rules.setdefault((rule.ptype, *rule.fields), rule)
-                if first is not rule:
-                    raise PolicyError(csv_path, line, f"duplicate of {first.source}")
-        bounds: dict[str, SubjectBounds] = {}
-        protected: tuple[str, ...] = DEFAULT_PROTECTED
-        bounds_path: Path | None = csv_paths[0].parent / BOUNDS_FILE
-        if bounds_path is not None and bounds_path.is_file():
-            data, _ = _read(bounds_path)
-            digest.update(data)
-            try:
-                bounds = parse_bounds(bounds_path, data)
-                protected = parse_protected(bounds_path, data)
-            except BoundsError as exc:
-                raise PolicyError(bounds_path, exc.line, exc.message) from exc
-            csv_paths = [*csv_paths, bounds_path]
-        else:
-            bounds_path = None
-        policy = cls(model_path, model_text, rules.values(), (model_path, *csv_paths), digest.hexdigest())
-        policy.bounds = bounds
-        policy.protected = protected
-        policy.bounds_path = bounds_path
-        return policy
-
-    @classmethod
-    def default(cls, *, known_tools: Collection[str] | None = None) -> Policy:
-        """Load the shipped model.conf and policy.csv (read-only for everyone)."""
-        return cls.load(SHIPPED_DIR / POLICY_FILE, known_tools=known_tools)
-
-    def with_rules(
-        self, lines: Iterable[tuple[int, str]], source: Path, *, known_tools: Collection[str] | None = None
-    ) -> Policy:
-        """A new Policy: these rules plus ``lines`` ((line number, text) read from ``source``), appended.
-
-        For decision tables that bring their own assignments (``g, alice,
-        role:operator, team-*``). A line equal to a rule already loaded is
-        skipped, so a table runs against a policy that already holds it. The
-        new hash covers the old one and the added lines.
-        """
-        known = {(rule.ptype, *rule.fields) for rule in self.rules}
-        added: list[Rule] = []
-        digest = hashlib.sha256(self.hash.encode())
-        for number, raw in lines:
-            try:
-                parsed = parse_line(raw, known_tools)
-            except ValueError as exc:
-                raise PolicyError(source, number, str(exc)) from None
-            if parsed is None:
-                continue
-            digest.update(b"\n" + raw.strip().encode())
-            key = (parsed[0], *parsed[1])
-            if key in known:
-                continue
-            known.add(key)
-            added.append(Rule(parsed[0], parsed[1], f"{source.name}:{number}"))
-        policy = Policy(
-            self.model_path, self._model_text, (*self.rules, *added), (*self.sources, source), digest.hexdigest()
-        )
-        policy.bounds = dict(self.bounds)
-        policy.protected = self.protected
-        policy.bounds_path = self.bounds_path
-        return policy
 
     def bounds_for(self, subject: str | None) -> SubjectBounds:
         """The bounds of the subject whose rule allowed a call: its own, else :data:`DEFAULT_BOUNDS`.
@@ -735,7 +202,7 @@ class Policy:
                 if cached is not None:
                     self._memo.move_to_end(key)
                     return cached
-            problem = _request_problem(principal, namespace, tool, action)
+            problem = request_problem(principal, namespace, tool, action)
             if problem is not None:
                 return Decision(False, None, f"denied: invalid request: {problem}", self.hash)
             if self.indexed:
@@ -777,7 +244,7 @@ class Policy:
 
     def decide_uncached(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
         """:meth:`decide` without the memo: for benchmarks and tests of the matching itself."""
-        problem = _request_problem(principal, namespace, tool, action)
+        problem = request_problem(principal, namespace, tool, action)
         if problem is not None:
             return Decision(False, None, f"denied: invalid request: {problem}", self.hash)
         if self.indexed:
@@ -864,7 +331,7 @@ class Policy:
         (Casbin deciding) a namespaced tool is always listed.
         """
         try:
-            if _request_problem(principal, NO_NAMESPACE, tool, action) is not None:
+            if request_problem(principal, NO_NAMESPACE, tool, action) is not None:
                 return False
             if not namespaced:
                 return self.decide(principal, NO_NAMESPACE, tool, action).allowed
@@ -1017,32 +484,6 @@ class Policy:
     def subjects_of(self, principal: str, namespace: str) -> set[str]:
         """Every subject whose rules apply to the principal in the namespace (itself, its roles, everyone's)."""
         return self._index.subjects(principal, namespace)
-
-
-def bounds_note(bounds_path: Path | None, protected: tuple[str, ...]) -> str:
-    """Which bounds file applies (None: none) and which namespaces are protected, in one line."""
-    shown = ", ".join(protected) or "none"
-    if bounds_path is None:
-        default = " (the default)" if protected == DEFAULT_PROTECTED else ""
-        return (
-            f"bounds: no {BOUNDS_FILE} beside the policy, so no argument bounds apply (no max_replicas, "
-            f"image_prefixes, rate limits...); protected namespaces: {shown}{default}"
-        )
-    return f"bounds: {bounds_path}; protected namespaces: {shown}"
-
-
-def _request_problem(principal: str, namespace: str, tool: str, action: str) -> str | None:
-    """Why a request cannot be decided as asked, or None when it is well-formed."""
-    try:
-        validate_principal(principal)
-        validate_namespace(namespace)
-    except ValueError as exc:
-        return str(exc)
-    if not isinstance(tool, str) or not _TOOL_RE.match(tool):
-        return f"tool {_clip(str(tool))!r} is not a tool name"
-    if action not in ACTIONS:
-        return f"action must be read or write, got {_clip(str(action))!r}"
-    return None
 
 
 def _witness_namespaces(patterns: Iterable[str]) -> tuple[str, ...]:

@@ -40,30 +40,15 @@ from typing import Final, Literal
 
 from casbin.util import key_match
 
-from .bounds import (
-    BOUND_ATTRS,
-    BOUNDS_FILE,
-    DEFAULT_PROTECTED,
-    TOOL_ATTRS,
-    BoundsError,
-    SubjectBounds,
-    bounds_lines,
-    parse_bounds,
-    parse_protected,
-)
-from .engine import (
-    EVERYONE,
-    ROLE_PREFIX,
-    Policy,
-    PolicyError,
-    Rule,
-    _build_enforcer,
-    _read,
-    bounds_note,
-    parse_line,
-    policy_files,
-)
+from .bounds import BOUND_READS, BoundName, SubjectBounds
+from .bounds_file import BOUNDS_FILE, DEFAULT_PROTECTED, bounds_lines, bounds_note, parse_bounds, parse_protected
+from .casbin_model import build_enforcer
+from .decider import Policy
+from .errors import SourceError
 from .index import MAX_ROLE_HOPS, key_prefix
+from .loader import load_policy, policy_files, read_file
+from .names import EVERYONE, ROLE_PREFIX
+from .rules import Rule, parse_line
 
 __all__ = ["Finding", "applied_bounds", "exit_code", "format_findings", "lint", "load_checked"]
 
@@ -103,16 +88,16 @@ def applied_bounds(path: Path) -> str:
     """
     try:
         _, csv_paths = policy_files(Path(path))
-    except PolicyError:
+    except SourceError:
         return "bounds: unknown (the policy path does not load)"
     bounds_path = csv_paths[0].parent / BOUNDS_FILE
     if not bounds_path.is_file():
         return bounds_note(None, DEFAULT_PROTECTED)
     try:
-        data, _ = _read(bounds_path)
+        data, _ = read_file(bounds_path)
         parse_bounds(bounds_path, data)
         protected = parse_protected(bounds_path, data)
-    except (PolicyError, BoundsError):
+    except SourceError:
         return f"bounds: {bounds_path} (does not load: see the errors above)"
     return bounds_note(bounds_path, protected)
 
@@ -138,24 +123,26 @@ def lint(
     path: Path,
     known_tools: Mapping[str, str] | None = None,
     *,
-    tool_attrs: Mapping[str, Collection[str]] = TOOL_ATTRS,
+    tool_bounds: Mapping[str, Collection[BoundName]] | None = None,
 ) -> list[Finding]:
-    """Check a policy folder or ``.csv`` file as :meth:`Policy.load` would read it.
+    """Check a policy folder or ``.csv`` file as :func:`~opsgate.policies.loader.load_policy` would read it.
 
     ``known_tools`` maps each tool the server offers to its verb (read or
-    write); ``tool_attrs`` maps tools to the bound attributes the gate supplies
-    for them (defaults to the shipped tools'). Without ``known_tools`` the
-    checks that need the server's tools (unknown names, verbs, which tools a
-    bound can reach) are skipped. Reads files; decides nothing.
+    write); ``tool_bounds`` maps tools to the bound attributes they tell the
+    policy (``ToolSpec.bounded`` of the registered tools). Without
+    ``known_tools`` the checks that need the server's tools (unknown names,
+    verbs, which tools a bound can reach) are skipped; without ``tool_bounds``,
+    which tools a bound on arguments can reach is not checked. Reads files;
+    decides nothing.
     """
-    return load_checked(path, known_tools, tool_attrs=tool_attrs)[1]
+    return load_checked(path, known_tools, tool_bounds=tool_bounds)[1]
 
 
 def load_checked(
     path: Path,
     known_tools: Mapping[str, str] | None = None,
     *,
-    tool_attrs: Mapping[str, Collection[str]] = TOOL_ATTRS,
+    tool_bounds: Mapping[str, Collection[BoundName]] | None = None,
 ) -> tuple[Policy | None, list[Finding]]:
     """:func:`lint`, plus the Policy it loaded when no finding is an error (else None).
 
@@ -166,21 +153,21 @@ def load_checked(
     path = Path(path)
     try:
         model_path, csv_paths = policy_files(path)
-    except PolicyError as exc:
+    except SourceError as exc:
         return None, [Finding(exc.path, exc.line, "error", exc.message)]
     findings: list[Finding] = []
 
     try:
-        _, model_text = _read(model_path)
-        _build_enforcer(model_path, model_text)
-    except PolicyError as exc:
+        _, model_text = read_file(model_path)
+        build_enforcer(model_path, model_text)
+    except SourceError as exc:
         findings.append(Finding(exc.path, exc.line, "error", exc.message))
 
     seen: dict[tuple[str, ...], str] = {}
     for csv_path in csv_paths:
         try:
-            _, text = _read(csv_path)
-        except PolicyError as exc:
+            _, text = read_file(csv_path)
+        except SourceError as exc:
             findings.append(Finding(exc.path, exc.line, "error", exc.message))
             continue
         for number, raw in enumerate(text.splitlines(), 1):
@@ -201,23 +188,21 @@ def load_checked(
     bounds_text = ""
     if bounds_path.is_file():
         try:
-            data, bounds_text = _read(bounds_path)
+            data, bounds_text = read_file(bounds_path)
             parse_bounds(bounds_path, data)
             parse_protected(bounds_path, data)
-        except PolicyError as exc:
-            findings.append(Finding(exc.path, exc.line, "error", exc.message))
-        except BoundsError as exc:
+        except SourceError as exc:
             findings.append(Finding(exc.path, exc.line, "error", exc.message))
 
     if any(f.severity == "error" for f in findings):
         return None, _sorted(findings)
     try:
-        policy = Policy.load(path, known_tools=known_tools)
-    except PolicyError as exc:  # anything the line-by-line pass did not see
+        policy = load_policy(path, known_tools=known_tools)
+    except SourceError as exc:  # anything the line-by-line pass did not see
         return None, _sorted([*findings, Finding(exc.path, exc.line, "error", exc.message)])
 
     files = {p.name: p for p in csv_paths}
-    checker = _Semantics(policy, known_tools, tool_attrs, files)
+    checker = _Semantics(policy, known_tools, tool_bounds, files)
     findings.extend(checker.run())
     if policy.bounds:
         findings.extend(checker.bounds(bounds_path, bounds_lines(bounds_text)))
@@ -244,13 +229,13 @@ class _Semantics:
         self,
         policy: Policy,
         known_tools: Mapping[str, str] | None,
-        tool_attrs: Mapping[str, Collection[str]],
+        tool_bounds: Mapping[str, Collection[BoundName]] | None,
         files: Mapping[str, Path],
     ) -> None:
         self.policy = policy
         self.tools: Mapping[str, str] = known_tools or {}
         self.tools_known = known_tools is not None
-        self.tool_attrs = tool_attrs
+        self.tool_bounds = tool_bounds
         self.files = files
         self.grants = [r for r in policy.rules if r.ptype == "p"]
         self.links = [r for r in policy.rules if r.ptype == "g"]
@@ -481,12 +466,13 @@ class _Semantics:
                         f"naming {subject} grants a write tool",
                     )
                 continue
-            attr = BOUND_ATTRS.get(field)
-            if attr is None:
+            reads = BOUND_READS.get(field)
+            if reads is None or self.tool_bounds is None:
                 continue
-            takers = sorted(t for t, attrs in self.tool_attrs.items() if attr in attrs and t in self.tools)
+            takers = sorted(t for t, told in self.tool_bounds.items() if reads & set(told) and t in self.tools)
             if any(t in takers for t in reached):
                 continue
+            shown = " or ".join(map(repr, sorted(reads)))
             inherited = self._inherited_takers(subject, takers)
             hint = (
                 f"; {subject} reaches {inherited[0][0]} only through {inherited[0][1]}'s rule, "
@@ -496,7 +482,7 @@ class _Semantics:
             )
             yield Finding(
                 path, line, "error",
-                f"{field} of {subject!r} never applies: it bounds the {attr!r} argument of "
+                f"{field} of {subject!r} never applies: it bounds the {shown} argument of "
                 f"{', '.join(takers) or 'no tool this server offers'}, and no allow rule naming {subject} "
                 f"grants one of them{hint}",
             )

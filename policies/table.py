@@ -18,9 +18,10 @@ documentation of a policy and diffs well in review::
   skipped.
 * NAMESPACE is a namespace or ``-`` for tools that take none; the verb comes
   from the tool (the server's own mapping), as the gate does.
-* ATTRS, optional, is a JSON object of the attributes bounds read
-  (``replicas``, ``current_replicas``, ``image``, ``model``,
-  ``input_elements``); bounds are checked only when the policy allowed.
+* ATTRS, optional, is a JSON object of the attributes bounds read (the fields of
+  :class:`~opsgate.policies.bounds.BoundAttrs`: ``replicas``, ``current_replicas``,
+  ``image`` or ``images``, ``model``, ``input_elements``, ...); bounds are checked
+  only when the policy allowed.
 * EXPECTED is ``allow`` or ``deny``; a deny may say why:
   ``deny(rule)`` a deny rule decided, ``deny(default)`` no rule allowed,
   ``deny(protected)`` a rule allowed it but the namespace is protected and the rule does not name it,
@@ -38,14 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from .bounds import check_bounds
-from .engine import Decision, Policy, PolicyError
+from .bounds import BoundAttrs, check_bounds
+from .decider import Decision, Policy
+from .errors import PolicyError, TableError
+from .loader import with_rules
 
 __all__ = [
     "BoundsCheck",
     "RowResult",
-    "TableError",
-    "TableResult",
+        "TableResult",
     "TableRow",
     "format_table_result",
     "parse_table",
@@ -53,23 +55,10 @@ __all__ = [
     "run_table",
 ]
 
-BoundsCheck = Callable[[Policy, Decision, Mapping[str, Any]], str | None]
+BoundsCheck = Callable[[Policy, Decision, BoundAttrs], str | None]
 """(policy, an allowing decision, attrs) -> the bound's refusal, or None."""
 
 _EXPECTED_RE: Final = re.compile(r"(allow|deny)(?:\((rule|default|bound|protected)\))?\Z")
-
-
-class TableError(Exception):
-    """A table that cannot be run, with the line to fix."""
-
-    def __init__(self, path: Path, line: int | None, message: str) -> None:
-        super().__init__(path, line, message)
-        self.path = path
-        self.line = line
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.message}" if self.line is not None else f"{self.path}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -157,7 +146,7 @@ def parse_table(path: Path, known_tools: Mapping[str, str]) -> tuple[list[tuple[
     return extra, rows
 
 
-def policy_bounds_check(policy: Policy, decision: Decision, attrs: Mapping[str, Any]) -> str | None:
+def policy_bounds_check(policy: Policy, decision: Decision, attrs: BoundAttrs) -> str | None:
     """The gate's bounds step: the bounds of the subject whose rule allowed the call."""
     if decision.rule is None:
         return None
@@ -181,14 +170,15 @@ def run_table(
     extra, rows = parse_table(table_path, verbs)
     if extra:
         try:
-            policy = policy.with_rules(extra, table_path, known_tools=verbs)
+            policy = with_rules(policy, extra, table_path, known_tools=verbs)
         except PolicyError as exc:
             raise TableError(table_path, exc.line, f"policy line: {exc.message}") from exc
     results: list[RowResult] = []
     for row in rows:
         decision = policy.decide(row.principal, row.namespace, row.tool, verbs[row.tool])
         if decision.allowed:
-            refusal = bounds_check(policy, decision, row.attrs) if bounds_check is not None else None
+            attrs = BoundAttrs.from_mapping(row.attrs)
+            refusal = bounds_check(policy, decision, attrs) if bounds_check is not None else None
             if refusal is None:
                 results.append(RowResult(row, "allow", decision.reason))
             else:

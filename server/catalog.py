@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from opsgate.policies import BoundAttrs, BoundName
 from opsgate.tools import kserve as ks
 from opsgate.tools import listing
 from opsgate.tools import workloads as wl
 from opsgate.tools.bounded import localize_storage, with_models_dir
 from opsgate.tools.context import CallContext
-from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import MAX_CONCURRENT_CALLS, Kube
 from opsgate.tools.tensors import (
     MODELS_DIR_DEFAULT,
@@ -51,6 +51,14 @@ def scale_workload(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult
     if args.kind == INFERENCE_SERVICE:
         return ks.scale_inference_service(kube, args, ctx)
     return wl.scale_deployment(kube, args, ctx)
+
+
+def replicas_now(kube: Kube, args: wl.DeployArgs | ScaleArgs | ks.DeployModelArgs) -> BoundAttrs:
+    """What ``max_replicas_change`` needs from the cluster, for the kind the call names: the tools' read of
+    the replicas now (0 before a create, nothing when unknown)."""
+    service = isinstance(args, ks.DeployModelArgs) or (isinstance(args, ScaleArgs) and args.kind == INFERENCE_SERVICE)
+    read = ks.current_replicas if service else wl.current_replicas
+    return read(kube, args.namespace, args.name)
 
 
 def rollback_workload(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult:
@@ -101,7 +109,8 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
             name="infer",
             description="Run a local ONNX model (onnxruntime) on your inputs; names and shapes from list_models.",
             args_model=InferArgs, result_model=InferResult, run=infer, object_kind="Model",
-            bound_attrs=lambda a: {"model": a.model, "input_elements": count_elements(a.inputs)},
+            bound_attrs=lambda a: BoundAttrs(model=a.model, input_elements=count_elements(a.inputs)),
+            bounded=frozenset({"model", "input_elements"}),
         ),
     ]
     return specs
@@ -134,21 +143,9 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
     def ns(args: Any) -> str:
         return str(args.namespace)
 
-    async def current_replicas(args: Any) -> dict[str, Any]:
-        """For max_replicas_change: the replicas now (0 for a Deployment not yet created); unknown on error."""
-        if isinstance(args, ks.DeployModelArgs) or getattr(args, "kind", None) == "InferenceService":
-            return await anyio.to_thread.run_sync(ks.current_replicas, kube, args.namespace, args.name,
-                                                  limiter=limiter)
-
-        def read() -> dict[str, Any]:
-            what = f"read scale of deployment {args.namespace}/{args.name}"
-            try:
-                scale = kube.call(kube.apps.read_namespaced_deployment_scale, args.name, args.namespace, what=what)
-            except ToolError as exc:
-                return {"current_replicas": 0} if getattr(exc, "status", None) == 404 else {}
-            return {"current_replicas": int((scale.get("spec") or {}).get("replicas") or 0)}
-
-        return await anyio.to_thread.run_sync(read, limiter=limiter)
+    async def current_replicas(args: Any) -> BoundAttrs:
+        """Only when a bound asks (max_replicas_change): the tools' read, in a worker thread like the tools."""
+        return await anyio.to_thread.run_sync(replicas_now, kube, args, limiter=limiter)
 
     return [
         ToolSpec(
@@ -178,7 +175,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             "Try dry_run first.",
             args_model=wl.DeployArgs, result_model=wl.DeployResult, run=bind_waiting(wl.deploy), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
-            bound_attrs=lambda a: {"replicas": a.replicas, "image": a.image}, current_state=current_replicas,
+            bound_attrs=lambda a: BoundAttrs(replicas=a.replicas, images=(a.image,)), current_state=current_replicas,
+            bounded=frozenset({"replicas", "current_replicas", "images"}),
         ),
         ToolSpec(
             name="scale",
@@ -187,7 +185,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             args_model=ScaleArgs, result_model=ScaleResult, run=bind(scale_workload), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             kind_of=lambda a: a.kind,
-            bound_attrs=lambda a: a.policy_attrs(), current_state=current_replicas,
+            bound_attrs=lambda a: a.bound_attrs(), current_state=current_replicas,
+            bounded=frozenset({"replicas", "min_replicas", "current_replicas"}),
         ),
         ToolSpec(
             name="rollback",
@@ -198,6 +197,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             run=bind(with_models_dir(rollback_workload, models_dir)), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
             kind_of=lambda a: a.kind,
+            # nothing from the arguments: the state it restores, checked on the read that guards the write
+            bounded=frozenset({"replicas", "min_replicas", "current_replicas", "images", "storage_uri"}),
         ),
         ToolSpec(
             name="deploy_model",
@@ -207,7 +208,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             run=bind_waiting(with_models_dir(ks.deploy_model, models_dir)),
             verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
-            bound_attrs=lambda a: localize_storage(a.policy_attrs(), models_dir), current_state=current_replicas,
+            bound_attrs=lambda a: localize_storage(a.bound_attrs(), models_dir), current_state=current_replicas,
+            bounded=frozenset({"replicas", "min_replicas", "current_replicas", "model", "storage_uri"}),
         ),
         ToolSpec(
             name="model_status",
@@ -223,7 +225,9 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             args_model=ks.KServeInferArgs, result_model=ks.KServeInferResult,
             run=bind(with_models_dir(ks.kserve_infer, models_dir)),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
-            bound_attrs=lambda a: a.policy_attrs(),
+            bound_attrs=lambda a: a.bound_attrs(),
+            # and the storage URI of the service it calls, checked on the read of the service
+            bounded=frozenset({"model", "input_elements", "url_override", "storage_uri"}),
         ),
     ]
 
@@ -245,6 +249,12 @@ def server_tools(
     models = settings.models or MODELS_DIR_DEFAULT
     kube = kube if kube is not None else Kube()
     return [*access_tools(gate_of, cluster), *inference_tools(models), *workload_tools(kube, models)]
+
+
+def tool_bounds(specs: Iterable[ToolSpec[Any, Any]] | None = None) -> dict[str, frozenset[BoundName]]:
+    """What each tool tells the policy's bounds (``ToolSpec.bounded``): for the lint, which finds bounds
+    that no tool a subject may call can ever meet."""
+    return {spec.name: spec.bounded for spec in (server_tools() if specs is None else specs)}
 
 
 def tool_verbs(specs: Iterable[ToolSpec[Any, Any]] | None = None) -> dict[str, str]:

@@ -60,22 +60,23 @@ def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _policy(args: argparse.Namespace) -> int:
-    from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy, PolicyError
+    from opsgate.policies import POLICY_FILE, SHIPPED_DIR, SourceError, default_policy, load_policy
     from opsgate.policies.lint import exit_code, format_findings, lint
-    from opsgate.policies.table import TableError, format_table_result, run_table
+    from opsgate.policies.table import format_table_result, run_table
 
-    from .catalog import tool_verbs
+    from .catalog import server_tools, tool_bounds, tool_verbs
 
-    verbs = tool_verbs()
+    specs = server_tools()
+    verbs = tool_verbs(specs)
     if args.policy_command == "check":
         path = args.path or SHIPPED_DIR / POLICY_FILE
-        findings = lint(path, verbs)
+        findings = lint(path, verbs, tool_bounds=tool_bounds(specs))
         _emit(format_findings(findings, path))
         return exit_code(findings)
     try:
-        policy = Policy.load(args.policy, known_tools=verbs) if args.policy else Policy.default(known_tools=verbs)
+        policy = load_policy(args.policy, known_tools=verbs) if args.policy else default_policy(known_tools=verbs)
         result = run_table(policy, args.table, verbs)
-    except (PolicyError, TableError) as exc:
+    except SourceError as exc:
         _err(str(exc))
         return EXIT_UNUSABLE
     _emit(format_table_result(result))

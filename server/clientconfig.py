@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
-from opsgate.policies.engine import validate_principal
+from opsgate.policies.names import validate_principal
 
 __all__ = ["CLIENTS", "SERVER_NAME", "Client", "client_config", "config_paths_hint", "render_client_config",
            "server_command"]

@@ -32,7 +32,7 @@ from .config import Settings, SettingsError
 from .rbac import APPS, READ_VERBS, TOOL_NEEDS, ApiAccess, cluster_needs
 
 if TYPE_CHECKING:
-    from opsgate.policies.engine import Policy
+    from opsgate.policies import Policy
     from opsgate.tools.kube import Kube
 
 __all__ = [
@@ -549,10 +549,10 @@ def _known_tools(settings: Settings) -> dict[str, str] | None:
 
 
 def _check_policy(settings: Settings, holder: list[Policy], known: Mapping[str, str] | None) -> list[Check]:
-    from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy, PolicyError
+    from opsgate.policies import POLICY_FILE, SHIPPED_DIR, PolicyError, default_policy, load_policy
 
     try:
-        policy = Policy.default(known_tools=known) if settings.policy is None else Policy.load(
+        policy = default_policy(known_tools=known) if settings.policy is None else load_policy(
             settings.policy, known_tools=known)
     except PolicyError as exc:
         where = f"{exc.path}:{exc.line}" if exc.line is not None else str(exc.path)
@@ -568,18 +568,20 @@ def _check_policy(settings: Settings, holder: list[Policy], known: Mapping[str, 
     else:  # not an error (a policy may mean it), but nothing else would say that no bound applies
         checks.append(Check("bounds", "warning", note, f"to bound arguments, put a bounds.toml beside "
                             f"{settings.policy} (start from {SHIPPED_DIR / 'bounds.toml'})"))
-    lint = _lint(settings.policy or SHIPPED_DIR / POLICY_FILE, known)
+    lint = _lint(settings, settings.policy or SHIPPED_DIR / POLICY_FILE, known)
     if lint is not None:
         checks.append(lint)
     return checks
 
 
-def _lint(load_path: Path, verbs: Mapping[str, str] | None) -> Check | None:
+def _lint(settings: Settings, load_path: Path, verbs: Mapping[str, str] | None) -> Check | None:
     """The same lint as ``opsgate policy check``, with this server's tools and verbs."""
     from opsgate.policies.lint import lint
 
     try:
-        findings = lint(load_path, verbs)
+        from .catalog import server_tools, tool_bounds
+
+        findings = lint(load_path, verbs, tool_bounds=tool_bounds(server_tools(settings)) if verbs else None)
     except Exception as exc:  # one check failing never stops the others
         return Check("policy lint", "warning", f"the lint could not run here: {type(exc).__name__}: {exc}",
                      "run `opsgate policy check` instead")

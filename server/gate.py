@@ -23,8 +23,8 @@ from pydantic_core.core_schema import ErrorType
 
 from opsgate.audit import AuditLog, AuditWriteError
 from opsgate.audit.redact import redact, redact_text
+from opsgate.policies import BoundAttrs, BoundName, Decision, Policy, Rule
 from opsgate.policies.bounds import check_bounds
-from opsgate.policies.engine import Decision, Policy, Rule
 from opsgate.policies.ratelimit import RateLimiter
 from opsgate.tools.context import AuditSummarized, BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
@@ -445,6 +445,11 @@ class Gate:
         """Every name a policy may grant (tools and gated resources) and its verb."""
         return {name: spec.verb for name, spec in self._tools.items()}
 
+    @property
+    def tool_bounds(self) -> dict[str, frozenset[BoundName]]:
+        """What each registered tool tells the policy's bounds (``ToolSpec.bounded``): the lint's view of them."""
+        return {name: spec.bounded for name, spec in self._tools.items()}
+
     def verb_of(self, tool: str) -> str | None:
         spec = self._tools.get(tool)
         return spec.verb if spec else None
@@ -491,17 +496,11 @@ class Gate:
         if not decision.allowed:
             return decision
         bounds = self.policy.bounds_for(decision.subject)  # never None: some bounds hold for every subject
-        attrs = spec.bound_attrs(args) if spec.bound_attrs is not None else {}
-        if attrs.get("url_override") and not (bounds is not None and bounds.allow_url_override):
-            # An address the caller picks is a request from inside the cluster's network: opt-in only.
-            reason = f"a url override needs allow_url_override = true in bounds.toml for {decision.subject}"
-            return replace(decision, allowed=False, reason=f"denied by bound: {reason}", bound=reason)
-        if bounds is None:
-            return decision
         if spec.bound_attrs is not None:
+            attrs = spec.bound_attrs(args)
             if bounds.max_replicas_change is not None and spec.current_state is not None:
-                attrs = {**attrs, **await spec.current_state(args)}
-            decision = self.apply_bounds(decision, attrs)
+                attrs = attrs.but(await spec.current_state(args))  # the world now (tools/), only when asked
+            decision = self.apply_bounds(decision, spec.told(attrs))
             if not decision.allowed:
                 return decision
         if spec.verb == "write" and not confirmed:
@@ -530,7 +529,7 @@ class Gate:
         }.get(answer, "the confirmation failed")
         return replace(decision, allowed=False, reason=f"denied: {reason}", confirmation=answer)
 
-    def apply_bounds(self, decision: GateDecision, attrs: Mapping[str, Any]) -> GateDecision:
+    def apply_bounds(self, decision: GateDecision, attrs: BoundAttrs) -> GateDecision:
         """An allowed call whose arguments break a bound of the allowing subject is denied, naming both."""
         reason = check_bounds(decision.subject or "", self.policy.bounds_for(decision.subject), attrs)
         if reason is None:
@@ -542,16 +541,17 @@ class Gate:
             bound=reason,
         )
 
-    def bounds_check(self, decision: GateDecision) -> BoundsCheck:
+    def bounds_check(self, decision: GateDecision, spec: ToolSpec[Any, Any]) -> BoundsCheck:
         """The allowing subject's bounds as the call's tool sees them (CallContext.check_bounds).
 
         Taken at decision time, so a reload mid-call changes nothing; for state a tool reads before
-        its write (the revision a rollback restores), refused in the same words as the gate's own.
+        its write (the revision a rollback restores), checked by the same function as the gate's own
+        and refused in the same words.
         """
         subject, bounds, source = decision.subject or "", self.policy.bounds_for(decision.subject), decision.source
 
-        def check(attrs: Mapping[str, Any]) -> str | None:
-            reason = check_bounds(subject, bounds, attrs)
+        def check(attrs: BoundAttrs) -> str | None:
+            reason = check_bounds(subject, bounds, spec.told(attrs))
             return None if reason is None else f"denied by bound: {reason} (the call was allowed by {source})"
 
         return check
@@ -639,7 +639,7 @@ class Gate:
             denial = {"field": NO_FIELD, "rule": denial_rule(decision), "message": decision.reason}
             return Answer(error_envelope("denied", decision.reason, call_id, [denial], decision=decision.record()))
 
-        return await self._run(spec, args, call_id, caller, started, progress, bound, self.bounds_check(decision))
+        return await self._run(spec, args, call_id, caller, started, progress, bound, self.bounds_check(decision, spec))
 
     async def _run(
         self,

@@ -21,7 +21,7 @@ from typing import Literal
 
 import structlog
 
-from opsgate.policies.engine import validate_principal
+from opsgate.policies.names import validate_principal
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import Kube
 

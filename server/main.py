@@ -22,11 +22,11 @@ import anyio
 import structlog
 
 from opsgate.audit import AuditLog, AuditTrustError, AuditWriteError
-from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR, Policy
+from opsgate.policies import POLICY_FILE, SHIPPED_DIR, BoundName, Policy
 from opsgate.policies.lint import format_findings, load_checked
 
 from . import __version__
-from .catalog import server_tools, tool_verbs
+from .catalog import server_tools, tool_bounds, tool_verbs
 from .cluster import Cluster, describe_cluster, open_cluster
 from .config import Settings
 from .gate import Gate
@@ -60,10 +60,12 @@ def open_audit_log(settings: Settings) -> AuditLog:
         raise StartupError(f"audit log {path} cannot be written ({exc}); refusing to serve") from exc
 
 
-def load_policy(settings: Settings, verbs: Mapping[str, str]) -> Policy:
+def load_policy(
+    settings: Settings, verbs: Mapping[str, str], bounded: Mapping[str, frozenset[BoundName]]
+) -> Policy:
     """Loaded and linted from one read of the files: an error stops the server, a warning is logged."""
     path = settings.policy or SHIPPED_DIR / POLICY_FILE
-    policy, findings = load_checked(path, verbs)
+    policy, findings = load_checked(path, verbs, tool_bounds=bounded)
     if policy is None:
         raise StartupError(f"policy does not load:\n{format_findings(findings, path)}")
     for finding in findings:
@@ -90,7 +92,7 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
     gates: list[Gate] = []  # the access tools describe the gate built below, from a policy checked against them
     try:
         specs = server_tools(settings, cluster.kube, lambda: gates[0], cluster.describe)
-        policy = load_policy(settings, tool_verbs(specs))
+        policy = load_policy(settings, tool_verbs(specs), tool_bounds(specs))
         audit = open_audit_log(settings)
     except BaseException:
         cluster.close()

@@ -15,7 +15,7 @@ import anyio
 import structlog
 
 from opsgate.audit import AuditWriteError
-from opsgate.policies.engine import POLICY_FILE, SHIPPED_DIR
+from opsgate.policies import POLICY_FILE, SHIPPED_DIR
 from opsgate.policies.lint import load_checked
 
 from .gate import Gate
@@ -50,7 +50,7 @@ def stamp(files: Sequence[Path]) -> Stamp:
 def reload_policy(gate: Gate, path: Path | None, verbs: Mapping[str, str]) -> bool:
     """Load, lint and swap, or keep the old policy; audit both outcomes. Returns whether it swapped."""
     old_hash = gate.policy.hash
-    new, findings = load_checked(path or SHIPPED_DIR / POLICY_FILE, verbs)
+    new, findings = load_checked(path or SHIPPED_DIR / POLICY_FILE, verbs, tool_bounds=gate.tool_bounds)
     if new is None:
         error = "; ".join(str(f) for f in findings if f.severity == "error")
         log.error("policy_reload_failed", error=error, kept=old_hash)

@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 import mcp_types as types
 from pydantic import BaseModel
 
+from opsgate.policies import BoundAttrs, BoundName
 from opsgate.tools.context import CallContext
 
 from .results import cap_strings
@@ -50,10 +51,14 @@ class ToolSpec(Generic[A, R]):
     # The Casbin domain of a call: its namespace, or "-" for tools that have none.
     namespace_of: Callable[[A], str] = field(default=_no_namespace)
     render: Callable[[R], str] = field(default=_compact_json)
-    # The arguments policy bounds look at (replicas, image, ...); None when the tool has none.
-    bound_attrs: Callable[[A], dict[str, Any]] | None = None
-    # Reads what a bound needs from the world (current replicas); only called when a bound asks for it.
-    current_state: Callable[[A], Awaitable[dict[str, Any]]] | None = None
+    # What a call tells the policy's bounds, from its arguments (replicas, images, ...); None when nothing.
+    bound_attrs: Callable[[A], BoundAttrs] | None = None
+    # Reads what a bound needs from the world (current replicas, in tools/); only called when a bound asks.
+    current_state: Callable[[A], Awaitable[BoundAttrs]] | None = None
+    # Every BoundAttrs field the tool ever tells: from bound_attrs, current_state, and the state it checks on
+    # the read that guards its write (CallContext.check_bounds). The lint reads it to know which bounds can
+    # reach this tool; the gate refuses to pass on a field not declared here, so the two cannot drift.
+    bounded: frozenset[BoundName] = frozenset()
     # The kind of object the tool acts on, for the audit record's object reference.
     object_kind: str | None = None
     # The kind a call is about when its arguments choose it (scale, rollback, list_workloads): set by the
@@ -61,6 +66,14 @@ class ToolSpec(Generic[A, R]):
     kind_of: Callable[[A], str] | None = None
     # "resource": served as an MCP resource, not in tools/list nor callable by tools/call; still gated.
     route: Literal["tool", "resource"] = "tool"
+
+    def told(self, attrs: BoundAttrs) -> BoundAttrs:
+        """``attrs``, once checked to hold only fields this spec declares in ``bounded``."""
+        undeclared = attrs.given() - self.bounded
+        if undeclared:
+            raise RuntimeError(f"tool {self.name} tells the policy {sorted(undeclared)}, which its spec does not "
+                               "declare in ToolSpec.bounded")
+        return attrs
 
     def object_ref(self, args: A) -> dict[str, Any] | None:
         """Who the call is about, as Kubernetes audit events name it: namespace, kind, name."""

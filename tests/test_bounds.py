@@ -6,19 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from opsgate.policies.bounds import (
-    DEFAULT_BOUNDS,
-    DEFAULT_PROTECTED,
-    BoundsError,
-    SubjectBounds,
-    bounds_lines,
-    check_bounds,
-    count_input_elements,
-    parse_bounds,
-    storage_uri_problem,
-)
-from opsgate.policies.engine import Policy, PolicyError, pattern_meet
+from opsgate.policies import BoundAttrs, BoundsError, PolicyError, SubjectBounds, default_policy, load_policy
+from opsgate.policies.bounds import DEFAULT_BOUNDS, check_bounds, storage_uri_problem
+from opsgate.policies.bounds_file import DEFAULT_PROTECTED, bounds_lines, parse_bounds
+from opsgate.policies.decider import pattern_meet
+from opsgate.policies.loader import with_rules
 from opsgate.tools.bounded import local_model, localize_storage, restored_deployment_attrs, restored_service_attrs
+from opsgate.vocab.elements import count_elements
 
 OPERATOR = SubjectBounds(max_replicas=10, allow_scale_to_zero=False, image_prefixes=("registry.example.com/",))
 
@@ -35,7 +29,7 @@ OPERATOR = SubjectBounds(max_replicas=10, allow_scale_to_zero=False, image_prefi
     ],
 )
 def test_check_bounds(attrs: dict[str, object], refused: str | None) -> None:
-    reason = check_bounds("role:operator", OPERATOR, attrs)
+    reason = check_bounds("role:operator", OPERATOR, BoundAttrs.from_mapping(attrs))
     if refused is None:
         assert reason is None
     else:
@@ -55,12 +49,12 @@ def test_a_bad_bounds_file_stops_the_policy_load(tmp_path: Path) -> None:
     (tmp_path / "policy.csv").write_text("p, role:viewer, *, *, read, allow\n")
     (tmp_path / "bounds.toml").write_text('[subject."role:viewer"]\nmax_replicas = "many"\n')
     with pytest.raises(PolicyError) as info:
-        Policy.load(tmp_path / "policy.csv")
+        load_policy(tmp_path / "policy.csv")
     assert "bounds.toml" in str(info.value) and "max_replicas" in str(info.value)
 
 
 def test_shipped_bounds_limit_operators() -> None:
-    assert Policy.default().bounds["role:operator"].max_replicas == 10
+    assert default_policy().bounds["role:operator"].max_replicas == 10
 
 
 # --------------------------------------------------------------------------- every bound at, below and above its limit
@@ -120,7 +114,7 @@ LIMITS = SubjectBounds(
     ],
 )
 def test_each_bound_at_below_and_above(attrs: dict[str, object], refused: str | None) -> None:
-    reason = check_bounds("role:operator", LIMITS, attrs)
+    reason = check_bounds("role:operator", LIMITS, BoundAttrs.from_mapping(attrs))
     if refused is None:
         assert reason is None
     else:
@@ -131,7 +125,7 @@ def test_no_bounds_limit_nothing() -> None:
     free = SubjectBounds()
     for attrs in ({"replicas": 10_000}, {"replicas": 0}, {"replicas": 5}, {"image": "x"}, {"model": "any"},
                   {"input_elements": 10**9}):
-        assert check_bounds("role:admin", free, attrs) is None
+        assert check_bounds("role:admin", free, BoundAttrs.from_mapping(attrs)) is None
 
 
 @pytest.mark.parametrize(
@@ -145,14 +139,14 @@ def test_no_bounds_limit_nothing() -> None:
     ],
 )
 def test_count_input_elements(inputs: object, count: int) -> None:
-    assert count_input_elements(inputs) == count
+    assert count_elements(inputs) == count
 
 
 def test_count_input_elements_survives_deep_nesting() -> None:
     deep: list[object] = [1.0]
     for _ in range(50_000):
         deep = [deep]
-    assert count_input_elements({"x": deep}) == 1
+    assert count_elements({"x": deep}) == 1
 
 
 def test_all_bounds_parse_and_errors_name_the_line() -> None:
@@ -205,13 +199,13 @@ def test_a_bad_bounds_file_names_its_line_in_the_policy_error(tmp_path: Path) ->
     (tmp_path / "policy.csv").write_text("p, role:viewer, *, *, read, allow\n")
     (tmp_path / "bounds.toml").write_text('# b\n[subject."role:viewer"]\nmodels = ["iris"]\nmax_replicas = -3\n')
     with pytest.raises(PolicyError) as info:
-        Policy.load(tmp_path / "policy.csv")
+        load_policy(tmp_path / "policy.csv")
     assert info.value.line == 4
     assert str(info.value).startswith(f"{tmp_path / 'bounds.toml'}:4: ")
 
 
 def test_shipped_bounds_rate_limit_operators() -> None:
-    operator = Policy.default().bounds["role:operator"]
+    operator = default_policy().bounds["role:operator"]
     assert operator.rate_limit_per_minute == 30
     assert operator.max_replicas_change is None  # needs the gate to know current replicas
 
@@ -221,10 +215,10 @@ def test_shipped_bounds_rate_limit_operators() -> None:
 
 def test_min_replicas_zero_is_scaling_to_zero() -> None:
     """Item 9: both ends of an InferenceService's range are bounded."""
-    reason = check_bounds("role:operator", OPERATOR, {"replicas": 3, "min_replicas": 0})
+    reason = check_bounds("role:operator", OPERATOR, BoundAttrs(replicas=3, min_replicas=0))
     assert reason is not None and "min_replicas 0" in reason and "allow_scale_to_zero" in reason
-    assert check_bounds("role:operator", OPERATOR, {"replicas": 3, "min_replicas": 1}) is None
-    assert check_bounds("role:admin", DEFAULT_BOUNDS, {"replicas": 3, "min_replicas": 0}) is None
+    assert check_bounds("role:operator", OPERATOR, BoundAttrs(replicas=3, min_replicas=1)) is None
+    assert check_bounds("role:admin", DEFAULT_BOUNDS, BoundAttrs(replicas=3, min_replicas=0)) is None
 
 
 @pytest.mark.parametrize(
@@ -252,8 +246,8 @@ def test_storage_uri_bound(uri: str, prefixes: tuple[str, ...], refused: str | N
 def test_a_bare_storage_name_is_bounded_by_models() -> None:
     """Item 10: the model a service serves, not only its name, is checked against ``models``."""
     bounds = SubjectBounds(models=("iris",))
-    assert check_bounds("role:x", bounds, {"model": "iris", "storage_uri": "iris"}) is None
-    reason = check_bounds("role:x", bounds, {"model": "iris", "storage_uri": "fraud"})
+    assert check_bounds("role:x", bounds, BoundAttrs(model="iris", storage_uri="iris")) is None
+    reason = check_bounds("role:x", bounds, BoundAttrs(model="iris", storage_uri="fraud"))
     assert reason is not None and "storage_uri" in reason
 
 
@@ -279,7 +273,8 @@ def test_local_file_uris_count_as_the_models_folder(tmp_path: Path) -> None:
     assert local_model(f"file://{models}/%2e%2e/x.onnx", models) is None
     assert local_model(f"file://{models}/out.onnx", models) is None, "a symlink pointing elsewhere"
     assert local_model("file:///etc/passwd", models) is None
-    assert localize_storage({"storage_uri": f"file://{models}/iris.onnx"}, models) == {"storage_uri": "iris"}
+    assert localize_storage(BoundAttrs(storage_uri=f"file://{models}/iris.onnx"), models) == BoundAttrs(
+        storage_uri="iris")
 
 
 def test_rollback_attrs_are_what_the_rollback_changes() -> None:
@@ -287,14 +282,14 @@ def test_rollback_attrs_are_what_the_rollback_changes() -> None:
     def template(*images: str) -> dict[str, object]:
         return {"spec": {"containers": [{"name": f"c{i}", "image": im} for i, im in enumerate(images)]}}
 
-    assert restored_deployment_attrs(template("r/a:2"), template("evil/a:1")) == {"images": ["evil/a:1"]}
-    assert restored_deployment_attrs(template("evil/a:1", "r/b:2"), template("evil/a:1", "r/b:1")) == {
-        "images": ["r/b:1"]}
+    assert restored_deployment_attrs(template("r/a:2"), template("evil/a:1")) == BoundAttrs(images=("evil/a:1",))
+    assert restored_deployment_attrs(template("evil/a:1", "r/b:2"), template("evil/a:1", "r/b:1")) == BoundAttrs(
+        images=("r/b:1",))
     now = {"minReplicas": 1, "maxReplicas": 2, "model": {"storageUri": "iris"}}
     back = {"minReplicas": 0, "maxReplicas": 2, "model": {"storageUri": "http://x/y"}}
     attrs = restored_service_attrs(now, back)
-    assert attrs == {"replicas": 2, "current_replicas": 2, "min_replicas": 0, "storage_uri": "http://x/y"}
-    assert restored_service_attrs(now, {**now, "canaryTrafficPercent": 0}) == {}
+    assert attrs == BoundAttrs(replicas=2, current_replicas=2, min_replicas=0, storage_uri="http://x/y")
+    assert restored_service_attrs(now, {**now, "canaryTrafficPercent": 0}) == BoundAttrs()
     reason = check_bounds("role:operator", OPERATOR, attrs)
     assert reason is not None and "allow_scale_to_zero" in reason
 
@@ -304,14 +299,14 @@ def test_a_policy_without_bounds_protects_the_cluster_namespaces(tmp_path: Path)
     ``namespaces = []`` turns it off, and the note says which file applies."""
     csv = tmp_path / "my.csv"
     csv.write_text("g, carol, role:admin, *\np, role:admin, *, *, *, allow\n")
-    lone = Policy.load(csv)
+    lone = load_policy(csv)
     assert lone.protected == DEFAULT_PROTECTED and lone.bounds_path is None
     assert lone.decide("carol", "kube-system", "deploy", "write").protected == "kube-system"
     assert "no bounds.toml" in lone.bounds_note()
     (tmp_path / "bounds.toml").write_text('[subject."role:admin"]\nmax_replicas = 3\n')
-    assert Policy.load(csv).protected == DEFAULT_PROTECTED
+    assert load_policy(csv).protected == DEFAULT_PROTECTED
     (tmp_path / "bounds.toml").write_text("[protected]\nnamespaces = []\n")
-    off = Policy.load(csv)
+    off = load_policy(csv)
     assert off.protected == () and off.decide("carol", "kube-system", "deploy", "write").allowed
     assert str(tmp_path / "bounds.toml") in off.bounds_note()
 
@@ -322,8 +317,9 @@ def test_effective_grants_narrow_each_rule_by_its_role_chain() -> None:
     assert pattern_meet("team-*", "team-a") == "team-a"
     assert pattern_meet("team-*", "prod") is None
     assert pattern_meet("team-a-*", "team-*") == "team-a-*"
-    policy = Policy.default().with_rules(
-        [(1, "g, alice, role:operator, team-*"), (2, "p, alice, team-x, *, write, deny")], Path("t.table"))
+    policy = with_rules(
+        default_policy(), [(1, "g, alice, role:operator, team-*"), (2, "p, alice, team-x, *, write, deny")],
+        Path("t.table"))
     grants = {(g.rule.fields[3], g.rule.fields[4]): g for g in policy.effective_grants("alice")}
     assert grants[("write", "allow")].namespaces == "team-*"
     assert [link.source for link in grants[("write", "allow")].via] == ["t.table:1"]

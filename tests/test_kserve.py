@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from opsgate.policies import BoundAttrs
 from opsgate.sandbox import KServeController, SandboxCluster
 from opsgate.tools.context import CallContext
 from opsgate.tools.errors import ToolError
@@ -217,9 +218,9 @@ def test_dry_run_scale_and_list(kube: Kube, ns: str) -> None:
     assert ("max_replicas", None, 2) in [(c.path, c.before, c.after) for c in preview.changes]
     assert list_workloads(kube, ListWorkloadsArgs(namespace=ns), ctx()).workloads == [], "a dry run stores nothing"
 
-    assert current_replicas(kube, ns, "iris") == {"current_replicas": 0}, "not created yet"
+    assert current_replicas(kube, ns, "iris") == BoundAttrs(current_replicas=0), "not created yet"
     deploy_model(kube, DeployModelArgs(name="iris", namespace=ns, storage_uri=IRIS, max_replicas=2, wait=True), ctx())
-    assert current_replicas(kube, ns, "iris") == {"current_replicas": 2}, "for the max_replicas_change bound"
+    assert current_replicas(kube, ns, "iris") == BoundAttrs(current_replicas=2), "for the max_replicas_change bound"
     before = raw(kube, ns, "iris")
     dry = scale_inference_service(
         kube, ScaleArgs(name="iris", namespace=ns, kind="InferenceService", max_replicas=5, dry_run=True),
@@ -351,8 +352,8 @@ def test_argument_rules() -> None:
     assert ScaleArgs(name="iris", namespace="default", kind="InferenceService", min_replicas=1,
                      max_replicas=4).bound_replicas() == 4
     args = KServeInferArgs(name="iris", namespace="default", inputs={"features": ROWS}, url="http://localhost:8080")
-    assert args.policy_attrs() == {"model": "iris", "input_elements": 8, "url_override": True}
-    assert DeployModelArgs(name="iris", namespace="default", max_replicas=3).policy_attrs()["replicas"] == 3
+    assert args.bound_attrs() == BoundAttrs(model="iris", input_elements=8, url_override=True)
+    assert DeployModelArgs(name="iris", namespace="default", max_replicas=3).bound_attrs().replicas == 3
     with pytest.raises(ValueError):
         KServeInferArgs(name="iris", namespace="default", inputs={}, url="file:///etc/passwd")
     with pytest.raises(ValueError):

@@ -18,7 +18,16 @@ from casbin.util import key_match_func
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opsgate.policies import EVERYONE, SHIPPED_DIR, Decision, Policy, PolicyError, Rule, validate_principal
+from opsgate.policies import (
+    EVERYONE,
+    SHIPPED_DIR,
+    Decision,
+    PolicyError,
+    Rule,
+    default_policy,
+    load_policy,
+    validate_principal,
+)
 
 MODEL: Path = SHIPPED_DIR / "model.conf"
 SHIPPED_CSV: Path = SHIPPED_DIR / "policy.csv"
@@ -91,14 +100,14 @@ def test_a_protected_namespace_opens_only_to_a_rule_that_names_it(tmp_path: Path
     csv = write_policy(tmp_path, "g, carol, role:platform, *\np, role:platform, kube-system, deploy, write, allow\n"
                        "p, role:platform, kube-*, scale, write, allow")
     (tmp_path / "bounds.toml").write_text('[protected]\nnamespaces = ["kube-system", "kube-public"]\n')
-    policy = Policy.load(csv, known_tools=TOOLS)
+    policy = load_policy(csv, known_tools=TOOLS)
     assert policy.decide("carol", "kube-system", "deploy", "write").allowed
     assert policy.decide("carol", "kube-system", "scale", "write").protected == "kube-system"  # a pattern
     assert policy.decide("carol", "kube-public", "deploy", "write").allowed is False
     assert policy.decide("carol", "kube-system", "list_workloads", "read").allowed  # reads are not protected
     (tmp_path / "bounds.toml").write_text('[protected]\nnamespaces = ["kube-*"]\n')
     with pytest.raises(PolicyError, match="no patterns"):
-        Policy.load(csv, known_tools=TOOLS)
+        load_policy(csv, known_tools=TOOLS)
 
 
 @pytest.mark.parametrize("deny_first", [True, False])
@@ -118,7 +127,7 @@ def test_pycasbin_enforce_ex_returns_the_deny_rule_when_deny_overrides(
 
 
 def test_shipped_files_load_and_hash() -> None:
-    policy = Policy.default(known_tools=TOOLS)
+    policy = default_policy(known_tools=TOOLS)
     bounds = SHIPPED_CSV.parent / "bounds.toml"
     assert policy.sources == (MODEL, SHIPPED_CSV, bounds)
     expected = hashlib.sha256(MODEL.read_bytes() + SHIPPED_CSV.read_bytes() + bounds.read_bytes()).hexdigest()
@@ -132,7 +141,7 @@ def test_shipped_files_load_and_hash() -> None:
 @pytest.mark.parametrize("namespace", ["prod", "team-a", "default", "kube-system", "kube-public", "-"])
 @pytest.mark.parametrize("tool", READ_TOOLS)
 def test_unnamed_principal_may_read_everywhere(namespace: str, tool: str) -> None:
-    decision = Policy.default().decide("nobody", namespace, tool, "read")
+    decision = default_policy().decide("nobody", namespace, tool, "read")
     assert decision.allowed
     assert decision.rule is not None
     assert decision.rule.fields == ("role:viewer", "*", "*", "read", "allow")
@@ -143,12 +152,12 @@ def test_unnamed_principal_may_read_everywhere(namespace: str, tool: str) -> Non
 @pytest.mark.parametrize("namespace", ["prod", "team-a", "default", "kube-system", "kube-node-lease", "-"])
 @pytest.mark.parametrize("tool", WRITE_TOOLS)
 def test_unnamed_principal_may_not_write_anywhere(namespace: str, tool: str) -> None:
-    decision = Policy.default().decide("nobody", namespace, tool, "write")
+    decision = default_policy().decide("nobody", namespace, tool, "write")
     assert not decision.allowed
 
 
 def test_default_deny_reason() -> None:
-    policy = Policy.default()
+    policy = default_policy()
     decision = policy.decide("alice", "prod", "deploy", "write")
     assert decision == Decision(
         allowed=False,
@@ -163,7 +172,7 @@ def test_default_deny_reason() -> None:
 def test_operator_by_namespace_pattern(tmp_path: Path) -> None:
     csv = write_policy(tmp_path, "g, alice, role:operator, team-*\ng, bob, role:admin, *")
     (tmp_path / "bounds.toml").write_bytes((SHIPPED_CSV.parent / "bounds.toml").read_bytes())  # [protected]
-    policy = Policy.load(csv, known_tools=TOOLS)
+    policy = load_policy(csv, known_tools=TOOLS)
     text = csv.read_text()
     operator_line = line_of(text, "p, role:operator, *, *, write, allow")
 
@@ -191,7 +200,7 @@ def test_deny_overrides_allow_and_names_the_deny_rule(tmp_path: Path, deny_first
     lines = ["# two files, loaded by name", deny if deny_first else allow, "g, alice, role:oncall, prod"]
     (tmp_path / "a.csv").write_text(allow + "\n" if deny_first else deny + "\n")
     (tmp_path / "b.csv").write_text("\n".join(lines) + "\n")
-    policy = Policy.load(tmp_path, known_tools=TOOLS)
+    policy = load_policy(tmp_path, known_tools=TOOLS)
     decision = policy.decide("alice", "prod", "scale", "write")
     assert not decision.allowed
     source = "b.csv:2" if deny_first else "a.csv:1"
@@ -203,7 +212,7 @@ def test_deny_overrides_allow_and_names_the_deny_rule(tmp_path: Path, deny_first
 
 
 def test_roles_of_and_grants_of(tmp_path: Path) -> None:
-    policy = Policy.load(write_policy(tmp_path, "g, alice, role:operator, team-*"))
+    policy = load_policy(write_policy(tmp_path, "g, alice, role:operator, team-*"))
     assert policy.roles_of("nobody", "prod") == [EVERYONE, "role:viewer"]
     assert policy.roles_of("alice", "team-a") == ["role:operator", "role:viewer", EVERYONE]
     assert policy.roles_of("alice", "prod") == [EVERYONE, "role:viewer"]
@@ -231,14 +240,14 @@ def test_grants_of_respects_namespace_overlap(tmp_path: Path) -> None:
         "p, role:op, prod, deploy, write, allow\np, role:op, team-x*, scale, write, allow\n"
         "g, alice, role:op, team-*\n"
     )
-    policy = Policy.load(csv)
+    policy = load_policy(csv)
     assert [rule.text for rule in policy.grants_of("alice")] == ["p, role:op, team-x*, scale, write, allow"]
 
 
 def test_empty_policy_denies_everything(tmp_path: Path) -> None:
     csv = tmp_path / "empty.csv"
     csv.write_text("# nothing granted\n")
-    policy = Policy.load(csv)
+    policy = load_policy(csv)
     assert policy.rules == ()
     assert not policy.decide("alice", "-", "whoami", "read").allowed
     assert policy.roles_of("alice", "prod") == [EVERYONE]
@@ -246,7 +255,7 @@ def test_empty_policy_denies_everything(tmp_path: Path) -> None:
 
 
 def test_decide_writes_nothing_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    policy = Policy.load(write_policy(tmp_path, "g, alice, role:operator, team-*"))
+    policy = load_policy(write_policy(tmp_path, "g, alice, role:operator, team-*"))
     for namespace in ("team-a", "prod", "kube-system"):
         for action in ("read", "write"):
             policy.decide("alice", namespace, "deploy", action)
@@ -283,7 +292,7 @@ def test_bad_policy_line_names_file_and_line(tmp_path: Path, bad: str, fragment:
     csv = write_policy(tmp_path, "# added\n\n" + bad)
     expected_line = len(csv.read_text().splitlines())
     with pytest.raises(PolicyError) as info:
-        Policy.load(csv)
+        load_policy(csv)
     err = info.value
     assert err.path == csv
     assert err.line == expected_line
@@ -294,15 +303,15 @@ def test_bad_policy_line_names_file_and_line(tmp_path: Path, bad: str, fragment:
 def test_unknown_tool_with_known_tools(tmp_path: Path) -> None:
     csv = tmp_path / "p.csv"
     csv.write_text("# ok\np, role:viewer, *, list_*, read, allow\np, role:op, *, deplyo, write, allow\n")
-    Policy.load(csv)  # without known_tools nothing is checked
+    load_policy(csv)  # without known_tools nothing is checked
     with pytest.raises(PolicyError) as info:
-        Policy.load(csv, known_tools=TOOLS)
+        load_policy(csv, known_tools=TOOLS)
     assert (info.value.path, info.value.line) == (csv, 3)
     assert "unknown tool 'deplyo'; did you mean 'deploy'?" in info.value.message
 
     csv.write_text("p, role:viewer, *, zz*, read, allow\n")
     with pytest.raises(PolicyError, match="matches no known tool") as info:
-        Policy.load(csv, known_tools=TOOLS)
+        load_policy(csv, known_tools=TOOLS)
     assert info.value.line == 1
 
 
@@ -349,7 +358,7 @@ def test_bad_model_names_model_file_and_line(
     (tmp_path / "model.conf").write_text(text)
     (tmp_path / "policy.csv").write_text("p, role:viewer, *, *, read, allow\n")
     with pytest.raises(PolicyError) as info:
-        Policy.load(tmp_path)
+        load_policy(tmp_path)
     err = info.value
     assert err.path == tmp_path / "model.conf"
     assert fragment in err.message
@@ -365,23 +374,23 @@ def test_model_missing_matchers(tmp_path: Path) -> None:
     (tmp_path / "model.conf").write_text(MODEL.read_text().split("[matchers]")[0])
     (tmp_path / "policy.csv").write_text("")
     with pytest.raises(PolicyError, match=r"missing 'm = \.\.\.' in \[matchers\]") as info:
-        Policy.load(tmp_path)
+        load_policy(tmp_path)
     assert info.value.line is None
     assert str(info.value).startswith(f"{tmp_path / 'model.conf'}: ")
 
 
 def test_bad_paths(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="no such file"):
-        Policy.load(tmp_path / "nope.csv")
+        load_policy(tmp_path / "nope.csv")
     with pytest.raises(PolicyError, match=r"missing: a policy folder holds model\.conf"):
-        Policy.load(tmp_path)
+        load_policy(tmp_path)
     (tmp_path / "model.conf").write_bytes(MODEL.read_bytes())
     with pytest.raises(PolicyError, match=r"no \*\.csv"):
-        Policy.load(tmp_path)
+        load_policy(tmp_path)
     bad = tmp_path / "policy.csv"
     bad.write_bytes(b"# ok\np, role:viewer, *, *, read, allow\n\xff\n")
     with pytest.raises(PolicyError, match="not UTF-8") as info:
-        Policy.load(tmp_path)
+        load_policy(tmp_path)
     assert info.value.line == 3
 
 
@@ -390,7 +399,7 @@ def test_error_in_second_file_names_it(tmp_path: Path) -> None:
     (tmp_path / "10-base.csv").write_text("p, role:viewer, *, *, read, allow\n")
     (tmp_path / "20-team.csv").write_text("\n# team\np, role:viewer, *, *, read, allow\n")
     with pytest.raises(PolicyError, match=r"duplicate of 10-base\.csv:1") as info:
-        Policy.load(tmp_path)
+        load_policy(tmp_path)
     assert (info.value.path, info.value.line) == (tmp_path / "20-team.csv", 3)
 
 
@@ -437,7 +446,7 @@ def test_principal_accepted(name: str) -> None:
     ],
 )
 def test_invalid_request_is_a_denial(request_: tuple[str, str, str, str], fragment: str) -> None:
-    decision = Policy.default().decide(*request_)
+    decision = default_policy().decide(*request_)
     assert not decision.allowed
     assert decision.rule is None
     assert decision.reason.startswith("denied: invalid request: ")
@@ -453,7 +462,7 @@ def test_exception_while_deciding_is_a_policy_error_denial(tmp_path: Path) -> No
         )
     )
     (tmp_path / "policy.csv").write_text("g, role:everyone, role:viewer, *\np, role:viewer, *, *, *, allow\n")
-    policy = Policy.load(tmp_path)
+    policy = load_policy(tmp_path)
     assert policy.decide("alice", "prod", "deploy", "read").allowed
     decision = policy.decide("alice", "prod", "deploy", "write")
     assert not decision.allowed
@@ -465,7 +474,7 @@ def test_matcher_failing_on_the_probe_fails_the_load(tmp_path: Path) -> None:
     (tmp_path / "model.conf").write_text(model_variant('(p.act == "*" || r.act == p.act)', "1 / 0 == 0"))
     (tmp_path / "policy.csv").write_text("p, role:everyone, *, *, *, allow\n")
     with pytest.raises(PolicyError, match="matcher fails to evaluate") as info:
-        Policy.load(tmp_path)
+        load_policy(tmp_path)
     assert info.value.path == tmp_path / "model.conf"
     assert info.value.line is not None
 
@@ -475,7 +484,7 @@ def test_caches_stay_bounded_and_correct(tmp_path: Path, indexed: bool) -> None:
     if not indexed:  # a changed matcher: Casbin decides, and its role-manager cache must stay bounded
         (tmp_path / "model.conf").write_text(model_variant("keyMatch(r.obj, p.obj)", "keyMatch2(r.obj, p.obj)"))
     csv = write_policy(tmp_path, "g, alice, role:operator, team-*")
-    policy = Policy.load(csv if indexed else tmp_path)
+    policy = load_policy(csv if indexed else tmp_path)
     assert policy.indexed is indexed
     policy._role_cache_limit = 5
     policy._memo_limit = 7
@@ -526,7 +535,7 @@ def test_decide_agrees_with_plain_casbin(lines: list[str], reqs: list[tuple[str,
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "policy.csv"
         csv.write_text("# generated\n" + "\n".join(lines) + "\n")
-        ours = Policy.load(csv)
+        ours = load_policy(csv)
         theirs = raw_enforcer(csv)
         for req in reqs:
             decision = ours.decide(*req)
@@ -566,10 +575,10 @@ def test_concurrent_decisions_are_correct(tmp_path: Path) -> None:
         )
         for _ in range(600)
     ]
-    reference = Policy.load(csv)
+    reference = load_policy(csv)
     expected = {req: reference.decide(*req).allowed for req in pool}
 
-    policy = Policy.load(csv)
+    policy = load_policy(csv)
     policy._memo_limit = 50  # force misses, evictions and role-cache rebuilds under contention
     policy._role_cache_limit = 20
     errors: list[BaseException] = []

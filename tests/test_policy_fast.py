@@ -22,8 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.policy_bench import TOOLS, generate_policy, generate_requests
-from opsgate.policies import EVERYONE, SHIPPED_DIR, Policy, PolicyError
-from opsgate.policies.engine import SHIPPED_MATCHER, validate_namespace, validate_principal
+from opsgate.policies import EVERYONE, SHIPPED_DIR, Policy, PolicyError, default_policy, load_policy
+from opsgate.policies.casbin_model import SHIPPED_MATCHER
+from opsgate.policies.loader import with_rules
+from opsgate.policies.names import validate_namespace, validate_principal
 
 MODEL = SHIPPED_DIR / "model.conf"
 Request = tuple[str, str, str, str]
@@ -77,17 +79,17 @@ def assert_agrees(ours: Policy, theirs: casbin.Enforcer, requests: Iterable[Requ
 
 
 def test_shipped_matcher_is_indexed_whatever_its_spacing(tmp_path: Path) -> None:
-    assert Policy.default().indexed
+    assert default_policy().indexed
     text = MODEL.read_text()
     assert SHIPPED_MATCHER in text
     respaced = SHIPPED_MATCHER.replace(" ", "").replace("&&", " &&\t ").replace("||", "  || ")
     (tmp_path / "model.conf").write_text(text.replace(SHIPPED_MATCHER, f"(({respaced}))"))
     (tmp_path / "policy.csv").write_text("p, role:everyone, *, whoami, read, allow\n")
-    assert Policy.load(tmp_path).indexed
+    assert load_policy(tmp_path).indexed
     glued = text.replace(SHIPPED_MATCHER, SHIPPED_MATCHER.replace(" && ", "&&"))
     (tmp_path / "model.conf").write_text(glued)
     with pytest.raises(PolicyError, match=r"put spaces around && and \|\|"):
-        Policy.load(tmp_path)
+        load_policy(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +114,7 @@ def test_changed_matcher_falls_back_to_casbin_and_agrees(tmp_path: Path, matcher
         "p, role:op, team-*, *, write, allow\ng, alice, role:op, team-*\n"
         "p, role:everyone, kube-system, *, write, deny\n"
     )
-    policy = Policy.load(tmp_path)
+    policy = load_policy(tmp_path)
     assert not policy.indexed
     requests = [
         (who, ns, tool, act)
@@ -215,7 +217,7 @@ def test_index_agrees_with_plain_casbin_on_fuzzed_requests(lines: list[str], dat
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "policy.csv"
         csv.write_text("# generated\n" + "\n".join(lines) + "\n")
-        ours = Policy.load(csv)
+        ours = load_policy(csv)
         assert ours.indexed
         assert_agrees(ours, plain(csv), reqs)
 
@@ -251,12 +253,12 @@ def test_reload_agrees_with_plain_casbin(
         (folder / "model.conf").write_bytes(MODEL.read_bytes())
         csv = folder / "policy.csv"
         csv.write_text("\n".join(before) + "\n")
-        old = Policy.load(folder)
+        old = load_policy(folder)
         old_casbin = plain(csv)
         assert_agrees(old, old_casbin, reqs)  # fills old's memo
 
         csv.write_text("\n".join(_mutate(before, added, seed)) + "\n")
-        new = Policy.load(folder)
+        new = load_policy(folder)
         assert_agrees(new, plain(csv), reqs)
         assert_agrees(old, old_casbin, reqs)  # memo hits: still the old answers
         if csv.read_bytes() != "\n".join(before).encode() + b"\n":
@@ -268,7 +270,7 @@ def test_role_chains_at_and_past_casbins_hop_limit(tmp_path: Path) -> None:
     grants = [f"p, role:r{i}, ns-{i}, deploy, write, allow" for i in range(13)]
     csv = tmp_path / "policy.csv"
     csv.write_text("\n".join(chain + grants) + "\n")
-    ours = Policy.load(csv)
+    ours = load_policy(csv)
     reqs = [("alice", f"ns-{i}", "deploy", "write") for i in range(13)]
     allows = assert_agrees(ours, plain(csv), reqs)
     assert allows == 9  # role:r0 .. role:r8: nine hops from alice
@@ -278,7 +280,7 @@ def test_generated_policy_of_1000_rules_agrees_with_plain_casbin(tmp_path: Path)
     text, principals, teams = generate_policy(1000, seed=5)
     csv = tmp_path / "policy.csv"
     csv.write_text(text)
-    ours = Policy.load(csv, known_tools=TOOLS)
+    ours = load_policy(csv, known_tools=TOOLS)
     assert len(ours.rules) == 1000
     theirs = plain(csv)
     reqs = generate_requests(principals, teams, 1500, seed=6)
@@ -295,7 +297,7 @@ def test_memo_is_bounded_and_keyed_by_the_full_request(tmp_path: Path) -> None:
         "p, role:viewer, *, *, read, allow\ng, role:everyone, role:viewer, *\n"
         "p, role:op, team-*, *, write, allow\ng, alice, role:op, team-*\n"
     )
-    policy = Policy.load(csv)
+    policy = load_policy(csv)
     policy._memo_limit = 16
     for i in range(100):
         assert policy.decide("alice", f"team-{i}", "deploy", "write").allowed
@@ -312,7 +314,7 @@ def test_10000_rules_load_and_decide_fast(tmp_path: Path) -> None:
     csv = tmp_path / "policy.csv"
     csv.write_text(text)
     started = time.perf_counter()
-    policy = Policy.load(csv, known_tools=TOOLS)
+    policy = load_policy(csv, known_tools=TOOLS)
     assert time.perf_counter() - started < 3.0
     reqs = generate_requests(principals, teams, 2000, seed=9)
     started = time.perf_counter()
@@ -343,7 +345,7 @@ def test_may_call_somewhere_is_exact(lines: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "policy.csv"
         csv.write_text("\n".join(lines) + "\n")
-        policy = Policy.load(csv)
+        policy = load_policy(csv)
         namespaces = realizations(lines)
         for principal in PRINCIPALS:
             for tool in ("deploy", "scale", "whoami", "status"):
@@ -356,7 +358,7 @@ def test_may_call_somewhere_is_exact(lines: list[str]) -> None:
 
 
 def test_may_call_somewhere_for_the_shipped_roles() -> None:
-    policy = Policy.default().with_rules([(1, "g, alice, role:operator, team-*")], Path("fixture.table"))
+    policy = with_rules(default_policy(), [(1, "g, alice, role:operator, team-*")], Path("fixture.table"))
     assert policy.may_call_somewhere("alice", "deploy", "write")
     assert not policy.may_call_somewhere("nobody", "deploy", "write")
     assert policy.may_call_somewhere("nobody", "list_workloads", "read")

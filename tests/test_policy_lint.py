@@ -9,6 +9,7 @@ import pytest
 
 from opsgate.policies import SHIPPED_DIR
 from opsgate.policies.lint import Finding, exit_code, format_findings, lint
+from opsgate.server.catalog import tool_bounds
 
 TOOLS = {
     "whoami": "read",
@@ -23,6 +24,8 @@ TOOLS = {
     "scale": "write",
     "rollback": "write",
 }
+# What each registered tool tells the policy's bounds (ToolSpec.bounded), as serve and `policy check` pass it.
+BOUNDS = tool_bounds()
 BASE = """\
 p, role:viewer, *, *, read, allow
 g, role:everyone, role:viewer, *
@@ -47,8 +50,8 @@ def only(findings: list[Finding], fragment: str) -> Finding:
 
 
 def test_shipped_policy_is_clean() -> None:
-    assert lint(SHIPPED_DIR, TOOLS) == []
-    assert lint(SHIPPED_DIR / "policy.csv", TOOLS) == []
+    assert lint(SHIPPED_DIR, TOOLS, tool_bounds=BOUNDS) == []
+    assert lint(SHIPPED_DIR / "policy.csv", TOOLS, tool_bounds=BOUNDS) == []
     assert format_findings([], SHIPPED_DIR) == (
         f"{SHIPPED_DIR}: bounds: {SHIPPED_DIR / 'bounds.toml'}; protected namespaces: kube-system, kube-public, "
         f"kube-node-lease\n{SHIPPED_DIR}: policy OK: no findings"
@@ -171,7 +174,6 @@ def test_role_chain_longer_than_casbin_follows(tmp_path: Path) -> None:
     [
         ('[subject."role:opertor"]\nmax_replicas = 3\n', 1, "no policy rule names; did you mean 'role:operator'?"),
         ('# x\n[subject."alice"]\nmax_replicas = 3\n', 2, "bounds for 'alice' never apply"),
-        ('[subject."role:operator"]\nmodels = ["iris"]\n', 2, "models of 'role:operator' never applies"),
         ('[subject."role:viewer"]\nmax_replicas = 3\n', 2, "max_replicas of 'role:viewer' never applies"),
         ('[subject."role:viewer"]\nmax_replicas_change = 1\n', 2, "max_replicas_change of 'role:viewer'"),
         ('[subject."role:viewer"]\nallow_scale_to_zero = false\n', 2, "allow_scale_to_zero of 'role:viewer'"),
@@ -182,13 +184,35 @@ def test_role_chain_longer_than_casbin_follows(tmp_path: Path) -> None:
 )
 def test_bounds_that_never_apply(tmp_path: Path, bounds: str, line: int, fragment: str) -> None:
     path = folder(tmp_path, BASE + "g, alice, role:operator, team-*\n", bounds)
-    finding = only(lint(path, TOOLS), fragment)
+    finding = only(lint(path, TOOLS, tool_bounds=BOUNDS), fragment)
     assert (finding.file, finding.line, finding.severity) == (path / "bounds.toml", line, "error")
 
 
+# role:operator writing with deploy and scale only: no tool it may call tells the policy a model.
+DEPLOYER = BASE.replace("p, role:operator, *, *, write, allow",
+                        "p, role:operator, *, deploy, write, allow\np, role:operator, *, scale, write, allow")
+
+
+def test_models_bounds_the_model_a_service_serves_too(tmp_path: Path) -> None:
+    """``models`` reads the storage URI as well as the name (a bare URI is a model of the models folder), and
+    rollback tells the policy the storage URI it restores: on a subject that may roll back it applies; on one
+    that may only deploy and scale it never does, and the finding says which arguments it bounds."""
+    bounds = '[subject."role:operator"]\nmodels = ["iris"]\n'
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    rolls_back = lint(folder(tmp_path / "a", BASE + "g, alice, role:operator, team-*\n", bounds), TOOLS,
+                      tool_bounds=BOUNDS)
+    assert [f for f in rolls_back if "models of" in f.message] == []
+    finding = only(lint(folder(tmp_path / "b", DEPLOYER + "g, alice, role:operator, team-*\n", bounds), TOOLS,
+                        tool_bounds=BOUNDS), "models of 'role:operator' never applies")
+    assert "the 'model' or 'storage_uri' argument of infer, rollback" in finding.message
+    assert (finding.line, finding.severity) == (2, "error")
+
+
 def test_inherited_grant_hint_for_bounds(tmp_path: Path) -> None:
-    path = folder(tmp_path, BASE + "g, alice, role:operator, team-*\n", '[subject."role:operator"]\nmodels = ["x"]\n')
-    finding = only(lint(path, TOOLS), "models of 'role:operator'")
+    bounds = '[subject."role:operator"]\nmodels = ["x"]\n'
+    path = folder(tmp_path, DEPLOYER + "g, alice, role:operator, team-*\n", bounds)
+    finding = only(lint(path, TOOLS, tool_bounds=BOUNDS), "models of 'role:operator'")
     assert "role:operator reaches infer only through role:viewer's rule, so role:viewer's bounds apply" in (
         finding.message
     )
@@ -200,12 +224,12 @@ def test_bounds_that_apply_are_clean(tmp_path: Path) -> None:
         'image_prefixes = ["r/"]\nrate_limit_per_minute = 10\n'
         '[subject."role:viewer"]\nmodels = ["iris"]\nmax_input_elements = 100\n'
     )
-    assert lint(folder(tmp_path, BASE + "g, alice, role:operator, team-*\n", bounds), TOOLS) == []
+    assert lint(folder(tmp_path, BASE + "g, alice, role:operator, team-*\n", bounds), TOOLS, tool_bounds=BOUNDS) == []
 
 
 def test_lint_writes_nothing_to_stdout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    lint(folder(tmp_path, BASE + "p, role:x, *, deplyo, write, allow\n"), TOOLS)
-    lint(SHIPPED_DIR, TOOLS)
+    lint(folder(tmp_path, BASE + "p, role:x, *, deplyo, write, allow\n"), TOOLS, tool_bounds=BOUNDS)
+    lint(SHIPPED_DIR, TOOLS, tool_bounds=BOUNDS)
     assert capsys.readouterr().out == ""
 
 
@@ -213,14 +237,14 @@ def test_load_checked_gives_the_policy_only_without_errors(tmp_path: Path) -> No
     from opsgate.policies.lint import load_checked
 
     path = folder(tmp_path, BASE + "p, role:everyone, sandbox, scale, write, allow\n")
-    policy, findings = load_checked(path, TOOLS)
+    policy, findings = load_checked(path, TOOLS, tool_bounds=BOUNDS)
     assert policy is not None and [f.severity for f in findings] == ["warning"]
     assert policy.decide("anyone", "sandbox", "scale", "write").allowed
     (path / "bounds.toml").write_text('[subject."role:nobody"]\nmax_replicas = 1\n')
-    policy, findings = load_checked(path, TOOLS)
+    policy, findings = load_checked(path, TOOLS, tool_bounds=BOUNDS)
     assert policy is None and exit_code(findings) == 1
     (path / "policy.csv").write_text(BASE + "p, role:x, *, *, read, Allow\n")
-    assert load_checked(path, TOOLS)[0] is None
+    assert load_checked(path, TOOLS, tool_bounds=BOUNDS)[0] is None
 
 
 def test_without_known_tools_the_tool_checks_are_skipped(tmp_path: Path) -> None:

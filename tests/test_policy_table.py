@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from opsgate.policies import SHIPPED_DIR, Policy
-from opsgate.policies.table import TableError, format_table_result, parse_table, run_table
+from opsgate.policies import SHIPPED_DIR, TableError, default_policy, load_policy
+from opsgate.policies.loader import with_rules
+from opsgate.policies.table import format_table_result, parse_table, run_table
 from opsgate.server.catalog import server_tools, tool_verbs
 
 ROLES_TABLE = SHIPPED_DIR / "roles.table"
 VERBS = tool_verbs()
 
-
 # --------------------------------------------------------------------------- the matrix
 
 
 def test_shipped_table_holds_for_the_shipped_policy() -> None:
-    result = run_table(Policy.default(known_tools=VERBS), ROLES_TABLE, VERBS)
+    result = run_table(default_policy(known_tools=VERBS), ROLES_TABLE, VERBS)
     assert result.ok, format_table_result(result)
     assert len(result.results) > 100
 
@@ -28,7 +28,7 @@ def test_shipped_table_holds_for_a_copied_policy_folder(tmp_path: Path) -> None:
     """What ``opsgate policy test policies/roles.table --policy DIR`` runs for a team starting from ours."""
     for name in ("model.conf", "policy.csv", "bounds.toml"):
         shutil.copy(SHIPPED_DIR / name, tmp_path / name)
-    result = run_table(Policy.load(tmp_path, known_tools=VERBS), ROLES_TABLE, VERBS)
+    result = run_table(load_policy(tmp_path, known_tools=VERBS), ROLES_TABLE, VERBS)
     assert result.ok, format_table_result(result)
 
 
@@ -53,7 +53,7 @@ def test_the_table_fixture_lines_name_the_roles_it_documents() -> None:
     assert "g, alice, role:operator, team-*" in lines
     assert "g, root-admin, role:admin, *" in lines
     # ... and the shipped policy itself names no real user
-    assert all(rule.fields[0].startswith("role:") for rule in Policy.default().rules if rule.ptype == "g")
+    assert all(rule.fields[0].startswith("role:") for rule in default_policy().rules if rule.ptype == "g")
 
 
 # --------------------------------------------------------------------------- the runner
@@ -75,7 +75,7 @@ def test_diff_names_expected_got_and_the_deciding_rule(tmp_path: Path) -> None:
         'alice team-a scale {"replicas": 11} -> allow\n'
         "alice team-a list_workloads -> allow\n",
     )
-    result = run_table(Policy.default(), table, VERBS)
+    result = run_table(default_policy(), table, VERBS)
     assert [r.row.line for r in result.failures] == [2, 3, 4, 5]
     text = format_table_result(result)
     assert f"{table}:2: alice team-a deploy\n  - expected deny\n  + got      allow: allowed by policy.csv:" in text
@@ -89,21 +89,21 @@ def test_diff_names_expected_got_and_the_deciding_rule(tmp_path: Path) -> None:
 
 def test_all_pass_summary_and_bounds_check_off(tmp_path: Path) -> None:
     table = write(tmp_path, 'policy: g, alice, role:operator, team-*\nalice team-a scale {"replicas": 11} -> allow\n')
-    result = run_table(Policy.default(), table, VERBS, bounds_check=None)
+    result = run_table(default_policy(), table, VERBS, bounds_check=None)
     assert result.ok
     assert format_table_result(result) == f"{table}: all 1 rows as expected (policy {result.policy_hash[:12]})"
 
 
 def test_fixture_lines_change_the_hash_and_skip_duplicates(tmp_path: Path) -> None:
-    base = Policy.default()
+    base = default_policy()
     table = write(tmp_path, "policy: g, role:everyone, role:viewer, *\nnobody - whoami -> allow\n")
     result = run_table(base, table, VERBS)
     assert result.ok and result.policy_hash != base.hash
-    extended = base.with_rules([(1, "g, alice, role:admin, prod")], table)
+    extended = with_rules(base, [(1, "g, alice, role:admin, prod")], table)
     assert len(extended.rules) == len(base.rules) + 1
     assert extended.rules[-1].source == "t.table:1"
     assert extended.bounds == base.bounds
-    assert base.with_rules([(1, "g, role:everyone, role:viewer, *")], table).rules == base.rules
+    assert with_rules(base, [(1, "g, role:everyone, role:viewer, *")], table).rules == base.rules
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_fixture_lines_change_the_hash_and_skip_duplicates(tmp_path: Path) -> No
 def test_table_errors_name_the_line(tmp_path: Path, text: str, line: int, fragment: str) -> None:
     table = write(tmp_path, text)
     with pytest.raises(TableError) as info:
-        run_table(Policy.default(), table, VERBS)
+        run_table(default_policy(), table, VERBS)
     assert info.value.line == line
     assert fragment in info.value.message
     assert str(info.value).startswith(f"{table}:{line}: ")
@@ -130,11 +130,11 @@ def test_table_errors_name_the_line(tmp_path: Path, text: str, line: int, fragme
 
 def test_missing_table(tmp_path: Path) -> None:
     with pytest.raises(TableError, match="cannot read"):
-        run_table(Policy.default(), tmp_path / "nope.table", VERBS)
+        run_table(default_policy(), tmp_path / "nope.table", VERBS)
 
 
 def test_invalid_principal_in_a_row_is_a_default_deny(tmp_path: Path) -> None:
     table = write(tmp_path, "role:admin prod deploy -> deny(default)\nalice team-* whoami -> deny\n")
-    result = run_table(Policy.default(), table, VERBS)
+    result = run_table(default_policy(), table, VERBS)
     assert result.ok, format_table_result(result)
     assert "invalid request" in result.results[0].reason

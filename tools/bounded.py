@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+from opsgate.policies.bounds import BoundAttrs
+
 from .context import BoundsCheck, CallContext
 from .errors import ToolError
 
@@ -50,21 +52,21 @@ def _images(pod_spec: Mapping[str, Any]) -> list[str]:
     return found
 
 
-def restored_deployment_attrs(current_template: Any, target_template: Any) -> dict[str, Any]:
+def restored_deployment_attrs(current_template: Any, target_template: Any) -> BoundAttrs:
     """Bound attributes of a Deployment rollback: the target template's images that run nowhere now. Pure.
 
     ``rollout undo`` restores the pod template only; replicas stay as they are, so they are not bounded here.
     """
     now = set(_images(_dict(_dict(current_template).get("spec"))))
     new = [image for image in _images(_dict(_dict(target_template).get("spec"))) if image not in now]
-    return {"images": new} if new else {}
+    return BoundAttrs(images=tuple(new))
 
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def restored_service_attrs(current_predictor: Any, restored_predictor: Any) -> dict[str, Any]:
+def restored_service_attrs(current_predictor: Any, restored_predictor: Any) -> BoundAttrs:
     """Bound attributes of an InferenceService rollback: what the restored predictor changes. Pure.
 
     ``replicas`` is the restored ceiling (maxReplicas, else minReplicas) when either changes, with
@@ -72,7 +74,7 @@ def restored_service_attrs(current_predictor: Any, restored_predictor: Any) -> d
     ``storage_uri`` when it changes; ``images`` of custom containers that run nowhere now.
     """
     now, new = _dict(current_predictor), _dict(restored_predictor)
-    attrs: dict[str, Any] = {}
+    attrs = BoundAttrs()
 
     def ceiling(predictor: Mapping[str, Any]) -> int:
         for key in ("maxReplicas", "minReplicas"):
@@ -83,25 +85,23 @@ def restored_service_attrs(current_predictor: Any, restored_predictor: Any) -> d
 
     low_now, low_new = _int(now.get("minReplicas")), _int(new.get("minReplicas"))
     if (low_now, _int(now.get("maxReplicas"))) != (low_new, _int(new.get("maxReplicas"))):
-        attrs.update(replicas=ceiling(new), current_replicas=ceiling(now))
+        attrs = dataclasses.replace(attrs, replicas=ceiling(new), current_replicas=ceiling(now))
         if low_new != low_now and low_new is not None:
-            attrs["min_replicas"] = low_new
+            attrs = dataclasses.replace(attrs, min_replicas=low_new)
     uri_now, uri_new = _dict(now.get("model")).get("storageUri"), _dict(new.get("model")).get("storageUri")
     if uri_new != uri_now and isinstance(uri_new, str):
-        attrs["storage_uri"] = uri_new
+        attrs = dataclasses.replace(attrs, storage_uri=uri_new)
     images = [image for image in _images(new) if image not in set(_images(now))]
-    if images:
-        attrs["images"] = images
-    return attrs
+    return dataclasses.replace(attrs, images=tuple(images))
 
 
-def enforce_bounds(ctx: CallContext, attrs: Mapping[str, Any], what: str) -> None:
+def enforce_bounds(ctx: CallContext, attrs: BoundAttrs, what: str) -> None:
     """Refuse, before any write, state that breaks the caller's bounds; ``what`` says what it is.
 
     The refusal is a ``denied`` error naming the bound (``rule="bound"``): the gate records it as the
     call's outcome. Outside the gate (``check_bounds`` None) nothing is checked.
     """
-    if not attrs or ctx.check_bounds is None:
+    if ctx.check_bounds is None or attrs == BoundAttrs():
         return
     reason = ctx.check_bounds(attrs)
     if reason is not None:
@@ -130,11 +130,11 @@ def local_model(uri: str, models_dir: Path) -> str | None:
     return path.stem if inside and path.suffix == ".onnx" and path.stem else None
 
 
-def localize_storage(attrs: Mapping[str, Any], models_dir: Path) -> dict[str, Any]:
+def localize_storage(attrs: BoundAttrs, models_dir: Path) -> BoundAttrs:
     """``attrs`` with a ``file://`` storage URI inside the models folder replaced by the model's name."""
-    uri = attrs.get("storage_uri")
-    name = local_model(uri, models_dir) if isinstance(uri, str) else None
-    return {**attrs, "storage_uri": name} if name is not None else dict(attrs)
+    uri = attrs.storage_uri
+    name = local_model(uri, models_dir) if uri is not None else None
+    return dataclasses.replace(attrs, storage_uri=name) if name is not None else attrs
 
 
 def with_models_dir(fn: Callable[..., R], models_dir: Path) -> Callable[..., R]:

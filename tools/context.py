@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from opsgate.policies.bounds import BoundAttrs
+
 ProgressFn = Callable[[float, float | None, str | None], Coroutine[Any, Any, None]]
-# The caller's bounds (those of the subject whose rule allowed the call) applied to bound attributes
-# (policies/bounds.py check_bounds): the refusal sentence, or None when they hold.
-BoundsCheck = Callable[[Mapping[str, Any]], str | None]
+# The caller's bounds (those of the subject whose rule allowed the call) applied to what a tool read on
+# the guarding read of its write (policies/bounds.py check_bounds): the refusal sentence, or None when they hold.
+BoundsCheck = Callable[[BoundAttrs], str | None]
 
 
 @dataclass(frozen=True)

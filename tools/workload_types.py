@@ -14,6 +14,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from opsgate.policies.bounds import BoundAttrs
 from opsgate.vocab.kinds import WorkloadKind
 from opsgate.vocab.limits import MAX_REPLICAS, replica_range_ok
 from opsgate.vocab.names import dns1123_problem
@@ -186,12 +187,12 @@ class ScaleArgs(Args):
         asked = [v for v in (self.min_replicas, self.max_replicas) if v is not None]
         return max(asked) if asked else None
 
-    def policy_attrs(self) -> dict[str, Any]:
+    def bound_attrs(self) -> BoundAttrs:
         """What policy bounds look at: the most replicas asked for, and an InferenceService's fewest.
 
         Both ends of a range are bounded: ``min_replicas=0, max_replicas=3`` scales to zero.
         """
-        return {"replicas": self.bound_replicas(), "min_replicas": self.min_replicas}
+        return BoundAttrs(replicas=self.bound_replicas(), min_replicas=self.min_replicas)
 
 
 class ScaleResult(Result):

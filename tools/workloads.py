@@ -28,6 +28,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from opsgate.policies.bounds import BoundAttrs
 from opsgate.vocab.limits import MAX_REPLICAS
 from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 
@@ -457,7 +458,7 @@ def deploy(kube: Kube, args: DeployArgs, ctx: CallContext, progress: ProgressCal
     def attempt() -> tuple[dict[str, Any] | None, dict[str, Any]] | DeployResult:
         current = _find(kube, name, ns, ctx)
         if args.replicas is not None:  # the bound on this read, which the write is guarded by (item 11)
-            enforce_bounds(ctx, {"replicas": args.replicas, "current_replicas": _replicas(current) or 0},
+            enforce_bounds(ctx, BoundAttrs(replicas=args.replicas, current_replicas=_replicas(current) or 0),
                            f"deployment {ns}/{name} as read just before the write")
         if current is None:
             after = kube.call(kube.apps.create_namespaced_deployment, ns, new_deployment(spec, ns, cause),
@@ -512,6 +513,19 @@ def _deploy_result(args: DeployArgs, action: Literal["created", "updated", "unch
 # --------------------------------------------------------------------------- scale
 
 
+def current_replicas(kube: Kube, namespace: str, name: str) -> BoundAttrs:
+    """For the ``max_replicas_change`` bound, read before the call is decided: the Deployment's replicas now,
+    0 when it does not exist yet (a create); nothing (unknown, so the bound refuses) when it cannot be read.
+
+    The tool checks the bound again on the read that guards its write (issue 15 item 11)."""
+    what = f"read scale of deployment {namespace}/{name}"
+    try:
+        scale = kube.call(kube.apps.read_namespaced_deployment_scale, name, namespace, what=what)
+    except ToolError as exc:
+        return BoundAttrs(current_replicas=0) if exc.status == 404 else BoundAttrs()
+    return BoundAttrs(current_replicas=int(spec_of(scale).get("replicas") or 0))
+
+
 def scale_deployment(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
     """Set replicas through the scale subresource, guarded by (and bounded on) the replica count read just before.
 
@@ -527,7 +541,7 @@ def scale_deployment(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResu
                             what=f"read scale of deployment {ns}/{name}", audit_id=ctx.call_id)
         before = int(spec_of(current).get("replicas") or 0)
         # The bound on the count this write is guarded by: a change since the gate read it is re-checked.
-        enforce_bounds(ctx, {"replicas": args.replicas, "current_replicas": before},
+        enforce_bounds(ctx, BoundAttrs(replicas=args.replicas, current_replicas=before),
                        f"deployment {ns}/{name} as read just before the write")
         if before == args.replicas:
             return ScaleResult(name=name, namespace=ns, action="unchanged", replicas_before=before,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from opsgate.audit import verify_log
-from opsgate.policies.engine import SHIPPED_DIR
+from opsgate.policies import SHIPPED_DIR
 from opsgate.sandbox import SandboxCluster
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 from tests.harness import Served, err, ok, serve, server_env, shipped_policy

@@ -10,6 +10,7 @@ from typing import Any, Final, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from opsgate.policies.bounds import BoundAttrs
 from opsgate.vocab.limits import MAX_REPLICAS, replica_range_ok
 from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 
@@ -111,12 +112,12 @@ class DeployModelArgs(Args):
             raise PydanticCustomError("model_name", 'a model name must not contain ".."')
         return value
 
-    def policy_attrs(self) -> dict[str, Any]:
+    def bound_attrs(self) -> BoundAttrs:
         """What policy bounds look at: the most and the fewest replicas asked for (both ends of the range are
         bounded: min_replicas 0 scales to zero), the model (service) name, the storage URI it loads."""
         asked = [v for v in (self.min_replicas, self.max_replicas) if v is not None]
-        return {"replicas": max(asked) if asked else None, "min_replicas": self.min_replicas, "model": self.name,
-                "storage_uri": self.storage_uri}
+        return BoundAttrs(replicas=max(asked) if asked else None, min_replicas=self.min_replicas, model=self.name,
+                          storage_uri=self.storage_uri)
 
 
 class DeployModelResult(Result):
@@ -244,8 +245,8 @@ def deploy_model(kube: Kube, args: DeployModelArgs, ctx: CallContext,
     def attempt() -> tuple[JSON | None, JSON, list[str]] | DeployModelResult:
         current = find_service(kube, name, ns, ctx)
         # The bound on this read, which the write is guarded by (generation): issue 15 item 11.
-        enforce_bounds(ctx, {**args.policy_attrs(), "current_replicas": replica_ceiling(current) if current else 0},
-                       f"inferenceservice {ns}/{name} as read just before the write")
+        now = BoundAttrs(current_replicas=replica_ceiling(current) if current else 0)
+        enforce_bounds(ctx, args.bound_attrs().but(now), f"inferenceservice {ns}/{name} as read just before the write")
         predictor = (desired_predictor(predictor_of(current), args, creating=False) if current is not None
                      else desired_predictor({}, args, creating=True))
         notes = deploy_notes(current, args, predictor, mode_of(current) if current is not None else None)

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from pydantic import ConfigDict, Field
 
+from opsgate.policies.bounds import BoundAttrs
 from opsgate.vocab.limits import MAX_INPUT_ELEMENTS
 
 from ..bounded import enforce_bounds
@@ -53,8 +54,10 @@ class KServeInferArgs(Args):
             return input_elements({"instances": self.inputs["instances"]})
         return input_elements(self.inputs)
 
-    def policy_attrs(self) -> dict[str, Any]:
-        return {"model": self.name, "input_elements": self.input_elements(), "url_override": self.url is not None}
+    def bound_attrs(self) -> BoundAttrs:
+        """What policy bounds look at before the call: the service named, the values sent, a url override
+        (the storage URI it serves is bounded in the tool, on the read: :func:`kserve_infer`)."""
+        return BoundAttrs(model=self.name, input_elements=self.input_elements(), url_override=self.url is not None)
 
 
 class KServeInferResult(InferResult):
@@ -109,7 +112,7 @@ def kserve_infer(kube: Kube, args: KServeInferArgs, ctx: CallContext) -> KServeI
     obj = read_service(kube, name, ns, ctx)
     uri = model_of(obj).get("storageUri")
     if isinstance(uri, str):  # the `models` bound named the service; this bounds the model it actually serves
-        enforce_bounds(ctx, {"storage_uri": uri}, f"inferenceservice {ns}/{name} serves a model")
+        enforce_bounds(ctx, BoundAttrs(storage_uri=uri), f"inferenceservice {ns}/{name} serves a model")
     s = status_result(obj)
     if not s.ready:
         raise ToolError(f"inferenceservice {ns}/{name} cannot be called: {s.summary}", code="failed_precondition",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Literal
 
+from opsgate.policies.bounds import BoundAttrs
 from opsgate.vocab.limits import replica_range_ok
 
 from ..bounded import enforce_bounds
@@ -31,7 +32,7 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
     def attempt() -> ScaleResult:
         current = read_service(kube, name, ns, ctx)
         # The bound on this read, which the write is guarded by (generation): issue 15 item 11.
-        enforce_bounds(ctx, {**args.policy_attrs(), "current_replicas": replica_ceiling(current)},
+        enforce_bounds(ctx, args.bound_attrs().but(BoundAttrs(current_replicas=replica_ceiling(current))),
                        f"inferenceservice {ns}/{name} as read just before the write")
         predictor = copy.deepcopy(predictor_of(current))
         low, high = predictor.get("minReplicas"), predictor.get("maxReplicas")

@@ -9,6 +9,8 @@ from typing import Any, Final
 
 from pydantic import Field
 
+from opsgate.policies.bounds import BoundAttrs
+
 from ..context import CallContext
 from ..errors import ToolError
 from ..kube import Kube
@@ -195,11 +197,13 @@ def replica_ceiling(obj: Mapping[str, Any] | None) -> int:
     return 1
 
 
-def current_replicas(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
-    """For the ``max_replicas_change`` bound: ``{"current_replicas": n}``, n = :func:`replica_ceiling` now,
-    0 for a service not created yet; ``{}`` (unknown, so the bound refuses) when it cannot be read."""
+def current_replicas(kube: Kube, namespace: str, name: str) -> BoundAttrs:
+    """For the ``max_replicas_change`` bound, read before the call is decided: ``current_replicas`` is
+    :func:`replica_ceiling` now, 0 for a service not created yet; nothing (unknown, so the bound refuses)
+    when it cannot be read."""
     try:
         obj = read_service(kube, name, namespace, CallContext(call_id="", principal=""))
     except ToolError as exc:
-        return {"current_replicas": 0} if exc.status == 404 and exc.rule != "kserve-not-installed" else {}
-    return {"current_replicas": replica_ceiling(obj)}
+        return BoundAttrs(current_replicas=0) if exc.status == 404 and exc.rule != "kserve-not-installed" else (
+            BoundAttrs())
+    return BoundAttrs(current_replicas=replica_ceiling(obj))
