@@ -121,7 +121,7 @@ def retry_on_conflict(attempt: Callable[[], T], *, what: str, kind: str,
 
 def guarded_patch(kube: Kube, fn: Callable[..., Any], *args: Any, ops: list[JSON], reread: Callable[[], JSON],
                   what: str, audit_id: str | None, dry_run: str | None) -> Any:
-    """Send one JSON Patch whose leading ops are guards (:func:`guard`); a failed guard becomes a conflict.
+    """Send one JSON Patch whose leading ops are guards (structs.patches.guard); a failed guard becomes a conflict.
 
     On a 422 the object is read again: if a guard no longer holds, the write was overtaken
     (nothing applied) and a ``conflict`` is raised for :func:`retry_on_conflict`; otherwise the 422
