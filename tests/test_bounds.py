@@ -326,3 +326,56 @@ def test_effective_grants_narrow_each_rule_by_its_role_chain() -> None:
     assert grants[("read", "allow")].namespaces == "*"
     assert policy.allowed_in("alice", "deploy", "write") == ["team-* (except team-x)"]
     assert policy.allowed_in("nobody", "deploy", "write") == []
+
+
+# --------------------------------------------------------------------------- the typed contract (issue 16)
+
+
+def test_bound_attrs_tell_only_what_they_set() -> None:
+    attrs = BoundAttrs(replicas=3, images=("r/a:1",))
+    assert attrs.given() == {"replicas", "images"}
+    assert BoundAttrs().given() == frozenset()
+    assert BoundAttrs(current_replicas=0).given() == {"current_replicas"}, "0 replicas now is a fact, not nothing"
+    assert attrs.but(BoundAttrs(current_replicas=2)) == BoundAttrs(replicas=3, images=("r/a:1",), current_replicas=2)
+    assert attrs.but(BoundAttrs()) == attrs
+
+
+def test_a_tables_attributes_are_read_as_leniently_as_before() -> None:
+    """A table's JSON: a value of the wrong type tells nothing (true is not a count), ``image`` joins ``images``."""
+    read = BoundAttrs.from_mapping(
+        {"replicas": True, "current_replicas": 2, "image": "r/a", "images": ["r/b", 3], "model": 5, "typo": 1})
+    assert read == BoundAttrs(current_replicas=2, images=("r/a", "r/b"))
+    assert BoundAttrs.from_mapping({"url_override": "yes"}) == BoundAttrs(), "only true opts in"
+
+
+def test_every_file_error_has_one_shape() -> None:
+    from opsgate.policies import SourceError, TableError
+
+    for cls in (PolicyError, BoundsError, TableError):
+        exc = cls(Path("f.toml"), 3, "bad")
+        assert isinstance(exc, SourceError) and str(exc) == "f.toml:3: bad" and exc.message == "bad"
+        assert str(cls(Path("f.toml"), None, "bad")) == "f.toml: bad"
+
+
+def test_each_tool_tells_the_policy_only_what_its_spec_declares() -> None:
+    """The lint reads ToolSpec.bounded, so it must hold every field a tool's arguments give; the gate refuses
+    to pass on one it does not declare, so the declaration cannot drift as TOOL_ATTRS did."""
+    from opsgate.server.catalog import server_tools
+
+    specs = {spec.name: spec for spec in server_tools()}
+    samples: dict[str, dict[str, object]] = {
+        "infer": {"model": "iris", "inputs": {"features": [[1.0, 2.0]]}},
+        "deploy": {"name": "web", "namespace": "d", "image": "r/web:1", "replicas": 2},
+        "scale": {"name": "iris", "namespace": "d", "kind": "InferenceService", "min_replicas": 0, "max_replicas": 3},
+        "deploy_model": {"name": "iris", "namespace": "d", "storage_uri": "iris", "min_replicas": 1, "max_replicas": 2},
+        "kserve_infer": {"name": "iris", "namespace": "d", "inputs": {"x": [1]}, "url": "http://localhost:8080"},
+    }
+    for name, sample in samples.items():
+        spec = specs[name]
+        assert spec.bound_attrs is not None, name
+        told = spec.bound_attrs(spec.args_model.model_validate(sample))
+        assert told.given() and spec.told(told) is told, name
+    assert {name for name, spec in specs.items() if spec.bound_attrs is not None} == set(samples)
+    assert "storage_uri" in specs["rollback"].bounded and "storage_uri" in specs["kserve_infer"].bounded
+    with pytest.raises(RuntimeError, match="images"):
+        specs["scale"].told(BoundAttrs(replicas=2, images=("r/x:1",)))
