@@ -108,7 +108,7 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
         ToolSpec(
             name="infer",
             description="Run a local ONNX model (onnxruntime) on your inputs; names and shapes from list_models.",
-            args_model=InferArgs, result_model=InferResult, run=infer, object_kind="Model",
+            args_model=InferArgs, result_model=InferResult, run=infer, object_kind="Model", name_of=lambda a: a.model,
             bound_attrs=lambda a: BoundAttrs(model=a.model, input_elements=count_elements(a.inputs)),
             bounded=frozenset({"model", "input_elements"}),
         ),
@@ -143,6 +143,10 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
     def ns(args: Any) -> str:
         return str(args.namespace)
 
+    def named(args: Any) -> str:
+        """The object a call names (its name argument), for the audit record's object reference."""
+        return str(args.name)
+
     async def current_replicas(args: Any) -> BoundAttrs:
         """Only when a bound asks (max_replicas_change): the tools' read, in a worker thread like the tools."""
         return await anyio.to_thread.run_sync(replicas_now, kube, args, limiter=limiter)
@@ -162,12 +166,14 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             "change.",
             args_model=wl.RolloutStatusArgs, result_model=wl.RolloutStatusResult, run=bind(wl.rollout_status),
             namespace_of=ns, open_world=True, object_kind="Deployment",
+            name_of=named,
         ),
         ToolSpec(
             name="rollout_history",
             description="A Deployment's revisions with change-cause and images: pick one for rollback.",
             args_model=wl.RolloutHistoryArgs, result_model=wl.RolloutHistoryResult, run=bind(wl.rollout_history),
             namespace_of=ns, open_world=True, object_kind="Deployment",
+            name_of=named,
         ),
         ToolSpec(
             name="deploy",
@@ -175,6 +181,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             "Try dry_run first.",
             args_model=wl.DeployArgs, result_model=wl.DeployResult, run=bind_waiting(wl.deploy), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
+            name_of=named,
             bound_attrs=lambda a: BoundAttrs(replicas=a.replicas, images=(a.image,)), current_state=current_replicas,
             bounded=frozenset({"replicas", "current_replicas", "images"}),
         ),
@@ -184,6 +191,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             "autoscaling.",
             args_model=ScaleArgs, result_model=ScaleResult, run=bind(scale_workload), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
+            name_of=named,
             kind_of=lambda a: a.kind,
             bound_attrs=lambda a: a.bound_attrs(), current_state=current_replicas,
             bounded=frozenset({"replicas", "min_replicas", "current_replicas"}),
@@ -196,6 +204,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             args_model=RollbackArgs, result_model=RollbackResult,
             run=bind(with_models_dir(rollback_workload, models_dir)), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
+            name_of=named,
             kind_of=lambda a: a.kind,
             # nothing from the arguments: the state it restores, checked on the read that guards the write
             bounded=frozenset({"replicas", "min_replicas", "current_replicas", "images", "storage_uri"}),
@@ -208,6 +217,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             run=bind_waiting(with_models_dir(ks.deploy_model, models_dir)),
             verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
+            name_of=named,
             bound_attrs=lambda a: localize_storage(a.bound_attrs(), models_dir), current_state=current_replicas,
             bounded=frozenset({"replicas", "min_replicas", "current_replicas", "model", "storage_uri"}),
         ),
@@ -217,6 +227,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             "Use after deploy_model.",
             args_model=ks.ModelStatusArgs, result_model=ks.ModelStatusResult, run=bind(ks.model_status),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
+            name_of=named,
         ),
         ToolSpec(
             name="kserve_infer",
@@ -225,6 +236,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             args_model=ks.KServeInferArgs, result_model=ks.KServeInferResult,
             run=bind(with_models_dir(ks.kserve_infer, models_dir)),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
+            name_of=named,
             bound_attrs=lambda a: a.bound_attrs(),
             # and the storage URI of the service it calls, checked on the read of the service
             bounded=frozenset({"model", "input_elements", "url_override", "storage_uri"}),

@@ -64,6 +64,8 @@ class ToolSpec(Generic[A, R]):
     # The kind a call is about when its arguments choose it (scale, rollback, list_workloads): set by the
     # catalog, which also picks the tool path by it; None means object_kind.
     kind_of: Callable[[A], str] | None = None
+    # The object a call names, for the same reference (its name argument; infer: the model); None: no name.
+    name_of: Callable[[A], str] | None = None
     # "resource": served as an MCP resource, not in tools/list nor callable by tools/call; still gated.
     route: Literal["tool", "resource"] = "tool"
 
@@ -79,7 +81,7 @@ class ToolSpec(Generic[A, R]):
         """Who the call is about, as Kubernetes audit events name it: namespace, kind, name."""
         if self.object_kind is None:
             return None
-        name = getattr(args, "name", None) or getattr(args, "model", None)
+        name = self.name_of(args) if self.name_of is not None else None
         kind = self.kind_of(args) if self.kind_of is not None else self.object_kind
         ref = {"kind": kind, "namespace": self.namespace_of(args), "name": name}
         return {k: v for k, v in ref.items() if v not in (None, "-")}
