@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -12,9 +13,11 @@ import pytest
 
 from tests import harness
 
-# What starts a server: the harness's stdio client, or a command line naming the server's module.
+# What starts a server: the harness's stdio client, or a command line running the server's module
+# (["-m", "opsgate.server", ...], or that list written inside a launcher script).
 _STARTERS: tuple[Callable[..., Any], ...] = (harness.serve, harness.serve_on)
 _SERVER_MODULE = "opsgate.server"
+_SERVER_COMMAND = re.compile(r"-m['\",\s]+opsgate\.server\b")
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def _starts_server(fn: Any, seen: set[int]) -> bool:
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
     names = vars(module) if module is not None else {}
     for part in _codes(code):
-        if any(isinstance(c, str) and c.startswith(_SERVER_MODULE) for c in part.co_consts):
+        if any(isinstance(c, str) and (c == _SERVER_MODULE or _SERVER_COMMAND.search(c)) for c in part.co_consts):
             return True
         if "tests.harness" in part.co_names and {"serve", "serve_on"} & set(part.co_names):
             return True  # imported inside the function: `from tests.harness import serve`

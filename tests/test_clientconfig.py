@@ -110,6 +110,7 @@ def test_paths_hint_names_the_file_per_os(client: Any) -> None:
         assert word in hint
 
 
+@pytest.mark.stdio  # the server is the snippet's command, which tests/conftest.py cannot see
 def test_the_snippet_starts_a_server_an_mcp_client_can_talk_to(tmp_path: Path) -> None:
     """Render in a fresh process (as `opsgate config` will), then start exactly what the snippet says."""
     audit_log = tmp_path / "audit.jsonl"
