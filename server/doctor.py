@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from opsgate.policies import Policy
     from opsgate.tools.kube import Kube
 
+    from .toolspec import ToolSpec
+
 __all__ = [
     "REQUIRED_PACKAGES",
     "Check",
@@ -133,11 +135,11 @@ def run_doctor(
     checks += _guarded("python", _check_python)
     checks += _guarded("packages", _check_packages)
     cluster_user: list[str] = []  # what the cluster's SelfSubjectReview said, when it was asked and answered
-    known = _known_tools(settings)  # what serve would register: the policy and the cluster's RBAC are checked for it
-    needs = _cluster_needs(known)
+    tools = _server_tools(settings)  # what serve would register: the policy and the cluster's RBAC are checked for it
+    needs = _cluster_needs(tools)
     checks += _guarded("cluster", lambda: _check_cluster(settings, env, home_dir, timeout, cluster_user, needs))
     policy_holder: list[Policy] = []
-    checks += _guarded("policy", lambda: _check_policy(settings, policy_holder, known))
+    checks += _guarded("policy", lambda: _check_policy(settings, policy_holder, tools))
     checks += _guarded("principal", lambda: _check_principal(settings, policy_holder, cluster_user))
     checks += _guarded("audit log", lambda: _check_audit_log(settings.audit_log))
     checks += _guarded("models", lambda: _check_models(settings.models))
@@ -530,27 +532,31 @@ def _verbs(pairs: Sequence[tuple[ApiAccess, str]]) -> str:
     return "; ".join(f"{'/'.join(verbs)} {res}" for res, verbs in by_res.items())
 
 
-def _cluster_needs(known: Mapping[str, str] | None) -> list[ApiAccess]:
+def _cluster_needs(tools: list[ToolSpec[Any, Any]] | None) -> list[ApiAccess]:
     """What the tools serve would register call on the cluster (every tool's, if that list could not be made)."""
-    return cluster_needs(TOOL_NEEDS if known is None else known)
+    return cluster_needs(TOOL_NEEDS if tools is None else [tool.name for tool in tools])
 
 
 # --------------------------------------------------------------------------- policy and principal
 
 
-def _known_tools(settings: Settings) -> dict[str, str] | None:
-    """The tools the server would register and their verbs, so the policy is loaded and linted as serve does."""
+def _server_tools(settings: Settings) -> list[ToolSpec[Any, Any]] | None:
+    """The tools the server would register, listed once: the policy is loaded and linted, and the cluster's
+    RBAC checked, for them as serve does. None when they cannot be listed (the checks then do without)."""
     try:
-        from .catalog import server_tools, tool_verbs
+        from .catalog import server_tools
 
-        return tool_verbs(server_tools(settings))
+        return server_tools(settings)
     except Exception:
         return None
 
 
-def _check_policy(settings: Settings, holder: list[Policy], known: Mapping[str, str] | None) -> list[Check]:
+def _check_policy(settings: Settings, holder: list[Policy], tools: list[ToolSpec[Any, Any]] | None) -> list[Check]:
     from opsgate.policies import POLICY_FILE, SHIPPED_DIR, PolicyError, default_policy, load_policy
 
+    from .catalog import tool_verbs
+
+    known = tool_verbs(tools) if tools is not None else None
     try:
         policy = default_policy(known_tools=known) if settings.policy is None else load_policy(
             settings.policy, known_tools=known)
@@ -568,20 +574,21 @@ def _check_policy(settings: Settings, holder: list[Policy], known: Mapping[str, 
     else:  # not an error (a policy may mean it), but nothing else would say that no bound applies
         checks.append(Check("bounds", "warning", note, f"to bound arguments, put a bounds.toml beside "
                             f"{settings.policy} (start from {SHIPPED_DIR / 'bounds.toml'})"))
-    lint = _lint(settings, settings.policy or SHIPPED_DIR / POLICY_FILE, known)
+    lint = _lint(settings.policy or SHIPPED_DIR / POLICY_FILE, tools)
     if lint is not None:
         checks.append(lint)
     return checks
 
 
-def _lint(settings: Settings, load_path: Path, verbs: Mapping[str, str] | None) -> Check | None:
-    """The same lint as ``opsgate policy check``, with this server's tools and verbs."""
+def _lint(load_path: Path, tools: list[ToolSpec[Any, Any]] | None) -> Check | None:
+    """The same lint as ``opsgate policy check``, with this server's tools, their verbs and what they bound."""
     from opsgate.policies.lint import lint
 
     try:
-        from .catalog import server_tools, tool_bounds
+        from .catalog import tool_bounds, tool_verbs
 
-        findings = lint(load_path, verbs, tool_bounds=tool_bounds(server_tools(settings)) if verbs else None)
+        findings = lint(load_path, tool_verbs(tools), tool_bounds=tool_bounds(tools)) if tools is not None else lint(
+            load_path)
     except Exception as exc:  # one check failing never stops the others
         return Check("policy lint", "warning", f"the lint could not run here: {type(exc).__name__}: {exc}",
                      "run `opsgate policy check` instead")
