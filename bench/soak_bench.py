@@ -7,7 +7,7 @@ Memory must stay flat (server RSS, read from /proc, after a warm-up and at the
 end), latency must not drift (p50 of the first thousand calls against the last
 thousand: the mix repeats every 20 calls, so both windows hold the same calls),
 every call must be answered as expected, and the audit log must verify.
-``bench/run.py`` calls :func:`run`; ``tests/test_soak.py`` calls :func:`soak`
+``bench/run.py`` calls :func:`run`; ``tests/server/test_soak.py`` calls :func:`soak`
 with 1,000 calls. Linux only (it reads ``/proc``).
 """
 

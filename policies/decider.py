@@ -91,7 +91,7 @@ class Policy:
     With the shipped matcher (any spacing or parenthesisation of it) decisions
     come from :class:`~opsgate.policies.index.RuleIndex`, which narrows the
     rules by subject, namespace and tool and answers exactly what Casbin's
-    ``enforce_ex`` would (see index.py; tests/test_policy_fast.py proves it
+    ``enforce_ex`` would (see index.py; tests/policies/test_policy_fast.py proves it
     against a plain ``casbin.Enforcer``). A changed matcher falls back to
     Casbin itself, behind one lock: correct, and as slow as Casbin.
     """

@@ -13,7 +13,7 @@ the index narrows by subject, then namespace pattern, then tool pattern, and
 only then compares actions.
 
 Semantics reproduced (pycasbin 2.x, read from its source and pinned by the
-differential tests in tests/test_policy_fast.py):
+differential tests in tests/policies/test_policy_fast.py):
 
 * ``keyMatch(key, pattern)`` honours only the first ``*`` and means "starts
   with what comes before it"; without ``*`` it is equality.

@@ -1,7 +1,7 @@
 """The Kubernetes permissions each tool needs, as RBAC names them: what ``opsgate doctor`` asks the cluster about.
 
 Keyed by tool name and read for the tools the server registers (``catalog.server_tools``), so a
-tool added, removed or given a new kind changes what doctor checks. ``tests/test_rbac.py`` runs
+tool added, removed or given a new kind changes what doctor checks. ``tests/server/test_rbac.py`` runs
 every tool against the sandbox and holds this table to the requests they really make: a call
 not listed here, or a permission listed that no call uses, fails it.
 """

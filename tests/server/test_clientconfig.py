@@ -170,7 +170,7 @@ def _banner(tmp_path: Path, *flags: str) -> str:
 def test_the_readme_the_config_command_and_the_banner_show_the_same_snippet(tmp_path: Path) -> None:
     """Issue 14 "Messages disagree": the README's snippet is what the command it names prints, and the banner's
     is what the command it names prints, for the same options (only paths differ)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     found = re.search(r"`(opsgate config claude [^`]+)` prints:\s*```json\n(.+?)\n```", readme, flags=re.S)
     assert found, "the README names an `opsgate config claude ...` command and shows what it prints"
     readme_command, readme_entry = found.group(1), _entry("claude", json.loads(found.group(2)))

@@ -37,7 +37,7 @@ from opsgate.sandbox.kserve import (
 )
 from opsgate.tools.inference import InferArgs, ModelStore
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT
-from tests.test_sandbox_kubectl import KUBECTL
+from tests.sandbox.test_sandbox_kubectl import KUBECTL
 
 G, V, P = "serving.kserve.io", "v1beta1", "inferenceservices"
 IRIS = f"file://{MODELS_DIR_DEFAULT}/iris.onnx"

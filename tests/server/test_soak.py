@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = [pytest.mark.anyio, pytest.mark.stdio]  # the server runs in bench/soak_bench.py
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "soak_bench.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "soak_bench.py"
 
 
 def soak_bench() -> ModuleType:

@@ -12,7 +12,7 @@
   with the binary tensor data extension, and gets the same numbers.
 - Pure tests of the datatype inference, the metadata-less request and the binary codec.
 
-``python -m tests.test_kserve_real_servers MODEL.onnx`` runs the KServe server alone (it prints its port).
+``python -m tests.interop.test_kserve_real_servers MODEL.onnx`` runs the KServe server alone (it prints its port).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from opsgate.tools import oip
 from opsgate.tools.kserve.infer import unchecked_note
 from opsgate.tools.tensors import MODELS_DIR_DEFAULT, ModelInputError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IRIS_PATH = Path(MODELS_DIR_DEFAULT) / "iris.onnx"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 NS = "ml"
@@ -229,7 +229,7 @@ def kserve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("kserve")
     out, errs = folder / "stdout", folder / "stderr"
     with out.open("wb") as stdout, errs.open("wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.test_kserve_real_servers", str(IRIS_PATH)],
+        proc = subprocess.Popen([sys.executable, "-m", "tests.interop.test_kserve_real_servers", str(IRIS_PATH)],
                                 cwd=ROOT, stdout=stdout, stderr=stderr)
     try:
         deadline = time.monotonic() + 30

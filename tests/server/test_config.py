@@ -98,7 +98,7 @@ def test_unwritable_audit_log_stops_the_server(tmp_path: Path) -> None:
 
 def _readme_settings_rows() -> list[tuple[list[str], list[str]]]:
     """(flags, env variables) of each row of the README's settings table."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in section.splitlines():

@@ -39,7 +39,7 @@ async def test_initialize_and_list_tools(tmp_path: Path) -> None:
             assert tool.description, tool.name
             assert tool.input_schema["type"] == "object", tool.name
             assert tool.output_schema is None, tool.name  # results carry structuredContent without one
-            # Only hints that differ from the spec's defaults are sent (tests/test_schemas.py checks them all).
+            # Only hints that differ from the spec's defaults are sent (tests/server/test_schemas.py checks them all).
             assert bool(tool.annotations and tool.annotations.read_only_hint) is (tool.name in READ_TOOLS), tool.name
         infer = next(t for t in tools if t.name == "infer")
         assert infer.annotations and infer.annotations.read_only_hint is True

@@ -22,7 +22,7 @@ import pytest
 
 from tests.harness import serve, server_env, shipped_policy
 
-INTEROP = Path(__file__).parent / "interop"
+INTEROP = Path(__file__).parent  # package.json and the lockfile sit beside this file
 SECRET = "hunter2-do-not-echo-7f3a"  # sent where an object belongs: the error names its kind, never the value
 ROWS = [[5.1, 3.5, 1.4, 0.2]]
 

@@ -29,7 +29,7 @@ from opsgate.sandbox import SandboxCluster
 
 pytestmark = pytest.mark.anyio
 
-INTEROP = Path(__file__).parent / "interop-go"
+INTEROP = Path(__file__).parents[1] / "interop-go"
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "")
 _PACKAGE = f"kubernetes-mcp-server-{platform.system().lower()}-{_ARCH}"
 BINARY = Path(os.environ.get("OPSGATE_KUBERNETES_MCP_SERVER")
