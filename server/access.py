@@ -14,6 +14,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from opsgate.tools.context import CallContext
+from opsgate.vocab.names import DNS1123_LABEL
 
 from .cluster import cluster_text
 from .toolspec import ToolSpec
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 OWN_RECORDS_URI = "opsgate://audit/mine"
 # How far back from the end of the live log the resource looks: recent means recent, and reads stay cheap.
 TAIL_BYTES = 1 << 20
-NAMESPACE_PATTERN = r"^(-|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$"
+NAMESPACE_PATTERN = rf"^(-|{DNS1123_LABEL})$"  # a namespace, or "-" for tools that take none; length: max_length
 
 
 class WhoamiArgs(BaseModel):
