@@ -1,11 +1,13 @@
-"""The one settings model, and the flags, environment variables and file keys generated from it.
+"""The one settings model; pydantic-settings reads it from flags, environment variables and a TOML file.
 
-Precedence, lowest first: the TOML file (``--config``), ``OPSGATE_*`` environment
-variables, command-line flags. Every source goes through the same pydantic model
-with ``extra="forbid"``, so an unknown or invalid setting stops the server at
-start with a message that names it, wherever it came from. The flags (name, type,
-help) are built from the model's fields, as pydantic-settings' CLI source does, so
-a setting is written once: here.
+Precedence, lowest first: the TOML file (``--config``), ``OPSGATE_*`` environment variables,
+command-line flags. pydantic-settings builds the flags from the model's fields on our argparse parsers
+(``CliSettingsSource``, ``root_parser=``), reads the environment (``EnvSettingsSource``) and the file
+(``TomlConfigSettingsSource``), merges them in that order and validates once with ``extra="forbid"``.
+What it leaves to us is in the small subclasses below: an unknown ``OPSGATE_*`` variable is an error
+(it would skip it), a file may use dashed keys or an ``[opsgate]`` table and its relative paths are
+relative to it, and every error names the setting and the source it came from. A setting is written
+once: here.
 """
 
 from __future__ import annotations
@@ -13,13 +15,20 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.fields import FieldInfo
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from opsgate.policies import validate_principal
 from opsgate.vocab.names import is_dns1123_label
@@ -37,10 +46,22 @@ def default_audit_log() -> Path:
     return Path(state) / "opsgate" / "audit.jsonl"
 
 
-class Settings(BaseModel):
-    """Everything ``opsgate serve`` can be told. Defaults are the safe choice."""
+class SettingsError(Exception):
+    """A setting that stops the server; the message names the setting and its source."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Settings(BaseSettings):
+    """Everything ``opsgate serve`` can be told. Defaults are the safe choice.
+
+    ``Settings(...)`` holds exactly its arguments and defaults: the process's environment, argv and files
+    are read by :func:`load_settings` alone, so a test's or a library caller's settings are what it wrote.
+    """
+
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, env_prefix=ENV_PREFIX,
+        # Flags: --audit-log for audit_log; a bool is one switch that turns its (off by default) setting on.
+        cli_kebab_case=True, cli_implicit_flags="toggle", cli_hide_none_type=True, cli_prog_name="opsgate",
+    )
 
     principal: str | None = Field(
         default=None, description="Who the assistant acts for; when unset, who a real cluster says the "
@@ -74,7 +95,8 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Level of the JSON log lines on stderr."
     )
-    sandbox_namespaces: tuple[str, ...] = Field(
+    # NoDecode: the environment's value is the comma-separated string, not JSON.
+    sandbox_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_SANDBOX_NAMESPACES, json_schema_extra={"metavar": "NS,NS"},
         description="Namespaces the built-in sandbox creates at start, besides default and kube-* "
         "(comma-separated in flags and the environment); the default is the README's example grant's.",
@@ -106,86 +128,115 @@ class Settings(BaseModel):
             raise ValueError(f"path does not exist: {value}")
         return value
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the arguments; :func:`load_settings` passes the flag, environment and file sources."""
+        return (init_settings,)
 
-def _value_type(field: FieldInfo) -> Any:
-    """The field's type without its ``| None``: what a flag's string is parsed into."""
-    annotation = field.annotation
-    if get_origin(annotation) in (Union, types.UnionType):
-        options = [a for a in get_args(annotation) if a is not type(None)]
-        annotation = options[0] if len(options) == 1 else str
-    return annotation
+
+def _is_path(name: str) -> bool:
+    annotation = Settings.model_fields[name].annotation
+    return annotation is Path or Path in get_args(annotation)
 
 
 # Settings that are paths: relative ones in a config file are relative to the file.
-PATH_SETTINGS = tuple(name for name, f in Settings.model_fields.items() if _value_type(f) is Path)
+PATH_SETTINGS = tuple(name for name in Settings.model_fields if _is_path(name))
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, from the model: ``--audit-log`` for ``audit_log``, its description as help.
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
-    Every flag defaults to None ("not given"), so the environment and the file still count; a bool is
-    a switch that can only turn its setting on, as the safe defaults are all off.
+
+def _add_flag(parser: Any, *names: str, **options: Any) -> Any:
+    """pydantic-settings' ``add_argument``, keeping what our flags said before it built them.
+
+    Help is the field's description alone (the library appends its default), the value's name is
+    argparse's (``--audit-log AUDIT_LOG``, not the library's type name) or the field's ``metavar``
+    (``NS,NS``), and a ``Literal`` setting is refused by argparse with its choices listed.
     """
-    for name, field in Settings.model_fields.items():
-        kind = _value_type(field)
-        help_text = (field.description or "").replace("%", "%%")  # argparse formats help with %
-        options: dict[str, Any] = {"dest": name, "help": help_text, "default": None}
-        if kind is bool:
-            options.update(action="store_const", const=True)
-        elif get_origin(kind) is Literal:
-            options["choices"] = list(get_args(kind))
-        elif kind in (int, float, Path):
-            options["type"] = kind
+    field = Settings.model_fields.get(options.get("dest", ""))
+    if field is not None:
+        options["help"] = (field.description or "").replace("%", "%%")  # argparse formats help with %
+        options.pop("metavar", None)
+        if get_origin(field.annotation) is Literal:
+            options["choices"] = [str(choice) for choice in get_args(field.annotation)]
         extra = field.json_schema_extra
         if isinstance(extra, dict) and isinstance(extra.get("metavar"), str):
             options["metavar"] = extra["metavar"]
-        parser.add_argument(f"--{name.replace('_', '-')}", **options)
+    return parser.add_argument(*names, **options)
+
+
+def _cli_source(root_parser: argparse.ArgumentParser | None = None) -> CliSettingsSource[argparse.ArgumentParser]:
+    """The flags source; given a parser, it adds one flag per setting to it."""
+    return CliSettingsSource(Settings, root_parser=root_parser, add_argument_method=_add_flag)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting on ``parser`` (``opsgate serve``, ``opsgate doctor``), built by pydantic-settings.
+
+    A flag not given is absent from the parsed namespace, so the environment and the file still count.
+    """
+    _cli_source(parser)
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags (None: not given), for :func:`load_settings`."""
-    return {name: getattr(args, name) for name in Settings.model_fields}
+    """The settings given as flags (as argparse parsed them), for :func:`load_settings`."""
+    return {name: value for name, value in vars(args).items() if name in Settings.model_fields}
 
 
-class SettingsError(Exception):
-    """A setting that stops the server; the message names the setting and its source."""
+class _Environment(EnvSettingsSource):
+    """``OPSGATE_*`` variables from a given mapping; an unknown one is an error, where pydantic-settings skips it."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(Settings)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        for key in self._environ:
+            upper = key.upper()
+            if (upper.startswith(ENV_PREFIX) and not upper.startswith(ENV_IGNORED_PREFIXES)
+                    and upper[len(ENV_PREFIX):].lower() not in Settings.model_fields):
+                raise SettingsError(f"unknown setting {key} (environment)")
+        return {key.lower(): value for key, value in self._environ.items()}  # case-insensitive, as the library's
 
 
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX) or key.startswith(ENV_IGNORED_PREFIXES):
-            continue
-        name = key[len(ENV_PREFIX) :].lower()
-        if name not in Settings.model_fields:
-            raise SettingsError(f"unknown setting {key} (environment)")
-        values[name] = value
-    return values
+class _ConfigFile(TomlConfigSettingsSource):
+    """``--config``: a flat file or an ``[opsgate]`` table, dashed or underscored keys, paths relative to the file."""
 
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        try:  # the library skips a file that is not there; one named with --config must be read
+            path.open("rb").close()
+        except OSError as exc:
+            raise SettingsError(f"--config {path}: cannot read: {exc.strerror}") from exc
+        super().__init__(Settings, toml_file=path)
 
-def _from_file(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise SettingsError(f"--config {path}: cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"--config {path}: {exc}") from exc
-    # Accept a flat file or an [opsgate] table, with dashes or underscores in keys.
-    table = data.get("opsgate", data)
-    if not isinstance(table, dict):
-        raise SettingsError(f"--config {path}: [opsgate] must be a table")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name not in Settings.model_fields:
-            raise SettingsError(f"unknown setting {key!r} in {path}")
-        values[name] = value
-    # Relative paths in a config file are relative to the file, as users expect.
-    for name in PATH_SETTINGS:
-        if isinstance(values.get(name), str):
-            values[name] = str((path.parent / values[name]).expanduser())
-    return values
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            with file_path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError(f"--config {self._path}: cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"--config {self._path}: {exc}") from exc
+        table = data.get("opsgate", data)
+        if not isinstance(table, dict):
+            raise SettingsError(f"--config {self._path}: [opsgate] must be a table")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            values[name if name in Settings.model_fields else key] = value  # an unknown key is named as written
+        for name in PATH_SETTINGS:
+            if isinstance(values.get(name), str):
+                values[name] = str((self._path.parent / values[name]).expanduser())
+        return values
 
 
 def load_settings(
@@ -193,23 +244,34 @@ def load_settings(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Merge file < env < flags and validate once; flags set to None do not count."""
-    merged: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    """Flags over ``OPSGATE_*`` over the file over defaults, validated once; a flag set to None does not count."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    environment = _Environment(os.environ if environ is None else environ)
+    sources: list[tuple[PydanticBaseSettingsSource, Callable[[str], str]]] = [
+        (_cli_source()(parsed_args=given), lambda name: f"from {_flag(name)}"),
+        (environment, lambda name: f"from {ENV_PREFIX}{name.upper()}"),
+    ]
     if config_file is not None:
-        for key, value in _from_file(config_file).items():
-            merged[key], sources[key] = value, f"in {config_file}"
-    for key, value in _from_env(os.environ if environ is None else environ).items():
-        merged[key], sources[key] = value, f"from {ENV_PREFIX}{key.upper()}"
-    for key, value in flags.items():
-        if value is not None:
-            merged[key], sources[key] = value, f"from --{key.replace('_', '-')}"
+        sources.append((_ConfigFile(config_file), lambda name: f"in {config_file}"))
+    # mypy types a pydantic model's constructor from its fields; _build_sources is BaseSettings' own keyword.
+    build: Callable[..., Settings] = Settings
     try:
-        return Settings.model_validate(merged)
+        return build(_build_sources=(tuple(source for source, _ in sources), {}))
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "settings"
-            where = sources.get(name.split(".")[0], "")
-            problems.append(f"setting {name} {where}: {err['msg']}".replace("  ", " "))
-        raise SettingsError("; ".join(problems)) from exc
+        raise SettingsError(_describe(exc, sources)) from exc
+
+
+def _describe(exc: ValidationError, sources: list[tuple[PydanticBaseSettingsSource, Callable[[str], str]]]) -> str:
+    """Each problem with its setting and where the winning value came from (the first source that has it)."""
+    where: dict[str, str] = {}
+    for source, label in reversed(sources):
+        where.update({name: label(name) for name in source()})
+    problems = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "settings"
+        given = where.get(name.split(".")[0], "")
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown setting {name!r} {given}".rstrip())
+        else:
+            problems.append(f"setting {name} {given}: {err['msg']}".replace("  ", " "))
+    return "; ".join(problems)

@@ -35,23 +35,48 @@ def test_defaults_are_safe() -> None:
 @pytest.mark.parametrize(
     ("flags", "toml", "environ", "named"),
     [
-        ({}, "colour = 'blue'\n", {}, "'colour'"),
-        ({}, "", {"OPSGATE_COLOUR": "blue"}, "OPSGATE_COLOUR"),
-        ({"principal": "role:admin"}, "", {}, "principal"),
-        ({"principal": "a b"}, "", {}, "principal"),
-        ({}, "", {"OPSGATE_READ_ONLY": "perhaps"}, "read_only"),
-        ({"policy": Path("/nonexistent/policy")}, "", {}, "policy"),
-        ({}, "principal = [1", {}, "opsgate.toml"),
+        ({}, "colour = 'blue'\n", {}, "unknown setting 'colour' in {cfg}"),
+        ({}, "[opsgate]\nread-only = 'perhaps'\n", {}, "setting read_only in {cfg}: "),
+        ({}, "", {"OPSGATE_COLOUR": "blue"}, "unknown setting OPSGATE_COLOUR (environment)"),
+        ({}, "", {"OPSGATE_READ_ONLY": "perhaps"}, "setting read_only from OPSGATE_READ_ONLY: "),
+        ({}, "", {"OPSGATE_SANDBOX_NAMESPACES": "ok,Not_A_Name"}, "sandbox_namespaces from OPSGATE_SANDBOX_NAMESPACES"),
+        ({"principal": "role:admin"}, "", {}, "setting principal from --principal: "),
+        ({"principal": "a b"}, "principal = 'fine'\n", {"OPSGATE_PRINCIPAL": "fine"}, "principal from --principal"),
+        ({"policy": Path("/nonexistent/policy")}, "", {}, "setting policy from --policy: "),
+        ({"audit_checkpoint_every": "0"}, "audit_checkpoint_every = 5\n", {}, "from --audit-checkpoint-every"),
+        ({}, "principal = [1", {}, "--config {cfg}: "),
     ],
 )
-def test_bad_settings_are_named(
+def test_bad_settings_are_named_with_their_source(
     tmp_path: Path, flags: dict[str, object], toml: str, environ: dict[str, str], named: str
 ) -> None:
     cfg = tmp_path / "opsgate.toml"
     cfg.write_text(toml)
     with pytest.raises(SettingsError) as info:
         load_settings(flags, cfg, environ=environ)
-    assert named in str(info.value)
+    assert named.format(cfg=cfg) in str(info.value)
+
+
+def test_the_file_may_use_an_opsgate_table_and_must_exist(tmp_path: Path) -> None:
+    cfg = tmp_path / "opsgate.toml"
+    cfg.write_text('[opsgate]\nlog-level = "debug"\nsandbox_namespaces = ["ml", "team-b"]\nmodels = "."\n')
+    s = load_settings({}, cfg, environ={})
+    assert s.log_level == "debug" and s.sandbox_namespaces == ("ml", "team-b") and s.models == tmp_path
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings({}, tmp_path / "missing.toml", environ={})
+
+
+def test_settings_alone_read_no_environment_or_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests and library callers construct Settings() and get the defaults, whatever the process was given."""
+    monkeypatch.setenv("OPSGATE_PRINCIPAL", "from-env")
+    monkeypatch.setenv("OPSGATE_COLOUR", "blue")
+    monkeypatch.setattr(sys, "argv", ["opsgate", "serve", "--read-only"])
+    assert Settings().principal is None and Settings().read_only is False
+    assert Settings(principal="alice").principal == "alice"
+    with pytest.raises(SettingsError, match="OPSGATE_COLOUR"):
+        load_settings({})  # asked: load_settings reads the process's environment
+    monkeypatch.delenv("OPSGATE_COLOUR")
+    assert load_settings({}).principal == "from-env"
 
 
 def test_test_only_env_vars_are_ignored() -> None:
@@ -120,16 +145,20 @@ def test_the_readme_settings_table_is_the_model() -> None:
 
 
 def test_flags_are_generated_from_the_model(capsys: pytest.CaptureFixture[str]) -> None:
-    """One flag a setting, typed as the field is, help from its description; a flag not given is None."""
+    """One flag a setting (pydantic-settings' CLI source on our parser), typed as the field is, help from its
+    description; a flag not given is absent, so the environment and the file still count."""
     parser = build_parser("serve")
     args = parser.parse_args(["serve", "--read-only", "--audit-checkpoint-every", "5", "--log-level", "debug",
                               "--sandbox-namespaces", "a,b", "--kube-timeout-seconds", "2.5"])
     given = flag_settings(args)
-    assert set(given) == set(Settings.model_fields)
-    s = load_settings(given, None, environ={})
+    assert set(given) == {"read_only", "audit_checkpoint_every", "log_level", "sandbox_namespaces",
+                          "kube_timeout_seconds"}
+    s = load_settings(given, None, environ={"OPSGATE_PRINCIPAL": "from-env", "OPSGATE_LOG_LEVEL": "error"})
     assert s.read_only is True and s.audit_checkpoint_every == 5 and s.log_level == "debug"
     assert s.sandbox_namespaces == ("a", "b") and s.kube_timeout_seconds == 2.5
-    assert given["principal"] is None and given["disable_destructive"] is None  # not given: env and file count
+    assert s.principal == "from-env" and s.disable_destructive is False
+    with pytest.raises(SettingsError, match="audit_checkpoint_every from --audit-checkpoint-every"):
+        load_settings(flag_settings(parser.parse_args(["serve", "--audit-checkpoint-every", "many"])), environ={})
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--log-level", "loud"])
     capsys.readouterr()
