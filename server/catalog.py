@@ -4,6 +4,8 @@ Registration happens only through ``Gate.register``; this module just builds the
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -11,9 +13,6 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from opsgate.policies import BoundAttrs, BoundName
-from opsgate.tools import kserve as ks
-from opsgate.tools import listing
-from opsgate.tools import workloads as wl
 from opsgate.tools.bounded import localize_storage, with_models_dir
 from opsgate.tools.context import CallContext
 from opsgate.tools.kube import MAX_CONCURRENT_CALLS, Kube
@@ -26,7 +25,6 @@ from opsgate.tools.tensors import (
     TensorSpec,
 )
 from opsgate.tools.untrusted import name_in_text
-from opsgate.tools.workload_types import RollbackArgs, RollbackResult, ScaleArgs, ScaleResult
 from opsgate.vocab.elements import count_elements
 from opsgate.vocab.kinds import DEPLOYMENT, INFERENCE_SERVICE
 
@@ -34,10 +32,32 @@ from .access import access_tools
 from .config import Settings
 
 if TYPE_CHECKING:
+    from opsgate.tools import kserve as ks
+    from opsgate.tools import workloads as wl
     from opsgate.tools.inference import ModelStore
+    from opsgate.tools.workload_types import RollbackArgs, RollbackResult, ScaleArgs, ScaleResult
 
     from .gate import Gate
-from .toolspec import ToolSpec
+from .toolspec import ToolSpec, deferred, deferred_function, input_schema, model_class
+
+# The Kubernetes and KServe tool modules are imported on a tool's first call (its arguments' validation),
+# not at start: listing them reads only this file's specs and the pre-built schemas.
+_WL = "opsgate.tools.workloads"
+_KS = "opsgate.tools.kserve"
+_TYPES = "opsgate.tools.workload_types"
+_LISTING = "opsgate.tools.listing"
+
+_SCHEMAS_FILE: Final = Path(__file__).with_name("tool_schemas.json")
+
+
+def prebuilt_schemas() -> dict[str, Any]:
+    """Every tool's input schema as tools/list shows it, computed at build time (``python -m
+    opsgate.server.catalog`` writes it; tests/server/test_tool_schemas.py fails when it drifts from the
+    models). An absent file means computing them at start, as before."""
+    try:
+        return json.loads(_SCHEMAS_FILE.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        return {}
 
 # Worker threads by kind of work (issue 15 item 21). Audit appends and fast tools (whoami) use anyio's
 # default limiter (40 threads); cluster calls, which wait on the network, and model runs, which hold
@@ -48,6 +68,9 @@ INFERENCE_THREADS: Final = 4
 
 def scale_workload(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult:
     """scale, for the kind the call names: the one place that picks the Deployment or the InferenceService path."""
+    from opsgate.tools import kserve as ks
+    from opsgate.tools import workloads as wl
+
     if args.kind == INFERENCE_SERVICE:
         return ks.scale_inference_service(kube, args, ctx)
     return wl.scale_deployment(kube, args, ctx)
@@ -56,6 +79,10 @@ def scale_workload(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResult
 def replicas_now(kube: Kube, args: wl.DeployArgs | ScaleArgs | ks.DeployModelArgs) -> BoundAttrs:
     """What ``max_replicas_change`` needs from the cluster, for the kind the call names: the tools' read of
     the replicas now (0 before a create, nothing when unknown)."""
+    from opsgate.tools import kserve as ks
+    from opsgate.tools import workloads as wl
+    from opsgate.tools.workload_types import ScaleArgs
+
     service = isinstance(args, ks.DeployModelArgs) or (isinstance(args, ScaleArgs) and args.kind == INFERENCE_SERVICE)
     read = ks.current_replicas if service else wl.current_replicas
     return read(kube, args.namespace, args.name)
@@ -63,6 +90,9 @@ def replicas_now(kube: Kube, args: wl.DeployArgs | ScaleArgs | ks.DeployModelArg
 
 def rollback_workload(kube: Kube, args: RollbackArgs, ctx: CallContext) -> RollbackResult:
     """rollback, for the kind the call names: kubectl rollout undo, or an InferenceService's canary or spec."""
+    from opsgate.tools import kserve as ks
+    from opsgate.tools import workloads as wl
+
     if args.kind == INFERENCE_SERVICE:
         return ks.rollback_inference_service(kube, args, ctx)
     return wl.rollback_deployment(kube, args, ctx)
@@ -156,22 +186,24 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="list_workloads",
             description="Deployments and InferenceServices in a namespace: replicas desired/ready, images or "
             "model, revision. Start here to find names.",
-            args_model=listing.ListWorkloadsArgs, result_model=listing.ListWorkloadsResult,
-            run=bind(listing.list_workloads),
+            args_model=deferred(_LISTING, "ListWorkloadsArgs"), result_model=deferred(_LISTING, "ListWorkloadsResult"),
+            run=bind(deferred_function(_LISTING, "list_workloads")),
             namespace_of=ns, open_world=True, object_kind="Deployment", kind_of=lambda a: a.kind or DEPLOYMENT,
         ),
         ToolSpec(
             name="rollout_status",
             description="Is a Deployment's rollout done, progressing or stuck, with its conditions. Use after a "
             "change.",
-            args_model=wl.RolloutStatusArgs, result_model=wl.RolloutStatusResult, run=bind(wl.rollout_status),
+            args_model=deferred(_WL, "RolloutStatusArgs"), result_model=deferred(_WL, "RolloutStatusResult"),
+            run=bind(deferred_function(_WL, "rollout_status")),
             namespace_of=ns, open_world=True, object_kind="Deployment",
             name_of=named,
         ),
         ToolSpec(
             name="rollout_history",
             description="A Deployment's revisions with change-cause and images: pick one for rollback.",
-            args_model=wl.RolloutHistoryArgs, result_model=wl.RolloutHistoryResult, run=bind(wl.rollout_history),
+            args_model=deferred(_WL, "RolloutHistoryArgs"), result_model=deferred(_WL, "RolloutHistoryResult"),
+            run=bind(deferred_function(_WL, "rollout_history")),
             namespace_of=ns, open_world=True, object_kind="Deployment",
             name_of=named,
         ),
@@ -179,7 +211,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="deploy",
             description="Create or update a Deployment (image, replicas, env, ports, resources, labels). "
             "Try dry_run first.",
-            args_model=wl.DeployArgs, result_model=wl.DeployResult, run=bind_waiting(wl.deploy), verb="write",
+            args_model=deferred(_WL, "DeployArgs"), result_model=deferred(_WL, "DeployResult"),
+            run=bind_waiting(deferred_function(_WL, "deploy")), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             name_of=named,
             bound_attrs=lambda a: BoundAttrs(replicas=a.replicas, images=(a.image,)), current_state=current_replicas,
@@ -189,7 +222,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="scale",
             description="Set a Deployment's replicas, or (kind) an InferenceService's replica range and "
             "autoscaling.",
-            args_model=ScaleArgs, result_model=ScaleResult, run=bind(scale_workload), verb="write",
+            args_model=deferred(_TYPES, "ScaleArgs"), result_model=deferred(_TYPES, "ScaleResult"),
+            run=bind(scale_workload), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             name_of=named,
             kind_of=lambda a: a.kind,
@@ -201,7 +235,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             description="Undo a bad change. A Deployment: back to the previous or a given revision (kubectl "
             "rollout undo); an InferenceService (kind): canary traffic to 0, or the previous spec opsgate "
             "recorded.",
-            args_model=RollbackArgs, result_model=RollbackResult,
+            args_model=deferred(_TYPES, "RollbackArgs"), result_model=deferred(_TYPES, "RollbackResult"),
             run=bind(with_models_dir(rollback_workload, models_dir)), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
             name_of=named,
@@ -213,8 +247,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="deploy_model",
             description="Create or update a KServe InferenceService serving an ONNX model; a new version can go "
             "out as a canary, then promote. Try dry_run first.",
-            args_model=ks.DeployModelArgs, result_model=ks.DeployModelResult,
-            run=bind_waiting(with_models_dir(ks.deploy_model, models_dir)),
+            args_model=deferred(_KS, "DeployModelArgs"), result_model=deferred(_KS, "DeployModelResult"),
+            run=bind_waiting(with_models_dir(deferred_function(_KS, "deploy_model"), models_dir)),
             verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
             name_of=named,
@@ -225,7 +259,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="model_status",
             description="One InferenceService: URL, Ready or why not, model state, revisions, traffic split. "
             "Use after deploy_model.",
-            args_model=ks.ModelStatusArgs, result_model=ks.ModelStatusResult, run=bind(ks.model_status),
+            args_model=deferred(_KS, "ModelStatusArgs"), result_model=deferred(_KS, "ModelStatusResult"),
+            run=bind(deferred_function(_KS, "model_status")),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
             name_of=named,
         ),
@@ -233,8 +268,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name="kserve_infer",
             description="Send inputs to a Ready InferenceService (Open Inference Protocol v2, or v1) and get its "
             "outputs; v2 inputs are checked against the model's metadata when it has some.",
-            args_model=ks.KServeInferArgs, result_model=ks.KServeInferResult,
-            run=bind(with_models_dir(ks.kserve_infer, models_dir)),
+            args_model=deferred(_KS, "KServeInferArgs"), result_model=deferred(_KS, "KServeInferResult"),
+            run=bind(with_models_dir(deferred_function(_KS, "kserve_infer"), models_dir)),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
             name_of=named,
             bound_attrs=lambda a: a.bound_attrs(),
@@ -260,7 +295,18 @@ def server_tools(
     settings = settings if settings is not None else Settings()
     models = settings.models or MODELS_DIR_DEFAULT
     kube = kube if kube is not None else Kube()
-    return [*access_tools(gate_of, cluster), *inference_tools(models), *workload_tools(kube, models)]
+    specs = [*access_tools(gate_of, cluster), *inference_tools(models), *workload_tools(kube, models)]
+    schemas = prebuilt_schemas()
+    return [dataclasses.replace(spec, schema=schemas[spec.name]) if spec.name in schemas else spec for spec in specs]
+
+
+def build_schemas(specs: Iterable[ToolSpec[Any, Any]]) -> dict[str, Any]:
+    """What tool_schemas.json holds: each listed tool's input schema, computed from its (imported) model."""
+    return {spec.name: input_schema(model_class(spec.args_model)) for spec in specs if spec.route == "tool"}
+
+
+def schemas_text(schemas: Mapping[str, Any]) -> str:
+    return json.dumps(schemas, indent=1, ensure_ascii=False) + "\n"
 
 
 def tool_bounds(specs: Iterable[ToolSpec[Any, Any]] | None = None) -> dict[str, frozenset[BoundName]]:
@@ -272,3 +318,7 @@ def tool_bounds(specs: Iterable[ToolSpec[Any, Any]] | None = None) -> dict[str, 
 def tool_verbs(specs: Iterable[ToolSpec[Any, Any]] | None = None) -> dict[str, str]:
     """Every name a policy may grant (tools and gated resources) and its verb: for loading, lint and tables."""
     return {spec.name: spec.verb for spec in (server_tools() if specs is None else specs)}
+
+
+if __name__ == "__main__":  # python -m opsgate.server.catalog: regenerate tool_schemas.json after a model changes
+    _SCHEMAS_FILE.write_text(schemas_text(build_schemas(server_tools())), encoding="utf-8")

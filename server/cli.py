@@ -42,11 +42,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_se
             add_setting_flags(parser)
 
 
-def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from opsgate.audit.cli import add_audit_commands
-
+def _add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_commands: bool) -> None:
     p = sub.add_parser("audit", help="verify, query, tail and show the audit log; make checkpoint keys")
-    add_audit_commands(p.add_subparsers(dest="audit_command", required=True))
+    if with_commands:  # the audit reader (verify, query) is imported only for the command that runs it
+        from opsgate.audit.cli import add_audit_commands
+
+        add_audit_commands(p.add_subparsers(dest="audit_command", required=True))
 
 
 def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,7 +111,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"opsgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub, with_settings=command is None or command in SETTINGS_COMMANDS)
-    _add_audit(sub)
+    _add_audit(sub, with_commands=command is None or command == "audit")
     _add_policy(sub)
     _add_sandbox(sub)
     _add_demo(sub)

@@ -6,8 +6,10 @@ client is through ``Gate``, which owns ``tools/list`` and ``tools/call``.
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -68,6 +70,9 @@ class ToolSpec(Generic[A, R]):
     name_of: Callable[[A], str] | None = None
     # "resource": served as an MCP resource, not in tools/list nor callable by tools/call; still gated.
     route: Literal["tool", "resource"] = "tool"
+    # The input schema computed at build time (catalog: tool_schemas.json, held to the models by a drift
+    # test), so listing a tool neither imports its module nor asks pydantic for a schema; None: computed.
+    schema: Mapping[str, Any] | None = None
 
     def told(self, attrs: BoundAttrs) -> BoundAttrs:
         """``attrs``, once checked to hold only fields this spec declares in ``bounded``."""
@@ -97,9 +102,61 @@ class ToolSpec(Generic[A, R]):
         return types.Tool(
             name=self.name,
             description=self.description,
-            input_schema=input_schema(self.args_model),
+            input_schema=dict(self.schema) if self.schema is not None else input_schema(self.args_model),
             annotations=hints(self.verb == "read", self.destructive, self.idempotent, self.open_world),
         )
+
+
+class DeferredModel:
+    """A tool's pydantic model, named by module and class and imported on its first use (a call's
+    validation), so serving starts without importing every tool module. Anything asked of it
+    (``model_validate``, ``model_json_schema``, ...) is asked of the real class."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+        self._model: type[BaseModel] | None = None
+
+    def resolve(self) -> type[BaseModel]:
+        model = self._model
+        if model is None:
+            with self._lock:
+                model = self._model = getattr(importlib.import_module(self.module), self.name)
+        return model
+
+    def model_validate(self, obj: Any, **kwargs: Any) -> BaseModel:
+        return self.resolve().model_validate(obj, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):  # copy/pickle probes, and our own fields before __init__ set them
+            raise AttributeError(attr)
+        return getattr(self.resolve(), attr)
+
+    def __repr__(self) -> str:
+        return f"DeferredModel({self.module}.{self.name})"
+
+
+def deferred(module: str, name: str) -> Any:
+    """``module.name``, a pydantic model class, imported on first use (see DeferredModel); typed Any
+    because it stands where a model class is expected."""
+    return DeferredModel(module, name)
+
+
+def deferred_function(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, a function, imported on its first call (in the worker thread that runs the tool)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = name
+    return call
+
+
+def model_class(model: Any) -> type[BaseModel]:
+    """The real class behind a spec's ``args_model`` or ``result_model``, deferred or not."""
+    return model.resolve() if isinstance(model, DeferredModel) else model
 
 
 def hints(read_only: bool, destructive: bool, idempotent: bool, open_world: bool) -> types.ToolAnnotations | None:
