@@ -70,7 +70,7 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -268,12 +268,13 @@ class _Pending:
     the lone caller is the common case and pays for nothing it does not use.
     """
 
-    __slots__ = ("cause", "done", "error", "prepared", "record", "wake", "woken")
+    __slots__ = ("cause", "done", "error", "prepared", "records", "size", "wake", "woken")
 
-    def __init__(self, prepared: Prepared) -> None:
-        self.prepared = prepared
+    def __init__(self, prepared: tuple[Prepared, ...]) -> None:
+        self.prepared = prepared  # one record, or a group sealed consecutively in one write (append_many)
+        self.size = sum(part.size for part in prepared)
         self.wake: threading.Lock | None = None
-        self.record: dict[str, Any] | None = None
+        self.records: list[dict[str, Any]] | None = None
         self.error: str | None = None
         self.cause: BaseException | None = None
         self.done = False
@@ -380,6 +381,19 @@ class AuditLog:
         serialised); in that case nothing the record describes may be run.
         Safe to call from many threads at once: they share fsyncs (group commit).
         """
+        return self._append((body,))[0]
+
+    def append_many(self, bodies: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Seal ``bodies`` as consecutive records (no other record between them) in ONE write and ONE
+        fsync, and return them once that fsync returned; all or none: AuditWriteError when any of them
+        cannot be serialised or made durable, and then none was written by this call (a crash during the
+        write can only tear its last line, as with any record). The gate writes a read's decision and
+        outcome this way (audit/SCHEMA.md, "One fsync for a read")."""
+        if not bodies:
+            return []
+        return self._append(tuple(bodies))
+
+    def _append(self, bodies: tuple[Mapping[str, Any], ...]) -> list[dict[str, Any]]:
         if not self._leading:  # a hint only (read without the mutex): confirmed under it
             with self._mutex:
                 if self._closed:
@@ -387,9 +401,9 @@ class AuditLog:
                 alone = not self._leading  # nobody writing, so nobody queued
                 self._leading = True
             if alone:
-                return self._append_alone(body)
+                return self._append_alone(bodies)
         try:
-            prepared = prepare(body)  # in this thread, outside any lock: the leader only seals
+            prepared = tuple(prepare(body) for body in bodies)  # in this thread, outside any lock: the leader seals
         except (ValueError, TypeError, RecursionError) as exc:
             raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
         entry = _Pending(prepared)
@@ -413,8 +427,8 @@ class AuditLog:
                 self._lead(entry)
         if entry.error is not None:
             raise AuditWriteError(entry.error) from entry.cause
-        assert entry.record is not None
-        return entry.record
+        assert entry.records is not None
+        return entry.records
 
     def close(self) -> None:
         """Write the stop checkpoint and close the files; later appends raise AuditWriteError.
@@ -460,7 +474,7 @@ class AuditLog:
 
     # -- the lone caller -------------------------------------------------------------------------
 
-    def _append_alone(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _append_alone(self, bodies: tuple[Mapping[str, Any], ...]) -> list[dict[str, Any]]:
         """Append with the lead already taken and nobody queued: no queue, no batch, no hand-over of
         records. The record is serialised once, with its real place, under the file lock
         (``seal_next``), rather than prepared first and placed after (see ``_lead``).
@@ -471,15 +485,13 @@ class AuditLog:
         try:
             self._acquire()
             try:
-                record, line = seal_next(body, self._last_seq + 1, self._last_hash)
-                if self._rotation_due(len(line) + 1):
+                records, data = self._seal_alone(bodies)
+                if self._rotation_due(len(data)):
                     self._rotate()  # another writer may extend the chain meanwhile: seal again at the head
-                    record, line = seal_next(body, self._last_seq + 1, self._last_hash)
+                    records, data = self._seal_alone(bodies)
             except (ValueError, TypeError, RecursionError) as exc:
                 raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
-            if len(line) >= MAX_LINE_BYTES:
-                raise AuditWriteError(f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit")
-            due = self._write_lines(line + b"\n", record["seq"], record["hash"])
+            due = self._write_lines(data, records[-1]["seq"], records[-1]["hash"])
             written = True
             if due is not None:
                 self._try_checkpoint(due)
@@ -493,7 +505,22 @@ class AuditLog:
                 successor.rouse()
         if stay:
             self._lead(None)
-        return record
+        return records
+
+    def _seal_alone(self, bodies: tuple[Mapping[str, Any], ...]) -> tuple[list[dict[str, Any]], bytes]:
+        """The records and the whole lines of ``bodies`` placed at the head, each chained to the one before."""
+        seq, prev = self._last_seq, self._last_hash
+        records: list[dict[str, Any]] = []
+        lines: list[bytes] = []
+        for body in bodies:
+            record, line = seal_next(body, seq + 1, prev)
+            if len(line) >= MAX_LINE_BYTES:
+                raise AuditWriteError(f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit")
+            seq, prev = seq + 1, record["hash"]
+            records.append(record)
+            lines.append(line)
+        lines.append(b"")
+        return records, b"\n".join(lines)
 
     # -- group commit ----------------------------------------------------------------------------
 
@@ -590,7 +617,7 @@ class AuditLog:
         """The oldest queued records, bounded in count and bytes (at least one). Called under the mutex."""
         total, count = 0, 0
         for entry in self._queue[:_MAX_BATCH]:
-            total += entry.prepared.size
+            total += entry.size
             if count and total > _MAX_BATCH_BYTES:
                 break
             count += 1
@@ -612,7 +639,7 @@ class AuditLog:
     def _fail(batch: list[_Pending], message: str, cause: BaseException | None) -> None:
         for entry in batch:
             if not entry.done and entry.error is None:
-                entry.record, entry.error, entry.cause = None, message, cause
+                entry.records, entry.error, entry.cause = None, message, cause
 
     def _commit(self, batch: list[_Pending]) -> None:
         """Leader only: write ``batch`` durably in one write + one fsync; give every entry a record or an error.
@@ -637,19 +664,26 @@ class AuditLog:
             raise
 
     def _write_batch(self, batch: list[_Pending]) -> None:
-        if self._rotation_due(sum(e.prepared.size + _CHAIN_OVERHEAD for e in batch)):
+        if self._rotation_due(sum(e.size + _CHAIN_OVERHEAD * len(e.prepared) for e in batch)):
             self._rotate()  # before sealing: another writer may extend the chain meanwhile
         seq, prev = self._last_seq, self._last_hash
         lines: list[bytes] = []
         written: list[_Pending] = []
         for entry in batch:
-            record, line = entry.prepared.seal(seq + 1, prev)
-            if len(line) >= MAX_LINE_BYTES:
-                entry.error = f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit"
+            records, own_lines, at, head = [], [], seq, prev  # an entry's records go in whole or not at all
+            for part in entry.prepared:
+                record, line = part.seal(at + 1, head)
+                if len(line) >= MAX_LINE_BYTES:
+                    entry.error = f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit"
+                    break
+                records.append(record)
+                own_lines.append(line)
+                at, head = at + 1, record["hash"]
+            if entry.error is not None:
                 continue
-            entry.record = record
-            seq, prev = seq + 1, record["hash"]
-            lines.append(line)
+            entry.records = records
+            seq, prev = at, head
+            lines.extend(own_lines)
             written.append(entry)
         if not lines:
             return

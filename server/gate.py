@@ -424,7 +424,8 @@ class Gate:
         # On the gate, not the policy: a reload must not refill anyone's budget.
         self.limiter = RateLimiter()
         self._in_flight = 0  # calls between decision and outcome: decides how records are appended
-        self._open: dict[str, tuple[str, Caller, float]] = {}  # calls running, by call id: tool, caller, start
+        # Calls running, by call id: tool, caller, start, and a read's decision record not yet written.
+        self._open: dict[str, tuple[str, Caller, float, dict[str, Any] | None]] = {}
         self._client_caller: tuple[tuple[str | None, str | None], Caller] | None = None  # see with_client
 
     def register(self, specs: Iterable[ToolSpec[Any, Any]]) -> None:
@@ -632,7 +633,10 @@ class Gate:
             call_id=call_id, caller=caller, tool=name, verb=spec.verb, namespace=namespace,
             arguments=args.model_dump(mode="json"), decision=decision.record(), object_ref=spec.object_ref(args),
         )
-        if not await self._append(record, bound):
+        if decision.allowed and spec.verb == "read":  # one fsync for decision and outcome (audit/SCHEMA.md)
+            return await self._run(spec, args, call_id, caller, started, progress, bound,
+                                   self.bounds_check(decision, spec), record)
+        if not await self._append(bound, record):
             return self._audit_refusal(call_id)
         if not decision.allowed:
             bound.info("call_denied", reason=decision.reason)
@@ -651,7 +655,10 @@ class Gate:
         progress: ProgressFn | None,
         bound: structlog.typing.FilteringBoundLogger,
         check_bounds: BoundsCheck | None = None,
+        decided: dict[str, Any] | None = None,
     ) -> Answer:
+        """Run an allowed call and write its outcome. ``decided``: a read's decision record, written with
+        the outcome in one write and one fsync before anything of the result leaves (audit/SCHEMA.md)."""
         client = f"{caller.client_name}/{caller.client_version}" if caller.client_name else None
         context = CallContext(call_id=call_id, principal=caller.principal, client=client, report_progress=progress,
                               check_bounds=check_bounds)
@@ -659,7 +666,7 @@ class Gate:
         error: dict[str, Any] | None = None  # for the outcome record (audit/SCHEMA.md)
         envelope: dict[str, Any] | None = None  # for the caller (README "Errors")
         cancelled: BaseException | None = None
-        self._open[call_id] = (spec.name, caller, started)
+        self._open[call_id] = (spec.name, caller, started, decided)
         try:
             result = await spec.run(args, context)
         except anyio.get_cancelled_exc_class() as exc:  # the client cancelled: that is an outcome too
@@ -687,14 +694,15 @@ class Gate:
                 raise cancelled
             return Answer(error_envelope("cancelled", STOPPED, call_id))
         with anyio.CancelScope(shield=True):  # a cancel must not cut the record of what ran (issue 15 item 3)
-            written = await self._append(outcome, bound)
+            written = await (self._append(bound, outcome) if decided is None else self._append(bound, decided, outcome))
         if cancelled is not None:
             bound.info("call_cancelled", duration_ms=round(duration_ms, 3))
             raise cancelled
         if not written:
+            unwritten = "its outcome" if decided is None else "its decision and outcome"
             return Answer(error_envelope(
                 "audit_unavailable",
-                "the call ran but its outcome could not be written to the audit log; the result is withheld",
+                f"the call ran but {unwritten} could not be written to the audit log; the result is withheld",
                 call_id,
             ))
         if envelope is not None:
@@ -714,14 +722,17 @@ class Gate:
         without one (issue 15 item 3). Their threads cannot be interrupted; the process ends without them.
         Runs on the event loop, like ``_run``'s own outcome append, so each call gets exactly one outcome."""
         closed = 0
-        for call_id, (tool, caller, started) in list(self._open.items()):
+        for call_id, (tool, caller, started, decided) in list(self._open.items()):
             del self._open[call_id]
             outcome = outcome_record(
                 call_id=call_id, caller=caller, tool=tool, status="error",
                 duration_ms=(time.perf_counter() - started) * 1000, error={"code": "cancelled", "message": STOPPED},
             )
             try:
-                self.audit.append(outcome)
+                if decided is None:
+                    self.audit.append(outcome)
+                else:
+                    self.audit.append_many((decided, outcome))  # a read's decision goes with its outcome
             except AuditWriteError as exc:
                 log.error("audit_write_failed", stage="outcome", call_id=call_id, error=str(exc))
                 continue
@@ -744,23 +755,23 @@ class Gate:
             call_id=call_id, caller=caller, tool=tool, verb=self.verb_of(tool) or "unknown",
             namespace=namespace, arguments=raw, decision=decision, object_ref=object_ref,
         )
-        if not await self._append(record, bound):
+        if not await self._append(bound, record):
             return self._audit_refusal(call_id)
         bound.info("call_invalid", fields=[e["field"] for e in errors])
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
         return Answer(error_envelope("invalid_arguments", summary, call_id, errors))
 
-    async def _append(self, record: dict[str, Any], bound: structlog.typing.FilteringBoundLogger) -> bool:
-        """Durable before it returns. Alone, inline (a thread hop costs more than the fsync);
-        with other calls in flight, in a worker thread, so they share one fsync (group commit)
-        and none stalls the loop for the others."""
+    async def _append(self, bound: structlog.typing.FilteringBoundLogger, *records: dict[str, Any]) -> bool:
+        """Durable before it returns, several records in one write and one fsync. Alone, inline (a thread
+        hop costs more than the fsync); with other calls in flight, in a worker thread, so they share one
+        fsync (group commit) and none stalls the loop for the others."""
         try:
             if self._in_flight <= 1:
-                self.audit.append(record)
+                self.audit.append_many(records)
             else:
-                await anyio.to_thread.run_sync(self.audit.append, record)
+                await anyio.to_thread.run_sync(self.audit.append_many, records)
         except AuditWriteError as exc:
-            bound.error("audit_write_failed", error=str(exc), stage=record.get("stage"))
+            bound.error("audit_write_failed", error=str(exc), stage="+".join(str(r.get("stage")) for r in records))
             return False
         return True
 

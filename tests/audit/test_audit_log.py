@@ -100,6 +100,49 @@ def test_oversized_record_is_refused(log_path: Path, monkeypatch: pytest.MonkeyP
         assert log.append({"x": "small"})["seq"] == 1
 
 
+def test_append_many_is_one_durable_run_of_consecutive_records_or_nothing(
+    log_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read's decision and outcome (append_many): next to each other in the chain whoever else appends,
+    one fsync for both, and none of them written when one cannot be."""
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(log_module, "MAX_LINE_BYTES", 500)
+    with AuditLog(log_path) as log:
+        fsyncs.clear()
+        first, second = log.append_many([{"stage": "decision", "n": 0}, {"stage": "outcome", "n": 0}])
+        assert (first["seq"], second["seq"], second["prev"]) == (1, 2, first["hash"]) and len(fsyncs) == 1
+        with pytest.raises(AuditWriteError, match="limit"):
+            log.append_many([{"stage": "decision"}, {"x": "y" * 1000}])
+        assert log.append({"x": "small"})["seq"] == 3  # nothing of the refused pair was written
+        assert log.append_many([]) == []
+
+        def pairs(n: int) -> None:
+            for i in range(30):
+                if i % 3:
+                    log.append({"stage": "decision", "n": n})
+                else:
+                    log.append_many([{"stage": "decision", "n": n, "i": i}, {"stage": "outcome", "n": n, "i": i}])
+
+        threads = [threading.Thread(target=pairs, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    records = [json.loads(line) for line in _lines(log_path)]
+    for before, after in itertools.pairwise(records):
+        if after.get("stage") == "outcome":  # every outcome right after its own decision
+            assert (before["stage"], before["n"], before.get("i")) == ("decision", after["n"], after.get("i"))
+    assert sum(r.get("stage") == "outcome" for r in records) == 1 + 8 * 10
+    assert verify_log(log_path).ok
+
+
 def test_closed_log_refuses_appends(log_path: Path) -> None:
     log = AuditLog(log_path)
     log.close()

@@ -211,11 +211,44 @@ async def test_disable_destructive_refuses_and_hides_destructive_tools(tmp_path:
 async def test_a_decision_that_cannot_be_written_runs_nothing(h: Harness) -> None:
     assert not (await h.call("deploy", DEPLOY)).is_error
     h.log_path.unlink()  # the log is gone under the writer: it refuses to go on rather than start a new chain
-    for tool, args in (("deploy", DEPLOY), ("rollout_status", {"namespace": "team-a", "name": "web"})):
-        error = error_of(await h.call(tool, args))
-        assert error is not None and error["code"] == "audit_unavailable"
-        assert "nothing was run" in error["message"]
+    error = error_of(await h.call("deploy", DEPLOY))
+    assert error is not None and error["code"] == "audit_unavailable"
+    assert "nothing was run" in error["message"]
     assert h.ran == ["deploy"]
+    # A read's decision is written with its outcome, in one fsync (audit/SCHEMA.md): it runs (it changes
+    # nothing), and nothing of what it read leaves without both records.
+    result = await h.call("rollout_status", {"namespace": "team-a", "name": "web"})
+    error = error_of(result)
+    assert error is not None and error["code"] == "audit_unavailable" and "withheld" in error["message"]
+    assert result.structured_content is None and "ran rollout_status" not in str(result.content)
+    assert h.ran == ["deploy", "rollout_status"]
+
+
+async def test_a_read_writes_decision_and_outcome_together_and_a_write_its_decision_first(h: Harness) -> None:
+    appended: list[int] = []  # records per durable append, in order
+    one, many = h.audit.append, h.audit.append_many
+
+    def append(body: Any) -> dict[str, Any]:
+        appended.append(1)
+        return one(body)
+
+    def append_many(bodies: Any) -> list[dict[str, Any]]:
+        appended.append(len(bodies))
+        return many(bodies)
+
+    h.audit.append, h.audit.append_many = append, append_many  # type: ignore[method-assign]
+    assert not (await h.call("rollout_status", {"namespace": "team-a", "name": "web"})).is_error
+    assert appended == [2]
+    decision, outcome = h.records()[-2:]
+    assert (decision["stage"], decision["decision"]["effect"], outcome["stage"]) == ("decision", "allow", "outcome")
+    assert decision["call_id"] == outcome["call_id"] and outcome["seq"] == decision["seq"] + 1
+    appended.clear()
+    assert not (await h.call("deploy", DEPLOY)).is_error
+    assert appended == [1, 1]  # a write: its decision durable before it runs, then its outcome
+    appended.clear()
+    assert refusal(await h.call("rollout_status", {"namespace": "team-a"}))[0] == "invalid_arguments"
+    assert appended == [1]  # a read that does not run has only its decision
+    assert verify_log(h.log_path).ok
 
 
 async def test_an_outcome_that_cannot_be_written_withholds_the_result(tmp_path: Path) -> None:
