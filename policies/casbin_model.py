@@ -9,18 +9,15 @@ matcher is the shipped one, so the decider may answer through its index instead 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 from typing import Any, Final
 
-import casbin
-from casbin.model import FunctionMap, Model
-from casbin.util import escape_assertion, key_match_func, remove_comments
-
 from .errors import PolicyError
 from .names import NO_NAMESPACE, clip
 
-__all__ = ["SHIPPED_MATCHER", "build_enforcer", "probe"]
+__all__ = ["SHIPPED_MATCHER", "build_enforcer", "casbin_enforcer", "probe", "shipped_model_text"]
 
 _R_TOKENS: Final = ("sub", "dom", "obj", "act")
 _P_TOKENS: Final = ("sub", "dom", "obj", "act", "eft")
@@ -134,7 +131,19 @@ SHIPPED_MATCHER: Final = (
     '(g(r.sub, p.sub, r.dom) || g("role:everyone", p.sub, r.dom)) && keyMatch(r.dom, p.dom) '
     '&& keyMatch(r.obj, p.obj) && (p.act == "*" || r.act == p.act)'
 )
-_SHIPPED_MATCHER_TREE: Final = ast.dump(_matcher_ast(escape_assertion(SHIPPED_MATCHER)))
+
+
+@functools.cache
+def _shipped_matcher_tree() -> str:
+    from casbin.util import escape_assertion
+
+    return ast.dump(_matcher_ast(escape_assertion(SHIPPED_MATCHER)))
+
+
+@functools.cache
+def shipped_model_text() -> str:
+    """The model.conf shipped beside this file, as read (tests load it through Casbin, build_enforcer's full path)."""
+    return Path(__file__).with_name("model.conf").read_bytes().decode("utf-8").removeprefix("\ufeff")
 
 
 def _check_matcher(path: Path, line: int, matcher: str) -> bool:
@@ -154,6 +163,8 @@ def _check_matcher(path: Path, line: int, matcher: str) -> bool:
         tree = _matcher_ast(matcher)
     except SyntaxError as exc:
         raise PolicyError(path, line, f"matcher is not a valid expression: {exc.msg}") from exc
+    from casbin.model import FunctionMap
+
     functions = set(FunctionMap.load_function_map().get_functions()) | {"g"}
     names = {f"r_{t}" for t in _R_TOKENS} | {f"p_{t}" for t in _P_TOKENS}
     for node in ast.walk(tree):
@@ -165,14 +176,28 @@ def _check_matcher(path: Path, line: int, matcher: str) -> bool:
             raise PolicyError(path, line, f"matcher uses unknown name {shown!r}")
         elif isinstance(node, ast.Attribute):
             raise PolicyError(path, line, f"matcher uses unknown name {ast.unparse(node)!r}")
-    return ast.dump(tree) == _SHIPPED_MATCHER_TREE
+    return ast.dump(tree) == _shipped_matcher_tree()
 
 
 def build_enforcer(model_path: Path, model_text: str) -> tuple[Any, int, bool]:
     """Build an empty Enforcer from the model text.
 
-    Returns it, the matcher's line, and whether the matcher is the shipped one.
+    Returns it, the matcher's line, and whether the matcher is the shipped one. The shipped model text
+    itself is known good (tests/policies/test_policy_fast.py holds it to the full path below) and decided
+    by the index, which needs no Casbin: for it the enforcer is None and Casbin is not even imported,
+    which spares every start of the server its import.
     """
+    if model_text == shipped_model_text():
+        return None, _model_statements(model_path, model_text)["m"][1], True
+    return casbin_enforcer(model_path, model_text)
+
+
+def casbin_enforcer(model_path: Path, model_text: str) -> tuple[Any, int, bool]:
+    """build_enforcer through Casbin: the model checked, loaded and probed, whatever its text."""
+    import casbin
+    from casbin.model import Model
+    from casbin.util import escape_assertion, key_match_func, remove_comments
+
     statements = _model_statements(model_path, model_text)
     _check_model_shape(model_path, statements)
     matcher_line = statements["m"][1]
@@ -186,7 +211,7 @@ def build_enforcer(model_path: Path, model_text: str) -> tuple[Any, int, bool]:
     if not enforcer.add_named_domain_matching_func("g", key_match_func):
         raise PolicyError(model_path, statements["g"][1], "Casbin made no role manager for 'g'")
     probe(enforcer, model_path, matcher_line)
-    if shipped and ast.dump(_matcher_ast(enforcer.model["m"]["m"].value)) != _SHIPPED_MATCHER_TREE:
+    if shipped and ast.dump(_matcher_ast(enforcer.model["m"]["m"].value)) != _shipped_matcher_tree():
         shipped = False  # Casbin read the statement differently from us: let Casbin decide
     return enforcer, matcher_line, shipped
 

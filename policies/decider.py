@@ -26,14 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from casbin.util import key_match
-
 from .bounds import DEFAULT_BOUNDS, SubjectBounds
 from .bounds_file import BOUNDS_FILE, DEFAULT_PROTECTED, bounds_note
 from .casbin_model import build_enforcer, probe
 from .errors import PolicyError
 from .index import MAX_ROLE_HOPS, RuleIndex, key_prefix
-from .names import EVERYONE, NO_NAMESPACE, request_problem, validate_namespace, validate_principal
+from .names import EVERYONE, NO_NAMESPACE, key_match, request_problem, validate_namespace, validate_principal
 from .rules import Rule
 
 __all__ = ["Decision", "EffectiveGrant", "Policy", "pattern_covers", "pattern_meet"]

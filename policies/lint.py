@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from casbin.util import key_match
-
 from .bounds import BOUND_READS, BoundName, SubjectBounds
 from .bounds_file import BOUNDS_FILE, DEFAULT_PROTECTED, bounds_lines, bounds_note, parse_bounds, parse_protected
 from .casbin_model import build_enforcer
@@ -47,7 +45,7 @@ from .decider import Policy
 from .errors import SourceError
 from .index import MAX_ROLE_HOPS, key_prefix
 from .loader import load_policy, policy_files, read_file
-from .names import EVERYONE, ROLE_PREFIX
+from .names import EVERYONE, ROLE_PREFIX, key_match
 from .rules import Rule, parse_line
 
 __all__ = ["Finding", "applied_bounds", "exit_code", "format_findings", "lint", "load_checked"]

@@ -43,6 +43,19 @@ _TOOL_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _PRINCIPAL_FORBIDDEN: Final = frozenset("*,\"'`()[]")
 
 
+def key_match(key: str, pattern: str) -> bool:
+    """Casbin's ``keyMatch``: ``key`` equals ``pattern``, or starts with what comes before its first ``*``.
+
+    The same function as ``casbin.util.key_match`` (tests/policies/test_policy_fast.py holds them to each
+    other), here so that deciding, loading and linting the shipped model never import Casbin."""
+    star = pattern.find("*")
+    if star == -1:
+        return key == pattern
+    if len(key) > star:
+        return key[:star] == pattern[:star]
+    return key == pattern[:star]
+
+
 def validate_principal(name: str) -> str:
     """Return ``name`` if it can be a Casbin subject, else raise ValueError naming the rule.
 

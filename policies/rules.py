@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from casbin.util import key_match
-
 from opsgate.vocab.names import is_dns1123_label
 
 from .errors import PolicyError
-from .names import EFFECTS, NO_NAMESPACE, ROLE_PREFIX, RULE_ACTIONS, clip, validate_principal
+from .names import EFFECTS, NO_NAMESPACE, ROLE_PREFIX, RULE_ACTIONS, clip, key_match, validate_principal
 
 __all__ = ["G_FIELDS", "P_FIELDS", "Rule", "parse_line", "parse_policy"]
 

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 
 from bench.policy_bench import TOOLS, generate_policy, generate_requests
 from opsgate.policies import EVERYONE, SHIPPED_DIR, Policy, PolicyError, default_policy, load_policy
-from opsgate.policies.casbin_model import SHIPPED_MATCHER
+from opsgate.policies.casbin_model import SHIPPED_MATCHER, build_enforcer, casbin_enforcer, shipped_model_text
 from opsgate.policies.loader import with_rules
-from opsgate.policies.names import validate_namespace, validate_principal
+from opsgate.policies.names import key_match, validate_namespace, validate_principal
 
 MODEL = SHIPPED_DIR / "model.conf"
 Request = tuple[str, str, str, str]
@@ -90,6 +90,24 @@ def test_shipped_matcher_is_indexed_whatever_its_spacing(tmp_path: Path) -> None
     (tmp_path / "model.conf").write_text(glued)
     with pytest.raises(PolicyError, match=r"put spaces around && and \|\|"):
         load_policy(tmp_path)
+
+
+def test_the_shipped_model_is_taken_as_known_good_only_because_casbin_agrees() -> None:
+    """build_enforcer skips Casbin for the shipped model text (serve's start does not import it): the full
+    path through Casbin must give that text the same answer, and an Enforcer that loads and runs."""
+    text = shipped_model_text()
+    assert text == MODEL.read_text()
+    fast, line, shipped = build_enforcer(MODEL, text)
+    enforcer, full_line, full_shipped = casbin_enforcer(MODEL, text)
+    assert (fast, line, shipped) == (None, full_line, True) and full_shipped
+    assert enforcer.enforce_ex("alice", "team-a", "deploy", "write")[0] is False
+    changed = text + "\n"  # any other text, even one that means the same, goes through Casbin
+    assert build_enforcer(MODEL, changed)[0] is not None
+
+
+@given(st.text(alphabet="ab-*", max_size=6), st.text(alphabet="ab-*", max_size=6))
+def test_our_key_match_is_casbins(key: str, pattern: str) -> None:
+    assert key_match(key, pattern) is key_match_func(key, pattern)
 
 
 @pytest.mark.parametrize(
