@@ -6,11 +6,27 @@ Hashing, signing bodies, redaction and filter parsing are pure functions
 ``cli`` is the reviewer's command line.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .chain import GENESIS_HASH, canonical, record_hash, seal
 from .checkpoint import KeyRing, generate_keypair
 from .log import SCHEMA_VERSION, AuditLog, AuditTrustError, AuditWriteError
 from .redact import REDACTED, redact
-from .verify import CheckpointSummary, VerifyReport, verify_audit, verify_log
+
+if TYPE_CHECKING:
+    from .verify import CheckpointSummary, VerifyReport, verify_audit, verify_log
+
+# The verifier (and multiprocessing, which it runs on) is imported on first use: the server that writes
+# the log never verifies it, and `opsgate serve` should not pay for the import at start (issue 18).
+_VERIFY = frozenset({"CheckpointSummary", "VerifyReport", "verify_audit", "verify_log"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VERIFY:
+        from . import verify
+
+        return getattr(verify, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "GENESIS_HASH",

@@ -39,11 +39,12 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# cryptography is imported where an Ed25519 key is used, not here: a server without a signing key
+# (HMAC checkpoints) never needs it, and its import is a few milliseconds of every start (issue 18).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .chain import canonical, is_hash, loads
 
@@ -103,6 +104,8 @@ class Signer(Protocol):
 
 def ed25519_key_id(public: Ed25519PublicKey) -> str:
     """First 4 bytes (hex) of SHA-256 of the raw public key: names the key, proves nothing."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:8]
 
@@ -225,6 +228,8 @@ class KeyRing:
         """None when a key in the ring signed it; else ``unknown-key`` or ``bad-signature``."""
         body = signed.checkpoint.body()
         if signed.alg == ED25519:
+            from cryptography.exceptions import InvalidSignature
+
             publics = [k for k in self.public_keys if ed25519_key_id(k) == signed.key_id]
             for public in publics:
                 with contextlib.suppress(InvalidSignature):
@@ -275,6 +280,9 @@ def generate_keypair(private_path: Path, public_path: Path | None = None) -> tup
     for target in (private_path, public_path):
         if os.path.lexists(target):
             raise FileExistsError(f"{target} exists; refusing to overwrite a key")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -294,6 +302,9 @@ def generate_keypair(private_path: Path, public_path: Path | None = None) -> tup
 
 def load_private_key(path: Path) -> Ed25519Signer:
     """The Ed25519 signer in a PEM private key file. Raises OSError or ValueError."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} is not an Ed25519 private key")
@@ -302,6 +313,9 @@ def load_private_key(path: Path) -> Ed25519Signer:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """The Ed25519 public key in a PEM file. Raises OSError or ValueError."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     key = serialization.load_pem_public_key(path.read_bytes())
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError(f"{path} is not an Ed25519 public key")
