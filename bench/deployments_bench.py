@@ -1,105 +1,261 @@
-"""scale and rollback over stdio beside the same API calls made directly with the kubernetes client.
+"""Per call against one sandbox: opsgate over stdio, the Go reference server, and the direct client (issue 18).
 
-Both run against one sandbox cluster in this process, in separate loops (a direct
-write between two of ours would make ours retry on a 409). The difference of the
-medians is opsgate's own overhead: MCP framing, the gate, two fsynced records.
+    python bench/run.py per-call     # this part alone, printed, nothing written
+    python bench/run.py polls        # API requests per 100 polls of rollout_status
+
+The sandbox runs in its own process (bench/sandbox_process.py), so the direct client does not
+fight it for the GIL. For each operation the clients take turns call by call (the order rotates
+every round), so all of them see the same machine weather. The direct ``kubernetes`` client makes
+the very requests the tool makes, checked by counting them at the sandbox:
+
+* list: ``list_workloads`` for Deployments = one chunked list (``limit=500``);
+* get one: ``rollout_status`` = one read of the Deployment;
+* scale: ``scale`` = a read of the scale subresource, then a JSON Patch on it guarded by a ``test``
+  of the replica count read.
+
+The Go reference server (containers/kubernetes-mcp-server: ``resources_list``, ``resources_get``,
+``resources_scale``) takes its turn when its npm package is installed
+(``npm ci --prefix tests/interop-go``, or ``OPSGATE_KUBERNETES_MCP_SERVER=/path/to/binary``). client-go
+limits its own requests (5/s, burst 10): called back to back, the Go server answers in about 200 ms
+per request, all of it waiting on that limiter. So it is compared in paced rounds (one round per
+0.22 s per request it makes), in which all three clients take turns again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from mcp import ClientSession
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+from bench.sandbox_process import SandboxProcess
 
 Row = Callable[..., None]
 NS = "bench"
+NAME = "web"
+PRINCIPAL = "bench"
+JSON_PATCH = "application/json-patch+json"
+OPS = ("list", "get", "scale")
+POLLS = 100
+GO_ROUNDS = 40
+GO_SECONDS_PER_REQUEST = 0.22  # client-go: 5 requests/s
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "")
+_PACKAGE = f"kubernetes-mcp-server-{platform.system().lower()}-{_ARCH}"
+GO_BINARY = Path(os.environ.get("OPSGATE_KUBERNETES_MCP_SERVER") or Path(__file__).resolve().parents[1]
+                 / "tests" / "interop-go" / "node_modules" / _PACKAGE / "bin" / _PACKAGE)
+
+Call = Callable[[int], Awaitable[None]]  # one call of an operation; the argument is the replica count to set
 
 
 def _policy(tmp: Path) -> Path:
-    from importlib.resources import files
-
-    folder = tmp / "deploy-policy"
+    """The shipped policy and bounds, with the bench principal as admin (no rate limit on its scales)."""
+    folder = tmp / "percall-policy"
     folder.mkdir(exist_ok=True)
     shipped = files("opsgate.policies")
-    for name in ("model.conf", "policy.csv"):
+    for name in ("model.conf", "policy.csv", "bounds.toml"):
         (folder / name).write_text(shipped.joinpath(name).read_text())
     with (folder / "policy.csv").open("a") as fh:
-        fh.write("g, bench, role:operator, *\n")
+        fh.write(f"g, {PRINCIPAL}, role:admin, *\n")
     return folder
 
 
-async def _timed(session: ClientSession, tool: str, args: Callable[[int], dict[str, Any]], n: int) -> list[float]:
-    out = []
-    for i in range(n):
-        started = time.perf_counter()
-        result = await session.call_tool(tool, args(i))
-        out.append((time.perf_counter() - started) * 1000)
-        assert not result.is_error, result.content
-    return out
+@asynccontextmanager
+async def _stdio(command: str, args: list[str], env: dict[str, str], errlog: Path) -> AsyncIterator[ClientSession]:
+    params = StdioServerParameters(command=command, args=args, env=env)
+    with errlog.open("w") as err:
+        async with stdio_client(params, errlog=err) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            yield s
 
 
-def _direct_scale(apps: Any, n: int) -> list[float]:
-    """What our scale does: read the Deployment, patch the scale subresource."""
-    out = []
-    for i in range(n):
-        started = time.perf_counter()
-        json.loads(apps.read_namespaced_deployment("web", NS, _preload_content=False).data)
-        json.loads(apps.patch_namespaced_deployment_scale("web", NS, {"spec": {"replicas": 2 + i % 2}},
-                                                          _preload_content=False).data)
-        out.append((time.perf_counter() - started) * 1000)
-    return out
+async def _tool(s: ClientSession, tool: str, arguments: dict[str, Any]) -> None:
+    result = await s.call_tool(tool, arguments)
+    if result.is_error:
+        raise RuntimeError(f"{tool} failed: {str(result.content)[:300]}")
 
 
-def _direct_rollback(apps: Any, n: int) -> list[float]:
-    """What kubectl rollout undo does: read, list owned ReplicaSets, one JSON patch of the template, read back."""
-    out = []
-    for _ in range(n):
-        started = time.perf_counter()
-        d = json.loads(apps.read_namespaced_deployment("web", NS, _preload_content=False).data)
-        rs_list = json.loads(apps.list_namespaced_replica_set(NS, _preload_content=False).data)["items"]
-        owned = [r for r in rs_list if any(o["uid"] == d["metadata"]["uid"] for o in r["metadata"].get(
-            "ownerReferences", []))]
-        owned.sort(key=lambda r: int(r["metadata"]["annotations"]["deployment.kubernetes.io/revision"]))
-        template = owned[-2]["spec"]["template"]
-        template["metadata"]["labels"].pop("pod-template-hash", None)
-        patch = [{"op": "replace", "path": "/spec/template", "value": template}]
-        json.loads(apps.patch_namespaced_deployment("web", NS, patch, _preload_content=False).data)  # json-patch
-        json.loads(apps.read_namespaced_deployment("web", NS, _preload_content=False).data)
-        out.append((time.perf_counter() - started) * 1000)
-    return out
+def _opsgate_calls(s: ClientSession) -> dict[str, Call]:
+    where = {"name": NAME, "namespace": NS}
+    return {
+        "list": lambda _: _tool(s, "list_workloads", {"namespace": NS, "kind": "Deployment"}),
+        "get": lambda _: _tool(s, "rollout_status", where),
+        "scale": lambda n: _tool(s, "scale", {**where, "replicas": n}),
+    }
 
 
-async def run(tmp: Path, row: Row, session_for: Callable[[list[str]], Any], opsgate_args: Callable[..., list[str]],
-              n: int = 200) -> None:
+GO_CONFLICTS = [0]  # the Go server's scale is a read and an update guarded by resourceVersion, without a retry
+
+
+def _go_calls(s: ClientSession) -> dict[str, Call]:
+    kind = {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": NS}
+
+    async def scale(n: int) -> None:
+        """A 409 (the controller wrote status between its read and its update) is retried, as a caller would."""
+        for _ in range(5):
+            try:
+                return await _tool(s, "resources_scale", {**kind, "name": NAME, "scale": n})
+            except RuntimeError as exc:
+                if "has been modified" not in str(exc):
+                    raise
+                GO_CONFLICTS[0] += 1
+        raise RuntimeError("resources_scale: 5 conflicts in a row")
+
+    return {
+        "list": lambda _: _tool(s, "resources_list", kind),
+        "get": lambda _: _tool(s, "resources_get", {**kind, "name": NAME}),
+        "scale": scale,
+    }
+
+
+def _direct_calls(apps: Any) -> dict[str, Call]:
+    """What the tools send, as opsgate's Kube.call sends it: raw bodies parsed with json, an Audit-ID header."""
+
+    def opts() -> dict[str, Any]:
+        return {"_preload_content": False, "_request_timeout": 30, "_headers": {"Audit-ID": uuid.uuid4().hex}}
+
+    def body(response: Any) -> Any:
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    async def list_(_: int) -> None:
+        body(apps.list_namespaced_deployment(NS, limit=500, **opts()))
+
+    async def get(_: int) -> None:
+        body(apps.read_namespaced_deployment(NAME, NS, **opts()))
+
+    async def scale(n: int) -> None:
+        current = body(apps.read_namespaced_deployment_scale(NAME, NS, **opts()))
+        ops = [{"op": "test", "path": "/spec/replicas", "value": current["spec"]["replicas"]},
+               {"op": "add", "path": "/spec/replicas", "value": n}]
+        body(apps.patch_namespaced_deployment_scale(NAME, NS, ops, _content_type=JSON_PATCH, **opts()))
+
+    return {"list": list_, "get": get, "scale": scale}
+
+
+class _Replicas:
+    """Every scale call, whoever makes it, flips the Deployment between 2 and 3 replicas: none is a no-op."""
+
+    def __init__(self) -> None:
+        self.n = 2
+
+    def next(self) -> int:
+        self.n = 5 - self.n
+        return self.n
+
+
+async def _interleaved(clients: dict[str, dict[str, Call]], op: str, n: int, flip: _Replicas,
+                       round_seconds: float = 0.0, warmup: int = 20) -> dict[str, list[float]]:
+    """``n`` rounds (after ``warmup``), each client once per round, the first one rotating; a round lasts at
+    least ``round_seconds``."""
+    names = list(clients)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(-warmup, n):
+        began = time.perf_counter()
+        turn = i % len(names)
+        for name in names[turn:] + names[:turn]:
+            replicas = flip.next()
+            started = time.perf_counter()
+            await clients[name][op](replicas)
+            if i >= 0:
+                times[name].append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(max(0.0, round_seconds - (time.perf_counter() - began)))
+    return times
+
+
+async def _requests_per_call(sandbox: SandboxProcess, calls: dict[str, Call], op: str, flip: _Replicas,
+                             k: int = 10) -> tuple[float, Counter[str]]:
+    sandbox.reset()
+    for _ in range(k):
+        await calls[op](flip.next())
+    counts = sandbox.counts()
+    return sum(counts.values()) / k, counts
+
+
+def _describe(counts: Counter[str]) -> str:
+    return ", ".join(f"{n} x {what}" for what, n in counts.most_common())
+
+
+async def run(tmp: Path, row: Row, opsgate_args: Callable[..., list[str]], n: int = 200,
+              parts: tuple[str, ...] = ("per-call", "polls")) -> None:
+    """The per-call comparison and the polling cost, reported through ``row``."""
     from kubernetes import client, config
 
-    from opsgate.sandbox import SandboxCluster
-
-    with SandboxCluster(rollout_delay=0.0) as cluster:
-        kubeconfig = tmp / "bench-kubeconfig"
-        cluster.write_kubeconfig(kubeconfig)
-        api_client = config.new_client_from_config_dict(cluster.kubeconfig())
-        client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NS)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_") and k != "KUBECONFIG"}
+    with SandboxProcess(tmp / "percall-kubeconfig", [NS]) as sandbox:
+        api_client = config.new_client_from_config(str(sandbox.kubeconfig))
         apps = client.AppsV1Api(api_client)
-        args = opsgate_args(tmp, "--principal", "bench", "--kubeconfig", str(kubeconfig), "--policy",
-                            str(_policy(tmp)))
-        async with session_for(args) as s:
-            for image in ("nginx:1.26", "nginx:1.27"):
-                await s.call_tool("deploy", {"name": "web", "namespace": NS, "image": image, "replicas": 2})
-            await _timed(s, "scale", lambda i: {"name": "web", "namespace": NS, "replicas": 2 + i % 2}, 20)
-            ours_scale = await _timed(s, "scale", lambda i: {"name": "web", "namespace": NS,
-                                                             "replicas": 2 + i % 2}, n)
-            ours_rollback = await _timed(s, "rollback", lambda i: {"name": "web", "namespace": NS}, n // 2)
-        _direct_scale(apps, 20)
-        direct_scale = _direct_scale(apps, n)
-        direct_rollback = _direct_rollback(apps, n // 2)
+        args = opsgate_args(tmp, "--principal", PRINCIPAL, "--kubeconfig", str(sandbox.kubeconfig),
+                            "--policy", str(_policy(tmp)))
+        async with AsyncExitStack() as stack:
+            ours = await stack.enter_async_context(_stdio(sys.executable, args, env, tmp / "opsgate.stderr"))
+            await _tool(ours, "deploy", {"name": NAME, "namespace": NS, "image": "nginx:1.27", "replicas": 2})
+            clients = {"opsgate": _opsgate_calls(ours), "direct": _direct_calls(apps)}
+            if GO_BINARY.exists():
+                home = tmp / "go-home"
+                home.mkdir(exist_ok=True)
+                go = await stack.enter_async_context(_stdio(
+                    str(GO_BINARY), ["--kubeconfig", str(sandbox.kubeconfig)],
+                    {"HOME": str(home), "PATH": os.environ.get("PATH", "")}, tmp / "go.stderr"))
+                clients["Go"] = _go_calls(go)
+            else:
+                row("per call: Go reference server", "not installed", "",
+                    f"npm ci --prefix tests/interop-go ({GO_BINARY.name})")
+            flip = _Replicas()
+            if "per-call" in parts:
+                await _per_call(sandbox, clients, row, n, flip)
+            if "polls" in parts:
+                for name, tool in (("opsgate", "rollout_status"), ("Go", "resources_get")):
+                    if name not in clients:
+                        continue
+                    sandbox.reset()
+                    for _ in range(POLLS):
+                        await clients[name]["get"](0)
+                    counts = sandbox.counts()
+                    row(f"API requests per {POLLS} polls of one Deployment, {name} ({tool})",
+                        f"{sum(counts.values())}", "",
+                        "list + watch only (watch cache, issue 18)" if name == "opsgate" else "")
+                    row(f"  {name}: what they were", _describe(counts) or "none")
         api_client.close()
-    for tool, ours, direct in (("scale", ours_scale, direct_scale), ("rollback", ours_rollback, direct_rollback)):
-        o, d = statistics.median(ours), statistics.median(direct)
-        row(f"{tool} round trip over stdio p50 (sandbox)", f"{o:.2f} ms", f"{d:.2f} ms direct", "")
-        row(f"{tool}: opsgate's own overhead p50", f"{o - d:+.2f} ms", "0 ms", "< 3 ms")
+
+
+async def _per_call(sandbox: SandboxProcess, clients: dict[str, dict[str, Call]], row: Row, n: int,
+                    flip: _Replicas) -> None:
+    labels = {"list": "list Deployments (list_workloads)", "get": "get one (rollout_status)", "scale": "scale"}
+    for op in OPS:
+        per_call = {name: await _requests_per_call(sandbox, calls, op, flip) for name, calls in clients.items()}
+        tight = {name: calls for name, calls in clients.items() if name != "Go"}
+        times = await _interleaved(tight, op, n, flip)
+        p50 = {name: statistics.median(t) for name, t in times.items()}
+        row(f"per call p50, {labels[op]}", f"{p50['opsgate']:.2f} ms", f"direct {p50['direct']:.2f} ms",
+            "<= direct + 1 ms" if op != "scale" else "")
+        row(f"  {op}: opsgate over direct", f"{p50['opsgate'] - p50['direct']:+.2f} ms",
+            f"x{p50['opsgate'] / p50['direct']:.2f}", "")
+        if "Go" in clients:
+            # client-go limits its own requests (5/s, burst 10, unless the program raises it): back to back, the
+            # Go server's calls wait for it. Paced rounds measure its per-call cost, all three taking turns.
+            pace = GO_SECONDS_PER_REQUEST * per_call["Go"][0]
+            paced = await _interleaved(clients, op, GO_ROUNDS, flip, round_seconds=pace, warmup=3)
+            q = {name: statistics.median(t) for name, t in paced.items()}
+            row(f"  {op}, paced rounds ({GO_ROUNDS}, one per {pace:.2f} s): opsgate beside Go",
+                f"{q['opsgate']:.2f} ms", f"Go {q['Go']:.2f} ms; direct {q['direct']:.2f} ms", "<= Go")
+            row(f"  {op}: ratios (paced)", f"opsgate/Go x{q['opsgate'] / q['Go']:.2f}",
+                f"opsgate/direct x{q['opsgate'] / q['direct']:.2f}",
+                f"Go's scale met {GO_CONFLICTS[0]} conflicts (retried, in its time)" if op == "scale" else "")
+        row(f"  {op}: API requests per call", "; ".join(f"{name} {r:g}" for name, (r, _) in per_call.items()),
+            "", "opsgate = direct (the direct client does what the tool does)")
