@@ -7,8 +7,10 @@
   the audit runs so both see the same disk weather;
 * ``AuditLog.append`` from 1 caller (target: 80% of the floor or more) and from 8
   threads at once (target: above the floor, through group commit);
+* the floor for several callers: 8 threads each doing raw write + fsync on one shared file;
 * ``verify_log`` over a log of realistic records, in records per second (target:
-  above 100,000), with the process count it chose and with one process.
+  above 100,000), with the process count it chose and with one process, beside an
+  orjson-based floor (read, parse, hash each line, check the links; one process).
 
 Figures, not tests. The disk's fsync time drifts by tens of percent from one second
 to the next on a shared VM, so the floor and the appends are measured in short rounds
@@ -89,6 +91,61 @@ def _raw_rate(directory: Path, line: bytes, seconds: float) -> float:
         os.close(fd)
 
 
+def _raw_threads_rate(directory: Path, line: bytes, seconds: float, threads: int) -> float:
+    """``threads`` writers, each doing write + fsync on one shared O_APPEND file: plain concurrent fsync."""
+    path = _fresh(directory, f"raw-{threads}.bin")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    counts = [0] * threads
+    stop = threading.Event()
+    start_line = threading.Barrier(threads + 1)
+
+    def work(index: int) -> None:
+        start_line.wait()
+        while not stop.is_set():
+            os.write(fd, line)
+            os.fsync(fd)
+            counts[index] += 1
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        start_line.wait()
+        start = time.perf_counter()
+        time.sleep(seconds)
+        stop.set()
+        for worker in workers:
+            worker.join()
+        return sum(counts) / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
+def _orjson_floor(path: Path) -> float:
+    """Records per second for the least a chain check must do, in one process: read the file, parse each line
+    with orjson, hash the line without its ``hash`` member, compare it and the ``prev`` link."""
+    import hashlib
+
+    import orjson
+
+    start = time.perf_counter()
+    prev, count = GENESIS_HASH, 0
+    for raw in path.read_bytes().split(b"\n"):
+        if not raw:
+            continue
+        record = orjson.loads(raw)
+        digest = record["hash"]
+        member = b'"hash":"' + digest.encode() + b'"'
+        at = raw.index(member)
+        end = at + len(member)
+        unhashed = raw[: at - 1] + raw[end:] if raw[at - 1] == 0x2C else raw[:at] + raw[end + 1 :]
+        if hashlib.sha256(unhashed).hexdigest() != digest or record["prev"] != prev:
+            raise AssertionError(f"the floor disagrees with the log at record {count + 1}")
+        prev = digest
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
 def _append_rate(directory: Path, callers: int, seconds: float) -> tuple[float, float]:
     """Appends per second from ``callers`` threads, and records per fsync of the log (counted only
     for several callers: the counting wrapper would add its own cost to the one-caller figure)."""
@@ -150,7 +207,7 @@ def _cpu_per_append(directory: Path, count: int = 20_000) -> float:
     return elapsed / count * 1e6
 
 
-def _verify_rate(directory: Path, records: int) -> tuple[float, float, int]:
+def _verify_rate(directory: Path, records: int) -> tuple[float, float, int, float]:
     """Records per second for verify_log over ``records`` realistic records (auto processes, one process)."""
     path = directory / "verify.jsonl"
     prev = GENESIS_HASH
@@ -169,8 +226,9 @@ def _verify_rate(directory: Path, records: int) -> tuple[float, float, int]:
         elapsed = time.perf_counter() - start
         assert report.ok and report.records == records, report
         rates.append(records / elapsed)
+    floor = _orjson_floor(path)
     path.unlink()
-    return rates[0], rates[1], chosen
+    return rates[0], rates[1], chosen, floor
 
 
 def run(row: Row, directory: Path | None = None) -> None:
@@ -180,8 +238,11 @@ def run(row: Row, directory: Path | None = None) -> None:
         _, line = seal_line(DECISION, 1, GENESIS_HASH)
         line += b"\n"
         raw, one, many, per_fsync, one_share, many_share = [], [], [], [], [], []
+        raw_many: list[float] = []
+        raw_many_share: list[float] = []
         raw.append(_raw_rate(folder, line, ROUND_SECONDS))
         for _ in range(ROUNDS):  # in turns, each audit round between two raw ones
+            raw_many.append(_raw_threads_rate(folder, line, ROUND_SECONDS, CALLERS))
             one.append(_append_rate(folder, 1, ROUND_SECONDS)[0])
             raw.append(_raw_rate(folder, line, ROUND_SECONDS))
             one_share.append(one[-1] / statistics.mean(raw[-2:]))
@@ -190,6 +251,7 @@ def run(row: Row, directory: Path | None = None) -> None:
             per_fsync.append(batch)
             raw.append(_raw_rate(folder, line, ROUND_SECONDS))
             many_share.append(many[-1] / statistics.mean(raw[-2:]))
+            raw_many_share.append(many[-1] / raw_many[-1])
         floor = statistics.median(raw)
         single, group = statistics.median(one), statistics.median(many)
         share = statistics.median(one_share)
@@ -200,17 +262,25 @@ def run(row: Row, directory: Path | None = None) -> None:
         row(f"audit: append, {CALLERS} callers (group commit)", f"{group:,.0f}/s", f"{floor:,.0f}/s",
             f"> floor: x{statistics.median(many_share):.1f} (rounds x{min(many_share):.1f} to "
             f"x{max(many_share):.1f}), {statistics.median(per_fsync):.1f} records/fsync")
+        row(f"audit: raw write+fsync, {CALLERS} threads (floor for {CALLERS} callers)",
+            f"{statistics.median(raw_many):,.0f}/s", "", f"rounds {min(raw_many):,.0f} to {max(raw_many):,.0f}/s")
+        row(f"audit: append, {CALLERS} callers beside {CALLERS} raw threads",
+            f"x{statistics.median(raw_many_share):.2f}", "x1.00",
+            f">= x1.00 (rounds x{min(raw_many_share):.2f} to x{max(raw_many_share):.2f})")
         cpu = _cpu_per_append(folder)
         fsync_us = 1e6 / floor
         reference = 1e6 / 4800  # the issue's reference disk: about 4,800 write+fsync per second
         row("audit: append CPU per record (fsync stubbed)", f"{cpu:.1f} us", f"fsync {fsync_us:.0f} us",
             f"1 caller ~{100 * fsync_us / (fsync_us + cpu):.0f}% of floor here, "
             f"~{100 * reference / (reference + cpu):.0f}% at 4,800/s")
-        auto, single_process, processes = _verify_rate(folder, VERIFY_RECORDS)
+        auto, single_process, processes, orjson_floor = _verify_rate(folder, VERIFY_RECORDS)
         row(f"audit: verify ({processes} process{'es' if processes > 1 else ''})", f"{auto:,.0f} rec/s", "",
             "> 100,000 rec/s")
         if processes > 1:  # the same figure twice says nothing
             row("audit: verify (1 process)", f"{single_process:,.0f} rec/s", "", "> 100,000 rec/s")
+        row("audit: verify (1 process) beside an orjson floor", f"{single_process:,.0f} rec/s",
+            f"{orjson_floor:,.0f} rec/s",
+            f"floor/verify x{orjson_floor / single_process:.2f} (read, orjson parse, hash)")
 
 
 def _print_row(figure: str, value: str, floor: str = "", target: str = "") -> None:
