@@ -31,6 +31,8 @@ from typing import Any
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.* from `python bench/soak_bench.py` too
+
 Row = Callable[..., None]
 NS = "soak"
 PRINCIPAL = "soak"
@@ -136,33 +138,31 @@ def _policy(tmp: Path) -> Path:
     return folder
 
 
-def _seed(cluster: Any) -> None:
-    """A Deployment to scale and a ready InferenceService to call, in namespace ``soak``."""
+def _seed(kubeconfig: Path) -> None:
+    """A Deployment to scale and a ready InferenceService to call, in namespace ``soak`` (made by the sandbox)."""
     from kubernetes import client, config
 
     from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 
-    new_client: Any = config.new_client_from_config_dict
-    api: Any = new_client(cluster.kubeconfig())
-    core: Any = client.CoreV1Api(api)
+    api: Any = config.new_client_from_config(str(kubeconfig))
     apps: Any = client.AppsV1Api(api)
-    core.create_namespace({"metadata": {"name": NS}})
+    custom: Any = client.CustomObjectsApi(api)
     apps.create_namespaced_deployment(NS, {
         "metadata": {"name": "web"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
             "metadata": {"labels": {"app": "web"}},
             "spec": {"containers": [{"name": "web", "image": "registry.example.com/web:1.0"}]}}}})
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        "serving.kserve.io", "v1beta1", NS, "inferenceservices", {
-            "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "iris"},
-            "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"}, "protocolVersion": "v2",
-                                             "storageUri": f"file://{MODELS_DIR_DEFAULT}/iris.onnx"}}}})
-    api.close()
+    isvc = ("serving.kserve.io", "v1beta1", NS, "inferenceservices")
+    custom.create_namespaced_custom_object(*isvc, {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "iris"},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"}, "protocolVersion": "v2",
+                                         "storageUri": f"file://{MODELS_DIR_DEFAULT}/iris.onnx"}}}})
     deadline = time.monotonic() + 30
-    while cluster.kserve.url_of("iris", NS) is None:
+    while not (custom.get_namespaced_custom_object(*isvc, "iris").get("status") or {}).get("url"):
         if time.monotonic() > deadline:
             raise RuntimeError("the soak InferenceService never became ready")
-        time.sleep(0.02)
+        time.sleep(0.05)
+    api.close()
 
 
 def _check(result: Any, expected: str | None) -> str | None:
@@ -186,22 +186,21 @@ def _error_of(result: Any) -> dict[str, Any] | None:
 
 async def soak(tmp: Path, calls: int, *, window: int = WINDOW, warmup: int = WARMUP,
                progress: Callable[[int, float, float], None] | None = None) -> SoakResult:
-    """``calls`` calls of the mix over one session; the sandbox runs in this process, the server in its own.
+    """``calls`` calls of the mix over one session; the sandbox and the server each run in their own process.
 
     Latency is compared over the first and last ``window`` calls; RSS is read after ``warmup`` calls
     and every ``window`` calls.
     """
+    from bench.sandbox_process import SandboxProcess
     from opsgate.audit import verify_log
-    from opsgate.sandbox import SandboxCluster
 
     if calls % len(MIX) or window % len(MIX) or calls < 2 * window or warmup >= calls:
         raise ValueError(f"calls and window must be multiples of {len(MIX)}, calls at least two windows")
     tmp.mkdir(parents=True, exist_ok=True)
     audit = tmp / "soak-audit.jsonl"
-    with SandboxCluster(rollout_delay=0.02) as cluster:
-        _seed(cluster)
-        kubeconfig = tmp / "soak-kubeconfig"
-        cluster.write_kubeconfig(kubeconfig)
+    kubeconfig = tmp / "soak-kubeconfig"
+    with SandboxProcess(kubeconfig, [NS], rollout_delay=0.02):
+        _seed(kubeconfig)
         args = ["-m", "opsgate.server", "serve", "--audit-log", str(audit), "--principal", PRINCIPAL,
                 "--policy", str(_policy(tmp)), "--kubeconfig", str(kubeconfig)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_") and k != "KUBECONFIG"}
