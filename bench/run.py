@@ -1,7 +1,8 @@
-"""Every benchmark of the project, in one run, each figure beside its floor and target (about 3 minutes).
+"""Every benchmark of the project, in one run, each figure beside its floor and target (about 5 minutes).
 
-    python bench/run.py            # prints a table and writes bench/RESULTS.md
-    python bench/run.py tools-list # just the tools/list sizes (issue 14), printed, nothing written
+    python bench/run.py              # every part: prints a table and writes bench/RESULTS.md
+    python bench/run.py PART [PART]  # only these, printed, nothing written; PART is one of
+                                     # cold-start tools-list infer per-call polls kserve policy audit memory
 
 Figures, not tests: nothing here fails on a busy machine; read them in context.
 """
@@ -156,62 +157,113 @@ async def tools_list_sizes(tmp: Path) -> None:
             f"was {TOOLS_LIST_BEFORE[who]} B", f"<= {TOOLS_LIST_BUDGET[who]} B; peers: {PEER_TOOLS_LIST}")
 
 
-async def main() -> None:
-    if sys.argv[1:] == ["tools-list"]:
-        with tempfile.TemporaryDirectory() as tmpdir:
-            await tools_list_sizes(Path(tmpdir))
-        return
+async def cold_starts(tmp: Path, ours: list[str]) -> None:
+    """Spawn to initialize, opsgate and the bare SDK server taking turns (one warm-up each)."""
+    bare = [str(HERE / "bare_server.py")]
+    bare_cold: list[float] = []
+    ours_cold: list[float] = []
+    for i in range(9):
+        for args, out in ((bare, bare_cold), (ours, ours_cold)) if i % 2 else ((ours, ours_cold), (bare, bare_cold)):
+            times = await cold_start(args, 1)
+            if i:
+                out.extend(times)
+    b, o = statistics.median(bare_cold), statistics.median(ours_cold)
+    row("cold start, spawn to initialize (p50)", f"{o:.0f} ms", f"{b:.0f} ms bare SDK", "floor + 100 ms")
+    row("cold start overhead over bare SDK", f"{o - b:+.0f} ms", "0 ms", "< 100 ms")
+
+
+async def bare_memory(calls: int = 20_000) -> tuple[float, float]:
+    """RSS of the bare SDK server after initialize and after ``calls`` no-op calls (idle, between calls)."""
+    from bench.soak_bench import rss_mb, server_pid
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        marker = str(Path(tmpdir) / "bare-memory")
+        # the marker (and "serve") on its command line finds the process, as the soak finds opsgate's
+        async with session([str(HERE / "bare_server.py"), marker, "serve"]) as s:
+            pid = server_pid(marker)
+            cold = rss_mb(pid)
+            for _ in range(calls):
+                await s.call_tool("noop", {})
+            return cold, rss_mb(pid)
+
+
+async def memory(tmp: Path) -> None:
+    """Idle RSS after initialize and after 20,000 calls: opsgate (the soak's mix) beside the bare SDK server."""
+    from bench.soak_bench import run as soak
+
+    r = await soak(tmp, row)
+    cold, end = await bare_memory(r.calls)
+    row("memory: server RSS after initialize (idle)", f"{r.rss_cold_mb:.1f} MB", f"{cold:.1f} MB bare SDK", "")
+    row(f"memory: server RSS after {r.calls:,} calls (idle)", f"{r.rss_end_mb:.1f} MB",
+        f"{end:.1f} MB bare SDK ({r.calls:,} no-op calls)", "no growth after warm-up (soak rows)")
+
+
+async def infer_and_gate(tmp: Path, ours: list[str]) -> None:
+    async with session(ours) as s:
+        listing = await s.list_tools()
+        size = len(json.dumps(listing.model_dump(mode="json", by_alias=True, exclude_none=True),
+                              separators=(",", ":")))
+        tools = listing.model_dump(mode="json", by_alias=True, exclude_none=True)["tools"]
+        first = [t for t in tools if t["name"] in ("whoami", "explain_access", "list_models", "infer")]
+        row("tools/list size, the first four tools (issue 2)", f"{len(json.dumps(first, separators=(',', ':')))} B",
+            "", "< 6144 B")
+        row(f"tools/list size, all {len(tools)} tools", f"{size} B", "", "")
+        infer = await round_trips(s, "infer", {"model": "iris", "inputs": BATCH1}, 1000)
+        who = await round_trips(s, "whoami", {}, 300)
+    async with session([str(HERE / "bare_server.py")]) as s:
+        noop = await round_trips(s, "noop", {}, 1000)
+    raw = raw_session_run(2000)
+    row("infer round trip over stdio p50", f"{statistics.median(infer):.3f} ms",
+        f"{statistics.median(noop):.3f} ms", "floor + 1 ms (no-op tool, bare SDK)")
+    row("infer round trip over stdio p95", f"{pct(infer, 0.95):.3f} ms", f"{pct(noop, 0.95):.3f} ms")
+    row("raw onnxruntime session.run p50 (iris, batch 1)", f"{statistics.median(raw) * 1000:.1f} us")
+    row("whoami round trip p50", f"{statistics.median(who):.3f} ms", f"{statistics.median(noop):.3f} ms")
+    gated, direct = await gate_overhead(tmp, 2000)
+    row("gate overhead per call p50, in process (policy + 2 fsynced records)",
+        f"{statistics.median(gated) - statistics.median(direct):.3f} ms",
+        f"{statistics.median(direct) * 1000:.1f} us direct", "not the per-call cost over stdio: see per call rows")
+    row("gate overhead per call p95, in process", f"{pct(gated, 0.95):.3f} ms")
+
+
+PARTS = ("cold-start", "tools-list", "infer", "per-call", "polls", "kserve", "policy", "audit", "memory")
+
+
+async def main(parts: list[str]) -> None:
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"unknown part {unknown}; parts: {' '.join(PARTS)} (none: all, and RESULTS.md written)")
+    chosen = parts or list(PARTS)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        bare = [str(HERE / "bare_server.py")]
         admin = tmp / "bench-admin.csv"
         admin.write_text("p, bench, *, *, *, allow\n")  # every tool listed and callable
         ours = opsgate_args(tmp, "--principal", "bench", "--policy", str(admin))
-        await cold_start(bare, 1)  # warm the page cache for both
-        await cold_start(ours, 1)
-        bare_cold = await cold_start(bare, 8)
-        ours_cold = await cold_start(ours, 8)
-        b, o = statistics.median(bare_cold), statistics.median(ours_cold)
-        row("cold start, spawn to initialize (p50)", f"{o:.0f} ms", f"{b:.0f} ms", "floor + 150 ms")
-        row("cold start overhead over bare SDK", f"{o - b:+.0f} ms", "0 ms", "< 150 ms")
-        await tools_list_sizes(tmp)
+        if "cold-start" in chosen:
+            await cold_starts(tmp, ours)
+        if "tools-list" in chosen:
+            await tools_list_sizes(tmp)
+        if "infer" in chosen:
+            await infer_and_gate(tmp, ours)
+        if "per-call" in chosen or "polls" in chosen:
+            from bench.deployments_bench import run as deployments
 
-        async with session(ours) as s:
-            listing = await s.list_tools()
-            size = len(json.dumps(listing.model_dump(mode="json", by_alias=True, exclude_none=True),
-                                  separators=(",", ":")))
-            tools = listing.model_dump(mode="json", by_alias=True, exclude_none=True)["tools"]
-            first = [t for t in tools if t["name"] in ("whoami", "explain_access", "list_models", "infer")]
-            row("tools/list size, the first four tools (issue 2)", f"{len(json.dumps(first, separators=(',', ':')))} B",
-                "", "< 6144 B")
-            row(f"tools/list size, all {len(tools)} tools", f"{size} B", "", "")
-            infer = await round_trips(s, "infer", {"model": "iris", "inputs": BATCH1}, 1000)
-            who = await round_trips(s, "whoami", {}, 300)
-        async with session(bare) as s:
-            noop = await round_trips(s, "noop", {}, 1000)
-        raw = raw_session_run(2000)
-        row("infer round trip over stdio p50", f"{statistics.median(infer):.3f} ms",
-            f"{statistics.median(noop):.3f} ms", "floor + 1 ms (no-op tool, bare SDK)")
-        row("infer round trip over stdio p95", f"{pct(infer, 0.95):.3f} ms", f"{pct(noop, 0.95):.3f} ms")
-        row("raw onnxruntime session.run p50 (iris, batch 1)", f"{statistics.median(raw) * 1000:.1f} us")
-        row("whoami round trip p50", f"{statistics.median(who):.3f} ms", f"{statistics.median(noop):.3f} ms")
-        gated, direct = await gate_overhead(tmp, 2000)
-        row("gate overhead per call p50 (policy + 2 fsynced records)",
-            f"{statistics.median(gated) - statistics.median(direct):.3f} ms",
-            f"{statistics.median(direct) * 1000:.1f} us direct")
-        row("gate overhead per call p95", f"{pct(gated, 0.95):.3f} ms")
-        from bench.audit_bench import run as audit
-        from bench.deployments_bench import run as deployments
-        from bench.kserve_bench import run as kserve
-        from bench.policy_bench import run as policy
-        from bench.soak_bench import run as soak
+            await deployments(tmp, row, opsgate_args, parts=tuple(p for p in ("per-call", "polls") if p in chosen))
+        if "kserve" in chosen:
+            from bench.kserve_bench import run as kserve
 
-        await deployments(tmp, row, session, opsgate_args)
-        await kserve(tmp, row, session, opsgate_args)
-        policy(row)
-        audit(row)
-        await soak(tmp, row)
-    write_results()
+            await kserve(tmp, row, session, opsgate_args)
+        if "policy" in chosen:
+            from bench.policy_bench import run as policy
+
+            policy(row)
+        if "audit" in chosen:
+            from bench.audit_bench import run as audit
+
+            audit(row)
+        if "memory" in chosen:
+            await memory(tmp)
+    if not parts:
+        write_results()
 
 
 def write_results() -> None:
@@ -232,4 +284,4 @@ def write_results() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))

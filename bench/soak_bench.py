@@ -245,8 +245,8 @@ async def soak(tmp: Path, calls: int, *, window: int = WINDOW, warmup: int = WAR
     )
 
 
-async def run(tmp: Path, row: Row, calls: int = 20_000) -> None:
-    """The soak's figures as rows of the benchmark report."""
+async def run(tmp: Path, row: Row, calls: int = 20_000) -> SoakResult:
+    """The soak's figures as rows of the benchmark report; the result for the memory rows beside them."""
     r = await soak(tmp / "soak", calls)
     row(f"soak: mixed calls over one stdio session ({len(MIX)}-call mix)", f"{r.calls}", "",
         "every call answered as expected" + ("" if not r.unexpected else f" ({len(r.unexpected)} NOT)"))
@@ -258,6 +258,7 @@ async def run(tmp: Path, row: Row, calls: int = 20_000) -> None:
     row("soak: throughput", f"{r.rate:.0f} calls/s")
     row("soak: audit log verifies", f"{'ok' if r.verify_ok else 'DAMAGED'}: {r.records} records in "
         f"{r.verify_seconds:.2f} s", "", "ok")
+    return r
 
 
 def main() -> None:
