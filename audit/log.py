@@ -3,7 +3,10 @@
 Durability and ordering rules, each held by a test in ``tests/test_audit_*.py``:
 
 * :meth:`AuditLog.append` returns only once its record is written and
-  ``fsync``-ed, so the gate runs a tool only after its decision is on disk.
+  ``fsync``-ed, so the gate runs a write only after its decision is on disk.
+  :meth:`AuditLog.append_many` does the same for several records at once,
+  consecutive in the chain, in one write and one fsync, all or none (a read's
+  decision and outcome, SCHEMA.md "One fsync for a read").
 * **The lone caller.** When no thread is writing, nobody is queued either:
   the caller takes the lead and the file lock, serialises its record with
   its real seq and prev (``chain.seal_next``), writes it, fsyncs, and lets go.

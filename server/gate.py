@@ -3,6 +3,8 @@
 principal -> argument validation -> Casbin decision -> decision record (fsynced)
 -> run -> outcome record. A call whose decision cannot be written is refused
 before anything happens; nothing a tool or a client does can crash the server.
+An allowed read changes nothing: its decision is written with its outcome, in
+one fsync, before anything of its result leaves (audit/SCHEMA.md).
 """
 
 from __future__ import annotations
