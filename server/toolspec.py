@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -112,8 +111,6 @@ class DeferredModel:
     validation), so serving starts without importing every tool module. Anything asked of it
     (``model_validate``, ``model_json_schema``, ...) is asked of the real class."""
 
-    _lock = threading.Lock()
-
     def __init__(self, module: str, name: str) -> None:
         self.module = module
         self.name = name
@@ -121,9 +118,8 @@ class DeferredModel:
 
     def resolve(self) -> type[BaseModel]:
         model = self._model
-        if model is None:
-            with self._lock:
-                model = self._model = getattr(importlib.import_module(self.module), self.name)
+        if model is None:  # the import system makes concurrent first uses safe: each gets the one class
+            model = self._model = getattr(importlib.import_module(self.module), self.name)
         return model
 
     def model_validate(self, obj: Any, **kwargs: Any) -> BaseModel:
