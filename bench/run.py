@@ -104,6 +104,7 @@ async def gate_overhead(tmp: Path, n: int) -> tuple[list[float], list[float]]:
     from opsgate.audit import AuditLog
     from opsgate.policies import default_policy
     from opsgate.server.gate import Gate
+    from opsgate.server.logs import configure_logging
     from opsgate.server.records import Caller
     from opsgate.server.toolspec import ToolSpec
     from opsgate.tools.context import CallContext
@@ -117,6 +118,7 @@ async def gate_overhead(tmp: Path, n: int) -> tuple[list[float], list[float]]:
     async def noop(_: NoArgs, ctx: CallContext) -> Ok:
         return Ok()
 
+    configure_logging("info")  # as the server logs: structlog's default would print every debug line
     caller = Caller("bench", "config", "bench", "bench", "0", "s")
     gate = Gate(policy=default_policy(), audit=AuditLog(tmp / "gate.jsonl"), caller=caller)
     gate.register([ToolSpec(name="noop", description="", args_model=NoArgs, result_model=Ok, run=noop)])
