@@ -59,6 +59,9 @@ GO_BINARY = Path(os.environ.get("OPSGATE_KUBERNETES_MCP_SERVER") or Path(__file_
                  / "tests" / "interop-go" / "node_modules" / _PACKAGE / "bin" / _PACKAGE)
 
 Call = Callable[[int], Awaitable[None]]  # one call of an operation; the argument is the replica count to set
+# p50 in ms, by way of running ("back to back": opsgate and direct; "paced": all three), client, operation:
+# the issue-style table bench/run.py writes under the rows.
+TABLE: dict[str, dict[str, dict[str, float]]] = {"back to back": {}, "paced": {}}
 
 
 def _policy(tmp: Path) -> Path:
@@ -187,6 +190,20 @@ async def _requests_per_call(sandbox: SandboxProcess, calls: dict[str, Call], op
     return sum(counts.values()) / k, counts
 
 
+def table() -> list[str]:
+    """The per-call p50s as the issue's table: one line per client, list / get one / scale."""
+    names = {"opsgate": "opsgate", "Go": "Go reference server", "direct": "direct Python `kubernetes` client"}
+    lines = []
+    for mode, by_client in TABLE.items():
+        if not by_client:
+            continue
+        lines += ["", f"| p50, ms ({mode}) | list Deployments | get one | scale |", "| --- | --- | --- | --- |"]
+        for name, by_op in by_client.items():
+            cells = " | ".join(f"{by_op[op]:.2f}" if op in by_op else "" for op in OPS)
+            lines.append(f"| {names.get(name, name)} | {cells} |")
+    return lines
+
+
 def _describe(counts: Counter[str]) -> str:
     return ", ".join(f"{n} x {what}" for what, n in counts.most_common())
 
@@ -242,6 +259,8 @@ async def _per_call(sandbox: SandboxProcess, clients: dict[str, dict[str, Call]]
         tight = {name: calls for name, calls in clients.items() if name != "Go"}
         times = await _interleaved(tight, op, n, flip)
         p50 = {name: statistics.median(t) for name, t in times.items()}
+        for name, value in p50.items():
+            TABLE["back to back"].setdefault(name, {})[op] = value
         row(f"per call p50, {labels[op]}", f"{p50['opsgate']:.2f} ms", f"direct {p50['direct']:.2f} ms",
             "<= direct + 1 ms" if op != "scale" else "")
         row(f"  {op}: opsgate over direct", f"{p50['opsgate'] - p50['direct']:+.2f} ms",
@@ -252,6 +271,8 @@ async def _per_call(sandbox: SandboxProcess, clients: dict[str, dict[str, Call]]
             pace = GO_SECONDS_PER_REQUEST * per_call["Go"][0]
             paced = await _interleaved(clients, op, GO_ROUNDS, flip, round_seconds=pace, warmup=3)
             q = {name: statistics.median(t) for name, t in paced.items()}
+            for name, value in q.items():
+                TABLE["paced"].setdefault(name, {})[op] = value
             row(f"  {op}, paced rounds ({GO_ROUNDS}, one per {pace:.2f} s): opsgate beside Go",
                 f"{q['opsgate']:.2f} ms", f"Go {q['Go']:.2f} ms; direct {q['direct']:.2f} ms", "<= Go")
             row(f"  {op}: ratios (paced)", f"opsgate/Go x{q['opsgate'] / q['Go']:.2f}",

@@ -269,6 +269,8 @@ async def main(parts: list[str]) -> None:
 
 
 def write_results() -> None:
+    from bench.deployments_bench import table
+
     cpu = platform.processor() or platform.machine()
     lines = [
         "# Benchmark results",
@@ -280,6 +282,7 @@ def write_results() -> None:
         "| figure | value | floor | target |",
         "| --- | --- | --- | --- |",
         *(f"| {f} | {v} | {fl} | {t} |" for f, v, fl, t in ROWS),
+        *table(),
         "",
     ]
     (HERE / "RESULTS.md").write_text("\n".join(lines))
