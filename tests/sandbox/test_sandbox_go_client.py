@@ -1,6 +1,6 @@
 """The Go reference MCP server (containers/kubernetes-mcp-server, client-go) against the sandbox.
 
-Its prebuilt binary comes from the npm package ``kubernetes-mcp-server`` (pinned in
+Its prebuilt binary comes from the npm package ``kubernetes-mcp-server-linux-amd64`` (pinned in
 tests/interop-go/package.json and its lockfile; ``npm ci --prefix tests/interop-go`` installs it). It is
 driven over MCP stdio with the Python SDK client and pointed at the sandbox's kubeconfig (HTTPS, the
 sandbox's CA, the bearer token): its ``resources_create_or_update`` is a server-side apply, so this is
