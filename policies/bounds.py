@@ -15,6 +15,7 @@ every refusal names both.
     storage_uri_prefixes = ["gs://models-prod/"]  # where deploy_model may load a model from
     max_input_elements = 4096     # numbers in one inference request
     rate_limit_per_minute = 30    # mutating calls per principal (token bucket)
+    read_rate_limit_per_minute = 600  # reads that reach the cluster or a model server, per principal
 
 A tool tells the policy what a call asks for as one typed :class:`BoundAttrs`
 (the gate builds it from the arguments; a tool builds one more on the read that
@@ -29,8 +30,8 @@ limit on change that cannot be measured must not pass silently; and a
 unless it starts with one of ``storage_uri_prefixes``, for every subject, bounds
 or not (see :data:`DEFAULT_BOUNDS`): a model is loaded from wherever the URI
 says, so, as with ``allow_url_override``, an address the caller picks is opt-in.
-``rate_limit_per_minute`` is stateful and is applied by
-:class:`~opsgate.policies.ratelimit.RateLimiter`, not here.
+``rate_limit_per_minute`` and ``read_rate_limit_per_minute`` are stateful and
+are applied by :class:`~opsgate.policies.ratelimit.RateLimiter`, not here.
 """
 
 from __future__ import annotations
@@ -117,8 +118,9 @@ class BoundAttrs:
 
 _DEFAULTS: Final[Mapping[str, Any]] = {f.name: f.default for f in dataclasses.fields(BoundAttrs)}
 
-# Which attributes each bound reads (rate_limit_per_minute reads none: it counts calls whose verb is
-# "write"). The lint uses it with the tools' declared attributes to find bounds that reach no tool.
+# Which attributes each bound reads (the rate limits read none: rate_limit_per_minute counts calls whose
+# verb is "write", read_rate_limit_per_minute reads that leave the server, open_world). The lint uses it
+# with the tools' declared attributes to find bounds that reach no tool.
 BOUND_READS: Final[Mapping[str, frozenset[BoundName]]] = {
     "max_replicas": frozenset({"replicas"}),
     "max_replicas_change": frozenset({"replicas"}),
@@ -151,6 +153,9 @@ class SubjectBounds(BaseModel):
     storage_uri_prefixes: tuple[str, ...] = ()
     max_input_elements: int | None = Field(default=None, ge=0)
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    # Reads that reach the cluster or a model server (ToolSpec verb "read" and open_world), per principal:
+    # one looping agent cannot flood the API server. Local reads (whoami, list_models, infer) are not counted.
+    read_rate_limit_per_minute: int | None = Field(default=None, ge=1)
     # kserve_infer's `url` sends a request wherever the caller says: refused unless a subject opts in.
     allow_url_override: bool = False
     # Tools whose calls the user must confirm through the MCP client (elicitation);

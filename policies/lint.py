@@ -19,7 +19,8 @@ errors (``policy check`` exits 1)
   * bounds on a subject none of whose own allow rules reaches a tool taking
     that argument (``models`` on a role with no grant on ``infer``; replicas
     bounds with no ``deploy``/``scale`` grant; a rate limit with no write
-    grant): the bound never applies (another subject's rule allows those calls).
+    grant, a read rate limit with no read grant): the bound never applies
+    (another subject's rule allows those calls).
 
 warnings (printed; exit 0)
   * an allow that can never take effect: denies that apply to the same
@@ -52,6 +53,7 @@ __all__ = ["Finding", "applied_bounds", "exit_code", "format_findings", "lint", 
 
 Severity = Literal["error", "warning"]
 _WRITE: Final = "write"
+_READ: Final = "read"
 
 
 @dataclass(frozen=True)
@@ -462,6 +464,14 @@ class _Semantics:
                         path, line, "error",
                         f"{field} of {subject!r} never applies: it limits changing calls, and no allow rule "
                         f"naming {subject} grants a write tool",
+                    )
+                continue
+            if field == "read_rate_limit_per_minute":
+                if not any(self.tools[t] == _READ for t in reached):
+                    yield Finding(
+                        path, line, "error",
+                        f"{field} of {subject!r} never applies: it limits reads of the cluster and model "
+                        f"servers, and no allow rule naming {subject} grants a read tool",
                     )
                 continue
             reads = BOUND_READS.get(field)

@@ -1,4 +1,5 @@
-"""A token bucket per principal for mutating calls: the ``rate_limit_per_minute`` bound.
+"""A token bucket per principal: the ``rate_limit_per_minute`` bound (changing calls) and
+``read_rate_limit_per_minute`` (reads that reach the cluster or a model server).
 
 Why a bucket: an agent retrying in a loop is the failure this answers, so a
 principal may spend its minute's budget in a burst and then gets one more call
@@ -9,6 +10,8 @@ gate, a number in tests). Thread-safe behind one lock. Memory is bounded: a
 bucket idle for a minute is full again, the same as no bucket, so it is
 dropped; past ``max_principals`` live buckets a new principal is refused until
 one goes idle (fail closed: a throttle must never be reset by being flooded).
+Writes and reads each have their own limiter on the gate, so spending one
+budget never eats the other.
 """
 
 from __future__ import annotations
@@ -16,11 +19,19 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import Final
+from typing import Final, Literal
 
 from .bounds import SubjectBounds
 
-__all__ = ["WINDOW_SECONDS", "RateLimiter", "rate_limit_reason"]
+__all__ = ["WINDOW_SECONDS", "RateLimitBound", "RateLimiter", "rate_limit_reason"]
+
+RateLimitBound = Literal["rate_limit_per_minute", "read_rate_limit_per_minute"]
+"""The bounds a limiter can enforce: changing calls, or reads that leave the server."""
+
+_COUNTED: Final[dict[RateLimitBound, str]] = {
+    "rate_limit_per_minute": "changing calls",
+    "read_rate_limit_per_minute": "reads of the cluster or a model server",
+}
 
 WINDOW_SECONDS: Final = 60.0
 """A bucket holds one minute's budget and refills it in one minute."""
@@ -78,25 +89,32 @@ class RateLimiter:
                 break
             del buckets[principal]
 
-    def check(self, principal: str, subject: str, bounds: SubjectBounds | None, now: float) -> str | None:
+    def check(
+        self, principal: str, subject: str, bounds: SubjectBounds | None, now: float,
+        bound: RateLimitBound = "rate_limit_per_minute",
+    ) -> str | None:
         """For the gate: None when the call may go ahead, else the refusal reason (with when to retry).
 
-        Only for mutating calls, after the policy and the other bounds allowed
-        it, so refused calls spend no tokens. ``subject`` is the subject whose
-        rule allowed the call (whose bounds these are).
+        After the policy and the other bounds allowed the call, so refused
+        calls spend no tokens. ``subject`` is the subject whose rule allowed
+        the call (whose bounds these are); ``bound`` is which of its rates
+        this limiter counts (one limiter per bound, so budgets stay apart).
         """
-        if bounds is None or bounds.rate_limit_per_minute is None:
+        rate = None if bounds is None else getattr(bounds, bound)
+        if rate is None:
             return None
-        rate = bounds.rate_limit_per_minute
         wait = self.try_acquire(principal, rate, now)
-        return None if wait is None else rate_limit_reason(principal, subject, rate, wait)
+        return None if wait is None else rate_limit_reason(principal, subject, rate, wait, bound)
 
 
-def rate_limit_reason(principal: str, subject: str, rate_per_minute: float, retry_after: float) -> str:
+def rate_limit_reason(
+    principal: str, subject: str, rate_per_minute: float, retry_after: float,
+    bound: RateLimitBound = "rate_limit_per_minute",
+) -> str:
     """One sentence an assistant can act on: the budget, whose it is, and when to retry."""
     seconds = max(retry_after, 0.1)
     shown = f"{seconds:.1f}" if seconds < 10 else f"{math.ceil(seconds)}"
     return (
-        f"rate limit: {principal} may make at most {rate_per_minute:g} changing calls per minute "
-        f"(rate_limit_per_minute of {subject}); retry in {shown} s"
+        f"rate limit: {principal} may make at most {rate_per_minute:g} {_COUNTED[bound]} per minute "
+        f"({bound} of {subject}); retry in {shown} s"
     )

@@ -435,6 +435,7 @@ class Gate:
         self.disable_destructive = disable_destructive
         # On the gate, not the policy: a reload must not refill anyone's budget.
         self.limiter = RateLimiter()
+        self.read_limiter = RateLimiter()  # its own buckets: writes never eat the read budget, nor reads the writes
         self._in_flight = 0  # calls between decision and outcome: decides how records are appended
         # Calls running, by call id: tool, caller, start, and a read's decision record not yet written.
         self._open: dict[str, tuple[str, Caller, float, dict[str, Any] | None]] = {}
@@ -500,7 +501,7 @@ class Gate:
         self, spec: ToolSpec[Any, Any], args: BaseModel, caller: Caller, namespace: str, ask: AskFn | None,
         *, confirmed: bool = False,
     ) -> GateDecision:
-        """Casbin, then the allowing subject's bounds, then its rate limit, then the user's confirmation.
+        """Casbin, then the allowing subject's bounds, then its rate limits, then the user's confirmation.
 
         A policy reloaded while the user was being asked decides again (Casbin and bounds; the user's
         yes stands, ``confirmed``, and the rate limit is not charged twice): a grant revoked meanwhile
@@ -519,6 +520,12 @@ class Gate:
                 return decision
         if spec.verb == "write" and not confirmed:
             refusal = self.limiter.check(caller.principal, decision.subject or "", bounds, time.monotonic())
+            if refusal is not None:
+                return replace(decision, allowed=False, reason=f"denied by rate limit: {refusal}", bound=refusal)
+        if spec.verb == "read" and spec.open_world and not confirmed:  # a read that reaches the cluster
+            refusal = self.read_limiter.check(
+                caller.principal, decision.subject or "", bounds, time.monotonic(), "read_rate_limit_per_minute"
+            )
             if refusal is not None:
                 return replace(decision, allowed=False, reason=f"denied by rate limit: {refusal}", bound=refusal)
         if spec.name in bounds.confirm and not confirmed:

@@ -186,6 +186,9 @@ def test_all_bounds_parse_and_errors_name_the_line() -> None:
         '[subject."role:x"]\nmax_replicas_change = -1\n',
         '[subject."role:x"]\nmax_input_elements = -1\n',
         '[subject."role:x"]\nrate_limit_per_minute = 0\n',
+        '[subject."role:x"]\nread_rate_limit_per_minute = 0\n',
+        '[subject."role:x"]\nread_rate_limit_per_minute = "many"\n',
+        '[subject."role:x"]\nread_rate_limits_per_minute = 600\n',
         '[subject."role:x"]\nmodels = "iris"\n',
         '[subject."role:x"]\nimage_prefixes = [""]\n',
     ],
@@ -208,6 +211,8 @@ def test_shipped_bounds_rate_limit_operators() -> None:
     operator = default_policy().bounds["role:operator"]
     assert operator.rate_limit_per_minute == 30
     assert operator.max_replicas_change is None  # needs the gate to know current replicas
+    # reads that leave the server: every role reads through role:viewer's rule (admins through their own)
+    assert default_policy().bounds["role:viewer"].read_rate_limit_per_minute == 600
 
 
 # --------------------------------------------------------------------------- issue 15 items 8, 9, 10, 15, 16 (pure)

@@ -179,6 +179,8 @@ def test_role_chain_longer_than_casbin_follows(tmp_path: Path) -> None:
         ('[subject."role:viewer"]\nallow_scale_to_zero = false\n', 2, "allow_scale_to_zero of 'role:viewer'"),
         ('[subject."role:viewer"]\nimage_prefixes = ["r/"]\n', 2, "image_prefixes of 'role:viewer'"),
         ('[subject."role:viewer"]\nrate_limit_per_minute = 3\n', 2, "rate_limit_per_minute of 'role:viewer'"),
+        ('[subject."role:operator"]\nread_rate_limit_per_minute = 3\n', 2,
+         "read_rate_limit_per_minute of 'role:operator' never applies"),
         ('[subject."role:operator"]\n\nmax_input_elements = 9\n', 3, "max_input_elements of 'role:operator'"),
     ],
 )
@@ -222,7 +224,7 @@ def test_bounds_that_apply_are_clean(tmp_path: Path) -> None:
     bounds = (
         '[subject."role:operator"]\nmax_replicas = 5\nmax_replicas_change = 2\nallow_scale_to_zero = false\n'
         'image_prefixes = ["r/"]\nrate_limit_per_minute = 10\n'
-        '[subject."role:viewer"]\nmodels = ["iris"]\nmax_input_elements = 100\n'
+        '[subject."role:viewer"]\nmodels = ["iris"]\nmax_input_elements = 100\nread_rate_limit_per_minute = 60\n'
     )
     assert lint(folder(tmp_path, BASE + "g, alice, role:operator, team-*\n", bounds), TOOLS, tool_bounds=BOUNDS) == []
 

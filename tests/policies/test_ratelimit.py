@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opsgate.policies.bounds import SubjectBounds
-from opsgate.policies.ratelimit import WINDOW_SECONDS, RateLimiter, rate_limit_reason
+from opsgate.policies.ratelimit import WINDOW_SECONDS, RateLimitBound, RateLimiter, rate_limit_reason
 
 
 def test_refuses_past_the_budget_and_allows_after_the_window() -> None:
@@ -120,6 +120,19 @@ def test_check_for_the_gate_says_when_to_retry() -> None:
         "(rate_limit_per_minute of role:operator); retry in 30 s"
     )
     assert limiter.check("alice", "role:operator", bounds, now=30.0) is None
+
+
+def test_the_read_bound_is_counted_by_its_own_rate_and_named_in_the_refusal() -> None:
+    limiter = RateLimiter()
+    bounds = SubjectBounds(rate_limit_per_minute=1, read_rate_limit_per_minute=2)
+    read: RateLimitBound = "read_rate_limit_per_minute"
+    assert limiter.check("alice", "role:viewer", SubjectBounds(rate_limit_per_minute=1), 0.0, read) is None
+    assert limiter.check("alice", "role:viewer", bounds, 0.0, read) is None
+    assert limiter.check("alice", "role:viewer", bounds, 0.0, read) is None
+    assert limiter.check("alice", "role:viewer", bounds, 0.0, read) == (
+        "rate limit: alice may make at most 2 reads of the cluster or a model server per minute "
+        "(read_rate_limit_per_minute of role:viewer); retry in 30 s"
+    )
 
 
 def test_reason_rounds_short_waits_to_tenths() -> None:

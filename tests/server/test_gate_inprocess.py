@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,12 +62,12 @@ class Harness:
     """A gate over a policy folder and an audit log in ``tmp_path``; ``ran`` lists the tools that ran."""
 
     def __init__(self, tmp_path: Path, *, read_only: bool = False, disable_destructive: bool = False,
-                 on_run: Callable[[str], None] | None = None) -> None:
+                 on_run: Callable[[str], None] | None = None, bounds: str = BOUNDS) -> None:
         folder = tmp_path / "policy"
         folder.mkdir(exist_ok=True)
         shutil.copy(SHIPPED_DIR / "model.conf", folder / "model.conf")
         (folder / "policy.csv").write_text(POLICY)
-        (folder / "bounds.toml").write_text(BOUNDS)
+        (folder / "bounds.toml").write_text(bounds)
         self.ran: list[str] = []
         self.log_path = tmp_path / "audit.jsonl"
         self.audit = AuditLog(self.log_path)
@@ -158,6 +159,39 @@ async def test_reads_are_not_rate_limited(h: Harness) -> None:
     for _ in range(5):
         assert not (await h.call("rollout_status", {"namespace": "team-a", "name": "web"})).is_error
     assert h.ran == ["rollout_status"] * 5
+
+
+async def test_cluster_reads_are_throttled_apart_from_writes_and_local_reads(tmp_path: Path) -> None:
+    """read_rate_limit_per_minute counts the reads that reach the cluster or a model server (verb read,
+    open_world), in a bucket of their own: writes spend none of it, local reads are never counted, and the
+    refusal says when to retry. Operators read through role:viewer's rule, so role:viewer's bound applies."""
+    h = Harness(tmp_path, bounds=BOUNDS + '[subject."role:viewer"]\nread_rate_limit_per_minute = 3\n')
+    try:
+        workload = {"namespace": "team-a", "name": "web"}
+        for _ in range(3):  # the whole write budget (rate_limit_per_minute = 3 of role:operator)
+            assert not (await h.call("deploy", DEPLOY)).is_error
+        assert refusal(await h.call("deploy", DEPLOY)) == ("denied", "rate-limit")
+        assert not (await h.call("list_workloads", {"namespace": "team-a"})).is_error
+        for local, args in [("whoami", {}), ("explain_access", {"tool": "deploy", "namespace": "team-a"}),
+                            ("list_models", {})]:
+            for _ in range(4):
+                assert not (await h.call(local, args)).is_error, local
+        assert not (await h.call("rollout_status", workload)).is_error
+        assert not (await h.call("model_status", workload)).is_error
+        result = await h.call("rollout_history", workload)
+        assert refusal(result) == ("denied", "rate-limit")
+        error = error_of(result)
+        assert error is not None
+        message = error["message"]
+        assert "at most 3 reads of the cluster or a model server per minute" in message
+        assert "read_rate_limit_per_minute of role:viewer" in message and re.search(r"retry in (1\d|20) s\b", message)
+        assert not (await h.call("whoami", {})).is_error  # local reads still go through
+        assert h.ran == ["deploy"] * 3 + ["list_workloads", "rollout_status", "model_status"]
+        assert not (await h.call("rollout_history", workload, who="bob")).is_error  # a budget per principal
+        denied = [d for d in h.decisions() if d["tool"] == "rollout_history" and d["decision"]["effect"] == "deny"]
+        assert len(denied) == 1 and "read_rate_limit_per_minute" in denied[0]["decision"]["bound"]
+    finally:
+        h.audit.close()
 
 
 async def test_unknown_tool_is_refused_and_recorded(h: Harness) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,19 @@ async def test_rate_limit_refuses_past_the_budget_and_says_when_to_retry(tmp_pat
         refusal = error_of(await s.call("scale", args))
         assert "rate limit" in refusal["message"] and "retry" in refusal["message"]
         assert (await s.call("list_workloads", {"namespace": "default"})).is_error is False  # reads are not limited
+
+
+async def test_read_rate_limit_stops_a_looping_reader_and_says_when_to_retry(tmp_path: Path) -> None:
+    folder = policy_with_bounds(tmp_path, '[subject."role:viewer"]\nread_rate_limit_per_minute = 2\n')
+    async with serve(tmp_path, "--principal", "bob", "--policy", str(folder), env={"HOME": str(tmp_path)}) as s:
+        for _ in range(2):
+            assert (await s.call("list_workloads", {"namespace": "default"})).is_error is False
+            assert (await s.call("whoami", {})).is_error is False  # local reads are not counted
+        refusal = error_of(await s.call("rollout_status", {"namespace": "default", "name": "web"}))
+        assert refusal["code"] == "denied" and refusal["errors"][0]["rule"] == "rate-limit"
+        assert "read_rate_limit_per_minute of role:viewer" in refusal["message"]
+        assert re.search(r"retry in (2\d|30) s\b", refusal["message"])  # a token every 30 s, less time gone
+        assert (await s.call("list_models", {})).is_error is False
 
 
 async def test_max_replicas_change_reads_the_current_count(tmp_path: Path) -> None:
