@@ -220,7 +220,11 @@ def redact_text(text: str) -> str:
         text = _JWT.sub(REDACTED, text)
     if "xox" in text:
         text = _SLACK.sub(REDACTED, text)
-    return _GITHUB.sub(REDACTED, _AWS_KEY_ID.sub(REDACTED, text))
+    if "IA" in text:  # AKIA, ASIA
+        text = _AWS_KEY_ID.sub(REDACTED, text)
+    if "_" in text:  # gh?_, github_pat_
+        text = _GITHUB.sub(REDACTED, text)
+    return text
 
 
 # --- structures -------------------------------------------------------------------------------
@@ -250,14 +254,28 @@ def _conceal_entries(value: Any) -> Any:
     return _conceal(value)
 
 
+_KEY_MEMO_MAX = 256  # characters: longer keys are worked out each time, so the memo stays small
+
+
+@lru_cache(maxsize=8192)
+def _key_memo(key: str) -> tuple[bool, str]:
+    return is_secret_key(key), redact_text(key)
+
+
+def _key(key: str) -> tuple[bool, str]:
+    """Whether a mapping key names a secret, and the key as recorded (rules 1 and 3). Results carry the same
+    few dozen keys call after call, so short keys are worked out once (both parts are pure)."""
+    return _key_memo(key) if len(key) <= _KEY_MEMO_MAX else (is_secret_key(key), redact_text(key))
+
+
 def _redact_mapping(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
     pair_secret = _pair_is_secret(mapping)
     secret_kind = mapping.get("kind") == "Secret"
     out: dict[Any, Any] = {}
     for key, value in mapping.items():
         if isinstance(key, str):
-            secret = is_secret_key(key) or (pair_secret and key == "value")
-            new_key: Any = redact_text(key)
+            secret, new_key = _key(key)
+            secret = secret or (pair_secret and key == "value")
             if new_key in out:  # two keys redacted to the same text: keep both
                 n = 2
                 while f"{new_key}#{n}" in out:
