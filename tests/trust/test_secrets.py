@@ -110,7 +110,9 @@ async def test_item7_no_planted_secret_reaches_the_log_stderr_or_a_result(
     bounds = policy / "bounds.toml"  # operators may deploy only from registry.example.com
     allowed = f'image_prefixes = ["registry.example.com/"]\nstorage_uri_prefixes = ["file://{MODELS_DIR_DEFAULT}/"]\n'
     text = bounds.read_text().replace('[subject."role:operator"]\n', f'[subject."role:operator"]\n{allowed}', 1)
-    bounds.write_text(text + '\n[subject."role:viewer"]\nallow_url_override = true\n')
+    viewer = '[subject."role:viewer"]\n'  # the shipped file has the table (its read rate limit): add to it
+    assert viewer in text
+    bounds.write_text(text.replace(viewer, f"{viewer}allow_url_override = true\n", 1))
     # The cluster's error text (an admission webhook's, say) quotes whatever it was given.
     monkeypatch.setattr(sandbox_http, "generic", lambda code, message=None: ApiError(
         code, "BadRequest", f'admission webhook "policy.example.com" denied the request: {_Says.text}'))
