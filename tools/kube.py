@@ -28,6 +28,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -38,7 +39,7 @@ from .structs.patches import guard_broken
 from .untrusted import TEXT_MAX, name_in_text, quoted
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
+    from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api
 
 __all__ = [
     "CONFLICT_ATTEMPTS", "DEFAULT_TIMEOUT", "JSON_PATCH", "MAX_CONCURRENT_CALLS", "ClusterUnreachable", "Kube",
@@ -198,6 +199,29 @@ def api_error(status: int, http_reason: str | None, body: str | None, what: str,
                         field=_clip(fields[0], 256) if fields else None, causes=causes, audit_id=audit_id)
 
 
+@lru_cache(maxsize=1)
+def _configuration_class() -> type[Configuration]:
+    """The client's Configuration, minus a cost per request: with a token user the kubeconfig loader's
+    refresh hook assigns the same host again before every request, and each assignment re-reads the
+    proxy settings from the whole environment (40 us). The proxy is only read when the ApiClient builds
+    its connection pool, so assigning an unchanged host again can keep the proxy it already has."""
+    from kubernetes.client import Configuration as Base
+
+    base_host: property = vars(Base)["host"]  # the client's getter, and its setter that re-resolves the proxy
+
+    class Configuration(Base):
+        @property
+        def host(self) -> str:
+            return str(base_host.__get__(self))
+
+        @host.setter
+        def host(self, value: str) -> None:
+            if value != self.__dict__.get("_base_path") or self.__dict__.get("server_index") is not None:
+                base_host.__set__(self, value)
+
+    return Configuration
+
+
 class Kube:
     """One cluster connection, built once per server from a KubeTarget or a kubeconfig dict.
 
@@ -252,7 +276,7 @@ class Kube:
         from kubernetes import client as k8s
         from kubernetes import config as k8s_config
 
-        cfg = k8s.Configuration()
+        cfg = _configuration_class()()
         t = self.target
         try:
             if t.sandbox_url is not None:
