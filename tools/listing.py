@@ -7,6 +7,7 @@ sorted by name and paged under a JSON byte budget with a cursor bound to the lis
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import Field
@@ -43,6 +44,15 @@ class ListWorkloadsResult(Result):
         return {"count": len(self.workloads), "total": self.total}
 
 
+@lru_cache(maxsize=256)
+def _envelope_size(namespace: str, kind: WorkloadKind | None, total: int) -> int:
+    """The page's own fields, with the longest cursor a name can make: they come out of the budget first.
+    They depend on these three alone, so a poll of one namespace works them out once (10 us a call)."""
+    longest_cursor = encode_cursor(namespace, kind, "x" * DNS1123_SUBDOMAIN_MAX + "/InferenceService")
+    return json_size(ListWorkloadsResult(namespace=namespace, workloads=[], total=total,
+                                         next_cursor=longest_cursor).model_dump(mode="json"))
+
+
 def list_workloads(kube: Kube, args: ListWorkloadsArgs, ctx: CallContext) -> ListWorkloadsResult:
     """Deployments and InferenceServices in a namespace as compact rows, paginated under a ~4 KB JSON budget."""
     after = decode_cursor(args.cursor, args.namespace, args.kind) if args.cursor else None
@@ -56,10 +66,7 @@ def list_workloads(kube: Kube, args: ListWorkloadsArgs, ctx: CallContext) -> Lis
     # The cursor names the last row as "name/kind": a Deployment and an InferenceService may share a name.
     resume = tuple(after.split("/", 1)) if after is not None else None
     remaining = [r for r in rows if resume is None or (r.name, r.kind) > resume]
-    # The page's own fields, with the longest cursor a name can make, come out of the budget first.
-    longest_cursor = encode_cursor(args.namespace, args.kind, "x" * DNS1123_SUBDOMAIN_MAX + "/InferenceService")
-    envelope = json_size(ListWorkloadsResult(namespace=args.namespace, workloads=[], total=len(rows),
-                                             next_cursor=longest_cursor).model_dump(mode="json"))
+    envelope = _envelope_size(args.namespace, args.kind, len(rows))
     count = fit_page([json_size(r.model_dump(mode="json")) for r in remaining], PAGE_BUDGET_BYTES - envelope)
     page = remaining[:count]
     more = count < len(remaining)
