@@ -16,6 +16,7 @@ every refusal names both.
     max_input_elements = 4096     # numbers in one inference request
     rate_limit_per_minute = 30    # mutating calls per principal (token bucket)
     read_rate_limit_per_minute = 600  # reads that reach the cluster or a model server, per principal
+    allow_gitops_owned_writes = false # direct writes to objects Argo CD or Flux reconcile from Git (emergency)
 
 A tool tells the policy what a call asks for as one typed :class:`BoundAttrs`
 (the gate builds it from the arguments; a tool builds one more on the read that
@@ -57,7 +58,8 @@ __all__ = [
 ]
 
 BoundName = Literal[
-    "replicas", "min_replicas", "current_replicas", "images", "model", "storage_uri", "input_elements", "url_override"
+    "replicas", "min_replicas", "current_replicas", "images", "model", "storage_uri", "input_elements", "url_override",
+    "gitops_owned",
 ]
 """The attributes a call can tell the policy: the fields of :class:`BoundAttrs`."""
 BOUND_NAMES: Final[tuple[BoundName, ...]] = get_args(BoundName)
@@ -88,6 +90,8 @@ class BoundAttrs:
     """How many values an inference request carries."""
     url_override: bool = False
     """The caller picked the address the request goes to."""
+    gitops_owned: bool = False
+    """The object a direct write changes is reconciled from Git (Argo CD, Flux): told by the tool on its read."""
 
     def given(self) -> frozenset[BoundName]:
         """The fields this call sets (those not at their default)."""
@@ -113,6 +117,7 @@ class BoundAttrs:
             storage_uri=_str(data.get("storage_uri")),
             input_elements=_int(data.get("input_elements")),
             url_override=data.get("url_override") is True,
+            gitops_owned=data.get("gitops_owned") is True,
         )
 
 
@@ -131,6 +136,7 @@ BOUND_READS: Final[Mapping[str, frozenset[BoundName]]] = {
     "storage_uri_prefixes": frozenset({"storage_uri"}),
     "max_input_elements": frozenset({"input_elements"}),
     "allow_url_override": frozenset({"url_override"}),
+    "allow_gitops_owned_writes": frozenset({"gitops_owned"}),
 }
 
 _URI_PREFIX_RE: Final = re.compile(r"^[a-z][a-z0-9+.-]*://(?:[^/@\s]*/(?:[^\s]*/)?)?\Z")
@@ -158,6 +164,9 @@ class SubjectBounds(BaseModel):
     read_rate_limit_per_minute: int | None = Field(default=None, ge=1)
     # kserve_infer's `url` sends a request wherever the caller says: refused unless a subject opts in.
     allow_url_override: bool = False
+    # A direct write to an object Argo CD or Flux reconciles from Git is refused (the reconciler would revert it,
+    # or it drifts from Git unseen) unless a subject opts in: an emergency, recorded as gitops_override.
+    allow_gitops_owned_writes: bool = False
     # Tools whose calls the user must confirm through the MCP client (elicitation);
     # a client that cannot ask gets a refusal, never a silent allow.
     confirm: tuple[str, ...] = ()
@@ -203,6 +212,8 @@ def check_bounds(subject: str, bounds: SubjectBounds, attrs: BoundAttrs) -> str 
     if attrs.url_override and not bounds.allow_url_override:
         # An address the caller picks is a request from inside the cluster's network: opt-in only.
         return f"a url override needs allow_url_override = true in bounds.toml for {subject}"
+    if attrs.gitops_owned and not bounds.allow_gitops_owned_writes:
+        return f"a direct write to what Git owns needs allow_gitops_owned_writes = true in bounds.toml for {subject}"
     replicas = _int(attrs.replicas)
     if replicas is not None:
         if bounds.max_replicas is not None and replicas > bounds.max_replicas:

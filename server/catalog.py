@@ -216,7 +216,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             name_of=named,
             bound_attrs=lambda a: BoundAttrs(replicas=a.replicas, images=(a.image,)), current_state=current_replicas,
-            bounded=frozenset({"replicas", "current_replicas", "images"}),
+            bounded=frozenset({"replicas", "current_replicas", "images", "gitops_owned"}),
         ),
         ToolSpec(
             name="scale",
@@ -228,7 +228,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name_of=named,
             kind_of=lambda a: a.kind,
             bound_attrs=lambda a: a.bound_attrs(), current_state=current_replicas,
-            bounded=frozenset({"replicas", "min_replicas", "current_replicas"}),
+            bounded=frozenset({"replicas", "min_replicas", "current_replicas", "gitops_owned"}),
         ),
         ToolSpec(
             name="rollback",
@@ -241,7 +241,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             name_of=named,
             kind_of=lambda a: a.kind,
             # nothing from the arguments: the state it restores, checked on the read that guards the write
-            bounded=frozenset({"replicas", "min_replicas", "current_replicas", "images", "storage_uri"}),
+            bounded=frozenset({"replicas", "min_replicas", "current_replicas", "images", "storage_uri",
+                               "gitops_owned"}),
         ),
         ToolSpec(
             name="deploy_model",
@@ -253,7 +254,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
             name_of=named,
             bound_attrs=lambda a: localize_storage(a.bound_attrs(), models_dir), current_state=current_replicas,
-            bounded=frozenset({"replicas", "min_replicas", "current_replicas", "model", "storage_uri"}),
+            bounded=frozenset({"replicas", "min_replicas", "current_replicas", "model", "storage_uri", "gitops_owned"}),
         ),
         ToolSpec(
             name="model_status",

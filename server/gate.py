@@ -663,7 +663,8 @@ class Gate:
             denial = {"field": NO_FIELD, "rule": denial_rule(decision), "message": decision.reason}
             return Answer(error_envelope("denied", decision.reason, call_id, [denial], decision=decision.record()))
 
-        return await self._run(spec, args, call_id, caller, started, progress, bound, self.bounds_check(decision, spec))
+        return await self._run(spec, args, call_id, caller, started, progress, bound, self.bounds_check(decision, spec),
+                               policy_rule=decision.rule)
 
     async def _run(
         self,
@@ -676,12 +677,13 @@ class Gate:
         bound: structlog.typing.FilteringBoundLogger,
         check_bounds: BoundsCheck | None = None,
         decided: dict[str, Any] | None = None,
+        policy_rule: str | None = None,
     ) -> Answer:
         """Run an allowed call and write its outcome. ``decided``: a read's decision record, written with
         the outcome in one write and one fsync before anything of the result leaves (audit/SCHEMA.md)."""
         client = f"{caller.client_name}/{caller.client_version}" if caller.client_name else None
         context = CallContext(call_id=call_id, principal=caller.principal, client=client, report_progress=progress,
-                              check_bounds=check_bounds)
+                              check_bounds=check_bounds, policy_rule=policy_rule)
         result: BaseModel | None = None
         error: dict[str, Any] | None = None  # for the outcome record (audit/SCHEMA.md)
         envelope: dict[str, Any] | None = None  # for the caller (README "Errors")

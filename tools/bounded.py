@@ -24,9 +24,11 @@ from opsgate.policies.bounds import BoundAttrs
 
 from .context import BoundsCheck, CallContext
 from .errors import ToolError
+from .structs.ownership import Owner, owner_text, ownership
 
 __all__ = [
     "enforce_bounds",
+    "enforce_ownership",
     "local_model",
     "localize_storage",
     "restored_deployment_attrs",
@@ -106,6 +108,27 @@ def enforce_bounds(ctx: CallContext, attrs: BoundAttrs, what: str) -> None:
     reason = ctx.check_bounds(attrs)
     if reason is not None:
         raise ToolError(f"{what}: {reason}", code="denied", rule="bound")
+
+
+def enforce_ownership(ctx: CallContext, obj: Any, what: str) -> Owner | None:
+    """Refuse a direct write to an object Argo CD or Flux reconciles from Git (issue 19 item 1), on the read that
+    guards the write; the owner when the caller's bounds allow it (``allow_gitops_owned_writes``: the result
+    and the audit outcome record the override), None when Git does not own it (or only possibly does).
+
+    Outside the gate (no bounds to ask) an owned object is refused: no policy, no override.
+    """
+    owner = ownership(obj)
+    if owner is None or not owner.certain:
+        return None
+    check = ctx.check_bounds
+    reason = check(BoundAttrs(gitops_owned=True)) if check is not None else "no policy allows an override here"
+    if reason is None:
+        return owner
+    raise ToolError(
+        f"{what} is reconciled by {owner_text(owner)} from Git: a direct change would be reverted at its next "
+        f"sync, or drift from Git unseen. Change it in Git, or use gitops mode (--gitops-repo). ({reason})",
+        code="denied", rule="gitops-owned",
+    )
 
 
 # --------------------------------------------------------------------------- the models folder

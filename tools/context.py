@@ -23,6 +23,9 @@ class CallContext:
     # For state a write takes from the cluster rather than the arguments (a rollback's restored revision):
     # the tool checks it before writing (tools/bounded.py). None outside the gate (tests calling tools directly).
     check_bounds: BoundsCheck | None = None
+    # The policy rule that allowed a write (its text), for records kept outside the audit log (a GitOps commit's
+    # Opsgate-Policy trailer).
+    policy_rule: str | None = None
 
 
 @runtime_checkable

@@ -19,7 +19,9 @@ from opsgate.vocab.kinds import WorkloadKind
 from opsgate.vocab.limits import MAX_REPLICAS, replica_range_ok
 from opsgate.vocab.names import dns1123_problem
 
+from .structs.changes import ManifestChange
 from .structs.diff import FieldChange
+from .structs.ownership import Owner
 from .structs.quantities import parse_quantity
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,22 @@ class Result(BaseModel):
     """A tool's result: only the fields it declares."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class WriteResult(Result):
+    """What every write returns beside its own fields: the change as data (issue 19 item 4), and the owner
+    when a bound let it change an object Git owns."""
+
+    change: ManifestChange | None = Field(default=None, description="The change as a patch to apply or commit; "
+                                          "null when nothing changed.")
+    gitops_override: Owner | None = Field(default=None, description="Set when allow_gitops_owned_writes let "
+                                          "this write change an object Git owns: an emergency.")
+
+    def override_summary(self) -> dict[str, Any]:
+        """For the audit outcome: an override of Git ownership, recorded as such."""
+        if self.gitops_override is None:
+            return {}
+        return {"gitops_override": {"owner": self.gitops_override.model_dump(mode="json", exclude_none=True)}}
 
 
 class WorkloadRow(Result):
@@ -195,7 +213,7 @@ class ScaleArgs(Args):
         return BoundAttrs(replicas=self.bound_replicas(), min_replicas=self.min_replicas)
 
 
-class ScaleResult(Result):
+class ScaleResult(WriteResult):
     name: str
     namespace: str
     kind: str = "Deployment"
@@ -220,7 +238,7 @@ class ScaleResult(Result):
                            min_replicas={"before": self.min_replicas_before, "after": self.min_replicas_after},
                            max_replicas={"before": self.max_replicas_before, "after": self.max_replicas_after},
                            scale_target=self.scale_target_after, scale_metric=self.scale_metric_after)
-        return summary
+        return {**summary, **self.override_summary()}
 
 
 class RollbackArgs(Args):
@@ -231,7 +249,7 @@ class RollbackArgs(Args):
     dry_run: bool = Field(default=False, description=DRY_RUN)
 
 
-class RollbackResult(Result):
+class RollbackResult(WriteResult):
     name: str
     namespace: str
     action: Literal["rolled-back", "unchanged", "dry-run"]
@@ -255,4 +273,4 @@ class RollbackResult(Result):
         }
         if self.strategy is not None:
             summary.update(kind=self.kind, strategy=self.strategy)
-        return summary
+        return {**summary, **self.override_summary()}

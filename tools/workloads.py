@@ -32,11 +32,14 @@ from opsgate.policies.bounds import BoundAttrs
 from opsgate.vocab.limits import MAX_REPLICAS
 from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 
-from .bounded import enforce_bounds, restored_deployment_attrs
+from .bounded import enforce_bounds, enforce_ownership, restored_deployment_attrs
 from .context import CallContext
 from .errors import ToolError
+from .informer import DEPLOYMENTS, REPLICA_SETS, read_all, read_one
 from .kube import Kube, KubeApiError, guarded_patch, retry_on_conflict
+from .structs.changes import ManifestChange, manifest_change
 from .structs.diff import FieldChange, diff_deployments, env_names
+from .structs.freshness import SOURCE, Freshness, combine
 from .structs.names import IMAGE_MAX, env_name_problem, image_problem, label_key_problem, label_value_problem
 from .structs.objects import (
     HASH_LABEL,
@@ -51,6 +54,7 @@ from .structs.objects import (
     spec_of,
     status_of,
 )
+from .structs.ownership import Owner, ownership
 from .structs.patches import (
     DeploySpec,
     choose_rollback_revision,
@@ -78,6 +82,7 @@ from .workload_types import (
     ScaleArgs,
     ScaleResult,
     WorkloadRow,
+    WriteResult,
     check_label,
     report_progress,
 )
@@ -136,10 +141,13 @@ def _list_all(kube: Kube, fn: Callable[..., Any], namespace: str, what: str, ctx
             return items
 
 
-def deployment_rows(kube: Kube, namespace: str, ctx: CallContext, now: datetime) -> list[WorkloadRow]:
-    """The namespace's Deployments as workload rows (list_workloads)."""
+def deployment_rows(kube: Kube, namespace: str, ctx: CallContext,
+                    now: datetime) -> tuple[list[WorkloadRow], Freshness]:
+    """The namespace's Deployments as workload rows (list_workloads), from the watch cache when it is on."""
     rows: list[WorkloadRow] = []
-    for d in _list_all(kube, kube.apps.list_namespaced_deployment, namespace, f"list deployments in {namespace}", ctx):
+    items, source = read_all(kube, DEPLOYMENTS, namespace, lambda: _list_all(
+        kube, kube.apps.list_namespaced_deployment, namespace, f"list deployments in {namespace}", ctx))
+    for d in items:
         status = status_of(d)
         rows.append(WorkloadRow(
             name=str(meta(d).get("name")), kind="Deployment",
@@ -147,7 +155,7 @@ def deployment_rows(kube: Kube, namespace: str, ctx: CallContext, now: datetime)
             images=images_of(spec_of(d).get("template")), revision=revision_of(d) or None,
             age_seconds=age_seconds(d, now),
         ))
-    return rows
+    return rows, source
 
 
 # --------------------------------------------------------------------------- rollout_status
@@ -174,12 +182,15 @@ class RolloutStatusResult(Result):
     done: bool = Field(description="True when the rollout has finished (kubectl's 'successfully rolled out').")
     failed: bool = Field(default=False, description="True when the rollout exceeded its progress deadline.")
     summary: str = Field(description="One line, as kubectl rollout status says it.")
+    owner: Owner | None = Field(default=None, description="Who applies it from Git (Argo CD, Flux); direct writes "
+                                "are refused.")
+    source: Freshness | None = Field(default=None, description=SOURCE)
 
     def audit_summary(self) -> dict[str, Any]:
         return {"revision": self.revision, "done": self.done}
 
 
-def _status_result(d: dict[str, Any]) -> RolloutStatusResult:
+def _status_result(d: dict[str, Any], source: Freshness | None = None) -> RolloutStatusResult:
     st = status_of(d)
     state = rollout_state(d)
     conditions = [
@@ -195,7 +206,7 @@ def _status_result(d: dict[str, Any]) -> RolloutStatusResult:
         ready=int(st.get("readyReplicas") or 0), available=int(st.get("availableReplicas") or 0),
         generation=int(meta(d).get("generation") or 0), observed_generation=int(st.get("observedGeneration") or 0),
         paused=bool(spec_of(d).get("paused")), revision=revision_of(d) or None, conditions=conditions,
-        done=state.done, failed=state.failed, summary=state.summary,
+        done=state.done, failed=state.failed, summary=state.summary, owner=ownership(d), source=source,
     )
 
 
@@ -215,8 +226,10 @@ def _find(kube: Kube, name: str, namespace: str, ctx: CallContext) -> dict[str, 
 
 
 def rollout_status(kube: Kube, args: RolloutStatusArgs, ctx: CallContext) -> RolloutStatusResult:
-    """One Deployment's rollout state, with kubectl's verdict."""
-    return _status_result(_read(kube, args.name, args.namespace, ctx))
+    """One Deployment's rollout state, with kubectl's verdict; from the watch cache when it is on."""
+    d, source = read_one(kube, DEPLOYMENTS, args.namespace, args.name,
+                         lambda: _read(kube, args.name, args.namespace, ctx))
+    return _status_result(d, source)
 
 
 # --------------------------------------------------------------------------- rollout_history
@@ -242,6 +255,7 @@ class RolloutHistoryResult(Result):
     namespace: str
     current_revision: int | None
     revisions: list[RevisionInfo] = Field(description="Oldest first.")
+    source: Freshness | None = Field(default=None, description=SOURCE)
 
     def audit_summary(self) -> dict[str, Any]:
         return {"revisions": [r.revision for r in self.revisions]}
@@ -258,11 +272,18 @@ def _owned_replicasets(kube: Kube, d: dict[str, Any], ctx: CallContext) -> list[
 
 
 def rollout_history(kube: Kube, args: RolloutHistoryArgs, ctx: CallContext) -> RolloutHistoryResult:
-    """Revisions with change-cause and images, read from the ReplicaSets the Deployment owns."""
-    d = _read(kube, args.name, args.namespace, ctx)
+    """Revisions with change-cause and images, read from the ReplicaSets the Deployment owns (cached when on)."""
+    d, d_source = read_one(kube, DEPLOYMENTS, args.namespace, args.name,
+                           lambda: _read(kube, args.name, args.namespace, ctx))
     current = revision_of(d)
+    items, rs_source = read_all(kube, REPLICA_SETS, args.namespace, lambda: _owned_replicasets(kube, d, ctx))
+    owned = owned_by(items, str(meta(d).get("uid")))
+    if rs_source.via == "cache" and current and not any(revision_of(rs) == current for rs in owned):
+        # Two watches, two streams: the Deployment's may be ahead of its ReplicaSets'. Ask the API.
+        owned = _owned_replicasets(kube, d, ctx)
+        rs_source = Freshness(via="api", note="the current revision's ReplicaSet was not in the cache yet")
     entries = []
-    for rs in _owned_replicasets(kube, d, ctx):
+    for rs in owned:
         rev = revision_of(rs)
         if rev <= 0:
             continue
@@ -276,7 +297,7 @@ def rollout_history(kube: Kube, args: RolloutHistoryArgs, ctx: CallContext) -> R
         ))
     entries.sort(key=lambda e: e.revision)
     return RolloutHistoryResult(name=args.name, namespace=args.namespace, current_revision=current or None,
-                                revisions=entries)
+                                revisions=entries, source=combine([d_source, rs_source]))
 
 
 # --------------------------------------------------------------------------- shared write helpers
@@ -423,7 +444,7 @@ class DeployArgs(Args):
         )
 
 
-class DeployResult(Result):
+class DeployResult(WriteResult):
     name: str
     namespace: str
     action: Literal["created", "updated", "unchanged", "dry-run"]
@@ -443,8 +464,14 @@ class DeployResult(Result):
         return {
             "action": self.action, "revision": self.revision, "dry_run": self.dry_run,
             "replicas": {"before": self.replicas_before, "after": self.replicas_after},
-            "changes": [c.model_dump(mode="json") for c in self.changes],
+            "changes": [c.model_dump(mode="json") for c in self.changes], **self.override_summary(),
         }
+
+
+def _change(before: dict[str, Any] | None, after: dict[str, Any], name: str, namespace: str) -> ManifestChange | None:
+    """A Deployment write's change as a strategic merge patch (a create: the object sent)."""
+    return manifest_change(before, after, api_version="apps/v1", kind="Deployment", name=name, namespace=namespace,
+                           strategic=True)
 
 
 def deploy(kube: Kube, args: DeployArgs, ctx: CallContext, progress: ProgressCallback | None = None) -> DeployResult:
@@ -454,14 +481,17 @@ def deploy(kube: Kube, args: DeployArgs, ctx: CallContext, progress: ProgressCal
     dry = "All" if args.dry_run else None
     ns, name = args.namespace, args.name
     what = f"deploy {ns}/{name}"
+    seen: dict[str, Any] = {}  # from the attempt that wrote: the Git owner a bound let it override, the object sent
 
     def attempt() -> tuple[dict[str, Any] | None, dict[str, Any]] | DeployResult:
         current = _find(kube, name, ns, ctx)
+        seen["override"] = enforce_ownership(ctx, current, f"deployment {ns}/{name}")
         if args.replicas is not None:  # the bound on this read, which the write is guarded by (item 11)
             enforce_bounds(ctx, BoundAttrs(replicas=args.replicas, current_replicas=_replicas(current) or 0),
                            f"deployment {ns}/{name} as read just before the write")
         if current is None:
-            after = kube.call(kube.apps.create_namespaced_deployment, ns, new_deployment(spec, ns, cause),
+            seen["sent"] = new_deployment(spec, ns, cause)
+            after = kube.call(kube.apps.create_namespaced_deployment, ns, seen["sent"],
                               dry_run=dry, what=f"create deployment {ns}/{name}", audit_id=ctx.call_id)
             return current, after
         desired = updated_deployment(current, spec)
@@ -470,7 +500,8 @@ def deploy(kube: Kube, args: DeployArgs, ctx: CallContext, progress: ProgressCal
             if args.wait and not args.dry_run:
                 status = _wait_rollout(kube, name, ns, ctx, float(args.timeout_seconds), progress,
                                        f"deployment {ns}/{name} was unchanged")
-            return _deploy_result(args, "unchanged", current, current, current, rollout=status)
+            return _deploy_result(args, "unchanged", current, current, current, rollout=status,
+                                  override=seen["override"])
         after = guarded_patch(kube, kube.apps.patch_namespaced_deployment, name, ns,
                               ops=update_patch(current, desired, cause), reread=lambda: _read(kube, name, ns, ctx),
                               what=f"update deployment {ns}/{name}", audit_id=ctx.call_id, dry_run=dry)
@@ -481,21 +512,24 @@ def deploy(kube: Kube, args: DeployArgs, ctx: CallContext, progress: ProgressCal
     if isinstance(outcome, DeployResult):
         return outcome
     current, after = outcome
+    written: dict[str, Any] = {"override": seen["override"],
+                               "change": _change(current, seen.get("sent") or after, name, ns)}
     if args.dry_run:
-        return _deploy_result(args, "dry-run", current, after, after)
+        return _deploy_result(args, "dry-run", current, after, after, **written)
     action: Literal["created", "updated"] = "created" if current is None else "updated"
     generation = int(meta(after).get("generation") or 0)
     if args.wait:
         done_what = f"deployment {ns}/{name} was {action}"
         status = _wait_rollout(kube, name, ns, ctx, float(args.timeout_seconds), progress, done_what)
-        return _deploy_result(args, action, current, after, None, rollout=status)
+        return _deploy_result(args, action, current, after, None, rollout=status, **written)
     latest = _await_revision(kube, name, ns, ctx, generation)
-    return _deploy_result(args, action, current, after, latest)
+    return _deploy_result(args, action, current, after, latest, **written)
 
 
 def _deploy_result(args: DeployArgs, action: Literal["created", "updated", "unchanged", "dry-run"],
                    before: dict[str, Any] | None, after: dict[str, Any], latest: dict[str, Any] | None,
-                   rollout: RolloutStatusResult | None = None) -> DeployResult:
+                   rollout: RolloutStatusResult | None = None, change: ManifestChange | None = None,
+                   override: Owner | None = None) -> DeployResult:
     revision = None
     if rollout is not None:
         revision = rollout.revision
@@ -506,7 +540,7 @@ def _deploy_result(args: DeployArgs, action: Literal["created", "updated", "unch
         images=images_of(spec_of(after).get("template")), env_names=env_names(after, args.name),
         replicas_before=_replicas(before), replicas_after=_replicas(after),
         changes=[] if action == "unchanged" else diff_deployments(before, after), dry_run=args.dry_run,
-        rollout=rollout,
+        rollout=rollout, change=change, gitops_override=override,
     )
 
 
@@ -537,27 +571,31 @@ def scale_deployment(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResu
     dry = "All" if args.dry_run else None
 
     def attempt() -> ScaleResult:
-        current = kube.call(kube.apps.read_namespaced_deployment_scale, name, ns,
-                            what=f"read scale of deployment {ns}/{name}", audit_id=ctx.call_id)
+        # The Deployment itself, not its scale subresource: the same replicas (and resourceVersion), and the
+        # labels, annotations and field managers that say whether Git owns it.
+        current = _read(kube, name, ns, ctx)
+        override = enforce_ownership(ctx, current, f"deployment {ns}/{name}")
         before = int(spec_of(current).get("replicas") or 0)
         # The bound on the count this write is guarded by: a change since the gate read it is re-checked.
         enforce_bounds(ctx, BoundAttrs(replicas=args.replicas, current_replicas=before),
                        f"deployment {ns}/{name} as read just before the write")
         if before == args.replicas:
             return ScaleResult(name=name, namespace=ns, action="unchanged", replicas_before=before,
-                               replicas_after=before, dry_run=args.dry_run)
+                               replicas_after=before, dry_run=args.dry_run, gitops_override=override)
         # Guarded on the replica count read (and bounded), not on the resourceVersion the controller's
         # status writes keep changing.
         # "add", not "replace": a real Scale omits spec.replicas when it is 0 (omitempty), and replace needs it.
-        ops = [*guard(current, "/spec/replicas"), {"op": "add", "path": "/spec/replicas", "value": args.replicas}]
+        # The Scale omits a replica count of 0, where a test of it cannot apply: then the resourceVersion guards.
+        guarded = current if before else {"metadata": meta(current)}
+        ops = [*guard(guarded, "/spec/replicas"), {"op": "add", "path": "/spec/replicas", "value": args.replicas}]
         after = guarded_patch(kube, kube.apps.patch_namespaced_deployment_scale, name, ns, ops=ops,
-                              reread=lambda: kube.call(kube.apps.read_namespaced_deployment_scale, name, ns,
-                                                       what=f"read scale of deployment {ns}/{name}",
-                                                       audit_id=ctx.call_id),
+                              reread=lambda: _read(kube, name, ns, ctx),
                               what=what, audit_id=ctx.call_id, dry_run=dry)
+        replicas = int(spec_of(after).get("replicas") or 0)
         return ScaleResult(name=name, namespace=ns, action="dry-run" if args.dry_run else "scaled",
-                           replicas_before=before, replicas_after=int(spec_of(after).get("replicas") or 0),
-                           dry_run=args.dry_run)
+                           replicas_before=before, replicas_after=replicas, dry_run=args.dry_run,
+                           change=_change({"spec": {"replicas": before}}, {"spec": {"replicas": replicas}}, name, ns),
+                           gitops_override=override)
 
     return retry_on_conflict(attempt, what=what, kind="Deployment")
 
@@ -574,6 +612,7 @@ def rollback_deployment(kube: Kube, args: RollbackArgs, ctx: CallContext) -> Rol
 
     def attempt() -> RollbackResult:
         d = _read(kube, name, ns, ctx)
+        override = enforce_ownership(ctx, d, f"deployment {ns}/{name}")
         if spec_of(d).get("paused"):
             raise ToolError(f"deployment {ns}/{name} is paused; resume it before rolling back "
                             "(a paused Deployment does not roll out a restored template)",
@@ -590,7 +629,7 @@ def rollback_deployment(kube: Kube, args: RollbackArgs, ctx: CallContext) -> Rol
             return RollbackResult(
                 name=name, namespace=ns, action="unchanged", from_revision=current, to_revision=target,
                 new_revision=None, changes=[], dry_run=args.dry_run,
-                message=f"already at revision {target}'s template; nothing changed",
+                message=f"already at revision {target}'s template; nothing changed", gitops_override=override,
             )
         enforce_bounds(ctx, restored_deployment_attrs(spec_of(d).get("template"), spec_of(rs).get("template")),
                        f"revision {target} of deployment {ns}/{name}")
@@ -598,11 +637,12 @@ def rollback_deployment(kube: Kube, args: RollbackArgs, ctx: CallContext) -> Rol
                               ops=rollback_patch(d, rs, cause), reread=lambda: _read(kube, name, ns, ctx),
                               what=what, audit_id=ctx.call_id, dry_run=dry)
         changes = diff_deployments(d, after)
+        written: dict[str, Any] = {"change": _change(d, after, name, ns), "gitops_override": override}
         if args.dry_run:
             return RollbackResult(
                 name=name, namespace=ns, action="dry-run", from_revision=current, to_revision=target,
                 new_revision=None, changes=changes, dry_run=True,
-                message=f"would restore revision {target}'s template (dry-run, nothing changed)",
+                message=f"would restore revision {target}'s template (dry-run, nothing changed)", **written,
             )
         latest = _await_revision(kube, name, ns, ctx, int(meta(after).get("generation") or 0))
         new_revision = revision_of(latest) or None
@@ -613,6 +653,7 @@ def rollback_deployment(kube: Kube, args: RollbackArgs, ctx: CallContext) -> Rol
             new_revision=new_revision, changes=changes, dry_run=False,
             message=f"restored revision {target}'s template"
             + (f" as revision {new_revision}" if new_revision else "; the controller has not numbered it yet"),
+            **written,
         )
 
     return retry_on_conflict(attempt, what=what, kind="Deployment")

@@ -14,19 +14,21 @@ from opsgate.policies.bounds import BoundAttrs
 from opsgate.vocab.limits import MAX_REPLICAS, replica_range_ok
 from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 
-from ..bounded import enforce_bounds
+from ..bounded import enforce_bounds, enforce_ownership
 from ..context import CallContext
 from ..errors import ToolError
 from ..kube import Kube, guarded_patch, retry_on_conflict
+from ..structs.changes import ManifestChange
 from ..structs.diff import FieldChange
 from ..structs.objects import CHANGE_CAUSE_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, change_cause, meta
+from ..structs.ownership import Owner
 from ..workload_types import (
     DRY_RUN,
     Args,
     Namespace,
     ProgressCallback,
     Resources,
-    Result,
+    WriteResult,
     report_progress,
 )
 from .api import custom_api, find_service, read_service
@@ -48,6 +50,7 @@ from .services import (
     model_of,
     normalize_mode,
     predictor_of,
+    service_change,
     spec_patch,
     template_of,
 )
@@ -120,7 +123,7 @@ class DeployModelArgs(Args):
                           storage_uri=self.storage_uri)
 
 
-class DeployModelResult(Result):
+class DeployModelResult(WriteResult):
     name: str
     namespace: str
     action: Literal["created", "updated", "unchanged", "dry-run"]
@@ -137,7 +140,7 @@ class DeployModelResult(Result):
     def audit_summary(self) -> dict[str, Any]:
         return {"action": self.action, "dry_run": self.dry_run, "mode": self.mode,
                 "canary_traffic_percent": self.canary_traffic_percent,
-                "changes": [c.model_dump(mode="json") for c in self.changes]}
+                "changes": [c.model_dump(mode="json") for c in self.changes], **self.override_summary()}
 
 
 def desired_predictor(current: Mapping[str, Any], args: DeployModelArgs, *, creating: bool) -> JSON:
@@ -241,9 +244,11 @@ def deploy_model(kube: Kube, args: DeployModelArgs, ctx: CallContext,
     cause = change_cause(ctx.principal, ctx.call_id)
     dry = "All" if args.dry_run else None
     custom = custom_api(kube)
+    seen: dict[str, Any] = {}  # from the attempt that wrote: the Git owner a bound let it override, the object sent
 
     def attempt() -> tuple[JSON | None, JSON, list[str]] | DeployModelResult:
         current = find_service(kube, name, ns, ctx)
+        seen["override"] = enforce_ownership(ctx, current, f"inferenceservice {ns}/{name}")
         # The bound on this read, which the write is guarded by (generation): issue 15 item 11.
         now = BoundAttrs(current_replicas=replica_ceiling(current) if current else 0)
         enforce_bounds(ctx, args.bound_attrs().but(now), f"inferenceservice {ns}/{name} as read just before the write")
@@ -251,8 +256,9 @@ def deploy_model(kube: Kube, args: DeployModelArgs, ctx: CallContext,
                      else desired_predictor({}, args, creating=True))
         notes = deploy_notes(current, args, predictor, mode_of(current) if current is not None else None)
         if current is None:
+            seen["sent"] = new_inference_service(args, cause)
             after = kube.call(custom.create_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
-                              new_inference_service(args, cause), dry_run=dry,
+                              seen["sent"], dry_run=dry,
                               what=f"create inferenceservice {ns}/{name}", audit_id=ctx.call_id)
             return current, after, notes
         extra = {}
@@ -264,7 +270,7 @@ def deploy_model(kube: Kube, args: DeployModelArgs, ctx: CallContext,
             if args.wait and not args.dry_run:
                 status = _wait_ready(kube, name, ns, ctx, float(args.timeout_seconds), progress,
                                      f"inferenceservice {ns}/{name} was unchanged", 0)
-            return _deploy_result(args, "unchanged", current, current, notes, status)
+            return _deploy_result(args, "unchanged", current, current, notes, status, override=seen["override"])
         after = guarded_patch(kube, custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
                               ops=spec_patch(current, predictor, cause, extra),
                               reread=lambda: read_service(kube, name, ns, ctx),
@@ -275,19 +281,22 @@ def deploy_model(kube: Kube, args: DeployModelArgs, ctx: CallContext,
     if isinstance(outcome, DeployModelResult):
         return outcome
     current, after, notes = outcome
+    written: dict[str, Any] = {"override": seen["override"],
+                               "change": service_change(current, seen.get("sent") or after, name, ns)}
     if args.dry_run:
-        return _deploy_result(args, "dry-run", current, after, notes)
+        return _deploy_result(args, "dry-run", current, after, notes, **written)
     action: Literal["created", "updated"] = "created" if current is None else "updated"
     status = None
     if args.wait:
         status = _wait_ready(kube, name, ns, ctx, float(args.timeout_seconds), progress,
                              f"inferenceservice {ns}/{name} was {action}", int(meta(after).get("generation") or 0))
-    return _deploy_result(args, action, current, after, notes, status)
+    return _deploy_result(args, action, current, after, notes, status, **written)
 
 
 def _deploy_result(args: DeployModelArgs, action: Literal["created", "updated", "unchanged", "dry-run"],
                    before: JSON | None, after: JSON, notes: list[str],
-                   status: ModelStatusResult | None = None) -> DeployModelResult:
+                   status: ModelStatusResult | None = None, change: ManifestChange | None = None,
+                   override: Owner | None = None) -> DeployModelResult:
     canary = predictor_of(after).get("canaryTrafficPercent")
     return DeployModelResult(
         name=args.name, namespace=args.namespace, action=action, existed=before is not None,
@@ -295,7 +304,7 @@ def _deploy_result(args: DeployModelArgs, action: Literal["created", "updated", 
         storage_uri=model_of(after).get("storageUri"),
         canary_traffic_percent=canary if isinstance(canary, int) else None,
         changes=[] if action == "unchanged" else diff_services(before, after), notes=notes, dry_run=args.dry_run,
-        status=status,
+        status=status, change=change, gitops_override=override,
     )
 
 

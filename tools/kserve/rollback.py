@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ..bounded import enforce_bounds, restored_service_attrs
+from ..bounded import enforce_bounds, enforce_ownership, restored_service_attrs
 from ..context import CallContext
 from ..errors import ToolError
 from ..kube import Kube, guarded_patch, retry_on_conflict
@@ -31,6 +31,7 @@ from .services import (
     mode_of,
     predictor_of,
     revision_number,
+    service_change,
     spec_patch,
     template_of,
 )
@@ -94,6 +95,7 @@ def rollback_inference_service(kube: Kube, args: RollbackArgs, ctx: CallContext)
 
     def attempt() -> RollbackResult:
         current = read_service(kube, name, ns, ctx)
+        override = enforce_ownership(ctx, current, f"inferenceservice {ns}/{name}")
         strategy, predictor, message = rollback_plan(current)
         comp = component_of(current)
         from_revision = revision_number(comp.get("latestReadyRevision") or comp.get("latestCreatedRevision"))
@@ -101,7 +103,7 @@ def rollback_inference_service(kube: Kube, args: RollbackArgs, ctx: CallContext)
                        else None)
         base = RollbackResult(name=name, namespace=ns, kind=KIND, action="unchanged", from_revision=from_revision,
                               to_revision=to_revision, new_revision=None, changes=[], dry_run=args.dry_run,
-                              message=message, strategy=strategy)
+                              message=message, strategy=strategy, gitops_override=override)
         if predictor is None:
             return base
         enforce_bounds(ctx, restored_service_attrs(predictor_of(current), predictor),
@@ -111,9 +113,10 @@ def rollback_inference_service(kube: Kube, args: RollbackArgs, ctx: CallContext)
                               reread=lambda: read_service(kube, name, ns, ctx),
                               what=what, audit_id=ctx.call_id, dry_run=dry)
         changes = diff_services(current, after)
+        change = service_change(current, after, name, ns)
         if args.dry_run:
-            return base.model_copy(update={"action": "dry-run", "changes": changes,
+            return base.model_copy(update={"action": "dry-run", "changes": changes, "change": change,
                                            "message": f"would have: {message} (dry-run, nothing changed)"})
-        return base.model_copy(update={"action": "rolled-back", "changes": changes})
+        return base.model_copy(update={"action": "rolled-back", "changes": changes, "change": change})
 
     return retry_on_conflict(attempt, what=what, kind="InferenceService")

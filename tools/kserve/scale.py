@@ -8,17 +8,18 @@ from typing import Literal
 from opsgate.policies.bounds import BoundAttrs
 from opsgate.vocab.limits import replica_range_ok
 
-from ..bounded import enforce_bounds
+from ..bounded import enforce_bounds, enforce_ownership
 from ..context import CallContext
 from ..errors import ToolError
 from ..kube import Kube, guarded_patch, retry_on_conflict
 from ..structs.objects import change_cause
+from ..structs.ownership import Owner
 from ..workload_types import (
     ScaleArgs,
     ScaleResult,
 )
 from .api import custom_api, read_service
-from .services import GROUP, JSON, KIND, PLURAL, RAW, VERSION, mode_of, predictor_of, spec_patch
+from .services import GROUP, JSON, KIND, PLURAL, RAW, VERSION, mode_of, predictor_of, service_change, spec_patch
 from .status import replica_ceiling
 
 
@@ -31,6 +32,7 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
 
     def attempt() -> ScaleResult:
         current = read_service(kube, name, ns, ctx)
+        override = enforce_ownership(ctx, current, f"inferenceservice {ns}/{name}")
         # The bound on this read, which the write is guarded by (generation): issue 15 item 11.
         enforce_bounds(ctx, args.bound_attrs().but(BoundAttrs(current_replicas=replica_ceiling(current))),
                        f"inferenceservice {ns}/{name} as read just before the write")
@@ -46,7 +48,7 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
             raise ToolError(f"min_replicas {new_low} would exceed max_replicas {new_high}", code="invalid_arguments",
                             field="min_replicas", rule="replica-range")
         if (new_low, new_high, new_target, new_metric) == (low, high, target, metric):
-            return _scale_result(args, "unchanged", current, current, None)
+            return _scale_result(args, "unchanged", current, current, None, override)
         for key, value in (("minReplicas", new_low), ("maxReplicas", new_high), ("scaleTarget", new_target),
                            ("scaleMetric", new_metric)):
             if value is not None:
@@ -61,16 +63,19 @@ def scale_inference_service(kube: Kube, args: ScaleArgs, ctx: CallContext) -> Sc
             message = "in Serverless mode a replica change makes a new revision" + (
                 f"; canaryTrafficPercent {canary} in the spec makes it a {canary}% canary"
                 if isinstance(canary, int) else "")
-        return _scale_result(args, "dry-run" if args.dry_run else "scaled", current, after, message)
+        return _scale_result(args, "dry-run" if args.dry_run else "scaled", current, after, message, override)
 
     return retry_on_conflict(attempt, what=what, kind="InferenceService")
 
 
 def _scale_result(args: ScaleArgs, action: Literal["scaled", "unchanged", "dry-run"], before: JSON, after: JSON,
-                  message: str | None) -> ScaleResult:
+                  message: str | None, override: Owner | None) -> ScaleResult:
     b, a = predictor_of(before), predictor_of(after)
     return ScaleResult(name=args.name, namespace=args.namespace, kind=KIND, action=action, replicas_before=None,
                        replicas_after=None, min_replicas_before=b.get("minReplicas"),
                        min_replicas_after=a.get("minReplicas"), max_replicas_before=b.get("maxReplicas"),
                        max_replicas_after=a.get("maxReplicas"), scale_target_after=a.get("scaleTarget"),
-                       scale_metric_after=a.get("scaleMetric"), dry_run=args.dry_run, message=message)
+                       scale_metric_after=a.get("scaleMetric"), dry_run=args.dry_run, message=message,
+                       change=None if action == "unchanged" else service_change(before, after, args.name,
+                                                                                args.namespace),
+                       gitops_override=override)

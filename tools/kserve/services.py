@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from opsgate.vocab.kinds import INFERENCE_SERVICE
 from opsgate.vocab.names import DNS1035_LABEL_PATTERN, DNS1035_RE
 
+from ..structs.changes import ManifestChange, manifest_change
 from ..structs.diff import FieldChange, diff_views
 from ..structs.objects import CHANGE_CAUSE_ANNOTATION, meta
 from ..structs.patches import guard, pointer
@@ -142,6 +143,14 @@ def isvc_view(obj: Mapping[str, Any] | None) -> JSON:
 
 def diff_services(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[FieldChange]:
     return diff_views(isvc_view(before), isvc_view(after))
+
+
+def service_change(before: Mapping[str, Any] | None, after: Mapping[str, Any], name: str,
+                   namespace: str) -> ManifestChange | None:
+    """An InferenceService write's change as a JSON merge patch (a custom resource has no strategic merge; a
+    create: the object sent), without opsgate's recorded previous spec. Pure."""
+    return manifest_change(before, after, api_version=f"{GROUP}/{VERSION}", kind=KIND, name=name, namespace=namespace,
+                           strategic=False, skip_annotations=(PREVIOUS_SPEC_ANNOTATION,))
 
 
 def spec_patch(current: Mapping[str, Any], predictor: Mapping[str, Any], cause: str,
