@@ -165,6 +165,11 @@ class SandboxCluster:
         return f"{scheme}://{self.host}:{self.port}"
 
     @property
+    def traceparents(self) -> list[tuple[str, str, str]]:
+        """(method, path, traceparent) of the last API requests that carried a W3C ``traceparent``, oldest first."""
+        return list(self._server.traceparents) if self._server is not None else []
+
+    @property
     def ca_pem(self) -> bytes | None:
         """The PEM of the CA that signed the serving certificate (None without TLS)."""
         return self.tls.certs.ca_pem if self.tls is not None else None

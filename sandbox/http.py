@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -66,6 +67,9 @@ class TrackingHTTPServer(ThreadingHTTPServer):
                 conn.shutdown(socket.SHUT_RDWR)
 
 
+TRACEPARENTS_KEPT = 256
+
+
 class SandboxHTTPServer(TrackingHTTPServer):
     """The API server's socket edge; HTTPS when given an ``ssl_context``.
 
@@ -80,6 +84,8 @@ class SandboxHTTPServer(TrackingHTTPServer):
         self.api = api
         self.faults = faults
         self.log_requests = False
+        # (method, path, traceparent) of the last requests that sent one: a test joins them to the client's spans.
+        self.traceparents: deque[tuple[str, str, str]] = deque(maxlen=TRACEPARENTS_KEPT)
         self.ssl_context = ssl_context
         super().__init__(address, Handler)
 
@@ -156,6 +162,9 @@ class Handler(BaseHTTPRequestHandler):
         )
         audit_id = request.header("audit-id") or str(uuid.uuid4())
         if fault is not None and fault.status is not None:
+        traceparent = request.header("traceparent")
+        if traceparent:
+            self.server.traceparents.append((method, split.path, traceparent))
             error = generic(fault.status)
             headers = {"Retry-After": "1"} if fault.status == 429 else {}
             result: Response | WatchStream = Response(fault.status, error.status(), headers=headers)

@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import structlog
 
+from opsgate import telemetry
 from opsgate.audit import AuditWriteError
 from opsgate.policies import POLICY_FILE, SHIPPED_DIR
 from opsgate.policies.lint import load_checked
@@ -51,6 +52,11 @@ def reload_policy(gate: Gate, path: Path | None, verbs: Mapping[str, str]) -> bo
     """Load, lint and swap, or keep the old policy; audit both outcomes. Returns whether it swapped."""
     old_hash = gate.policy.hash
     new, findings = load_checked(path or SHIPPED_DIR / POLICY_FILE, verbs, tool_bounds=gate.tool_bounds)
+    if telemetry.ON:
+        for finding in findings:
+            telemetry.add(telemetry.POLICY_LINT_FAILURES, 1, {"opsgate.severity": finding.severity})
+        if new is None or new.hash != old_hash:
+            telemetry.add(telemetry.POLICY_RELOADS, 1, {"opsgate.result": "failed" if new is None else "reloaded"})
     if new is None:
         error = "; ".join(str(f) for f in findings if f.severity == "error")
         log.error("policy_reload_failed", error=error, kept=old_hash)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
+from opsgate import telemetry
+
 from ..errors import ToolError
 from ..oip import (
     ModelMetadata,
@@ -51,7 +53,27 @@ class Answer:
 
 
 def request(method: str, url: str, body: bytes | None, read_timeout: float, what: str) -> Answer:
-    """One request to a model server; the answer is read up to the size cap. ToolError on any failure."""
+    """One request to a model server; the answer is read up to the size cap. ToolError on any failure.
+
+    With telemetry on, a CLIENT span with W3C ``traceparent`` sent (KServe's tracing joins the trace) and
+    the body sizes each way recorded."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    if not telemetry.ON:
+        return _send(method, url, body, headers, read_timeout, what)
+    with telemetry.http_span(method, url, "model-server") as span:
+        telemetry.inject(headers)
+        answer = _send(method, url, body, headers, read_timeout, what)
+        span.set_attribute("http.response.status_code", answer.status)
+    sizes = {"http.request.method": method, "http.response.status_code": answer.status}
+    telemetry.record(telemetry.INFERENCE_REQUEST_SIZE, len(body or b""), sizes)
+    telemetry.record(telemetry.INFERENCE_RESPONSE_SIZE, len(answer.body), sizes)
+    return answer
+
+
+def _send(method: str, url: str, body: bytes | None, headers: dict[str, str], read_timeout: float,
+          what: str) -> Answer:
     import urllib3
     from urllib3.exceptions import (
         ConnectTimeoutError,
@@ -62,9 +84,6 @@ def request(method: str, url: str, body: bytes | None, read_timeout: float, what
         ReadTimeoutError,
     )
 
-    headers = {"Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
     timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout)
     response = None
     try:
