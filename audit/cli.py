@@ -609,22 +609,21 @@ def _verify_ocsf(args: argparse.Namespace, out: TextIO) -> int:
     span = f"seq {check.first_seq}..{check.last_seq}" if check.first_seq is not None else "no records"
     if check.ok:
         whole = "the log from its start" if check.first_seq in (None, 1) else "a run of the chain"
-        _say(out, f"ok: {check.records} records ({span}, {whole}), chain intact ({args.path})")
-        _say(out, f"  head         seq {check.last_seq or 0} hash {check.head_hash}")
+        lines = [f"ok: {check.records} records ({span}, {whole}), chain intact ({args.path})",
+                 f"  head         seq {check.last_seq or 0} hash {check.head_hash}", *notes]
+        code = EXIT_OK
         if args.checkpoints is not None:
-            notes.append(f"  anchored     {check.anchored} of its records match a signed checkpoint")
+            lines.append(f"  anchored     {check.anchored} of its records match a signed checkpoint")
             later = max(anchors, default=0)
             if later > (check.last_seq or 0):
-                notes.append(f"  later        the checkpoints go on to seq {later}: the log holds records after "
+                lines.append(f"  later        the checkpoints go on to seq {later}: the log holds records after "
                              "this export's last")
             if check.anchored == 0:
-                _say(out, f"UNVERIFIED: no signed checkpoint falls within {span}: the export cannot be shown genuine")
-                for line in notes:
-                    _say(out, line)
-                return EXIT_DAMAGED
-        for line in notes:
+                code = EXIT_DAMAGED
+                lines[0] = f"UNVERIFIED: no signed checkpoint falls within {span}: the export cannot be shown genuine"
+        for line in lines:
             _say(out, line)
-        return EXIT_OK
+        return code
     _say(out, f"DAMAGED: {args.path} line {check.line}: {check.problem}: {check.detail or ''}".rstrip(": "))
     _say(out, f"  intact before it: {check.records} records ({span})")
     for line in notes:

@@ -73,11 +73,14 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from opsgate import telemetry
 
 from .chain import GENESIS_HASH, Prepared, canonical, is_hash, loads, prepare, record_hash, seal_line, seal_next
 from .checkpoint import (
@@ -259,6 +262,16 @@ def _held_lock() -> threading.Lock:
     lock = threading.Lock()
     lock.acquire()
     return lock
+
+
+def _fsync(fd: int) -> None:
+    """``os.fsync``, timed for telemetry when it is on (an attribute of the append span it served)."""
+    if telemetry.ON:
+        started = time.perf_counter()
+        os.fsync(fd)
+        telemetry.audit_fsync(time.perf_counter() - started)
+    else:
+        os.fsync(fd)
 
 
 class _Pending:
@@ -768,7 +781,7 @@ class AuditLog:
             _write_all(fd, data)
             if self._settled:
                 self._wake_settled()
-            os.fsync(fd)
+            _fsync(fd)
         except OSError as exc:
             self._discard()
             log.warning("audit log write failed; descriptor dropped, will reopen: %s", exc)

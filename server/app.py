@@ -15,10 +15,13 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
+from opsgate import telemetry
+from opsgate.telemetry.names import PRINCIPAL
 from opsgate.tools.context import ProgressFn
 
 from .access import OWN_RECORDS_URI
 from .gate import Gate
+from .records import Caller
 from .toolspec import AskFn
 
 INSTRUCTIONS = (
@@ -33,6 +36,11 @@ def _client_of(ctx: ServerRequestContext[Any]) -> tuple[str | None, str | None]:
     if params is None:
         return None, None
     return params.client_info.name, params.client_info.version
+
+
+def request_attributes(caller: Caller) -> dict[str, str]:
+    """What opsgate adds to the SDK's request span: the session (MCP conventions) and the principal."""
+    return {"mcp.session.id": caller.session_id, PRINCIPAL: caller.principal}
 
 
 CONFIRM_SCHEMA = {
@@ -70,6 +78,8 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         caller = gate.with_client(*_client_of(ctx))
+        if telemetry.ON:  # the MCP SDK's span of this request (its parent: the caller's _meta.traceparent)
+            telemetry.current().set_attributes(request_attributes(caller))
         progress: ProgressFn = ctx.session.report_progress
         return await gate.call(params.name, params.arguments, caller, progress, ask=_asker(ctx))
 

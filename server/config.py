@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from opsgate.policies import validate_principal
+from opsgate.telemetry import split_address
 from opsgate.vocab.names import is_dns1123_label
 
 ENV_PREFIX = "OPSGATE_"
@@ -96,6 +97,11 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Level of the JSON log lines on stderr."
+    )
+    metrics_address: str | None = Field(
+        default=None, json_schema_extra={"metavar": "HOST:PORT"},
+        description="Serve Prometheus metrics on this address (also while serving over stdio); needs opsgate[otel]. "
+        "Traces and OTLP export are set with the standard OTEL_* variables.",
     )
     # NoDecode: the environment's value is the comma-separated string, not JSON.
     sandbox_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -163,6 +169,13 @@ class Settings(BaseSettings):
             if not is_dns1123_label(name):
                 raise ValueError(f"{name!r} is not a namespace name (lowercase letters, digits and '-', "
                                  "starting and ending with a letter or digit, at most 63)")
+        return value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_address(value)
         return value
 
     @field_validator("principal")

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, cast, get_args
 
@@ -23,11 +24,13 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_core.core_schema import ErrorType
 
+from opsgate import telemetry
 from opsgate.audit import AuditLog, AuditWriteError
 from opsgate.audit.redact import redact, redact_text
 from opsgate.policies import BoundAttrs, BoundName, Decision, Policy, Rule
 from opsgate.policies.bounds import check_bounds
 from opsgate.policies.ratelimit import RateLimiter
+from opsgate.telemetry import names as tnames
 from opsgate.tools.context import AuditSummarized, BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
 from opsgate.vocab.kinds import WORKLOAD_KINDS
@@ -183,11 +186,16 @@ def confirmation_question(tool: str, arguments: Mapping[str, Any], limit: int = 
 
 def denial_rule(decision: GateDecision) -> str:
     """Which refusal this is, as the rule of the denied envelope: policy, bound, rate-limit or confirmation."""
-    if decision.confirmation is not None:
+    return denial_kind(decision.record())
+
+
+def denial_kind(decision: Mapping[str, Any]) -> str:
+    """:func:`denial_rule` of a decision in its audit form (``GateDecision.record``)."""
+    if decision.get("confirmation") is not None:
         return "confirmation"
-    if decision.reason.startswith("denied by rate limit"):
+    if str(decision.get("reason", "")).startswith("denied by rate limit"):
         return "rate-limit"
-    if decision.bound is not None:
+    if decision.get("bound") is not None:
         return "bound"
     return "policy"
 
@@ -379,6 +387,43 @@ def validation_errors(exc: ValidationError, sent: Any = None) -> list[dict[str, 
         more = len(errors) - MAX_ERRORS
         errors = [*errors[:MAX_ERRORS], {"field": "arguments", "rule": "more-errors", "message": f"{more} more"}]
     return errors
+
+
+# The facts of the call running, for its metrics (set by Gate._traced_call, filled from its audit records).
+_CALL_FACTS: ContextVar[dict[str, Any] | None] = ContextVar("opsgate_call_facts", default=None)
+
+
+def call_facts(record: Mapping[str, Any], facts: dict[str, Any] | None) -> dict[str, Any]:
+    """The span attributes an audit record gives its call (call id, decision, rule; the outcome), counting the
+    policy's decisions, rate-limit refusals and confirmations on the way; ``facts`` keeps decision and outcome
+    for the call's own metrics."""
+    attributes: dict[str, Any] = {tnames.CALL_ID: record.get("call_id", "-")}
+    tool = record.get("tool") if isinstance(record.get("tool"), str) else "-"
+    if record.get("stage") == "decision":
+        decision = record.get("decision") or {}
+        effect = str(decision.get("effect", "-"))
+        attributes[tnames.DECISION] = effect
+        rule = decision.get("bound") or decision.get("source")
+        if rule:
+            attributes[tnames.RULE] = str(rule)
+        if facts is not None:
+            facts["decision"] = effect
+        kind = denial_kind(decision) if effect == "deny" else None
+        telemetry.add(telemetry.POLICY_DECISIONS, 1, {tnames.DECISION: effect, "opsgate.denial": kind or "-"})
+        if kind == "rate-limit":
+            telemetry.add(telemetry.RATE_LIMIT_REFUSALS, 1,
+                          {"gen_ai.tool.name": tool, "opsgate.verb": str(record.get("verb"))})
+        if decision.get("confirmation") is not None:
+            telemetry.add(telemetry.CONFIRMATIONS, 1, {"gen_ai.tool.name": tool,
+                                                       "opsgate.answer": str(decision["confirmation"])})
+    elif record.get("stage") == "outcome":
+        outcome = record.get("outcome") or {}
+        error = outcome.get("error") or {}
+        status = str(error.get("code") or outcome.get("status") or "-")
+        attributes["opsgate.outcome"] = status
+        if facts is not None:
+            facts["outcome"] = status
+    return attributes
 
 
 STOPPED = ("the server stopped before the call finished; what it changed, if anything, is not known here "
@@ -616,9 +661,44 @@ class Gate:
         """A call through the gate, its answer not yet put on the wire (resources read the error as is)."""
         self._in_flight += 1
         try:
+            if telemetry.ON:
+                return await self._traced_call(name, arguments, caller, progress, route, ask)
             return await self._call(name, arguments, caller, progress, route, ask)
         finally:
             self._in_flight -= 1
+
+    async def _traced_call(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        caller: Caller,
+        progress: ProgressFn | None,
+        route: str,
+        ask: AskFn | None,
+    ) -> Answer:
+        """The call in its ``execute_tool`` span, counted and timed. A name that is no tool of ours is the
+        caller's text: it names neither a span nor a metric (``-``)."""
+        tool = name if isinstance(name, str) and name in self._tools else "-"
+        facts: dict[str, Any] = {}
+        started = time.perf_counter()
+        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": tool,
+                      tnames.PRINCIPAL: caller.principal, "mcp.session.id": caller.session_id}
+        token = _CALL_FACTS.set(facts)
+        try:
+            with telemetry.span(f"execute_tool {tool}" if tool != "-" else "execute_tool", attributes) as span:
+                answer = await self._call(name, arguments, caller, progress, route, ask)
+                outcome = facts.get("outcome") or (answer.error["code"] if answer.error is not None else "ok")
+                if answer.error is not None:
+                    telemetry.fail(span, str(answer.error["code"]))
+        finally:
+            _CALL_FACTS.reset(token)
+        labels = {"gen_ai.tool.name": tool, tnames.DECISION: facts.get("decision", "-"), "opsgate.outcome": outcome}
+        telemetry.add(telemetry.CALLS, 1, labels)
+        duration = {"mcp.method.name": "tools/call", "gen_ai.tool.name": tool}
+        if answer.error is not None:
+            duration["error.type"] = str(answer.error["code"])
+        telemetry.record(telemetry.CALL_DURATION, time.perf_counter() - started, duration)
+        return answer
 
     async def _call(
         self,
@@ -648,7 +728,8 @@ class Gate:
             return await self._invalid(call_id, caller, name, raw, validation_errors(exc, raw), bound)
 
         namespace = spec.namespace_of(args)
-        decision = await self._decide_call(spec, args, caller, namespace, ask)
+        with telemetry.span("opsgate.policy.decide"):
+            decision = await self._decide_call(spec, args, caller, namespace, ask)
         record = decision_record(
             call_id=call_id, caller=caller, tool=name, verb=spec.verb, namespace=namespace,
             arguments=args.model_dump(mode="json"), decision=decision.record(), object_ref=spec.object_ref(args),
@@ -798,15 +879,46 @@ class Gate:
         """Durable before it returns, several records in one write and one fsync. Alone, inline (a thread
         hop costs more than the fsync); with other calls in flight, in a worker thread, so they share one
         fsync (group commit) and none stalls the loop for the others."""
+        if telemetry.ON:
+            return await self._traced_append(bound, records)
+        return await self._write(bound, records) is not None
+
+    async def _write(
+        self, bound: structlog.typing.FilteringBoundLogger, records: tuple[dict[str, Any], ...]
+    ) -> list[dict[str, Any]] | None:
         try:
             if self._in_flight <= 1:
-                self.audit.append_many(records)
-            else:
-                await anyio.to_thread.run_sync(self.audit.append_many, records)
+                return self.audit.append_many(records)
+            return await anyio.to_thread.run_sync(self.audit.append_many, records)
         except AuditWriteError as exc:
             bound.error("audit_write_failed", error=str(exc), stage="+".join(str(r.get("stage")) for r in records))
-            return False
-        return True
+            return None
+
+    async def _traced_append(
+        self, bound: structlog.typing.FilteringBoundLogger, records: tuple[dict[str, Any], ...]
+    ) -> bool:
+        """The append in its own span; each record gets the call span's ids (``trace``), the call span the
+        record's call id, decision and seq, so a record and a trace find each other both ways."""
+        call_span = telemetry.current()
+        ids = telemetry.trace_ids()
+        facts = _CALL_FACTS.get()
+        for record in records:
+            if ids is not None and record.get("call_id"):
+                record["trace"] = ids
+            call_span.set_attributes(call_facts(record, facts))
+        started = time.perf_counter()
+        with telemetry.span("opsgate.audit.append", {"opsgate.audit.records": len(records)}) as span:
+            written = await self._write(bound, records)
+            if written is None:
+                telemetry.fail(span, "audit_unavailable")
+            else:
+                span.set_attribute(tnames.AUDIT_SEQ, written[-1]["seq"])
+                first = next((r["seq"] for r in written if r.get("stage") == "decision"), None)
+                if first is not None:
+                    call_span.set_attribute(tnames.AUDIT_SEQ, first)
+        telemetry.record(telemetry.AUDIT_APPEND_DURATION, time.perf_counter() - started,
+                         {"opsgate.audit.ok": written is not None})
+        return written is not None
 
     @staticmethod
     def _audit_refusal(call_id: str) -> Answer:

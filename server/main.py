@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import structlog
 
+from opsgate import telemetry
 from opsgate.audit import AuditLog, AuditTrustError, AuditWriteError
 from opsgate.policies import POLICY_FILE, SHIPPED_DIR, BoundName, Policy
 from opsgate.policies.lint import format_findings, load_checked
@@ -147,8 +148,21 @@ def banner(gate: Gate, cluster: Cluster, settings: Settings) -> str:
     )
 
 
+def start_telemetry(settings: Settings) -> None:
+    """OpenTelemetry on when ``OTEL_*`` or ``--metrics-address`` asks for it; asked for and impossible stops the
+    server (the extra missing, an unknown exporter, a port taken). Logs what, never the OTLP headers."""
+    try:
+        on = telemetry.setup(settings.metrics_address)
+    except telemetry.TelemetryUnavailable as exc:
+        raise StartupError(str(exc)) from exc
+    if on:
+        traces, metrics = telemetry.wanted(os.environ, settings.metrics_address)
+        log.info("telemetry", traces=traces, metrics=metrics, metrics_address=telemetry.metrics_address())
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
+    start_telemetry(settings)
     gate, cluster = build_gate(settings)
     if cluster.is_sandbox:
         log.warning("sandbox_cluster",
@@ -237,6 +251,7 @@ def serve(settings: Settings) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         write_stop()
         cluster.close()
+        telemetry.shutdown()  # the last spans and metrics are exported before the process ends
         log.info("stopped")
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opsgate import telemetry
+
 from .errors import ToolError
 from .structs.patches import guard_broken
 from .untrusted import TEXT_MAX, name_in_text, quoted
@@ -222,6 +224,21 @@ def _configuration_class() -> type[Configuration]:
     return Configuration
 
 
+def traced_request(request: Callable[..., Any]) -> Callable[..., Any]:
+    """The client's REST ``request`` with a CLIENT span (HTTP conventions) and W3C ``traceparent`` on the
+    request, so an API server that traces joins the caller's trace."""
+
+    def traced(method: str, url: str, headers: Mapping[str, str] | None = None, *args: Any, **kwargs: Any) -> Any:
+        with telemetry.http_span(method.upper(), url, "kubernetes") as span:
+            sent = dict(headers or {})
+            telemetry.inject(sent)
+            response = request(method, url, sent, *args, **kwargs)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    return traced
+
+
 class Kube:
     """One cluster connection, built once per server from a KubeTarget or a kubeconfig dict.
 
@@ -307,7 +324,10 @@ class Kube:
         cfg.retries = urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0)
         cfg.connection_pool_maxsize = MAX_CONCURRENT_CALLS
         self._server = cfg.host
-        return k8s.ApiClient(cfg)
+        client = k8s.ApiClient(cfg)
+        if telemetry.ON:  # a span per HTTP request, and its traceparent sent, where method and URL are final
+            client.rest_client.request = traced_request(client.rest_client.request)  # type: ignore[method-assign]
+        return client
 
     @property
     def apps(self) -> AppsV1Api:
