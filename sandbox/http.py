@@ -161,10 +161,10 @@ class Handler(BaseHTTPRequestHandler):
             body=body,
         )
         audit_id = request.header("audit-id") or str(uuid.uuid4())
-        if fault is not None and fault.status is not None:
         traceparent = request.header("traceparent")
         if traceparent:
             self.server.traceparents.append((method, split.path, traceparent))
+        if fault is not None and fault.status is not None:
             error = generic(fault.status)
             headers = {"Retry-After": "1"} if fault.status == 429 else {}
             result: Response | WatchStream = Response(fault.status, error.status(), headers=headers)
