@@ -12,6 +12,11 @@ dropped; past ``max_principals`` live buckets a new principal is refused until
 one goes idle (fail closed: a throttle must never be reset by being flooded).
 Writes and reads each have their own limiter on the gate, so spending one
 budget never eats the other.
+
+Replicas of the team server share their budgets: :class:`SharedRateLimiter` keeps the same buckets
+(the same pure step, :func:`take_token`) in a :class:`BucketStore` that all of them reach, which makes
+each step atomic and supplies the clock (the store's: monotonic clocks of different processes cannot
+be compared). The PostgreSQL store is ``opsgate.audit.pgbuckets``; this module knows only the protocol.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from typing import Final, Literal
+from collections.abc import Callable
+from typing import Final, Literal, Protocol, TypeVar
 
 from .bounds import SubjectBounds
 
-__all__ = ["WINDOW_SECONDS", "RateLimitBound", "RateLimiter", "rate_limit_reason"]
+__all__ = [
+    "WINDOW_SECONDS", "BucketStore", "RateLimitBound", "RateLimiter", "SharedRateLimiter", "rate_limit_reason",
+    "take_token",
+]
 
 RateLimitBound = Literal["rate_limit_per_minute", "read_rate_limit_per_minute"]
 """The bounds a limiter can enforce: changing calls, or reads that leave the server."""
@@ -37,8 +46,57 @@ WINDOW_SECONDS: Final = 60.0
 """A bucket holds one minute's budget and refills it in one minute."""
 
 
-class RateLimiter:
-    """Token buckets keyed by principal; capacity = rate per minute, refill = rate / 60 per second."""
+Bucket = tuple[float, float]
+"""(tokens, time of last update)."""
+
+_T = TypeVar("_T")
+
+
+def take_token(state: Bucket | None, rate_per_minute: float, now: float) -> tuple[Bucket, float | None]:
+    """One attempt on a bucket (None: a new, full one): its new state, and None when a token was taken, else the
+    seconds until one is free. Capacity = rate per minute, refill = rate / 60 per second."""
+    if not rate_per_minute > 0 or math.isinf(rate_per_minute):
+        raise ValueError(f"rate_per_minute must be a positive number, got {rate_per_minute!r}")
+    capacity = float(rate_per_minute)
+    refill = capacity / WINDOW_SECONDS
+    if state is None:
+        tokens, stamp = capacity, now
+    else:
+        held, seen = state
+        # A clock that went backwards adds nothing, and the bucket keeps
+        # its later time, so going forward again adds nothing either.
+        stamp = max(seen, now)
+        tokens = min(capacity, held + (stamp - seen) * refill)
+    taken = tokens >= 1.0
+    return (tokens - 1.0 if taken else tokens, stamp), None if taken else (1.0 - tokens) / refill
+
+
+class _Limiter:
+    """What the gate asks of a limiter: ``check``, over ``try_acquire``."""
+
+    def try_acquire(self, principal: str, rate_per_minute: float, now: float) -> float | None:
+        raise NotImplementedError
+
+    def check(
+        self, principal: str, subject: str, bounds: SubjectBounds | None, now: float,
+        bound: RateLimitBound = "rate_limit_per_minute",
+    ) -> str | None:
+        """For the gate: None when the call may go ahead, else the refusal reason (with when to retry).
+
+        After the policy and the other bounds allowed the call, so refused
+        calls spend no tokens. ``subject`` is the subject whose rule allowed
+        the call (whose bounds these are); ``bound`` is which of its rates
+        this limiter counts (one limiter per bound, so budgets stay apart).
+        """
+        rate = None if bounds is None else getattr(bounds, bound)
+        if rate is None:
+            return None
+        wait = self.try_acquire(principal, rate, now)
+        return None if wait is None else rate_limit_reason(principal, subject, rate, wait, bound)
+
+
+class RateLimiter(_Limiter):
+    """Token buckets keyed by principal, in this process; capacity = rate per minute, refill = rate / 60 per second."""
 
     def __init__(self, *, max_principals: int = 10_000) -> None:
         if max_principals < 1:
@@ -57,28 +115,16 @@ class RateLimiter:
         The rate is passed on every call (bounds may change on reload); a
         bucket never holds more than the current rate's capacity.
         """
-        if not rate_per_minute > 0 or math.isinf(rate_per_minute):
-            raise ValueError(f"rate_per_minute must be a positive number, got {rate_per_minute!r}")
-        capacity = float(rate_per_minute)
-        refill = capacity / WINDOW_SECONDS
         with self._lock:
             self._evict_idle(now)
             state = self._buckets.get(principal)
-            if state is None:
-                if len(self._buckets) >= self._max:
-                    _, oldest_seen = next(iter(self._buckets.values()))
-                    return max(WINDOW_SECONDS - (now - oldest_seen), 1e-3)
-                tokens, stamp = capacity, now
-            else:
-                held, seen = state
-                # A clock that went backwards adds nothing, and the bucket keeps
-                # its later time, so going forward again adds nothing either.
-                stamp = max(seen, now)
-                tokens = min(capacity, held + (stamp - seen) * refill)
-            taken = tokens >= 1.0
-            self._buckets[principal] = (tokens - 1.0 if taken else tokens, stamp)
+            if state is None and len(self._buckets) >= self._max:
+                take_token(None, rate_per_minute, now)  # the same ValueError for a bad rate
+                _, oldest_seen = next(iter(self._buckets.values()))
+                return max(WINDOW_SECONDS - (now - oldest_seen), 1e-3)
+            self._buckets[principal], wait = take_token(state, rate_per_minute, now)
             self._buckets.move_to_end(principal)
-            return None if taken else (1.0 - tokens) / refill
+            return wait
 
     def _evict_idle(self, now: float) -> None:
         """Drop buckets untouched for a whole window: they are full, as a new one would be."""
@@ -89,22 +135,44 @@ class RateLimiter:
                 break
             del buckets[principal]
 
+
+
+class BucketStore(Protocol):
+    """Buckets shared by every replica: one atomic read-modify-write of a bucket, on the store's clock."""
+
+    def update(self, key: str, step: Callable[[Bucket | None, float], tuple[Bucket, _T]]) -> _T:
+        """Call ``step(bucket or None, now)`` with the bucket under ``key`` locked, store the bucket it returns,
+        and return the rest. ``now``: the store's clock in seconds (one clock for all replicas)."""
+        ...
+
+
+class SharedRateLimiter(_Limiter):
+    """The same buckets in a :class:`BucketStore`; ``name`` keeps this limiter's budgets apart from others'.
+
+    Fails closed: a store that cannot answer refuses the call (with a retry hint), never lets it through.
+    ``now`` is not used: the store's clock is the one every replica shares.
+    """
+
+    def __init__(self, store: BucketStore, name: str) -> None:
+        self._store = store
+        self._name = name
+
+    def try_acquire(self, principal: str, rate_per_minute: float, now: float) -> float | None:
+        take_token(None, rate_per_minute, 0.0)  # a bad rate is the caller's error, raised before the store is asked
+        return self._store.update(f"{self._name}:{principal}",
+                                  lambda state, clock: take_token(state, rate_per_minute, clock))
+
     def check(
         self, principal: str, subject: str, bounds: SubjectBounds | None, now: float,
         bound: RateLimitBound = "rate_limit_per_minute",
     ) -> str | None:
-        """For the gate: None when the call may go ahead, else the refusal reason (with when to retry).
-
-        After the policy and the other bounds allowed the call, so refused
-        calls spend no tokens. ``subject`` is the subject whose rule allowed
-        the call (whose bounds these are); ``bound`` is which of its rates
-        this limiter counts (one limiter per bound, so budgets stay apart).
-        """
-        rate = None if bounds is None else getattr(bounds, bound)
-        if rate is None:
-            return None
-        wait = self.try_acquire(principal, rate, now)
-        return None if wait is None else rate_limit_reason(principal, subject, rate, wait, bound)
+        try:
+            return super().check(principal, subject, bounds, now, bound)
+        except ValueError:
+            raise
+        except Exception as exc:  # the shared store did not answer: no count can be kept, so refuse
+            return (f"rate limit: the shared store of {bound} budgets did not answer ({type(exc).__name__}); "
+                    "refused, since no count could be kept; retry in 5 s")
 
 
 def rate_limit_reason(

@@ -7,6 +7,7 @@ Real parts only: a PostgreSQL cluster from the machine's packages (conftest.py),
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -56,7 +57,7 @@ def test_two_writer_processes_with_500_concurrent_appends_each_write_one_chain(
 ) -> None:
     procs = [writer(pgdb, key[0], 500, 32, tag) for tag in ("a", "b")]
     outputs = [p.communicate(timeout=120) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
+    for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     seen = {**acked(outputs[0][0]), **acked(outputs[1][0])}
     assert sorted(seen) == list(range(1, 1001))  # every append acknowledged, one seq each, no gaps
@@ -64,7 +65,7 @@ def test_two_writer_processes_with_500_concurrent_appends_each_write_one_chain(
     assert [r.record["seq"] for r in rows] == list(range(1, 1001))
     assert {r.record["principal"] for r in rows[:1000]} == {"writer-a", "writer-b"}
     # Interleaved: neither process wrote its 500 in one run (they shared the chain, not took turns).
-    runs = sum(1 for x, y in zip(rows, rows[1:], strict=False) if x.record["principal"] != y.record["principal"])
+    runs = sum(1 for x, y in itertools.pairwise(rows) if x.record["principal"] != y.record["principal"])
     assert runs > 2
     env = {"OPSGATE_AUDIT_DB": pgdb.writer}
     done = audit_cli("verify", "--pubkey", str(key[1]), env=env)
