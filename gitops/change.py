@@ -147,6 +147,9 @@ def _validate(tree: Path, folder: str, obj: ObjectRef, check: Callable[[dict[str
         except ClusterUnreachable as exc:
             notes.append(f"the cluster was not reachable, so no server-side dry run was made ({exc.rule})")
         except ToolError as exc:
+            if exc.code == "cluster_config":  # no cluster configured at all: nothing to dry-run against
+                notes.append("no cluster is configured, so no server-side dry run was made")
+                return checks, notes
             raise _fail(f"the cluster refused the rendered {obj.kind} on a server-side dry run: {exc.message}; "
                         "nothing was committed", "dry-run-refused") from None
     return checks, notes

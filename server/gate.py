@@ -29,10 +29,10 @@ from opsgate.audit import AuditLog, AuditWriteError
 from opsgate.audit.redact import redact, redact_text
 from opsgate.policies import BoundAttrs, BoundName, Decision, Policy, Rule
 from opsgate.policies.bounds import check_bounds
-from opsgate.policies.ratelimit import RateLimiter
 from opsgate.telemetry import names as tnames
 from opsgate.tools.context import AuditSummarized, BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
+from opsgate.tools.kube import ActingFor, acting_for
 from opsgate.vocab.kinds import WORKLOAD_KINDS
 from opsgate.vocab.names import dns1123_problem
 
@@ -484,7 +484,7 @@ class Gate:
         self._in_flight = 0  # calls between decision and outcome: decides how records are appended
         # Calls running, by call id: tool, caller, start, and a read's decision record not yet written.
         self._open: dict[str, tuple[str, Caller, float, dict[str, Any] | None]] = {}
-        self._client_caller: tuple[tuple[str | None, str | None], Caller] | None = None  # see with_client
+        self._client_caller: tuple[tuple[str | None, str | None, Caller], Caller] | None = None  # see with_client
         self._summary_of: dict[type[Any], bool] = {}  # result class -> gives an audit summary (_summarized)
 
     def register(self, specs: Iterable[ToolSpec[Any, Any]]) -> None:
@@ -514,19 +514,20 @@ class Gate:
         spec = self._tools.get(tool)
         return spec.verb if spec else None
 
-    def list_tools(self, principal: str | None = None) -> list[types.Tool]:
+    def list_tools(self, principal: str | None = None, groups: tuple[str, ...] = ()) -> list[types.Tool]:
         """What this principal may call somewhere: a tool it can never call is noise for the assistant."""
         who = principal or self.caller.principal
-        return [tool for tool in self._listing if self._offered(self._tools[tool.name], who)]
+        return [tool for tool in self._listing if self._offered(self._tools[tool.name], who, groups)]
 
-    def _offered(self, spec: ToolSpec[Any, Any], principal: str) -> bool:
+    def _offered(self, spec: ToolSpec[Any, Any], principal: str, groups: tuple[str, ...] = ()) -> bool:
         if self.read_only and spec.verb == "write":
             return False
         if self.disable_destructive and spec.destructive:
             return False
-        return self.policy.may_call_somewhere(principal, spec.name, spec.verb, namespaced=spec.namespaced)
+        return self.policy.may_call_somewhere(principal, spec.name, spec.verb, namespaced=spec.namespaced,
+                                              groups=groups)
 
-    def decide(self, principal: str, namespace: str, tool: str) -> GateDecision:
+    def decide(self, principal: str, namespace: str, tool: str, groups: tuple[str, ...] = ()) -> GateDecision:
         """The decision alone, for ``explain_access`` and for the call path."""
         verb = self.verb_of(tool) or "read"
         if self.read_only and verb == "write":
@@ -535,8 +536,12 @@ class Gate:
         if self.disable_destructive and spec is not None and spec.destructive:
             return GateDecision(False, "denied: the server runs with --disable-destructive")
         try:
-            decision = self.policy.decide(principal, namespace, tool, verb)
-            via = self.policy.granted_via(principal, namespace, decision.rule) if decision.rule else ()
+            decision = self.policy.decide(principal, namespace, tool, verb, groups)
+            via: tuple[Rule, ...] = ()
+            rule = decision.rule
+            if rule is not None:
+                for subject in (principal, *groups):  # a token's group may hold the grant
+                    via = via or self.policy.granted_via(subject, namespace, rule)
             return GateDecision.from_policy(decision, via)
         except Exception as exc:  # a policy that fails while deciding denies
             log.error("policy_error", error=repr(exc))
@@ -552,7 +557,7 @@ class Gate:
         yes stands, ``confirmed``, and the rate limit is not charged twice): a grant revoked meanwhile
         stops the call.
         """
-        decision = self.decide(caller.principal, namespace, spec.name)
+        decision = self.decide(caller.principal, namespace, spec.name, caller.groups)
         if not decision.allowed:
             return decision
         bounds = self.policy.bounds_for(decision.subject)  # never None: some bounds hold for every subject
@@ -622,19 +627,20 @@ class Gate:
 
         return check
 
-    def with_client(self, name: str | None, version: str | None) -> Caller:
+    def with_client(self, name: str | None, version: str | None, base: Caller | None = None) -> Caller:
         """The caller with the client's self-reported name and version, capped and redacted once per session.
 
         ``clientInfo`` is the client's text: it lands in every decision record, so a megabyte name or a
-        token pasted into it would be copied into each one (issue 15 item 6).
+        token pasted into it would be copied into each one (issue 15 item 6). ``base``: the request's own
+        caller (a verified token's, over HTTP); else the process's.
         """
-        key = (name, version)
+        c = base or self.caller
+        key = (name, version, c)
         cached = self._client_caller
         if cached is not None and cached[0] == key:
             return cached[1]
-        c = self.caller
         caller = Caller(c.principal, c.principal_source, c.os_user, client_text(name), client_text(version),
-                        c.session_id)
+                        c.session_id, c.groups)
         self._client_caller = (key, caller)
         return caller
 
@@ -661,9 +667,10 @@ class Gate:
         """A call through the gate, its answer not yet put on the wire (resources read the error as is)."""
         self._in_flight += 1
         try:
-            if telemetry.ON:
-                return await self._traced_call(name, arguments, caller, progress, route, ask)
-            return await self._call(name, arguments, caller, progress, route, ask)
+            with acting_for(ActingFor(caller.principal, caller.groups)):  # whom the cluster hears it is for
+                if telemetry.ON:
+                    return await self._traced_call(name, arguments, caller, progress, route, ask)
+                return await self._call(name, arguments, caller, progress, route, ask)
         finally:
             self._in_flight -= 1
 
@@ -764,7 +771,8 @@ class Gate:
         the outcome in one write and one fsync before anything of the result leaves (audit/SCHEMA.md)."""
         client = f"{caller.client_name}/{caller.client_version}" if caller.client_name else None
         context = CallContext(call_id=call_id, principal=caller.principal, client=client, report_progress=progress,
-                              check_bounds=check_bounds, policy_rule=policy_rule)
+                              check_bounds=check_bounds, groups=caller.groups,
+                              principal_source=caller.principal_source, policy_rule=policy_rule)
         result: BaseModel | None = None
         error: dict[str, Any] | None = None  # for the outcome record (audit/SCHEMA.md)
         envelope: dict[str, Any] | None = None  # for the caller (README "Errors")
