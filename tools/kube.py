@@ -15,6 +15,9 @@ Every API call goes through :meth:`Kube.call`, which
   skip the generated models' per-field conversion on every response;
 - sends the call id as the ``Audit-ID`` request header, which a real API
   server keeps in its own audit log, so a reviewer can join the two logs;
+- when the server impersonates (:class:`Impersonation`), sends who the call is
+  for (:func:`acting_for`) as ``Impersonate-User`` and ``Impersonate-Group``,
+  per request, never on the shared client, so the cluster's RBAC decides too;
 - maps ``ApiException`` to :class:`KubeApiError` (code ``api_error``, with the
   HTTP status and the reason/message/causes of the API's Status body) and
   socket-level failures to :class:`ClusterUnreachable`
@@ -27,7 +30,10 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -44,8 +50,9 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api
 
 __all__ = [
-    "CONFLICT_ATTEMPTS", "DEFAULT_TIMEOUT", "JSON_PATCH", "MAX_CONCURRENT_CALLS", "ClusterUnreachable", "Kube",
-    "KubeApiError", "KubeTarget", "api_error", "guarded_patch", "retry_on_conflict",
+    "CONFLICT_ATTEMPTS", "DEFAULT_TIMEOUT", "JSON_PATCH", "MAX_CONCURRENT_CALLS", "ActingFor", "ClusterUnreachable",
+    "Impersonation", "Kube", "KubeApiError", "KubeTarget", "acting_for", "api_error", "cluster_refusal",
+    "guarded_patch", "impersonation_headers", "retry_on_conflict",
 ]
 
 DEFAULT_TIMEOUT: Final = (3.0, 10.0)
@@ -66,6 +73,67 @@ class KubeTarget(BaseModel):
     context: str | None = Field(default=None, description="kubeconfig context; None: its current-context.")
     in_cluster: bool = Field(default=False, description="Use the pod's service account (in-cluster config).")
     sandbox_url: str | None = Field(default=None, description="URL of an opsgate sandbox cluster (no auth, no TLS).")
+
+
+@dataclass(frozen=True)
+class ActingFor:
+    """Whom a cluster request is made for: the gate's principal and groups for the call running."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Impersonation:
+    """Send the caller as ``Impersonate-User`` and one ``Impersonate-Group`` per group, so the cluster's RBAC
+    applies to the person, not only opsgate's account. A group is the caller's policy subject without the
+    policy's prefix (``group:platform`` -> ``platform``), then ``group_prefix`` (the cluster's, e.g. ``oidc:``)."""
+
+    group_prefix: str = ""
+    policy_prefix: str = "group:"
+
+
+# Set by the gate around a call (contextvars follow the call into its worker threads: anyio copies them).
+_ACTING_FOR: ContextVar[ActingFor | None] = ContextVar("opsgate_acting_for", default=None)
+
+
+@contextmanager
+def acting_for(who: ActingFor | None) -> Iterator[None]:
+    """Cluster requests made inside run for ``who`` (when the Kube impersonates)."""
+    token = _ACTING_FOR.set(who)
+    try:
+        yield
+    finally:
+        _ACTING_FOR.reset(token)
+
+
+def _header_spellings(name: str, count: int) -> list[str]:
+    """``count`` spellings of one header name differing only in case. The client hands urllib3 a plain dict,
+    which holds one value a key; HTTP names are case-insensitive, so each spelling is one more header line,
+    and the API server reads them all as one repeated header (as client-go sends Impersonate-Group)."""
+    letters = [i for i, c in enumerate(name) if c.isalpha()]
+    out = []
+    for n in range(count):
+        chars = list(name)
+        for bit, at in enumerate(letters):
+            if n >> bit & 1:
+                chars[at] = chars[at].swapcase()
+        out.append("".join(chars))
+    return out
+
+
+#: Groups sent at most (the token's first ones): 2**15 spellings are possible, a header block is not.
+MAX_IMPERSONATED_GROUPS: Final = 64
+
+
+@lru_cache(maxsize=256)
+def impersonation_headers(impersonation: Impersonation, who: ActingFor) -> dict[str, str]:
+    """Pure: the request headers that make the cluster act as ``who`` (cached: callers copy, never change it)."""
+    headers = {"Impersonate-User": who.user}
+    groups = who.groups[:MAX_IMPERSONATED_GROUPS]
+    for spelling, group in zip(_header_spellings("Impersonate-Group", len(groups)), groups, strict=True):
+        headers[spelling] = impersonation.group_prefix + group.removeprefix(impersonation.policy_prefix)
+    return headers
 
 
 class KubeApiError(ToolError):
@@ -201,6 +269,16 @@ def api_error(status: int, http_reason: str | None, body: str | None, what: str,
                         field=_clip(fields[0], 256) if fields else None, causes=causes, audit_id=audit_id)
 
 
+def cluster_refusal(error: KubeApiError, user: str) -> KubeApiError:
+    """A 403 to a request made as ``user`` (impersonated): the cluster's RBAC refused the person, which is not
+    opsgate's policy; rule ``cluster-rbac`` says so, and the message says whom the cluster judged."""
+    return KubeApiError(
+        _clip(f"the cluster's RBAC refused {name_in_text(user)} (opsgate's policy allowed the call): {error.message}"),
+        status=403, reason=error.reason, rule="cluster-rbac", field=error.field, causes=error.causes,
+        audit_id=error.audit_id,
+    )
+
+
 @lru_cache(maxsize=1)
 def _configuration_class() -> type[Configuration]:
     """The client's Configuration, minus a cost per request: with a token user the kubeconfig loader's
@@ -264,6 +342,7 @@ class Kube:
         self._core: CoreV1Api | None = None
         self._server: str | None = None
         self._context: str | None = None
+        self.impersonation: Impersonation | None = None  # set by the server when the cluster's RBAC should decide too
 
     @classmethod
     def from_kubeconfig_dict(
@@ -382,8 +461,11 @@ class Kube:
         self.connect()
         kwargs.setdefault("_request_timeout", self.request_timeout)
         kwargs["_preload_content"] = False
+        headers = self.identity_headers()
         if audit_id:
-            kwargs["_headers"] = {"Audit-ID": audit_id}
+            headers = {**headers, "Audit-ID": audit_id} if headers else {"Audit-ID": audit_id}
+        if headers:
+            kwargs["_headers"] = headers
         is_write = getattr(fn, "__name__", "").startswith(_WRITE_PREFIXES)
         # The client checks every call's ~20 parameters with pydantic (validate_call), 25 us a read; a read's
         # arguments here are already-validated strings and our own options, so reads call the method itself.
@@ -396,7 +478,9 @@ class Kube:
             if not exc.status:  # the client's own wrapper for TLS failures
                 raise self._unreachable(what, str(exc.reason), "tls", is_write) from None
             echoed = exc.headers.get("Audit-Id") if exc.headers is not None else None
-            raise api_error(int(exc.status), exc.reason, exc.body, what, echoed) from None
+            error = api_error(int(exc.status), exc.reason, exc.body, what, echoed)
+            user = headers.get("Impersonate-User") if headers else None
+            raise (cluster_refusal(error, user) if user is not None and error.status == 403 else error) from None
         except (Urllib3Error, OSError) as exc:
             raise self._unreachable_from(exc, what, is_write) from None
         finally:
@@ -409,6 +493,13 @@ class Kube:
         except ValueError:
             raise ToolError(f"{what}: the API answered something that is not JSON", code="api_error",
                             rule="bad-response") from None
+
+    def identity_headers(self) -> dict[str, str]:
+        """The impersonation headers for the call running, or none (no impersonation, or nobody acting)."""
+        who = _ACTING_FOR.get()
+        if self.impersonation is None or who is None:
+            return {}
+        return impersonation_headers(self.impersonation, who)
 
     def _unreachable_from(self, exc: BaseException, what: str, is_write: bool) -> ClusterUnreachable:
         from urllib3.exceptions import (
