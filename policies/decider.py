@@ -139,7 +139,7 @@ class Policy:
             self._load_into_casbin()
 
         self._lock = threading.Lock()
-        self._memo: OrderedDict[tuple[str, str, str, str], Decision] = OrderedDict()
+        self._memo: OrderedDict[tuple[str, str, str, str, tuple[str, ...]], Decision] = OrderedDict()
         self._role_cache_keys: set[tuple[str, str]] = set()
         self._witnesses = _witness_namespaces([r.fields[1] for r in self._grants] + [dom for _, _, dom in links])
         self._effective: OrderedDict[str, tuple[EffectiveGrant, ...]] = OrderedDict()
@@ -191,24 +191,33 @@ class Policy:
 
     # ----------------------------------------------------------------------- deciding
 
-    def decide(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
-        """Decide one request; never raises: any failure is a denial that says why."""
+    def decide(self, principal: str, namespace: str, tool: str, action: str,
+               groups: tuple[str, ...] = ()) -> Decision:
+        """Decide one request; never raises: any failure is a denial that says why.
+
+        ``groups``: subjects a verified token makes the principal a member of (``group:platform``), as if
+        ``g, principal, group, *`` were in the policy: their rules apply, a deny among them wins.
+        """
         try:
-            key = (principal, namespace, tool, action)
+            key = (principal, namespace, tool, action, groups)
             with self._lock:
                 cached = self._memo.get(key)
                 if cached is not None:
                     self._memo.move_to_end(key)
                     return cached
             problem = request_problem(principal, namespace, tool, action)
+            for group in groups:
+                problem = problem or request_problem(group, namespace, tool, action)
             if problem is not None:
                 return Decision(False, None, f"denied: invalid request: {problem}", self.hash)
             if self.indexed:
-                decision = self._match(principal, namespace, tool, action)
+                decision = self._match(principal, namespace, tool, action, groups)
             else:
                 with self._lock:
-                    decision = self._enforce(principal, namespace, tool, action)
-            decision = self._with_where(self._protect(decision, namespace, action), principal, namespace, tool, action)
+                    decision = self._enforce_all(principal, namespace, tool, action, groups)
+            decision = self._protect(decision, namespace, action)
+            if not groups:  # the note on where else it may act is worked out for the principal's own grants
+                decision = self._with_where(decision, principal, namespace, tool, action)
             with self._lock:
                 self._memo[key] = decision
                 if len(self._memo) > self._memo_limit:
@@ -253,9 +262,10 @@ class Policy:
             decision = self._protect(decision, namespace, action)
         return self._with_where(decision, principal, namespace, tool, action)
 
-    def _match(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
+    def _match(self, principal: str, namespace: str, tool: str, action: str,
+               groups: tuple[str, ...] = ()) -> Decision:
         """Decide through the index: the first matching deny, else the last matching allow."""
-        first_deny, last_allow = self._index.match(principal, namespace, tool, action)
+        first_deny, last_allow = self._index.match(principal, namespace, tool, action, groups)
         if first_deny is not None:
             rule = self._grants[first_deny]
             return Decision(False, rule, f"denied by {rule.source} ({rule.text})", self.hash)
@@ -272,6 +282,16 @@ class Policy:
             f"denied: no rule allows {principal} to {action} with {tool} {where} (default deny)",
             self.hash,
         )
+
+    def _enforce_all(self, principal: str, namespace: str, tool: str, action: str,
+                     groups: tuple[str, ...]) -> Decision:
+        """Casbin (lock held) for the principal and each of its groups: a deny rule among them wins, else
+        the first allow, else the principal's default deny (the index's answer for the shipped matcher)."""
+        decisions = [self._enforce(subject, namespace, tool, action) for subject in (principal, *groups)]
+        for decision in decisions:
+            if not decision.allowed and decision.rule is not None:
+                return decision
+        return next((d for d in decisions if d.allowed), decisions[0])
 
     def _enforce(self, principal: str, namespace: str, tool: str, action: str) -> Decision:
         """Ask Casbin (lock held) and turn its matched rule back into our Rule."""
@@ -319,7 +339,8 @@ class Policy:
             applies |= self._index.rules_for(self._index.subjects(principal, ns), ns)
         return [self._grants[i] for i in sorted(applies)]
 
-    def may_call_somewhere(self, principal: str, tool: str, action: str, *, namespaced: bool = True) -> bool:
+    def may_call_somewhere(self, principal: str, tool: str, action: str, *, namespaced: bool = True,
+                           groups: tuple[str, ...] = ()) -> bool:
         """Whether some namespace lets the principal make this call: for filtering tools/list.
 
         ``namespaced``: the tool targets a namespace (every Kubernetes
@@ -332,11 +353,13 @@ class Policy:
             if request_problem(principal, NO_NAMESPACE, tool, action) is not None:
                 return False
             if not namespaced:
-                return self.decide(principal, NO_NAMESPACE, tool, action).allowed
+                return self.decide(principal, NO_NAMESPACE, tool, action, groups).allowed
             if not self.indexed:
                 return True
             index = self._index
             subjects = {principal, EVERYONE, *index.reachable_anywhere(principal), *index.reachable_anywhere(EVERYONE)}
+            for group in groups:
+                subjects |= {group, *index.reachable_anywhere(group)}
             tried: set[str] = set()
             for subject in subjects:
                 for position in self._allows_by_subject.get(subject, ()):
@@ -347,7 +370,7 @@ class Policy:
                         if ns == NO_NAMESPACE or ns in tried:
                             continue
                         tried.add(ns)
-                        first_deny, last_allow = index.match(principal, ns, tool, action)
+                        first_deny, last_allow = index.match(principal, ns, tool, action, groups)
                         if first_deny is None and last_allow is not None and not (
                             action == "write" and ns in self.protected and self._grants[last_allow].fields[1] != ns
                         ):

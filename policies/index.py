@@ -170,21 +170,27 @@ class RuleIndex:
             frontier = following
         return found
 
-    def subjects(self, principal: str, namespace: str) -> set[str]:
-        """Every p.sub that the matcher's g(...) terms accept for this principal and namespace."""
-        return {
+    def subjects(self, principal: str, namespace: str, groups: tuple[str, ...] = ()) -> set[str]:
+        """Every p.sub that the matcher's g(...) terms accept for this principal and namespace. ``groups``: the
+        subjects a verified token puts the principal in (``group:platform``), as if linked in every namespace."""
+        found = {
             principal,
             EVERYONE,
             *self.reachable(principal, namespace),
             *self.reachable(EVERYONE, namespace),
         }
+        for group in groups:
+            found.add(group)
+            found.update(self.reachable(group, namespace))
+        return found
 
-    def match(self, principal: str, namespace: str, tool: str, action: str) -> tuple[int | None, int | None]:
+    def match(self, principal: str, namespace: str, tool: str, action: str,
+              groups: tuple[str, ...] = ()) -> tuple[int | None, int | None]:
         """(first matching deny, last matching allow), as positions among the p rules."""
         first_deny: int | None = None
         last_allow: int | None = None
         by_subject = self._by_subject
-        for subject in self.subjects(principal, namespace):
+        for subject in self.subjects(principal, namespace, groups):
             by_namespace = by_subject.get(subject)
             if by_namespace is None:
                 continue

@@ -27,6 +27,7 @@ from .errors import (
     path_not_found,
     unsupported_media_type,
 )
+from .impersonation import Acting, Impersonation
 from .kinds import POD, SELF_SUBJECT_REVIEW
 from .pods import STREAM_SUBRESOURCES, PodLogs, log_container, no_containers, select_log
 from .resources import PRIMITIVE_MERGE_LISTS, ResourceRegistry, ResourceType
@@ -48,6 +49,7 @@ class Request:
     query: dict[str, str]
     headers: dict[str, str]
     body: bytes = b""
+    impersonate_groups: tuple[str, ...] = ()  # one Impersonate-Group header each (a dict keeps one)
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
@@ -141,6 +143,7 @@ class Api:
         self.watch_poll = 1.0
         self._apply_schemas: dict[str, ssa.Schema] = {}  # per kind, for server-side apply
         self.pod_logs = PodLogs()  # the stand-in kubelet writes here, ``pods/log`` reads
+        self.impersonation = Impersonation(self.users.values())  # the named users (the admin token's) may impersonate
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -151,6 +154,8 @@ class Api:
             return Response(exc.code, exc.status())
 
     def _handle(self, req: Request) -> Response | WatchStream:
+        acting = self.impersonation.acting_as(self._user_of(req), req.header("impersonate-user"),
+                                              req.impersonate_groups)
         path = "/" + req.path.strip("/")
         if path in ("/healthz", "/livez", "/readyz"):
             return Response(200, "ok", "text/plain")
@@ -184,7 +189,11 @@ class Api:
                 raise path_not_found()
             return Response(200, doc)
         route = self._route(group, version, rest)
-        return self._dispatch(req, route)
+        if acting is not None:
+            resource = route.rt.plural + (f"/{route.subresource}" if route.subresource else "")
+            self.impersonation.authorize(acting, _verb(req, route), resource, group, route.namespace, route.name,
+                                         path)
+        return self._dispatch(req, route, acting)
 
     def _openapi(self, parts: list[str]) -> Response:
         if not parts:
@@ -227,7 +236,7 @@ class Api:
             raise path_not_found()
         return Route(rt, namespace, name, sub)
 
-    def _dispatch(self, req: Request, route: Route) -> Response | WatchStream:
+    def _dispatch(self, req: Request, route: Route, acting: Acting | None = None) -> Response | WatchStream:
         method = req.method
         if route.subresource in STREAM_SUBRESOURCES:
             return self._pod_stream(req, route)
@@ -242,7 +251,7 @@ class Api:
                 if route.rt.namespaced and route.namespace is None:
                     raise method_not_allowed(method)
                 if route.rt is SELF_SUBJECT_REVIEW:
-                    return self._self_subject_review(req)
+                    return self._self_subject_review(req, acting)
                 if route.rt.key in reviews.REVIEW_KEYS:
                     return Response(201, reviews.answer(route.rt, req.json_body(), self._ns(route)))
                 return self._create(req, route)
@@ -390,15 +399,22 @@ class Api:
         lines = self.pod_logs.read(self._ns(route), route.name or "", container)
         return Response(200, select_log(lines, req.query, time.time()), "text/plain")
 
-    def _self_subject_review(self, req: Request) -> Response:
-        """Who the request's bearer token is: a user the sandbox was given, else anonymous, as on a
-        cluster that allows anonymous requests. Nothing is stored, and the body (kubectl sends it as
-        protobuf) carries nothing to read: a SelfSubjectReview has no spec."""
+    def _user_of(self, req: Request) -> str:
+        """Who the request's bearer token is: a user the sandbox was given, else anonymous."""
         scheme, _, token = req.header("authorization").partition(" ")
         user = self.users.get(token) if scheme.lower() == "bearer" else None
+        return user if user is not None else "system:anonymous"
+
+    def _self_subject_review(self, req: Request, acting: Acting | None = None) -> Response:
+        """Who the request's bearer token is (or whom it impersonates): a user the sandbox was given, else
+        anonymous, as on a cluster that allows anonymous requests. Nothing is stored, and the body (kubectl
+        sends it as protobuf) carries nothing to read: a SelfSubjectReview has no spec."""
+        user = self._user_of(req)
         info: JSON = (
-            {"username": user, "groups": ["system:authenticated"]}
-            if user is not None
+            {"username": acting.user, "groups": [*acting.groups, "system:authenticated"]}
+            if acting is not None
+            else {"username": user, "groups": ["system:authenticated"]}
+            if user != "system:anonymous"
             else {"username": "system:anonymous", "groups": ["system:unauthenticated"]}
         )
         review = {

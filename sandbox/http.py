@@ -159,6 +159,7 @@ class Handler(BaseHTTPRequestHandler):
             query=dict(parse_qsl(split.query, keep_blank_values=True)),
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
+            impersonate_groups=tuple(self.headers.get_all("Impersonate-Group") or ()),
         )
         audit_id = request.header("audit-id") or str(uuid.uuid4())
         traceparent = request.header("traceparent")

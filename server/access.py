@@ -116,11 +116,13 @@ def access_tools(
                 effect=g.rule.fields[4], namespaces=g.namespaces, tools=g.rule.fields[2], verb=g.rule.fields[3],
                 via=g.rule.fields[0], source=g.rule.source, granted_by=[link.source for link in g.via],
             )
-            for g in gate.policy.effective_grants(ctx.principal)
+            for g in dict.fromkeys(  # the principal's own grants, then its token's groups' (once each)
+                grant for subject in (ctx.principal, *ctx.groups) for grant in gate.policy.effective_grants(subject)
+            )
         ]
         return WhoamiResult(
             principal=ctx.principal,
-            principal_source=caller.principal_source,
+            principal_source=ctx.principal_source or caller.principal_source,
             os_user=caller.os_user,
             client=ctx.client,
             read_only=gate.read_only,
@@ -143,7 +145,7 @@ def access_tools(
                 f"no tool named {args.tool!r}; tools: {', '.join(gate.tool_names)}",
                 code="invalid_arguments", field="tool", rule="unknown-tool",
             )
-        d = gate.decide(ctx.principal, args.namespace, args.tool)
+        d = gate.decide(ctx.principal, args.namespace, args.tool, ctx.groups)
         # Only for the policy's own denials (a --read-only refusal has no policy hash): where it would allow.
         policy_denied = not d.allowed and d.policy_hash is not None and args.namespace != "-"
         where = gate.policy.allowed_in(ctx.principal, args.tool, verb) if policy_denied else None

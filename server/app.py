@@ -24,6 +24,9 @@ from .gate import Gate
 from .records import Caller
 from .toolspec import AskFn
 
+# The ASGI scope key server/http.py puts a request's verified caller under (here so stdio never imports http).
+CALLER_KEY = "opsgate.caller"
+
 INSTRUCTIONS = (
     "opsgate operates Kubernetes workloads and ONNX models for the user. Every call is checked "
     "against a Casbin policy and recorded in an audit log. Call whoami first to see what you may do; "
@@ -41,6 +44,19 @@ def _client_of(ctx: ServerRequestContext[Any]) -> tuple[str | None, str | None]:
 def request_attributes(caller: Caller) -> dict[str, str]:
     """What opsgate adds to the SDK's request span: the session (MCP conventions) and the principal."""
     return {"mcp.session.id": caller.session_id, PRINCIPAL: caller.principal}
+
+
+def request_caller(ctx: ServerRequestContext[Any]) -> Caller | None:
+    """Over HTTP with OAuth, the caller the request's verified token names (server/http.py puts it in the
+    request's ASGI scope); None over stdio, where the process's caller acts."""
+    scope = getattr(ctx.request, "scope", None)
+    caller = scope.get(CALLER_KEY) if isinstance(scope, dict) else None
+    return caller if isinstance(caller, Caller) else None
+
+
+def caller_of(gate: Gate, ctx: ServerRequestContext[Any]) -> Caller:
+    """Who a request is for, with its client's self-reported name and version."""
+    return gate.with_client(*_client_of(ctx), base=request_caller(ctx))
 
 
 CONFIRM_SCHEMA = {
@@ -72,12 +88,13 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=gate.list_tools(gate.caller.principal))
+        caller = request_caller(ctx) or gate.caller
+        return types.ListToolsResult(tools=gate.list_tools(caller.principal, caller.groups))
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        caller = gate.with_client(*_client_of(ctx))
+        caller = caller_of(gate, ctx)
         if telemetry.ON:  # the MCP SDK's span of this request (its parent: the caller's _meta.traceparent)
             telemetry.current().set_attributes(request_attributes(caller))
         progress: ProgressFn = ctx.session.report_progress
@@ -86,7 +103,8 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
     async def list_resources(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        if not gate.decide(gate.caller.principal, "-", "audit_log").allowed:
+        caller = request_caller(ctx) or gate.caller
+        if not gate.decide(caller.principal, "-", "audit_log", caller.groups).allowed:
             return types.ListResourcesResult(resources=[])
         return types.ListResourcesResult(resources=[
             types.Resource(uri=OWN_RECORDS_URI, name="my-audit-records", mime_type="application/json",
@@ -99,7 +117,7 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
         """Through the gate like a tool call: decided, audited, and refused when the policy says so."""
         if str(params.uri) != OWN_RECORDS_URI:
             raise MCPError(code=types.INVALID_PARAMS, message=f"no resource {params.uri}")
-        answer = await gate.answer("audit_log", {}, gate.with_client(*_client_of(ctx)), route="resource")
+        answer = await gate.answer("audit_log", {}, caller_of(gate, ctx), route="resource")
         if answer.error is not None:  # the same envelope a tool error carries (README "Errors")
             raise MCPError(code=types.INVALID_REQUEST, message=str(answer.error["message"]), data=answer.error)
         text = json.dumps(answer.data, separators=(",", ":"))

@@ -37,6 +37,15 @@ from opsgate.telemetry import split_address
 from opsgate.vocab.names import is_dns1123_label
 
 ENV_PREFIX = "OPSGATE_"
+#: Token signature algorithms the HTTP server may accept (server/oauth.py): asymmetric only, never none or HS*.
+JwtAlgorithm = Literal["RS256", "ES256", "EdDSA"]
+
+
+def http_address(text: str) -> tuple[str, int]:
+    """``--http``: ``HOST:PORT``, or a port alone on loopback. Pure; ValueError naming what is wrong."""
+    return split_address(text if ":" in text else f"127.0.0.1:{text}")
+
+
 # The README's example grant is for team-*: its first namespace exists on the sandbox from the start.
 DEFAULT_SANDBOX_NAMESPACES = ("team-a",)
 # Variables with these prefixes belong to the test suite, not to the server.
@@ -156,6 +165,60 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    # The team server (server/http.py, server/oauth.py): streamable HTTP, OAuth 2.1 resource server, impersonation.
+    http: str | None = Field(
+        default=None, json_schema_extra={"metavar": "[HOST:]PORT"},
+        description="Serve MCP over streamable HTTP at /mcp on this address instead of stdio (a port alone: "
+        "127.0.0.1); an address other than loopback needs --oauth-issuer.",
+    )
+    oauth_issuer: str | None = Field(
+        default=None, description="OIDC issuer URL whose JWTs (found by discovery) the HTTP server accepts; "
+        "principal and groups come from the token, never from --principal.",
+    )
+    oauth_resource: str | None = Field(
+        default=None, description="This server's resource URL, the audience a token must name (RFC 8707); "
+        "default http://HOST:PORT/mcp of --http.",
+    )
+    oauth_principal_claim: str = Field(default="sub", description="Token claim naming the principal "
+                                       "(sub, email, preferred_username, ...).")
+    oauth_groups_claim: str = Field(default="groups", description="Token claim listing the principal's groups.")
+    oauth_group_prefix: str = Field(default="group:", description="Policy subject of a token group: prefix + name.")
+    oauth_algorithms: Annotated[tuple[JwtAlgorithm, ...], NoDecode] = Field(
+        default=("RS256", "ES256", "EdDSA"), min_length=1, json_schema_extra={"metavar": "ALG,ALG"},
+        description="Token signature algorithms accepted (a subset of RS256, ES256, EdDSA; never none or HS*).",
+    )
+    oauth_scopes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), json_schema_extra={"metavar": "SCOPE,SCOPE"},
+        description="Scopes a token must hold (all of them); published as scopes_supported.",
+    )
+    impersonate: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Send the caller as Impersonate-User/-Group on cluster requests, so the "
+        "cluster's RBAC decides too; auto: on when --oauth-issuer is set.",
+    )
+    impersonate_group_prefix: str = Field(
+        default="", description="Prefix of Impersonate-Group values (the token's group names, without the "
+        "policy's group prefix), e.g. oidc: as the API server's --oidc-groups-prefix.",
+    )
+
+    @field_validator("oauth_algorithms", "oauth_scopes", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("http")
+    @classmethod
+    def _http_is_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            http_address(value)
+        return value
+
+    @field_validator("oauth_issuer", "oauth_resource")
+    @classmethod
+    def _is_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
 
     @field_validator("sandbox_namespaces", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -25,6 +26,7 @@ from opsgate import telemetry
 from opsgate.audit import AuditLog, AuditTrustError, AuditWriteError
 from opsgate.policies import POLICY_FILE, SHIPPED_DIR, BoundName, Policy
 from opsgate.policies.lint import format_findings, load_checked
+from opsgate.tools.kube import Impersonation
 
 from . import __version__
 from .catalog import server_tools, tool_bounds, tool_verbs
@@ -160,10 +162,36 @@ def start_telemetry(settings: Settings) -> None:
         log.info("telemetry", traces=traces, metrics=metrics, metrics_address=telemetry.metrics_address())
 
 
+def http_listener(settings: Settings) -> Any:
+    """``--http``: its settings checked and its address bound (server/http.py), or None over stdio."""
+    if settings.http is None and settings.oauth_issuer is None and settings.oauth_resource is None:
+        return None
+    from .http import HttpSetupError, listen
+
+    try:
+        return listen(settings)
+    except HttpSetupError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def impersonation(settings: Settings) -> Impersonation | None:
+    """Whether cluster requests carry the caller as Impersonate-User/-Group: ``auto`` is on with OAuth, where
+    the caller is a person the cluster knows; the token's group names, in the cluster's prefix."""
+    on = settings.impersonate == "on" or (settings.impersonate == "auto" and settings.oauth_issuer is not None)
+    return Impersonation(settings.impersonate_group_prefix, settings.oauth_group_prefix) if on else None
+
+
 def serve(settings: Settings) -> None:
     configure_logging(settings.log_level)
     start_telemetry(settings)
-    gate, cluster = build_gate(settings)
+    listener = http_listener(settings)
+    try:
+        gate, cluster = build_gate(settings)
+    except BaseException:
+        if listener is not None:
+            listener.sock.close()
+        raise
+    cluster.kube.impersonation = impersonation(settings)
     if cluster.is_sandbox:
         log.warning("sandbox_cluster",
                     message="no kubeconfig found: the Kubernetes tools use the built-in sandbox cluster, "
@@ -185,9 +213,15 @@ def serve(settings: Settings) -> None:
         gate.audit.append(start)
     except AuditWriteError as exc:
         raise StartupError(f"audit log {settings.audit_log} cannot be written ({exc}); refusing to serve") from exc
-    if sys.stdin.isatty():
+    if sys.stdin.isatty() and listener is None:
         print(banner(gate, cluster, settings), file=sys.stderr, flush=True)
-    log.info("serving", transport="stdio", principal=gate.caller.principal, audit_log=str(settings.audit_log),
+    if listener is not None:
+        print(f"opsgate {__version__}: MCP over streamable HTTP at {listener.url}"
+              + (f", OAuth tokens from {settings.oauth_issuer}" if settings.oauth_issuer else
+                 " (loopback, no OAuth: every request acts as the server's own principal)"),
+              file=sys.stderr, flush=True)
+    log.info("serving", transport="stdio" if listener is None else "http", principal=gate.caller.principal,
+             audit_log=str(settings.audit_log),
              policy_hash=gate.policy.hash, tools=len(gate.list_tools(gate.caller.principal)),
              tools_total=len(gate.tool_names))
 
@@ -198,6 +232,15 @@ def serve(settings: Settings) -> None:
         except AuditWriteError as exc:
             log.error("audit_write_failed", stage="input_rejected", error=str(exc))
         log.warning("input_rejected", **facts)
+
+    async def token_refused(facts: dict[str, Any]) -> None:
+        """A bearer token the HTTP server refused: the rule and what it claimed (kid, iss), never the token."""
+        nobody = replace(gate.caller, principal="-", principal_source="oauth", session_id=gate.caller.session_id)
+        try:
+            await anyio.to_thread.run_sync(gate.audit.append, server_record("token_refused", nobody, **facts))
+        except AuditWriteError as exc:
+            log.error("audit_write_failed", stage="token_refused", error=str(exc))
+        log.warning("token_refused", **{k: v for k, v in facts.items() if k in ("rule", "kid", "path")})
 
     def write_stop(**details: Any) -> None:
         """The stop record, then the last checkpoint (AuditLog.close)."""
@@ -235,9 +278,15 @@ def serve(settings: Settings) -> None:
                         if settings.policy_reload_seconds > 0:
                             tasks.start_soon(watch_policy, gate, settings.policy, gate.verbs,
                                              settings.policy_reload_seconds)
-                        stdin = ScreenedStdin(on_rejected=rejected)
-                        async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
-                            await server.run(read_stream, write_stream, server.create_initialization_options())
+                        if listener is not None:
+                            from .http import ClusterProbe, serve_http
+
+                            await serve_http(server, gate, listener, on_refused=token_refused,
+                                             cluster_ok=ClusterProbe(cluster.kube, cluster.is_sandbox))
+                        else:
+                            stdin = ScreenedStdin(on_rejected=rejected)
+                            async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
+                                await server.run(read_stream, write_stream, server.create_initialization_options())
                         tasks.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
 

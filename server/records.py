@@ -28,15 +28,19 @@ class Caller:
     client_name: str | None
     client_version: str | None
     session_id: str
+    groups: tuple[str, ...] = ()  # policy subjects a verified token puts the principal in (group:platform)
 
     def fields(self) -> dict[str, Any]:
-        return {
+        fields = {
             "principal": self.principal,
             "principal_source": self.principal_source,
             "os_user": self.os_user,
             "client": {"name": self.client_name, "version": self.client_version},
             "session_id": self.session_id,
         }
+        if self.groups:
+            fields["groups"] = list(self.groups)
+        return fields
 
 
 def now() -> str:

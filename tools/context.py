@@ -19,6 +19,8 @@ class CallContext:
     call_id: str
     principal: str
     client: str | None = None
+    groups: tuple[str, ...] = ()  # the principal's groups as policy subjects (group:platform), from its token
+    principal_source: str | None = None  # config, cluster, os-user, or oauth (a verified token)
     report_progress: ProgressFn | None = None
     # For state a write takes from the cluster rather than the arguments (a rollback's restored revision):
     # the tool checks it before writing (tools/bounded.py). None outside the gate (tests calling tools directly).
