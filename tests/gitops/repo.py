@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client
 from ruamel.yaml import YAML
 
 from opsgate.gitops import find_kubectl
+from opsgate.sandbox import SandboxCluster
+from tests.harness import Served, serve, shipped_policy
 
 KUBECTL = find_kubectl()
 IDENTITY = {"GIT_AUTHOR_NAME": "Test Person", "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -147,3 +153,31 @@ def config_file(path: Path, repo: Repo, **extra: Any) -> Path:
     lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]  # JSON scalars are TOML's
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def namespace(api: Any, prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    core: Any = client.CoreV1Api(api)  # the client's methods are typed for its models; tests pass dicts
+    core.create_namespace({"metadata": {"name": name}})
+    return name
+
+
+@asynccontextmanager
+async def opsgate(tmp_path: Path, cluster: SandboxCluster, settings: Path,
+                  env: dict[str, str] | None = None) -> AsyncIterator[Served]:
+    kubeconfig = tmp_path / "kubeconfig"
+    cluster.write_kubeconfig(kubeconfig)
+    policy = shipped_policy(tmp_path / "policy", "g, alice, role:operator, *")
+    (tmp_path / "server").mkdir(exist_ok=True)
+    async with serve(tmp_path / "server", "--principal", "alice", "--kubeconfig", str(kubeconfig), "--policy",
+                     str(policy), "--config", str(settings), env=env) as served:
+        yield served
+
+
+def outcome(served: Served, call_id: str) -> dict[str, Any]:
+    record = next(r for r in served.records() if r.get("call_id") == call_id and r["stage"] == "outcome")
+    return record["outcome"]  # type: ignore[no-any-return]
+
+
+def call_ids(served: Served, tool: str) -> list[str]:
+    return [r["call_id"] for r in served.records() if r.get("tool") == tool and r["stage"] == "outcome"]

