@@ -25,10 +25,12 @@ from pydantic_core import ErrorDetails
 from pydantic_core.core_schema import ErrorType
 
 from opsgate import telemetry
-from opsgate.audit import AuditLog, AuditWriteError
+from opsgate.audit import AuditWriteError
 from opsgate.audit.redact import redact, redact_text
+from opsgate.audit.sink import AuditSink
 from opsgate.policies import BoundAttrs, BoundName, Decision, Policy, Rule
 from opsgate.policies.bounds import check_bounds
+from opsgate.policies.ratelimit import RateLimiter, SharedRateLimiter
 from opsgate.telemetry import names as tnames
 from opsgate.tools.context import AuditSummarized, BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
@@ -466,7 +468,7 @@ class Gate:
         self,
         *,
         policy: Policy,
-        audit: AuditLog,
+        audit: AuditSink,
         caller: Caller,
         read_only: bool = False,
         disable_destructive: bool = False,
@@ -479,8 +481,10 @@ class Gate:
         self.read_only = read_only
         self.disable_destructive = disable_destructive
         # On the gate, not the policy: a reload must not refill anyone's budget.
-        self.limiter = RateLimiter()
-        self.read_limiter = RateLimiter()  # its own buckets: writes never eat the read budget, nor reads the writes
+        # In this process; the team server swaps in SharedRateLimiter (server/main.py) so replicas share them.
+        self.limiter: RateLimiter | SharedRateLimiter = RateLimiter()
+        # Its own buckets: writes never eat the read budget, nor reads the writes.
+        self.read_limiter: RateLimiter | SharedRateLimiter = RateLimiter()
         self._in_flight = 0  # calls between decision and outcome: decides how records are appended
         # Calls running, by call id: tool, caller, start, and a read's decision record not yet written.
         self._open: dict[str, tuple[str, Caller, float, dict[str, Any] | None]] = {}

@@ -173,7 +173,8 @@ def test_bad_requests_get_clear_http_errors(issuer: Issuer, server: HttpServer) 
         no_sse = client.post(server.url, json=INITIALIZE,
                              headers={"Content-Type": "application/json", "Accept": "application/json", **auth})
         assert no_sse.status_code == 406, no_sse.text
-        long_token = client.post(server.url, json=INITIALIZE, headers={**MCP_HEADERS, "Authorization": "Bearer " + "x" * 20_000})
+        long_token = client.post(server.url, json=INITIALIZE,
+                                 headers={**MCP_HEADERS, "Authorization": "Bearer " + "x" * 20_000})
         assert long_token.status_code == 401 and "longer than" in long_token.json()["error_description"]
         try:  # past 64 KiB of headers the HTTP layer stops reading: a 400, or the connection closed mid-send
             huge = client.post(server.url, json=INITIALIZE,
