@@ -246,7 +246,7 @@ class Telemetry:
     @staticmethod
     def trace_ids() -> dict[str, str] | None:
         context = trace.get_current_span().get_span_context()
-        if not context.is_valid:
+        if not context.is_valid or not context.trace_flags.sampled:  # a span not exported is no one's to find
             return None
         return {"trace_id": trace.format_trace_id(context.trace_id), "span_id": trace.format_span_id(context.span_id)}
 
