@@ -9,23 +9,32 @@ Durability and ordering rules, each held by a test in ``tests/test_audit_*.py``:
   decision and outcome, SCHEMA.md "One fsync for a read").
 * **The lone caller.** When no thread is writing, nobody is queued either:
   the caller takes the lead and the file lock, serialises its record with
-  its real seq and prev (``chain.seal_next``), writes it, fsyncs, and lets go.
-  That is the path of every record when calls come one at a time.
-* **Group commit.** Threads calling ``append`` while another writes share
-  fsyncs. Such a caller serialises its body in its own thread, outside any
-  lock (``chain.prepare``), then queues it and sleeps on its own lock. The
-  writing thread, the *leader*, takes every record queued so far, seals them
-  in order (consecutive seq, each ``prev`` the hash before), writes them with
-  ONE ``write`` of whole lines on the ``O_APPEND`` descriptor and fsyncs once.
-  It stays for a few more batches while callers are queued, keeping the file
-  lock, and wakes a batch's callers just before the next batch's fsync (so
-  they run while the fsync holds no GIL); then it lets go of the lock and
-  hands the lead to the oldest caller still queued, or, if none, leaves it
-  free. Each caller is woken exactly once. A batch fails or succeeds as a
-  whole: no caller is told "written" unless the fsync that covered its record
-  returned. One write per batch rather than per record: the lines are whole
-  in the buffer, the flock keeps other writers out, and a crash can only cut
-  the last line short, which recovery handles as before.
+  its real seq and prev (``chain.seal_next``), writes it, lets go of both,
+  and fsyncs. That is the path of every record when calls come one at a time.
+* **Group commit, fsync outside the lock.** Threads calling ``append`` while
+  another writes serialise their bodies in their own threads, outside any
+  lock (``chain.prepare``), queue them and sleep. The writing thread, the
+  *leader*, seals every record queued so far in order (consecutive seq, each
+  ``prev`` the hash before), writes them with ONE ``write`` of whole lines on
+  the ``O_APPEND`` descriptor, hands the lead to the oldest caller still
+  queued (the file lock with it, a few batches in a row at most) and only
+  then fsyncs: the next batch is written while this one's fsync runs.
+* **Acknowledged per offset.** A record is acknowledged only once an fsync
+  that *began after its write* returned; one fsync acknowledges every record
+  written before it began. Up to ``_SYNCS`` fsyncs of a file run at once
+  (journaling filesystems share the work of concurrent fsyncs), each on a
+  descriptor of its own: Linux reports a writeback error once per open file
+  description, so two fsyncs on one could let one succeed for pages the other
+  was told were lost. A caller whose record no running fsync covers sleeps
+  until one returns and hands it the next. One wake-up per waiting caller.
+* **A failed write or fsync loses the file.** Every record written through it
+  and not yet acknowledged is refused, also when an fsync running beside the
+  failed one returns success afterwards, and the descriptor is never used
+  again. Unacknowledged bytes on disk after a power loss can now span the
+  last few batches, not just the last one: a torn last line is sealed on
+  reopen as before; a gap inside them (a filesystem that does not order
+  appending writes) makes the next open refuse the log (fail closed). No
+  acknowledged record is ever affected.
 * The leader hand-off orders threads and an exclusive ``flock`` orders
   processes; on taking the lock the writer re-reads the tail whenever the file
   size is not what it last left, so several processes extend ONE chain.
@@ -108,7 +117,8 @@ _TAIL_WINDOW = 4096
 _COUNT_CHUNK = 1 << 20
 _MAX_BATCH = 1024
 _MAX_BATCH_BYTES = 8 * 1024 * 1024
-_EXTRA_BATCHES = 4  # batches a leader writes for others after its own record is durable
+_KEEP_LOCK = 4  # batches in a row the file lock passes from leader to leader before other processes get a turn
+_SYNCS = 4  # fsyncs of one file in flight at once, each on a descriptor of its own (see _File)
 _CHAIN_OVERHEAD = 180  # bytes the chain members add to a line (hash, prev, seq up to 16 digits, commas)
 _FOLLOW_LIMIT = 16
 
@@ -275,16 +285,21 @@ def _fsync(fd: int) -> None:
 
 
 class _Pending:
-    """One caller's record on its way to disk; filled in by the leader that writes it.
+    """One caller's records on their way to disk.
 
-    A caller that queues behind a leader sleeps on ``wake`` (a lock it does not
-    hold), which is released exactly once: when the record is settled, or when
-    this caller is handed the lead. One wake-up per caller, not one per caller
-    per batch. A caller that leads at once never sleeps, so it gets no lock:
-    the lone caller is the common case and pays for nothing it does not use.
+    The caller sleeps on ``wake`` (a lock it does not hold, armed under the
+    mutex right before it sleeps); whoever changes what the caller must do next
+    takes the lock under the mutex (``claim_wake``) and releases it once out of
+    it: when the records are settled (durable, or failed), when the lead is
+    handed to this caller (``lead``: write the queued records), or when an
+    fsync is (``duty``). A caller that never has to wait never gets a lock.
+    ``file`` and ``end``: the file its records went to and that file's
+    ``written`` count right after them.
     """
 
-    __slots__ = ("cause", "done", "error", "prepared", "records", "size", "wake", "woken")
+    __slots__ = (
+        "cause", "done", "duty", "end", "error", "file", "gone", "lead", "prepared", "records", "size", "wake",
+    )  # fmt: skip
 
     def __init__(self, prepared: tuple[Prepared, ...]) -> None:
         self.prepared = prepared  # one record, or a group sealed consecutively in one write (append_many)
@@ -293,13 +308,54 @@ class _Pending:
         self.records: list[dict[str, Any]] | None = None
         self.error: str | None = None
         self.cause: BaseException | None = None
-        self.done = False
-        self.woken = False
+        self.done = False  # settled: ``records`` or ``error`` holds the verdict
+        self.lead = False  # handed the lead: write the queued records
+        self.duty = False  # handed an fsync of ``file``
+        self.gone = False  # the caller stopped waiting (interrupted)
+        self.file: _File | None = None
+        self.end = 0
 
-    def rouse(self) -> None:
-        if not self.woken and self.wake is not None:
-            self.woken = True
-            self.wake.release()
+    def claim_wake(self) -> threading.Lock | None:
+        """Under the mutex: the lock to release (once out of it) so the caller runs again; None if awake."""
+        wake, self.wake = self.wake, None
+        return wake
+
+
+class _File:
+    """One open live file of this writer: its write descriptor and how much of what went through it is durable.
+
+    Only the leader writes, through ``fd``, under the file lock, and only the
+    leader fsyncs ``fd`` (``_drain``). The fsyncs that acknowledge callers run
+    outside the lead, at most ``_SYNCS`` at a time, each on a descriptor of its
+    own (``spare``: the file opened again by path while locked). Linux reports a
+    writeback error once per open file description, so two fsyncs sharing one
+    could let one return success for pages the other was told were lost; with
+    a description each, every fsync that began before the error was reported
+    reports it too. Byte counts of what this writer wrote through ``fd``:
+    ``written``; covered by an fsync that began after it was written:
+    ``requested``; covered by one that returned: ``durable``. After any failed
+    write or fsync, ``failed`` says why: every record written through this file
+    and not yet durable fails, and the leader opens the file afresh.
+    """
+
+    __slots__ = (
+        "cause", "durable", "duty", "failed", "fd", "opened", "requested", "retired", "spare", "syncing",
+        "waiting", "written",
+    )  # fmt: skip
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.written = 0
+        self.requested = 0
+        self.durable = 0
+        self.syncing = 0  # fsyncs in flight on the spare descriptors
+        self.duty = 0  # callers handed an fsync that have not started it yet
+        self.spare: list[int] = []  # idle fsync descriptors
+        self.opened = 0  # fsync descriptors open (idle or in use)
+        self.waiting: list[_Pending] = []  # written here, not yet settled, in write order
+        self.failed: str | None = None
+        self.cause: BaseException | None = None
+        self.retired = False  # the writer moved on: no more writes, descriptors closed once idle
 
 
 class AuditLog:
@@ -334,8 +390,10 @@ class AuditLog:
         self._queue: list[_Pending] = []
         self._leading = False  # a thread is doing I/O; only it touches the fields below
         self._closed = False
-        self._own: _Pending | None = None  # the leader's own entry (it is not woken, it returns)
-        self._settled: list[_Pending] = []  # the leader's last batch, done but not yet woken
+        self._kept = 0  # batches the file lock has passed from leader to leader without being let go
+        self._active = 0  # fsyncs running or handed to a caller, all files (close() waits for none)
+        self._file: _File | None = None  # the live file's write descriptor and its durability counts
+        self._files: set[_File] = set()  # files with fsync descriptors open
         self._locked = False  # this writer holds the file lock on ``_fd``
         self._fd: int | None = None
         self._ident: tuple[int, int] = (0, 0)
@@ -417,7 +475,9 @@ class AuditLog:
                 alone = not self._leading  # nobody writing, so nobody queued
                 self._leading = True
             if alone:
-                return self._append_alone(bodies)
+                entry = _Pending(())
+                self._lead(entry, bodies)
+                return self._finish(entry)
         try:
             prepared = tuple(prepare(body) for body in bodies)  # in this thread, outside any lock: the leader seals
         except (ValueError, TypeError, RecursionError) as exc:
@@ -427,24 +487,46 @@ class AuditLog:
         with self._mutex:
             if self._closed:
                 raise AuditWriteError(f"audit log {self._path} is closed")
-            if self._leading:  # someone is writing: queue up and sleep until woken
+            self._queue.append(entry)
+            if self._leading:  # someone is writing: sleep until it hands us the lead or writes our record
                 entry.wake = wake = _held_lock()  # looked up here, not bound early: tests replace it
-                self._queue.append(entry)
-            self._leading = True
-        if wake is None:  # the writer finished meanwhile, and nobody is queued: our batch is just us
-            self._lead(entry, [entry])
-        else:
-            try:
-                wake.acquire()  # until the record is settled, or the lead is handed to us
-            except BaseException:  # interrupted (Ctrl-C in the main thread): never strand the queue
-                self._abandon(entry)
-                raise
-            if not entry.done:
+            else:  # the writer finished meanwhile, and nobody is queued: our batch is just us
+                self._leading = entry.lead = True
+        if wake is not None:
+            self._sleep(entry, wake)
+        return self._finish(entry)
+
+    def _finish(self, entry: _Pending) -> list[dict[str, Any]]:
+        """Do what falls to this caller (lead, fsync) and sleep in between, until its records are settled."""
+        while True:
+            if entry.lead:  # set under the mutex by whoever handed us the lead; cleared only here
+                entry.lead = False
                 self._lead(entry)
+            wake = None
+            with self._mutex:
+                if entry.done:
+                    break
+                if entry.lead:
+                    continue
+                job = self._claim_sync(entry)
+                if job is None:
+                    entry.wake = wake = _held_lock()
+            if job is not None:
+                assert entry.file is not None
+                self._sync(entry.file, *job)
+            elif wake is not None:
+                self._sleep(entry, wake)
         if entry.error is not None:
             raise AuditWriteError(entry.error) from entry.cause
         assert entry.records is not None
         return entry.records
+
+    def _sleep(self, entry: _Pending, wake: threading.Lock) -> None:
+        try:
+            wake.acquire()
+        except BaseException:  # interrupted (Ctrl-C in the main thread): never strand the others
+            self._abandon(entry)
+            raise
 
     def close(self) -> None:
         """Write the stop checkpoint and close the files; later appends raise AuditWriteError.
@@ -455,7 +537,7 @@ class AuditLog:
             if self._closed:
                 return
             self._closed = True
-            while self._leading:
+            while self._leading or self._active:
                 self._idle.wait()
             self._leading = True
         try:
@@ -463,6 +545,7 @@ class AuditLog:
                 try:
                     self._acquire()
                     try:
+                        self._drain()  # a caller between its write and its fsync: the checkpoint signs durable records
                         self._write_checkpoint("stop")
                     finally:
                         self._release()
@@ -472,6 +555,9 @@ class AuditLog:
             self._discard()
             self._close_checkpoints()
             with self._mutex:
+                for file in list(self._files):
+                    file.retired = True
+                    self._tidy(file)
                 self._leading = False
 
     def __enter__(self) -> AuditLog:
@@ -488,40 +574,85 @@ class AuditLog:
     def __repr__(self) -> str:
         return f"AuditLog({str(self._path)!r}, last_seq={self._last_seq})"
 
-    # -- the lone caller -------------------------------------------------------------------------
+    # -- the write: leader only -----------------------------------------------------------------
 
-    def _append_alone(self, bodies: tuple[Mapping[str, Any], ...]) -> list[dict[str, Any]]:
-        """Append with the lead already taken and nobody queued: no queue, no batch, no hand-over of
-        records. The record is serialised once, with its real place, under the file lock
-        (``seal_next``), rather than prepared first and placed after (see ``_lead``).
-        This is the path of every call when calls come one at a time. Callers that
-        queued meanwhile are written by this thread next, as a leader's extra batches.
+    def _lead(self, own: _Pending, bodies: tuple[Mapping[str, Any], ...] | None = None) -> None:
+        """Write a batch, then pass the lead on at once: the fsync that acknowledges it comes after (``_finish``).
+
+        ``bodies``: the lone caller's, who found nobody writing and nobody
+        queued; its records are serialised once, in their real place
+        (``seal_next``), rather than prepared first and placed after. Otherwise
+        the batch is the oldest queued records (``own`` first).
+
+        Passing the lead on before the fsync lets the next batch be written
+        while this one's fsync runs, and several fsyncs run at once, as plain
+        threads doing write + fsync would: the kernel shares its work between
+        them. One fsync acknowledges every record written before it began.
         """
-        written = False
         try:
-            self._acquire()
+            if bodies is None:
+                with self._mutex:
+                    batch = self._take_batch()
+            else:
+                batch = [own]
             try:
-                records, data = self._seal_alone(bodies)
-                if self._rotation_due(len(data)):
-                    self._rotate()  # another writer may extend the chain meanwhile: seal again at the head
-                    records, data = self._seal_alone(bodies)
-            except (ValueError, TypeError, RecursionError) as exc:
-                raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
-            due = self._write_lines(data, records[-1]["seq"], records[-1]["hash"])
-            written = True
-            if due is not None:
-                self._try_checkpoint(due)
+                self._write_batch(batch, bodies)
+            except AuditWriteError as exc:
+                self._release()
+                self._fail(batch, str(exc), exc.__cause__ or exc)
+            except BaseException as exc:
+                self._release()
+                self._fail(batch, f"audit log {self._path}: internal error ({type(exc).__name__})", exc)
+                raise
         finally:
-            successor = None
-            with self._mutex:
-                stay = written and bool(self._queue) and _EXTRA_BATCHES > 0
-                if not stay:
-                    successor = self._leave_lead()
-            if successor is not None:
-                successor.rouse()
-        if stay:
-            self._lead(None)
-        return records
+            with self._mutex:  # the file lock goes with the lead to a queued caller, a few batches at most
+                keep = self._locked and bool(self._queue) and self._kept < _KEEP_LOCK
+                if keep:
+                    self._kept += 1
+                    wake = self._leave_lead()
+            if not keep:
+                self._kept = 0
+                self._release()  # first: the next leader must not find our lock taken; other processes get a turn
+                with self._mutex:
+                    wake = self._leave_lead()
+            if wake is not None:
+                wake.release()
+
+    def _leave_lead(self) -> threading.Lock | None:
+        """Under the mutex: hand the lead to the oldest queued caller (returns the lock to release to wake it)
+        or, with nobody queued, leave it free (the file lock let go first: nobody keeps it without the lead)."""
+        if self._queue:
+            successor = self._queue[0]
+            successor.lead = True
+            return successor.claim_wake()
+        self._leading = False
+        if self._closed:
+            self._idle.notify_all()
+        return None
+
+    def _take_batch(self) -> list[_Pending]:
+        """The oldest queued records, bounded in count and bytes (at least one). Called under the mutex."""
+        total, count = 0, 0
+        for entry in self._queue[:_MAX_BATCH]:
+            total += entry.size
+            if count and total > _MAX_BATCH_BYTES:
+                break
+            count += 1
+        batch = self._queue[:count]
+        del self._queue[:count]
+        return batch
+
+    def _fail(self, batch: list[_Pending], message: str, cause: BaseException | None) -> None:
+        """Settle the entries of ``batch`` that were never written as failed, and wake their callers."""
+        wakes = []
+        with self._mutex:
+            for entry in batch:
+                if not entry.done and entry.file is None:
+                    entry.done, entry.records, entry.error, entry.cause = True, None, message, cause
+                    wakes.append(entry.claim_wake())
+        for wake in wakes:
+            if wake is not None:
+                wake.release()
 
     def _seal_alone(self, bodies: tuple[Mapping[str, Any], ...]) -> tuple[list[dict[str, Any]], bytes]:
         """The records and the whole lines of ``bodies`` placed at the head, each chained to the one before."""
@@ -538,195 +669,274 @@ class AuditLog:
         lines.append(b"")
         return records, b"\n".join(lines)
 
-    # -- group commit ----------------------------------------------------------------------------
+    def _write_batch(self, batch: list[_Pending], bodies: tuple[Mapping[str, Any], ...] | None) -> None:
+        """Seal ``batch`` at the head and write it in ONE write of whole lines; a checkpoint due waits for its fsync.
 
-    def _lead(self, own: _Pending | None, first: list[_Pending] | None = None) -> None:
-        """Write batches until our own record is settled, then a few more while callers are queued,
-        then hand the lead to the oldest caller still queued.
-
-        ``own`` None: our record is durable already (the lone caller staying on).
-        ``first``: the first batch, when the caller found nobody writing and so
-        nobody queued.
-
-        Going on with the records that queued during our fsync starts the next
-        fsync at once, while this thread holds the GIL; a woken successor would
-        first have to win the GIL from the callers just woken. The extra batches
-        delay only this caller's return (its record is already durable), and
-        are bounded so that no caller leads for ever under steady load.
-
-        While it stays, the callers of a batch are woken only once the next
-        batch is written, just before its fsync (see ``_wake_settled``): woken
-        earlier, they would take the GIL at each of the leader's syscalls on the
-        way there (lock, stat, write), and the disk would idle while they run.
-        Woken then, they run during the fsync, which holds no GIL.
+        A batch's lines are whole in the buffer and the file lock keeps other
+        writers out, so a crash can only cut the last line short.
         """
-        self._own = own
-        extra = 0
-        while True:
-            if first is not None:
-                batch, first = first, None
-            else:
-                with self._mutex:
-                    batch = self._take_batch()
-            finished = False
+        if self._file is not None and self._file.failed is not None:
+            self._discard()  # never written through again: the next write reopens and re-reads the tail
+        if not self._locked:
+            self._acquire()
+        if bodies is not None:
             try:
-                self._commit(batch)
-                finished = True
-            finally:
-                self._wake_settled()  # the previous batch's callers, if this one never reached its fsync
-                with self._mutex:
-                    for entry in batch:
-                        entry.done = True
-                    successor = None
-                    if not finished and own is not None and not own.done and own in self._queue:  # on an exception
-                        self._queue.remove(own)
-                        own.done, own.error = True, f"audit log {self._path}: interrupted while writing"
-                    mine_done = own is None or own.done
-                    if mine_done:
-                        extra += 1
-                    stay = finished and (not mine_done or (bool(self._queue) and extra <= _EXTRA_BATCHES))
-                    if not stay:
-                        successor = self._leave_lead()
-                if len(batch) > 1 or batch[0] is not own:
-                    self._settled = [entry for entry in batch if entry is not own]
-                if not stay:
-                    self._wake_settled()
-                    if successor is not None:
-                        successor.rouse()
-            if not stay:
-                self._own = None
+                records, data = self._seal_alone(bodies)
+                if self._rotation_due(len(data)):
+                    self._rotate()  # another writer may extend the chain meanwhile: seal again at the head
+                    records, data = self._seal_alone(bodies)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise AuditWriteError(f"audit record cannot be serialised: {exc}") from exc
+            batch[0].records = records
+            written = batch
+            seq, prev = records[-1]["seq"], records[-1]["hash"]
+        else:
+            if self._rotation_due(sum(e.size + _CHAIN_OVERHEAD * len(e.prepared) for e in batch)):
+                self._rotate()  # before sealing: another writer may extend the chain meanwhile
+            seq, prev = self._last_seq, self._last_hash
+            lines: list[bytes] = []
+            written, refused = [], []
+            for entry in batch:
+                records, own_lines, at, head = [], [], seq, prev  # an entry's records go in whole or not at all
+                for part in entry.prepared:
+                    record, line = part.seal(at + 1, head)
+                    if len(line) >= MAX_LINE_BYTES:
+                        entry.error = f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit"
+                        break
+                    records.append(record)
+                    own_lines.append(line)
+                    at, head = at + 1, record["hash"]
+                if entry.error is not None:
+                    refused.append(entry)
+                    continue
+                entry.records = records
+                seq, prev = at, head
+                lines.extend(own_lines)
+                written.append(entry)
+            if refused:
+                self._fail(refused, refused[0].error or "", None)  # only these: the others are written
+            if not lines:
                 return
+            lines.append(b"")
+            data = b"\n".join(lines)
+        file = self._file
+        assert file is not None and self._fd is not None
+        self._open_sync_fd(file)
+        self._write(file, data, written)
+        before = self._last_seq
+        self._last_seq, self._last_hash = seq, prev
+        every = self._checkpoint_every
+        due = "every" if before // every != seq // every else self._checkpoint_due
+        if due is not None or not file.opened:
+            self._drain()  # a checkpoint signs only durable records; no fsync descriptor: fsync here
+            if due is not None:
+                self._try_checkpoint(due)
 
-    def _leave_lead(self) -> _Pending | None:
-        """Under the mutex: let go of the file lock, then of the lead. Returns the oldest queued caller,
-        which leads next (``_leading`` stays set) and must be roused once the mutex is let go; None
-        when nobody is queued and the lead is free."""
-        self._release()  # under the mutex: the next leader must not find our lock taken
-        if self._queue:
-            return self._queue[0]
-        self._leading = False
-        if self._closed:
-            self._idle.notify_all()
-        return None
-
-    def _wake_settled(self) -> None:
-        """Leader only: wake the callers of the last batch (durable, or failed as a whole)."""
-        if self._settled:
-            settled, self._settled = self._settled, []
-            for entry in settled:
-                entry.rouse()
-
-    def _abandon(self, entry: _Pending) -> None:
-        """A caller stops waiting: drop its record if not yet taken, and pass on the lead if it had it."""
-        successor = None
-        with self._mutex:
-            if entry in self._queue:
-                self._queue.remove(entry)
-                handed_lead = entry.woken and not entry.done
-                entry.done, entry.error = True, f"audit log {self._path}: the caller stopped waiting"
-                if handed_lead:
-                    successor = self._leave_lead()
-        if successor is not None:
-            successor.rouse()
-
-    def _take_batch(self) -> list[_Pending]:
-        """The oldest queued records, bounded in count and bytes (at least one). Called under the mutex."""
-        total, count = 0, 0
-        for entry in self._queue[:_MAX_BATCH]:
-            total += entry.size
-            if count and total > _MAX_BATCH_BYTES:
-                break
-            count += 1
-        batch = self._queue[:count]
-        del self._queue[:count]
-        return batch
-
-    def _release_early(self, entries: list[_Pending]) -> None:
-        """Wake the callers of settled entries now, before the leader's remaining work (a checkpoint)."""
-        with self._mutex:
-            for entry in entries:
-                entry.done = True
-        self._wake_settled()
-        for entry in entries:
-            if entry is not self._own:
-                entry.rouse()
-
-    @staticmethod
-    def _fail(batch: list[_Pending], message: str, cause: BaseException | None) -> None:
-        for entry in batch:
-            if not entry.done and entry.error is None:
-                entry.records, entry.error, entry.cause = None, message, cause
-
-    def _commit(self, batch: list[_Pending]) -> None:
-        """Leader only: write ``batch`` durably in one write + one fsync; give every entry a record or an error.
-
-        The file lock, once taken, is kept for the leader's further batches and
-        let go when it leaves the lead (``_lead``): no other writer can have
-        moved the tail in between, so the next batch needs no lock, stat or
-        tail read, and the only syscalls between two fsyncs are the write and
-        the fsync themselves (each gives up the GIL, which the callers woken
-        meanwhile would take).
-        """
+    def _write(self, file: _File, data: bytes, entries: list[_Pending]) -> None:
+        """Write whole lines through ``file``; the entries wait for an fsync. On failure the file is lost."""
         try:
-            if not self._locked:
-                self._acquire()
-            self._write_batch(batch)
-        except AuditWriteError as exc:
-            self._release()
-            self._fail(batch, str(exc), exc.__cause__ or exc)
-        except BaseException as exc:
-            self._release()
-            self._fail(batch, f"audit log {self._path}: internal error ({type(exc).__name__})", exc)
-            raise
+            _write_all(file.fd, data)
+        except OSError as exc:
+            self._lose(file, exc)
+            self._discard()
+            raise AuditWriteError(f"cannot write audit log {self._path}: {exc}") from exc
+        self._size += len(data)
+        with self._mutex:
+            file.written += len(data)
+            for entry in entries:
+                entry.file, entry.end = file, file.written
+            file.waiting.extend(entries)
 
-    def _write_batch(self, batch: list[_Pending]) -> None:
-        if self._rotation_due(sum(e.size + _CHAIN_OVERHEAD * len(e.prepared) for e in batch)):
-            self._rotate()  # before sealing: another writer may extend the chain meanwhile
-        seq, prev = self._last_seq, self._last_hash
-        lines: list[bytes] = []
-        written: list[_Pending] = []
-        for entry in batch:
-            records, own_lines, at, head = [], [], seq, prev  # an entry's records go in whole or not at all
-            for part in entry.prepared:
-                record, line = part.seal(at + 1, head)
-                if len(line) >= MAX_LINE_BYTES:
-                    entry.error = f"audit record is {len(line) + 1} bytes, over the {MAX_LINE_BYTES} limit"
-                    break
-                records.append(record)
-                own_lines.append(line)
-                at, head = at + 1, record["hash"]
-            if entry.error is not None:
-                continue
-            entry.records = records
-            seq, prev = at, head
-            lines.extend(own_lines)
-            written.append(entry)
-        if not lines:
-            return
-        lines.append(b"")
-        due = self._write_lines(b"\n".join(lines), seq, prev)
-        if due is not None:
-            self._release_early(written)  # durable: the callers need not wait for the checkpoint
-            self._try_checkpoint(due)
+    def _write_durably(self, data: bytes) -> None:
+        """Write and fsync under the lead (a recovery record), or give up this descriptor for good and raise."""
+        assert self._file is not None
+        self._write(self._file, data, [])
+        self._drain()
 
     def _rotation_due(self, incoming: int) -> bool:
         """Whether ``incoming`` more bytes would take a non-empty live file past the segment size."""
         limit = self._max_segment_bytes
         return limit is not None and self._size > 0 and self._size + incoming > limit
 
-    def _write_lines(self, data: bytes, seq: int, digest: str) -> str | None:
-        """Write whole lines ending at record ``seq`` durably and make it the head.
+    # -- the fsync ------------------------------------------------------------------------------
 
-        Returns the event of a checkpoint now due (periodic, or one that failed before), else None.
-        """
-        fd = self._fd
-        assert fd is not None
-        self._write_durably(fd, data)
-        before = self._last_seq
-        self._last_seq, self._last_hash = seq, digest
-        self._size += len(data)
-        every = self._checkpoint_every
-        return "every" if before // every != seq // every else self._checkpoint_due
+    def _claim_sync(self, entry: _Pending) -> tuple[int, int] | None:
+        """Under the mutex: an fsync for this caller to run, as (descriptor, what it covers), or None to sleep:
+        its records are covered by an fsync begun after them, or ``_SYNCS`` are running (the first to return
+        hands the next one to the oldest caller left uncovered)."""
+        file = entry.file
+        if file is None:  # pragma: no cover - settled without a write; entry.done was seen first
+            return None
+        if entry.duty:
+            entry.duty = False
+            file.duty -= 1
+            self._active -= 1
+        if entry.end <= file.requested or file.syncing >= _SYNCS or not file.spare:
+            return None
+        file.syncing += 1
+        self._active += 1
+        file.requested = file.written
+        return file.spare.pop(), file.written
+
+    def _sync(self, file: _File, fd: int, covers: int) -> None:
+        """fsync ``fd`` (one of ``file``'s own descriptors); settle every record it covers, or, if it failed,
+        every record of ``file`` not yet durable."""
+        error: OSError | None = None
+        try:
+            _fsync(fd)
+        except OSError as exc:
+            error = exc
+        wakes: list[threading.Lock | None] = []
+        with self._mutex:
+            file.syncing -= 1
+            self._active -= 1
+            if error is None:
+                file.spare.append(fd)
+                if file.failed is None and covers > file.durable:
+                    file.durable = covers
+            else:
+                file.opened -= 1
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # never fsynced again: a retry can report success for pages that are gone
+                if file.failed is None:
+                    file.failed, file.cause = f"cannot write audit log {self._path}: {error}", error
+            self._settle(file, wakes)
+            self._hand_duty(file, wakes)
+            self._tidy(file)
+            if self._closed and not self._active:
+                self._idle.notify_all()
+        for wake in wakes:
+            if wake is not None:
+                wake.release()
+        if error is not None:
+            log.warning("audit log fsync failed; every record not yet durable refused, will reopen: %s", error)
+
+    def _drain(self) -> None:
+        """Leader only: fsync the write descriptor, making everything written so far durable, or lose the file."""
+        file = self._file
+        if file is None or self._fd is None:
+            return
+        covers = file.written
+        try:
+            _fsync(self._fd)
+        except OSError as exc:
+            self._lose(file, exc)
+            self._discard()
+            log.warning("audit log write failed; descriptor dropped, will reopen: %s", exc)
+            raise AuditWriteError(f"cannot write audit log {self._path}: {exc}") from exc
+        wakes: list[threading.Lock | None] = []
+        with self._mutex:
+            if file.failed is None:
+                file.requested = max(file.requested, covers)
+                file.durable = max(file.durable, covers)
+            self._settle(file, wakes)
+        for wake in wakes:
+            if wake is not None:
+                wake.release()
+        if file.failed is not None:
+            self._discard()
+            raise AuditWriteError(file.failed) from file.cause
+
+    def _lose(self, file: _File, exc: OSError) -> None:
+        """A write or fsync through ``file`` failed: every record of it not yet durable fails."""
+        wakes: list[threading.Lock | None] = []
+        with self._mutex:
+            if file.failed is None:
+                file.failed, file.cause = f"cannot write audit log {self._path}: {exc}", exc
+            self._settle(file, wakes)
+        for wake in wakes:
+            if wake is not None:
+                wake.release()
+
+    def _settle(self, file: _File, wakes: list[threading.Lock | None]) -> None:
+        """Under the mutex: give the waiting entries that are durable (all of them, failed, if ``file`` failed)
+        their verdict, and collect the locks that wake their callers."""
+        settled = 0
+        for entry in file.waiting:
+            if file.failed is None and entry.end > file.durable:
+                break
+            if file.failed is not None:
+                entry.records, entry.error, entry.cause = None, file.failed, file.cause
+            entry.done = True
+            if entry.duty:
+                entry.duty = False
+                file.duty -= 1
+                self._active -= 1
+            wakes.append(entry.claim_wake())
+            settled += 1
+        del file.waiting[:settled]
+
+    def _hand_duty(self, file: _File, wakes: list[threading.Lock | None]) -> None:
+        """Under the mutex: if records of ``file`` wait that no fsync covers and one more may run, the oldest
+        of their callers runs it."""
+        if file.failed is not None or file.syncing + file.duty >= _SYNCS or not file.spare:
+            return
+        for entry in file.waiting:
+            if entry.end > file.requested and not entry.gone and not entry.duty:
+                entry.duty = True
+                file.duty += 1
+                self._active += 1
+                wakes.append(entry.claim_wake())
+                return
+
+    def _tidy(self, file: _File) -> None:
+        """Under the mutex: close the fsync descriptors of a file this writer moved on from, once idle."""
+        if file.retired and not file.syncing:
+            for fd in file.spare:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            file.opened -= len(file.spare)
+            file.spare.clear()
+            self._files.discard(file)
+
+    def _open_sync_fd(self, file: _File) -> None:
+        """Leader, file locked (so the path names our file): one more fsync descriptor, while fewer than
+        ``_SYNCS`` are open and none is idle. Without any, the leader fsyncs each batch itself (``_drain``)."""
+        with self._mutex:
+            if file.spare or file.opened >= _SYNCS or file.failed is not None:
+                return
+        try:
+            fd = os.open(self._spath, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._ident:
+            os.close(fd)
+            return
+        with self._mutex:
+            file.spare.append(fd)
+            file.opened += 1
+            self._files.add(file)
+
+    def _abandon(self, entry: _Pending) -> None:
+        """A caller stops waiting: drop its records if not yet taken, and pass on the lead or an fsync it had."""
+        wakes: list[threading.Lock | None] = []
+        handed_lead = False
+        with self._mutex:
+            entry.gone = True
+            if entry in self._queue:
+                handed_lead = entry.lead
+                self._queue.remove(entry)
+                entry.lead = False
+                entry.done, entry.error = True, f"audit log {self._path}: the caller stopped waiting"
+            if entry.duty and entry.file is not None:
+                entry.duty = False
+                entry.file.duty -= 1
+                self._active -= 1
+                self._hand_duty(entry.file, wakes)
+            if self._closed and not self._active:
+                self._idle.notify_all()
+        if handed_lead:  # the lead (and maybe the file lock) was ours: pass it on
+            self._kept = 0
+            self._release()
+            with self._mutex:
+                wakes.append(self._leave_lead())
+        for wake in wakes:
+            if wake is not None:
+                wake.release()
 
     # -- files (leader only) ----------------------------------------------------------------------
 
@@ -741,8 +951,7 @@ class AuditLog:
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # another process is writing: our durable callers need not wait for it
-                    self._wake_settled()
+                except BlockingIOError:  # another process is writing
                     fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as exc:
                 self._discard()
@@ -771,21 +980,6 @@ class AuditLog:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             except OSError:
                 self._discard()
-
-    def _write_durably(self, fd: int, data: bytes) -> None:
-        """Write and fsync, or give up this descriptor for good and raise.
-
-        The last batch's callers are woken between the two: they run while the fsync holds no GIL.
-        """
-        try:
-            _write_all(fd, data)
-            if self._settled:
-                self._wake_settled()
-            _fsync(fd)
-        except OSError as exc:
-            self._discard()
-            log.warning("audit log write failed; descriptor dropped, will reopen: %s", exc)
-            raise AuditWriteError(f"cannot write audit log {self._path}: {exc}") from exc
 
     def _check_same_file(self, fd: int) -> int | None:
         """The file size, after making sure ``path`` still names the file we hold open.
@@ -854,6 +1048,7 @@ class AuditLog:
             os.close(fd)
             raise
         self._fd = fd
+        self._file = _File(fd)
         self._ident = (st.st_dev, st.st_ino)
         self._size = -1
 
@@ -949,7 +1144,7 @@ class AuditLog:
         }
         record, line = seal_line(body, self._last_seq + 1, self._last_hash)
         data = b"\n" + line + b"\n"
-        self._write_durably(fd, data)
+        self._write_durably(data)
         log.warning(
             "audit log %s: torn line %d (%d bytes) sealed by recovery record seq %d",
             self._path,
@@ -961,6 +1156,7 @@ class AuditLog:
 
     def _rotate(self) -> None:
         """Rename the live file (locked, tail known) to the next segment and continue in a new live file."""
+        self._drain()  # the rotate checkpoint signs the head: durable first
         segments = list_segments(self._path)
         target = segment_path(self._path, segments[-1][0] + 1 if segments else 1)
         if os.path.lexists(target):
@@ -1150,9 +1346,33 @@ class AuditLog:
                 os.close(fd)
 
     def _discard(self) -> None:
-        """Drop the descriptor (never reused after a failure); the next append reopens."""
+        """Drop the descriptor (never reused after a failure); the next append reopens.
+
+        Records written through it that are not durable yet are fsynced through
+        it first (and fail if that fails): no caller waits on a file left behind.
+        """
         self._locked = False  # closing the descriptor lets go of its lock
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
+        file, self._file = self._file, None
+        fd, self._fd = self._fd, None
+        if file is not None:
+            wakes: list[threading.Lock | None] = []
+            if fd is not None and file.failed is None and file.waiting:
+                covers = file.written
+                try:
+                    _fsync(fd)
+                except OSError as exc:
+                    self._lose(file, exc)
+                else:
+                    with self._mutex:
+                        file.durable = max(file.durable, covers)
+                        file.requested = max(file.requested, covers)
+                        self._settle(file, wakes)
+            with self._mutex:
+                file.retired = True
+                self._tidy(file)
+            for wake in wakes:
+                if wake is not None:
+                    wake.release()
+        if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)

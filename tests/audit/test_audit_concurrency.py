@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import opsgate.audit.log as log_module
 from opsgate.audit import AuditLog, AuditWriteError, KeyRing, verify_audit, verify_log
 from opsgate.audit.checkpoint import load_hmac_key
 from opsgate.audit.segments import hmac_key_path, list_segments
@@ -119,6 +120,8 @@ class _Disk:
 
 
 def test_concurrent_callers_share_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One fsync at a time (the bound at 1): each one covers every record written while the last one ran."""
+    monkeypatch.setattr(log_module, "_SYNCS", 1)
     path = tmp_path / "audit.jsonl"
     with AuditLog(path) as log:
         disk = _Disk(path, monkeypatch, delay=0.002)
@@ -180,9 +183,10 @@ def test_no_append_returns_before_its_record_is_durable(tmp_path: Path, monkeypa
     assert early == [], f"appends returned before their fsync: {early[:5]}"
 
 
-def test_a_failed_fsync_fails_every_record_of_its_batch_and_only_those(
+def test_a_failed_fsync_fails_every_record_it_covered_and_only_those(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(log_module, "_SYNCS", 1)  # the next fsync waits for the held one, then covers all five
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path)
     disk = _Disk(path, monkeypatch)
@@ -190,13 +194,13 @@ def test_a_failed_fsync_fails_every_record_of_its_batch_and_only_those(
     entered = threading.Event()
     real_fsync = disk.fsync
 
-    def held_fsync(fd: int) -> None:  # the first batch waits in fsync so the others queue up behind it
+    def held_fsync(fd: int) -> None:  # the first record's fsync waits so the others are written meanwhile
         if disk.is_log(fd) and not gate.is_set():
             entered.set()
             gate.wait(10)
             disk.real(fd)
             return
-        real_fsync(fd)  # the next batch's fsync: fails once
+        real_fsync(fd)  # the next fsync: fails once
 
     monkeypatch.setattr(os, "fsync", held_fsync)
     results: dict[int, Any] = {}
@@ -214,7 +218,7 @@ def test_a_failed_fsync_fails_every_record_of_its_batch_and_only_those(
     for thread in others:
         thread.start()
     deadline = time.monotonic() + 10
-    while len(log._queue) < 5 and time.monotonic() < deadline:  # all five are waiting for the next batch
+    while path.read_bytes().count(b"\n") < 6 and time.monotonic() < deadline:  # all five written, none durable
         time.sleep(0.001)
     disk.fail_next = True
     gate.set()
@@ -222,12 +226,150 @@ def test_a_failed_fsync_fails_every_record_of_its_batch_and_only_those(
         thread.join(10)
     assert results[0] == 1
     failed = [t for t in range(1, 6) if isinstance(results[t], AuditWriteError)]
-    assert failed == [1, 2, 3, 4, 5], results  # one batch, one fsync, one verdict for all of it
+    assert failed == [1, 2, 3, 4, 5], results  # one fsync, one verdict for all it covered
     record = log.append({"after": True})  # a fresh descriptor, and the chain goes on
     log.close()
     assert verify_log(path).ok
-    # The failed batch's bytes reached the file before its fsync failed; the reopen chained after them.
+    # The failed records' bytes reached the file before their fsync failed; the reopen chained after them.
     assert record["seq"] == 7
+
+
+def test_a_record_is_acknowledged_only_by_an_fsync_begun_after_it_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two fsyncs in flight: the one begun before record 2 was written returns first; record 2 waits for the
+    other. Then a failed fsync loses the file: a record it covered is refused even when an fsync running beside
+    it returns success afterwards (Linux reports a writeback error once per open file description)."""
+    monkeypatch.setattr(log_module, "_SYNCS", 2)
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    gates = [threading.Event() for _ in range(4)]
+    started: list[int] = []
+    fail = {3}  # the fourth fsync of the log fails
+    real_fsync = os.fsync
+    watch = threading.Lock()
+    ident = (os.stat(path).st_dev, os.stat(path).st_ino)
+
+    def held_fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != ident:
+            real_fsync(fd)
+            return
+        with watch:
+            number = len(started)
+            started.append(number)
+        assert number < len(gates), "more fsyncs than records"
+        assert gates[number].wait(10)
+        if number in fail:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    results: dict[int, Any] = {}
+
+    def work(index: int) -> None:
+        try:
+            results[index] = log.append({"n": index})["seq"]
+        except AuditWriteError as exc:
+            results[index] = exc
+
+    def wait_for(condition: Any) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert condition()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    threads[0].start()
+    wait_for(lambda: len(started) == 1)  # fsync 0 covers record 1 only
+    threads[1].start()
+    wait_for(lambda: len(started) == 2)  # fsync 1 begun after record 2 was written
+    gates[0].set()
+    threads[0].join(10)
+    assert results[0] == 1
+    time.sleep(0.05)
+    assert threads[1].is_alive() and 1 not in results, "record 2 acknowledged by an fsync begun before it"
+    gates[1].set()
+    threads[1].join(10)
+    assert results[1] == 2
+    threads[2].start()
+    wait_for(lambda: len(started) == 3)  # fsync 2 covers record 3
+    threads[3].start()
+    wait_for(lambda: len(started) == 4)  # fsync 3 covers records 3 and 4, and fails
+    gates[3].set()
+    threads[3].join(10)
+    gates[2].set()  # returns success after the failure: the file is lost all the same
+    threads[2].join(10)
+    assert isinstance(results[3], AuditWriteError) and "Input/output" in str(results[3])
+    assert isinstance(results[2], AuditWriteError), results
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert log.append({"after": True})["seq"] == 5  # reopened: chained after the refused records' bytes
+    log.close()
+    assert verify_log(path).ok
+
+
+def test_fsyncs_overlap_up_to_the_bound_on_descriptors_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        disk = _Disk(path, monkeypatch, delay=0.002)
+        real = disk.fsync
+        running: set[int] = set()
+        peak = [0]
+        shared: list[tuple[int, int]] = []
+        watch = threading.Lock()
+
+        def fsync(fd: int) -> None:
+            with watch:
+                shared.extend((fd, other) for other in running)
+                running.add(fd)
+                peak[0] = max(peak[0], len(running))
+            try:
+                real(fd)
+            finally:
+                with watch:
+                    running.discard(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+        def work(thread: int) -> None:
+            for i in range(40):
+                log.append({"thread": thread, "i": i})
+
+        _run_threads(8, work)
+        assert log._file is not None
+        descriptors = [*log._file.spare]
+    assert verify_log(path).records == 320
+    assert 1 < peak[0] <= log_module._SYNCS
+    assert disk.log_fsyncs <= 320 * 2 // 3, f"{disk.log_fsyncs} fsyncs for 320 records: none shared"
+    assert all(fd != other for fd, other in shared)  # never two at once on one descriptor
+    assert len(descriptors) == len(set(descriptors)) == log_module._SYNCS
+
+
+def test_many_threads_many_appends_one_chain_every_acknowledged_record_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    acknowledged: dict[int, str] = {}
+    watch = threading.Lock()
+    with AuditLog(path, checkpoint_every=37, max_segment_bytes=96 * 1024) as log:
+
+        def work(thread: int) -> None:
+            for i in range(150):
+                pad = "p" * (i * 53 % 700)
+                if i % 5:
+                    records = [log.append({"t": thread, "i": i, "pad": pad})]
+                else:
+                    records = log.append_many([{"t": thread, "i": i, "part": 1}, {"t": thread, "i": i, "part": 2}])
+                with watch:
+                    acknowledged.update((r["seq"], r["hash"]) for r in records)
+
+        _run_threads(8, work)
+    report = verify_audit(path, keys=KeyRing((), (load_hmac_key(hmac_key_path(path)),)))
+    assert report.ok and report.records == 8 * (150 + 30), report
+    records = {r["seq"]: r for r in _records(path)}
+    assert all(records[seq]["hash"] == digest for seq, digest in acknowledged.items())
+    assert len(acknowledged) == report.records
+    assert len(list_segments(path)) > 1
 
 
 def test_close_while_threads_append_neither_hangs_nor_breaks_the_chain(tmp_path: Path) -> None:
@@ -262,19 +404,18 @@ def test_a_caller_interrupted_while_waiting_never_strands_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C reaches the main thread while it waits for the lead: the next caller leads instead."""
-    import opsgate.audit.log as log_module
-
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path)
     gate, entered = threading.Event(), threading.Event()
-    real_fsync = os.fsync
     real_held_lock = log_module._held_lock
 
-    def held_fsync(fd: int) -> None:
+    real_write_all = log_module._write_all
+
+    def held_write(fd: int, data: bytes) -> None:  # a's write waits, holding the lead, so b and c queue
         if not gate.is_set() and not entered.is_set():
             entered.set()
             gate.wait(10)
-        real_fsync(fd)
+        real_write_all(fd, data)
 
     class InterruptedWhenWoken:
         def __init__(self) -> None:
@@ -290,9 +431,8 @@ def test_a_caller_interrupted_while_waiting_never_strands_the_others(
     def held_lock() -> Any:
         return InterruptedWhenWoken() if threading.current_thread().name == "b" else real_held_lock()
 
-    monkeypatch.setattr(os, "fsync", held_fsync)
+    monkeypatch.setattr(log_module, "_write_all", held_write)
     monkeypatch.setattr(log_module, "_held_lock", held_lock)
-    monkeypatch.setattr(log_module, "_EXTRA_BATCHES", 0)  # a hands the lead on instead of writing b and c itself
     results: dict[str, Any] = {}
 
     def work(name: str) -> None:

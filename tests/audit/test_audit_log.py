@@ -464,21 +464,32 @@ def test_failed_fsync_drops_the_descriptor_and_reopens(log_path: Path, monkeypat
     with AuditLog(log_path) as log:
         log.append({"n": 1})
         real_fsync = os.fsync
-        calls = {"n": 0}
+        synced: list[tuple[int, int]] = []
 
         def failing_once(fd: int) -> None:
-            calls["n"] += 1
-            if calls["n"] == 1:
+            st = os.fstat(fd)
+            synced.append((fd, st.st_ino))
+            if len(synced) == 1:
                 raise OSError(errno.EIO, "Input/output error")
             real_fsync(fd)
 
+        closed: list[int] = []
+        real_close = os.close
+
+        def counting_close(fd: int) -> None:
+            closed.append(fd)
+            real_close(fd)
+
         monkeypatch.setattr(os, "fsync", failing_once)
+        monkeypatch.setattr(os, "close", counting_close)
         opened = _count_opens(monkeypatch)
         with pytest.raises(AuditWriteError, match="Input/output"):
             log.append({"n": 2})
         assert opened == []
+        assert closed == [synced[0][0]]  # the descriptor whose fsync failed is closed, never fsynced again
         record = log.append({"n": 3})
-        assert opened == [str(log_path)]  # reopened, not retried on the old fd
+        # reopened by path (the live file, and a descriptor of it for the fsync)
+        assert opened and set(opened) == {str(log_path)}
     # The bytes of the failed append reached the page cache, so they are in the file and the
     # reopen chained onto them: nothing is hidden, the chain stays intact.
     assert record["seq"] == 3
