@@ -529,7 +529,7 @@ def _run_of_chain(records: Iterable[Located], since: datetime | None, until: dat
 
 
 def _export(args: argparse.Namespace, out: TextIO) -> int:
-    from .ocsf import event_line
+    from .ocsf import Events
 
     try:
         since, until = _span(args)
@@ -537,11 +537,12 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
         _err(str(exc))
         return EXIT_UNUSABLE
     count = 0
+    events = Events()
     try:
         target = args.out.open("w", encoding="utf-8", newline="") if args.out else nullcontext(out)
         with target as stream, _progress("export", _log_bytes(args.path)) as advance:
             for located in _run_of_chain(_tracked(_records(args), advance), since, until):
-                stream.write(event_line(located.record, located.raw).decode("utf-8"))
+                stream.write(events.line(located.record, located.raw).decode("utf-8"))
                 count += 1
     except BrokenPipeError:
         raise

@@ -14,6 +14,7 @@ event from its record, so an edit of a mapped field shows as well. Pure: no I/O.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,10 +27,10 @@ from .chain import GENESIS_HASH, canonical, is_hash, loads, record_hash
 __all__ = [
     "CLASS_UID",
     "OCSF_VERSION",
+    "Events",
     "ExportCheck",
     "activity_of",
     "check_export",
-    "event_line",
     "to_ocsf",
 ]
 
@@ -186,8 +187,11 @@ def _actor(record: Mapping[str, Any]) -> dict[str, Any]:
     return actor or {"app_name": "opsgate"}  # a server event with no principal: the server itself acted
 
 
-def to_ocsf(record: Mapping[str, Any], line: str) -> dict[str, Any]:
-    """The OCSF API Activity event for one audit record; ``line`` is its canonical text, kept to verify it by."""
+def to_ocsf(record: Mapping[str, Any], line: str, called: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The OCSF API Activity event for one audit record; ``line`` is its canonical text, kept to verify it by.
+
+    ``called``: for an outcome, the resources its decision named (an outcome record names no object).
+    """
     activity = activity_of(record)
     status_id, severity_id, status_code, detail = _status(record)
     time_ms = _epoch_ms(record.get("time"))
@@ -235,7 +239,7 @@ def to_ocsf(record: Mapping[str, Any], line: str) -> dict[str, Any]:
         event["status_code"] = status_code
     if detail:
         event["status_detail"] = detail
-    resources = _resources(record)
+    resources = _resources(record) or (called or [])
     if resources:
         event["resources"] = resources
     duration = record.get("duration_ms")
@@ -244,9 +248,35 @@ def to_ocsf(record: Mapping[str, Any], line: str) -> dict[str, Any]:
     return event
 
 
-def event_line(record: Mapping[str, Any], raw: bytes) -> bytes:
-    """One line of the export (with its newline): the event of the record whose canonical line is ``raw``."""
-    return orjson.dumps(to_ocsf(record, raw.decode("utf-8")), option=orjson.OPT_APPEND_NEWLINE)
+PENDING_CALLS = 10_000
+"""Allowed calls whose outcome has not been read, remembered for their resources (the oldest are let go)."""
+
+
+class Events:
+    """Records to events, in log order: an outcome gets the resources its call's decision named.
+
+    Pure but for that memory, so the export and :func:`check_export` derive the same events from the same
+    records. At most ``PENDING_CALLS`` calls are remembered; a denial has no outcome and is not remembered.
+    """
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+
+    def event(self, record: Mapping[str, Any], line: str) -> dict[str, Any]:
+        call_id, stage = record.get("call_id"), record.get("stage")
+        called = None
+        if isinstance(call_id, str):
+            if stage == "outcome":
+                called = self._pending.pop(call_id, None)
+            elif stage == "decision" and _dict(record.get("decision")).get("effect") == "allow":
+                self._pending[call_id] = _resources(record)
+                if len(self._pending) > PENDING_CALLS:
+                    self._pending.popitem(last=False)
+        return to_ocsf(record, line, called)
+
+    def line(self, record: Mapping[str, Any], raw: bytes) -> bytes:
+        """One line of the export (with its newline): the event of the record whose canonical line is ``raw``."""
+        return orjson.dumps(self.event(record, raw.decode("utf-8")), option=orjson.OPT_APPEND_NEWLINE)
 
 
 # --- checking an export ---------------------------------------------------------------------------
@@ -306,6 +336,7 @@ def check_export(lines: Iterable[bytes], anchors: Mapping[int, str] | None = Non
     An export may start past seq 1 (a time range); its first record's ``prev`` is then taken as given.
     """
     wanted = anchors or {}
+    derive = Events()
     records = anchored = 0
     first: int | None = None
     seq, prev = 0, GENESIS_HASH
@@ -338,8 +369,9 @@ def check_export(lines: Iterable[bytes], anchors: Mapping[int, str] | None = Non
                           "inserted or moved")
         if claimed_prev != prev:
             return result("prev-mismatch", number, f"record {claimed}: prev is not the hash of record {seq}")
-        if event != to_ocsf(record, text):
-            where = _first_difference(event, to_ocsf(record, text))
+        derived = derive.event(record, text)
+        if event != derived:
+            where = _first_difference(event, derived)
             return result("event-mismatch", number, f"record {claimed}: {where} is not what the record says")
         if claimed in wanted:
             if wanted[claimed] != digest:

@@ -132,11 +132,11 @@ def test_calls_map_to_activity_status_and_resources(export: Path) -> None:
     created = by[("deploy", "outcome", "ok")]
     assert created["activity_id"] == CREATE and created["type_name"] == "API Activity: Create"
     assert created["api"]["response"]["data"]["action"] == "created" and created["status"] == "Success"
-    asked = by[("deploy", "decision", "allow")]  # the object is named by the decision; the outcome joins it by call
-    assert asked["resources"] == [{"type": "Deployment", "name": "web", "namespace": NS}]
+    asked = by[("deploy", "decision", "allow")]  # the decision names the object; its outcome carries it too
+    assert asked["resources"] == created["resources"] == [{"type": "Deployment", "name": "web", "namespace": NS}]
     assert asked["metadata"]["correlation_uid"] == created["metadata"]["correlation_uid"]
     scaled = by[("scale", "outcome", "ok")]
-    assert scaled["activity_id"] == UPDATE
+    assert scaled["activity_id"] == UPDATE and scaled["resources"][0]["name"] == "web"
     assert scaled["api"]["response"]["data"]["replicas"] == {"before": 2, "after": 3}
     denied = by[("deploy", "decision", "deny")]
     assert (denied["status_id"], denied["status"], denied["severity_id"]) == (2, "Failure", 3)
