@@ -177,6 +177,8 @@ def make_change(target: GitOpsTarget, tool: str, obj: ObjectRef, ctx: CallContex
     try:
         with worktree(git, base.ref, branch) as tree:
             wt = Git(tree)
+            if not (tree / base.folder).resolve().is_relative_to(tree.resolve()):  # a committed link out of the tree
+                raise _fail(f"the GitOps folder {base.folder!r} leads outside the repository", "symlink")
             before = obj.find(render(tree / base.folder, target.kubectl))
             if revert is not None:
                 proc = wt.run("revert", "--no-commit", revert, check=False)

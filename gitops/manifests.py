@@ -8,6 +8,7 @@ the loaded documents (never by building text), and only the fields a change sets
 from __future__ import annotations
 
 import io
+import os
 import re
 from collections.abc import Iterator, Mapping, MutableMapping, MutableSequence
 from dataclasses import dataclass
@@ -115,18 +116,24 @@ def merge_into(node: Any, want: Any) -> Any:
 
 
 def yaml_files(folder: Path) -> Iterator[Path]:
-    """Manifest files under ``folder``, in a stable order, hidden folders and kustomizations left out."""
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if (path.is_file() and path.suffix in _YAML_SUFFIXES and path.name not in KUSTOMIZATION_NAMES
-                and not any(part.startswith(".") for part in rel.parts)):
-            yield path
+    """Manifest files under ``folder``, in a stable order; hidden folders, kustomizations and symbolic links left
+    out (a link committed to the repository could point an edit at a file outside it)."""
+    found: list[Path] = []
+    for top, dirs, files in os.walk(folder):  # does not follow links to folders
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(top) / f for f in files if Path(f).suffix in _YAML_SUFFIXES and f not in KUSTOMIZATION_NAMES
+                  and not (Path(top) / f).is_symlink()]
+    yield from sorted(found)
 
 
 def kustomization_file(folder: Path) -> Path | None:
     for name in KUSTOMIZATION_NAMES:
-        if (folder / name).is_file():
-            return folder / name
+        path = folder / name
+        if path.is_symlink():
+            raise ToolError(f"{path.name} in the GitOps folder is a symbolic link; opsgate edits only regular files",
+                            code="gitops_error", rule="symlink")
+        if path.is_file():
+            return path
     return None
 
 

@@ -72,7 +72,7 @@ def server_dry_run(kube: Kube, ctx: CallContext) -> DryRun:
 def _new_file(folder: Path, obj: ObjectRef, doc: dict[str, Any]) -> None:
     """The object as a new file in the folder, listed in its kustomization's resources when it has one."""
     path = folder / f"{obj.name}-{obj.kind.lower()}.yaml"
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise _fail(f"{path.name} exists in the GitOps folder but does not hold {obj.kind} {obj.name}",
                     "file-exists")
     YamlFile.new(path, doc).save()
