@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -29,9 +30,10 @@ from opsgate.vocab.elements import count_elements
 from opsgate.vocab.kinds import DEPLOYMENT, INFERENCE_SERVICE
 
 from .access import access_tools
-from .config import Settings
+from .config import Settings, SettingsError
 
 if TYPE_CHECKING:
+    from opsgate.gitops import GitOpsTarget
     from opsgate.tools import kserve as ks
     from opsgate.tools import workloads as wl
     from opsgate.tools.inference import ModelStore
@@ -46,6 +48,7 @@ _WL = "opsgate.tools.workloads"
 _KS = "opsgate.tools.kserve"
 _TYPES = "opsgate.tools.workload_types"
 _LISTING = "opsgate.tools.listing"
+_DRIFT = "opsgate.tools.drift"
 
 _SCHEMAS_FILE: Final = Path(__file__).with_name("tool_schemas.json")
 
@@ -98,6 +101,79 @@ def rollback_workload(kube: Kube, args: RollbackArgs, ctx: CallContext) -> Rollb
     return wl.rollback_deployment(kube, args, ctx)
 
 
+def gitops_target(settings: Settings) -> GitOpsTarget | None:
+    """GitOps mode's settings (README "GitOps mode"), or None when it is off. The forge token is read here,
+    once, from the variable the settings name: it is never a flag, a file entry or a logged value."""
+    if settings.gitops_repo is None:
+        return None
+    from pydantic import SecretStr
+
+    from opsgate.gitops import DEFAULT_API, Forge, GitOpsTarget
+
+    forge = None
+    if settings.gitops_forge is not None and settings.gitops_forge_project is not None:
+        variable = settings.gitops_forge_token_env
+        token = os.environ.get(variable) if variable else None
+        if variable and not token:
+            raise SettingsError(f"gitops_forge_token_env names {variable}, which is not set: no merge request could "
+                                "be opened")
+        if token:
+            forge = Forge(settings.gitops_forge, settings.gitops_forge_url or DEFAULT_API[settings.gitops_forge],
+                          settings.gitops_forge_project, SecretStr(token))
+    name, _, email = settings.gitops_committer.partition(" <")
+    return GitOpsTarget(
+        repo=settings.gitops_repo, paths=dict(settings.gitops_paths), default_path=settings.gitops_path,
+        base_branch=settings.gitops_base_branch, branch_prefix=settings.gitops_branch_prefix, push=settings.gitops_push,
+        remote=settings.gitops_remote, committer=(name, email.rstrip(">")), forge=forge,
+        kubectl=str(settings.gitops_kubectl) if settings.gitops_kubectl else None,
+    )
+
+
+def in_git(fn: Callable[..., Any], tool: str, gitops: GitOpsTarget | None) -> Callable[..., Any]:
+    """``fn``, or for a namespace GitOps mode maps, the tool's GitOps form (opsgate.gitops.tools): the
+    change as a commit in the manifests instead of a write to the cluster (the cluster only dry-runs it)."""
+    if gitops is None:
+        return fn
+
+    def run(kube: Kube, args: Any, ctx: CallContext, *rest: Any) -> Any:
+        if gitops.folder_for(args.namespace) is None:
+            return fn(kube, args, ctx, *rest)
+        from opsgate.gitops import tools as in_repo
+
+        return getattr(in_repo, tool)(gitops, kube, args, ctx)
+
+    return run
+
+
+def rendered_in_git(gitops: GitOpsTarget | None) -> Callable[[str], tuple[list[dict[str, Any]], str]] | None:
+    """What Git renders for a namespace (the drift tool's other side): the namespace's GitOps folder at the base
+    branch's last commit (the remote's, when changes are pushed: what the reconciler syncs), rendered by
+    opsgate.gitops.render; None when there is no GitOps repository."""
+    if gitops is None:
+        return None
+
+    def rendered(namespace: str) -> tuple[list[dict[str, Any]], str]:
+        from opsgate.gitops import render
+        from opsgate.gitops.change import prepare, worktree
+
+        base = prepare(gitops, namespace)
+        with worktree(base.git, base.ref, None) as tree:
+            return render(tree / base.folder, gitops.kubectl), f"{base.branch}:{base.folder}"
+
+    return rendered
+
+
+def drift_against(rendered: Callable[[str], tuple[list[dict[str, Any]], str]] | None) -> Callable[..., Any]:
+    """The drift tool, given what Git renders."""
+
+    def run(kube: Kube, args: Any, ctx: CallContext) -> Any:
+        from opsgate.tools.drift import drift
+
+        return drift(kube, args, ctx, rendered)
+
+    return run
+
+
 def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
     stores: list[ModelStore] = []
     limiter = anyio.CapacityLimiter(INFERENCE_THREADS)
@@ -146,7 +222,8 @@ def inference_tools(folder: Path) -> list[ToolSpec[Any, Any]]:
     return specs
 
 
-def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[ToolSpec[Any, Any]]:
+def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT,
+                   gitops: GitOpsTarget | None = None) -> list[ToolSpec[Any, Any]]:
     limiter = anyio.CapacityLimiter(CLUSTER_THREADS)  # every call to this cluster, reads and writes
     def bind(fn: Callable[[Kube, Any, CallContext], Any]) -> Callable[[Any, CallContext], Awaitable[Any]]:
         """The kubernetes client is synchronous: run it in a worker thread so the loop keeps serving."""
@@ -212,7 +289,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             description="Create or update a Deployment (image, replicas, env, ports, resources, labels). "
             "Try dry_run first.",
             args_model=deferred(_WL, "DeployArgs"), result_model=deferred(_WL, "DeployResult"),
-            run=bind_waiting(deferred_function(_WL, "deploy")), verb="write",
+            run=bind_waiting(in_git(deferred_function(_WL, "deploy"), "deploy", gitops)), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             name_of=named,
             bound_attrs=lambda a: BoundAttrs(replicas=a.replicas, images=(a.image,)), current_state=current_replicas,
@@ -223,7 +300,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             description="Set a Deployment's replicas, or (kind) an InferenceService's replica range and "
             "autoscaling.",
             args_model=deferred(_TYPES, "ScaleArgs"), result_model=deferred(_TYPES, "ScaleResult"),
-            run=bind(scale_workload), verb="write",
+            run=bind(in_git(scale_workload, "scale", gitops)), verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="Deployment",
             name_of=named,
             kind_of=lambda a: a.kind,
@@ -236,7 +313,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             "rollout undo); an InferenceService (kind): canary traffic to 0, or the previous spec opsgate "
             "recorded.",
             args_model=deferred(_TYPES, "RollbackArgs"), result_model=deferred(_TYPES, "RollbackResult"),
-            run=bind(with_models_dir(rollback_workload, models_dir)), verb="write",
+            run=bind(with_models_dir(in_git(rollback_workload, "rollback", gitops), models_dir)), verb="write",
             destructive=True, idempotent=False, open_world=True, namespace_of=ns, object_kind="Deployment",
             name_of=named,
             kind_of=lambda a: a.kind,
@@ -249,7 +326,8 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             description="Create or update a KServe InferenceService serving an ONNX model; a new version can go "
             "out as a canary, then promote. Try dry_run first.",
             args_model=deferred(_KS, "DeployModelArgs"), result_model=deferred(_KS, "DeployModelResult"),
-            run=bind_waiting(with_models_dir(deferred_function(_KS, "deploy_model"), models_dir)),
+            run=bind_waiting(with_models_dir(in_git(deferred_function(_KS, "deploy_model"), "deploy_model", gitops),
+                                             models_dir)),
             verb="write",
             destructive=True, idempotent=True, open_world=True, namespace_of=ns, object_kind="InferenceService",
             name_of=named,
@@ -277,6 +355,13 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT) -> list[To
             # and the storage URI of the service it calls, checked on the read of the service
             bounded=frozenset({"model", "input_elements", "url_override", "storage_uri"}),
         ),
+        ToolSpec(
+            name="drift",
+            description="Where a namespace's Deployments and InferenceServices differ from Git (GitOps repo), "
+            "per field, and who changed it.",
+            args_model=deferred(_DRIFT, "DriftArgs"), result_model=deferred(_DRIFT, "DriftResult"),
+            run=bind(drift_against(rendered_in_git(gitops))), namespace_of=ns, open_world=True,
+        ),
     ]
 
 
@@ -296,7 +381,8 @@ def server_tools(
     settings = settings if settings is not None else Settings()
     models = settings.models or MODELS_DIR_DEFAULT
     kube = kube if kube is not None else Kube()
-    specs = [*access_tools(gate_of, cluster), *inference_tools(models), *workload_tools(kube, models)]
+    specs = [*access_tools(gate_of, cluster), *inference_tools(models),
+             *workload_tools(kube, models, gitops_target(settings))]
     schemas = prebuilt_schemas()
     return [dataclasses.replace(spec, schema=schemas[spec.name]) if spec.name in schemas else spec for spec in specs]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -63,6 +64,15 @@ def images_of(template: Mapping[str, Any] | None) -> list[str]:
 def change_cause(principal: str, call_id: str) -> str:
     """What every opsgate change writes to ``kubernetes.io/change-cause``: who, and the audit record."""
     return f"opsgate: {principal} call {call_id}"
+
+
+_OPSGATE_CAUSE: Final = re.compile(r"opsgate: \S+ call ([0-9a-f]{8,64})")
+
+
+def opsgate_call_of(cause: str | None) -> str | None:
+    """The audit call id a change-cause :func:`change_cause` wrote names, or None (someone else's cause)."""
+    match = _OPSGATE_CAUSE.fullmatch(cause) if cause else None
+    return match[1] if match else None
 
 
 def owned_by(objects: Iterable[Mapping[str, Any]], owner_uid: str) -> list[JSON]:
