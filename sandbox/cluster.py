@@ -16,6 +16,7 @@ from typing import Any, Self
 
 from . import infra
 from .api import Api
+from .config_kinds import CONFIG_TYPES
 from .controllers import Controller, ControllerManager, builtin_controllers
 from .faults import Fault, FaultTable
 from .http import SandboxHTTPServer
@@ -67,7 +68,7 @@ class SandboxCluster:
         self.rollout_delay = rollout_delay
         self._requested_port = port
         self.registry = ResourceRegistry()
-        for rt in (*BUILTIN_TYPES, *INFRA_TYPES):
+        for rt in (*BUILTIN_TYPES, *INFRA_TYPES, *CONFIG_TYPES):
             self.registry.register(rt)
         self.store = Store(self.registry)
         self.faults = FaultTable()
