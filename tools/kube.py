@@ -320,13 +320,6 @@ def traced_request(request: Callable[..., Any]) -> Callable[..., Any]:
     return traced
 
 
-class Kube:
-    """One cluster connection, built once per server from a KubeTarget or a kubeconfig dict.
-
-    Nothing is read or connected at construction: the kubeconfig is loaded on the first call
-    (or :meth:`connect`), so a missing or slow cluster never delays server start.
-    """
-
 #: Watch caches one Kube keeps at most (one per credentials and impersonated identity).
 _MAX_READ_CACHES: Final = 16
 
@@ -345,6 +338,13 @@ def _credentials_id(cfg: Configuration) -> str:
             digest.update(Path(cfg.cert_file).read_bytes())
     return digest.hexdigest()[:16]
 
+
+class Kube:
+    """One cluster connection, built once per server from a KubeTarget or a kubeconfig dict.
+
+    Nothing is read or connected at construction: the kubeconfig is loaded on the first call
+    (or :meth:`connect`), so a missing or slow cluster never delays server start.
+    """
 
     def __init__(
         self,
@@ -365,6 +365,9 @@ def _credentials_id(cfg: Configuration) -> str:
         self._server: str | None = None
         self._context: str | None = None
         self.impersonation: Impersonation | None = None  # set by the server when the cluster's RBAC should decide too
+        self._read_caches: dict[tuple[str, str, ActingFor | None], ReadCache] | None = None  # None: reads go to the API
+        self._read_cache_idle = 0.0
+        self._credentials_id = ""
 
     @classmethod
     def from_kubeconfig_dict(
@@ -372,9 +375,6 @@ def _credentials_id(cfg: Configuration) -> str:
         config: Mapping[str, Any],
         *,
         context: str | None = None,
-        self._read_caches: dict[tuple[str, str, ActingFor | None], ReadCache] | None = None  # None: reads go to the API
-        self._read_cache_idle = 0.0
-        self._credentials_id = ""
         sandbox: bool = False,
         request_timeout: tuple[float, float] = DEFAULT_TIMEOUT,
     ) -> Kube:
@@ -428,6 +428,7 @@ def _credentials_id(cfg: Configuration) -> str:
         cfg.retries = urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0)
         cfg.connection_pool_maxsize = MAX_CONCURRENT_CALLS
         self._server = cfg.host
+        self._credentials_id = _credentials_id(cfg)
         client = k8s.ApiClient(cfg)
         # The API server names a write's field manager after the User-Agent (up to its "/"): ours show as "opsgate"
         # in managedFields, which the drift tool reads back (with the change-cause's call id).
@@ -435,7 +436,6 @@ def _credentials_id(cfg: Configuration) -> str:
         if telemetry.ON:  # a span per HTTP request, and its traceparent sent, where method and URL are final
             client.rest_client.request = traced_request(client.rest_client.request)  # type: ignore[method-assign]
         return client
-        self._credentials_id = _credentials_id(cfg)
 
     @property
     def apps(self) -> AppsV1Api:
@@ -470,13 +470,6 @@ def _credentials_id(cfg: Configuration) -> str:
         out.update(server=self._server, context=self._context)
         return out
 
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()  # type: ignore[no-untyped-call]
-            self._client = self._apps = self._core = None
-
-    # ------------------------------------------------------------------ the one call path
     # ------------------------------------------------------------------ the watch cache (tools/informer)
 
     def use_read_cache(self, *, idle_seconds: float) -> None:
@@ -533,9 +526,16 @@ def _credentials_id(cfg: Configuration) -> str:
         if cache is not None:
             cache.saw(kind, str(namespace), str(rv))
 
-
+    def close(self) -> None:
         for cache in list((self._read_caches or {}).values()):
             cache.close()  # the watches end now, not at their timeout
+        with self._lock:
+            if self._client is not None:
+                self._client.close()  # type: ignore[no-untyped-call]
+            self._client = self._apps = self._core = None
+
+    # ------------------------------------------------------------------ the one call path
+
     def call(self, fn: Callable[..., Any], *args: Any, what: str, audit_id: str | None = None, stream: bool = False,
              **kwargs: Any) -> Any:
         """Call one ``kubernetes`` API method; return the response JSON (dicts), or raise a ToolError.
@@ -562,6 +562,8 @@ def _credentials_id(cfg: Configuration) -> str:
         response: Any = None
         try:
             response = fn(*args, **kwargs) if raw is None else raw(fn.__self__, *args, **kwargs)  # type: ignore[attr-defined]
+            if stream:
+                return response
             data = response.data
         except ApiException as exc:
             if not exc.status:  # the client's own wrapper for TLS failures
@@ -569,8 +571,6 @@ def _credentials_id(cfg: Configuration) -> str:
             echoed = exc.headers.get("Audit-Id") if exc.headers is not None else None
             error = api_error(int(exc.status), exc.reason, exc.body, what, echoed)
             user = headers.get("Impersonate-User") if headers else None
-            if stream:
-                return response
             raise (cluster_refusal(error, user) if user is not None and error.status == 403 else error) from None
         except (Urllib3Error, OSError) as exc:
             raise self._unreachable_from(exc, what, is_write) from None
@@ -584,6 +584,9 @@ def _credentials_id(cfg: Configuration) -> str:
         except ValueError:
             raise ToolError(f"{what}: the API answered something that is not JSON", code="api_error",
                             rule="bad-response") from None
+        if self._read_caches is not None and not kwargs.get("dry_run"):
+            self._saw(fn, result)
+        return result
 
     def identity_headers(self) -> dict[str, str]:
         """The impersonation headers for the call running, or none (no impersonation, or nobody acting)."""
@@ -591,9 +594,6 @@ def _credentials_id(cfg: Configuration) -> str:
         if self.impersonation is None or who is None:
             return {}
         return impersonation_headers(self.impersonation, who)
-        if self._read_caches is not None and not kwargs.get("dry_run"):
-            self._saw(fn, result)
-        return result
 
     def _unreachable_from(self, exc: BaseException, what: str, is_write: bool) -> ClusterUnreachable:
         from urllib3.exceptions import (
