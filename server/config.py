@@ -112,6 +112,14 @@ class Settings(BaseSettings):
         description="Serve Prometheus metrics on this address (also while serving over stdio); needs opsgate[otel]. "
         "Traces and OTLP export are set with the standard OTEL_* variables.",
     )
+    # Named for turning it off: a bool flag switches its setting away from the default (cli_implicit_flags).
+    disable_read_cache: bool = Field(
+        default=False, description="Read list_workloads, rollout_status, rollout_history and model_status from the "
+        "API server every call, instead of a watch cache (list+watch per namespace and kind).",
+    )
+    read_cache_idle_seconds: float = Field(
+        default=300.0, gt=0, le=86400, description="Stop a namespace's watch after this long without a read."
+    )
     # NoDecode: the environment's value is the comma-separated string, not JSON.
     sandbox_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         default=DEFAULT_SANDBOX_NAMESPACES, json_schema_extra={"metavar": "NS,NS"},

@@ -92,6 +92,8 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
         client_version=None,
         session_id=uuid.uuid4().hex,
     )
+    if not settings.disable_read_cache:  # the read tools from watches (tools/informer); stopped by cluster.close()
+        cluster.kube.use_read_cache(idle_seconds=settings.read_cache_idle_seconds)
     gates: list[Gate] = []  # the access tools describe the gate built below, from a policy checked against them
     try:
         specs = server_tools(settings, cluster.kube, lambda: gates[0], cluster.describe)

@@ -49,6 +49,8 @@ from .untrusted import TEXT_MAX, name_in_text, quoted
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, AppsV1Api, Configuration, CoreV1Api
 
+    from .informer import ReadCache
+
 __all__ = [
     "CONFLICT_ATTEMPTS", "DEFAULT_TIMEOUT", "JSON_PATCH", "MAX_CONCURRENT_CALLS", "ActingFor", "ClusterUnreachable",
     "Impersonation", "Kube", "KubeApiError", "KubeTarget", "acting_for", "api_error", "cluster_refusal",
@@ -272,14 +274,7 @@ def api_error(status: int, http_reason: str | None, body: str | None, what: str,
 
 def cluster_refusal(error: KubeApiError, user: str) -> KubeApiError:
     """A 403 to a request made as ``user`` (impersonated): the cluster's RBAC refused the person, which is not
-    opsgate's policy; rule ``cluster-rbac`` says so, and the message says whom the cluster judged. When the
-    cluster refused opsgate's own account the ``impersonate`` verb, that is a setup fault, said as one."""
-    if "cannot impersonate" in error.message:
-        return KubeApiError(
-            _clip(f"the cluster does not let opsgate's account impersonate {name_in_text(user)} (it needs the "
-                  f"impersonate verb on users and groups): {error.message}"),
-            status=403, reason=error.reason, rule="impersonation-forbidden", audit_id=error.audit_id,
-        )
+    opsgate's policy; rule ``cluster-rbac`` says so, and the message says whom the cluster judged."""
     return KubeApiError(
         _clip(f"the cluster's RBAC refused {name_in_text(user)} (opsgate's policy allowed the call): {error.message}"),
         status=403, reason=error.reason, rule="cluster-rbac", field=error.field, causes=error.causes,
@@ -325,6 +320,25 @@ def traced_request(request: Callable[..., Any]) -> Callable[..., Any]:
     return traced
 
 
+#: Watch caches one Kube keeps at most (one per credentials and impersonated identity).
+_MAX_READ_CACHES: Final = 16
+
+
+def _credentials_id(cfg: Configuration) -> str:
+    """A fingerprint of who the client authenticates as (token, client certificate, basic-auth user), never the
+    secret: a hash, so the watch cache can be keyed by it."""
+    import contextlib
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (*sorted((cfg.api_key or {}).items()), cfg.username or "", cfg.cert_file or ""):
+        digest.update(repr(part).encode() + b"\0")
+    if cfg.cert_file:  # the certificate names the user; a temporary file's path may not
+        with contextlib.suppress(OSError):
+            digest.update(Path(cfg.cert_file).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class Kube:
     """One cluster connection, built once per server from a KubeTarget or a kubeconfig dict.
 
@@ -351,6 +365,9 @@ class Kube:
         self._server: str | None = None
         self._context: str | None = None
         self.impersonation: Impersonation | None = None  # set by the server when the cluster's RBAC should decide too
+        self._read_caches: dict[tuple[str, str, ActingFor | None], ReadCache] | None = None  # None: reads go to the API
+        self._read_cache_idle = 0.0
+        self._credentials_id = ""
 
     @classmethod
     def from_kubeconfig_dict(
@@ -411,6 +428,7 @@ class Kube:
         cfg.retries = urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0)
         cfg.connection_pool_maxsize = MAX_CONCURRENT_CALLS
         self._server = cfg.host
+        self._credentials_id = _credentials_id(cfg)
         client = k8s.ApiClient(cfg)
         # The API server names a write's field manager after the User-Agent (up to its "/"): ours show as "opsgate"
         # in managedFields, which the drift tool reads back (with the change-cause's call id).
@@ -452,7 +470,65 @@ class Kube:
         out.update(server=self._server, context=self._context)
         return out
 
+    # ------------------------------------------------------------------ the watch cache (tools/informer)
+
+    def use_read_cache(self, *, idle_seconds: float) -> None:
+        """Serve the read tools from watch caches (one per :attr:`cache_key`), each watch dropped after
+        ``idle_seconds`` without a read. Off by default: a Kube built by a library caller or a test reads the API."""
+        self._read_cache_idle = idle_seconds
+        self._read_caches = {}
+
+    @property
+    def cache_key(self) -> tuple[str, str, ActingFor | None]:
+        """Whose view of which cluster a cached read is: (server URL, credentials fingerprint, impersonated identity).
+
+        The fingerprint is a hash of the credentials (token, client certificate, basic-auth user), never the
+        secret itself. Impersonation must be part of the key: with it on, each principal (and its groups) is
+        its own view of the cluster under the cluster's RBAC, and one principal's cache is never another's."""
+        self.connect()
+        who = _ACTING_FOR.get() if self.impersonation is not None else None
+        return (self._server or "?", self._credentials_id, who)
+
+    @property
+    def read_cache(self) -> ReadCache | None:
+        """The watch cache for the credentials and identity of the call running; None when the cache is off."""
+        caches = self._read_caches
+        if caches is None:
+            return None
+        key = self.cache_key
+        cache = caches.get(key)
+        if cache is None:
+            from .informer import ReadCache
+
+            with self._lock:
+                cache = caches.get(key)
+                if cache is None:
+                    while len(caches) >= _MAX_READ_CACHES:  # the least recently made goes (its watches stop)
+                        caches.pop(next(iter(caches))).close()
+                    cache = caches[key] = ReadCache(self, idle_seconds=self._read_cache_idle)
+        return cache
+
+    def _saw(self, fn: Callable[..., Any], obj: Any) -> None:
+        """Read-your-write: the version an object was written (or read) at, which later cached reads must reach.
+
+        Reads count too: a write tool reads its object again after writing (the controller's new revision),
+        and what it returned must not be followed by an older view from the cache. Lists do not: a list's
+        version is the whole cluster's, which one namespace's watch may never reach."""
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        namespace = meta.get("namespace") if isinstance(meta, dict) else None
+        kind = str(obj.get("kind") or "")
+        if kind == "Scale":  # a scale subresource answers with its own kind and its parent's resourceVersion
+            kind = getattr(fn, "__name__", "").rpartition("namespaced_")[2].removesuffix("_scale").replace("_", "")
+        if not (rv and namespace and kind) or kind.endswith("List"):
+            return
+        cache = self.read_cache
+        if cache is not None:
+            cache.saw(kind, str(namespace), str(rv))
+
     def close(self) -> None:
+        for cache in list((self._read_caches or {}).values()):
+            cache.close()  # the watches end now, not at their timeout
         with self._lock:
             if self._client is not None:
                 self._client.close()  # type: ignore[no-untyped-call]
@@ -460,11 +536,13 @@ class Kube:
 
     # ------------------------------------------------------------------ the one call path
 
-    def call(self, fn: Callable[..., Any], *args: Any, what: str, audit_id: str | None = None,
+    def call(self, fn: Callable[..., Any], *args: Any, what: str, audit_id: str | None = None, stream: bool = False,
              **kwargs: Any) -> Any:
         """Call one ``kubernetes`` API method; return the response JSON (dicts), or raise a ToolError.
 
-        ``what`` names the operation in error messages ("read deployment prod/web").
+        ``what`` names the operation in error messages ("read deployment prod/web"). ``stream``: return the
+        open urllib3 response instead (a watch), which the caller reads, closes and releases. With the watch
+        cache on, the version of the object answered is recorded for read-your-write (:meth:`_saw`).
         """
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError as Urllib3Error
@@ -484,6 +562,8 @@ class Kube:
         response: Any = None
         try:
             response = fn(*args, **kwargs) if raw is None else raw(fn.__self__, *args, **kwargs)  # type: ignore[attr-defined]
+            if stream:
+                return response
             data = response.data
         except ApiException as exc:
             if not exc.status:  # the client's own wrapper for TLS failures
@@ -495,15 +575,18 @@ class Kube:
         except (Urllib3Error, OSError) as exc:
             raise self._unreachable_from(exc, what, is_write) from None
         finally:
-            if response is not None and hasattr(response, "release_conn"):
+            if response is not None and not stream and hasattr(response, "release_conn"):
                 response.release_conn()
         if not data:
             return {}
         try:
-            return json.loads(data)
+            result = json.loads(data)
         except ValueError:
             raise ToolError(f"{what}: the API answered something that is not JSON", code="api_error",
                             rule="bad-response") from None
+        if self._read_caches is not None and not kwargs.get("dry_run"):
+            self._saw(fn, result)
+        return result
 
     def identity_headers(self) -> dict[str, str]:
         """The impersonation headers for the call running, or none (no impersonation, or nobody acting)."""

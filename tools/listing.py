@@ -18,6 +18,7 @@ from opsgate.vocab.names import DNS1123_SUBDOMAIN_MAX
 from .context import CallContext
 from .kserve.rows import inference_service_rows
 from .kube import Kube
+from .structs.freshness import SOURCE, Freshness, combine
 from .structs.pages import CURSOR_MAX, PAGE_BUDGET_BYTES, decode_cursor, encode_cursor, fit_page, json_size
 from .workload_types import Args, Namespace, Result, WorkloadRow
 from .workloads import deployment_rows
@@ -39,6 +40,7 @@ class ListWorkloadsResult(Result):
     workloads: list[WorkloadRow]
     total: int = Field(description="Workloads in the namespace matching kind, over all pages.")
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page.")
+    source: Freshness | None = Field(default=None, description=SOURCE)
 
     def audit_summary(self) -> dict[str, Any]:
         return {"count": len(self.workloads), "total": self.total}
@@ -58,20 +60,26 @@ def list_workloads(kube: Kube, args: ListWorkloadsArgs, ctx: CallContext) -> Lis
     after = decode_cursor(args.cursor, args.namespace, args.kind) if args.cursor else None
     now = datetime.now(UTC)
     rows: list[WorkloadRow] = []
+    sources: list[Freshness] = []
     if args.kind in (None, DEPLOYMENT):
-        rows.extend(deployment_rows(kube, args.namespace, ctx, now))
+        found, read_from = deployment_rows(kube, args.namespace, ctx, now)
+        rows.extend(found)
+        sources.append(read_from)
     if args.kind in (None, INFERENCE_SERVICE):
-        rows.extend(inference_service_rows(kube, args.namespace, ctx, now, required=args.kind is not None))
+        found, read_from = inference_service_rows(kube, args.namespace, ctx, now, required=args.kind is not None)
+        rows.extend(found)
+        sources.append(read_from)
+    source = combine(sources)
     rows.sort(key=lambda r: (r.name, r.kind))
     # The cursor names the last row as "name/kind": a Deployment and an InferenceService may share a name.
     resume = tuple(after.split("/", 1)) if after is not None else None
     remaining = [r for r in rows if resume is None or (r.name, r.kind) > resume]
-    envelope = _envelope_size(args.namespace, args.kind, len(rows))
+    envelope = _envelope_size(args.namespace, args.kind, len(rows)) + json_size({"source": source.model_dump()})
     count = fit_page([json_size(r.model_dump(mode="json")) for r in remaining], PAGE_BUDGET_BYTES - envelope)
     page = remaining[:count]
     more = count < len(remaining)
     return ListWorkloadsResult(
         namespace=args.namespace, workloads=page, total=len(rows),
         next_cursor=encode_cursor(args.namespace, args.kind, f"{page[-1].name}/{page[-1].kind}") if more and page
-        else None,
+        else None, source=source,
     )

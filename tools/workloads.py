@@ -35,9 +35,11 @@ from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 from .bounded import enforce_bounds, enforce_ownership, restored_deployment_attrs
 from .context import CallContext
 from .errors import ToolError
+from .informer import DEPLOYMENTS, REPLICA_SETS, read_all, read_one
 from .kube import Kube, KubeApiError, guarded_patch, retry_on_conflict
 from .structs.changes import ManifestChange, manifest_change
 from .structs.diff import FieldChange, diff_deployments, env_names
+from .structs.freshness import SOURCE, Freshness, combine
 from .structs.names import IMAGE_MAX, env_name_problem, image_problem, label_key_problem, label_value_problem
 from .structs.objects import (
     HASH_LABEL,
@@ -139,10 +141,13 @@ def _list_all(kube: Kube, fn: Callable[..., Any], namespace: str, what: str, ctx
             return items
 
 
-def deployment_rows(kube: Kube, namespace: str, ctx: CallContext, now: datetime) -> list[WorkloadRow]:
-    """The namespace's Deployments as workload rows (list_workloads)."""
+def deployment_rows(kube: Kube, namespace: str, ctx: CallContext,
+                    now: datetime) -> tuple[list[WorkloadRow], Freshness]:
+    """The namespace's Deployments as workload rows (list_workloads), from the watch cache when it is on."""
     rows: list[WorkloadRow] = []
-    for d in _list_all(kube, kube.apps.list_namespaced_deployment, namespace, f"list deployments in {namespace}", ctx):
+    items, source = read_all(kube, DEPLOYMENTS, namespace, lambda: _list_all(
+        kube, kube.apps.list_namespaced_deployment, namespace, f"list deployments in {namespace}", ctx))
+    for d in items:
         status = status_of(d)
         rows.append(WorkloadRow(
             name=str(meta(d).get("name")), kind="Deployment",
@@ -150,7 +155,7 @@ def deployment_rows(kube: Kube, namespace: str, ctx: CallContext, now: datetime)
             images=images_of(spec_of(d).get("template")), revision=revision_of(d) or None,
             age_seconds=age_seconds(d, now),
         ))
-    return rows
+    return rows, source
 
 
 # --------------------------------------------------------------------------- rollout_status
@@ -179,12 +184,13 @@ class RolloutStatusResult(Result):
     summary: str = Field(description="One line, as kubectl rollout status says it.")
     owner: Owner | None = Field(default=None, description="Who applies it from Git (Argo CD, Flux); direct writes "
                                 "are refused.")
+    source: Freshness | None = Field(default=None, description=SOURCE)
 
     def audit_summary(self) -> dict[str, Any]:
         return {"revision": self.revision, "done": self.done}
 
 
-def _status_result(d: dict[str, Any]) -> RolloutStatusResult:
+def _status_result(d: dict[str, Any], source: Freshness | None = None) -> RolloutStatusResult:
     st = status_of(d)
     state = rollout_state(d)
     conditions = [
@@ -200,7 +206,7 @@ def _status_result(d: dict[str, Any]) -> RolloutStatusResult:
         ready=int(st.get("readyReplicas") or 0), available=int(st.get("availableReplicas") or 0),
         generation=int(meta(d).get("generation") or 0), observed_generation=int(st.get("observedGeneration") or 0),
         paused=bool(spec_of(d).get("paused")), revision=revision_of(d) or None, conditions=conditions,
-        done=state.done, failed=state.failed, summary=state.summary, owner=ownership(d),
+        done=state.done, failed=state.failed, summary=state.summary, owner=ownership(d), source=source,
     )
 
 
@@ -220,8 +226,10 @@ def _find(kube: Kube, name: str, namespace: str, ctx: CallContext) -> dict[str, 
 
 
 def rollout_status(kube: Kube, args: RolloutStatusArgs, ctx: CallContext) -> RolloutStatusResult:
-    """One Deployment's rollout state, with kubectl's verdict."""
-    return _status_result(_read(kube, args.name, args.namespace, ctx))
+    """One Deployment's rollout state, with kubectl's verdict; from the watch cache when it is on."""
+    d, source = read_one(kube, DEPLOYMENTS, args.namespace, args.name,
+                         lambda: _read(kube, args.name, args.namespace, ctx))
+    return _status_result(d, source)
 
 
 # --------------------------------------------------------------------------- rollout_history
@@ -247,6 +255,7 @@ class RolloutHistoryResult(Result):
     namespace: str
     current_revision: int | None
     revisions: list[RevisionInfo] = Field(description="Oldest first.")
+    source: Freshness | None = Field(default=None, description=SOURCE)
 
     def audit_summary(self) -> dict[str, Any]:
         return {"revisions": [r.revision for r in self.revisions]}
@@ -263,11 +272,18 @@ def _owned_replicasets(kube: Kube, d: dict[str, Any], ctx: CallContext) -> list[
 
 
 def rollout_history(kube: Kube, args: RolloutHistoryArgs, ctx: CallContext) -> RolloutHistoryResult:
-    """Revisions with change-cause and images, read from the ReplicaSets the Deployment owns."""
-    d = _read(kube, args.name, args.namespace, ctx)
+    """Revisions with change-cause and images, read from the ReplicaSets the Deployment owns (cached when on)."""
+    d, d_source = read_one(kube, DEPLOYMENTS, args.namespace, args.name,
+                           lambda: _read(kube, args.name, args.namespace, ctx))
     current = revision_of(d)
+    items, rs_source = read_all(kube, REPLICA_SETS, args.namespace, lambda: _owned_replicasets(kube, d, ctx))
+    owned = owned_by(items, str(meta(d).get("uid")))
+    if rs_source.via == "cache" and current and not any(revision_of(rs) == current for rs in owned):
+        # Two watches, two streams: the Deployment's may be ahead of its ReplicaSets'. Ask the API.
+        owned = _owned_replicasets(kube, d, ctx)
+        rs_source = Freshness(via="api", note="the current revision's ReplicaSet was not in the cache yet")
     entries = []
-    for rs in _owned_replicasets(kube, d, ctx):
+    for rs in owned:
         rev = revision_of(rs)
         if rev <= 0:
             continue
@@ -281,7 +297,7 @@ def rollout_history(kube: Kube, args: RolloutHistoryArgs, ctx: CallContext) -> R
         ))
     entries.sort(key=lambda e: e.revision)
     return RolloutHistoryResult(name=args.name, namespace=args.namespace, current_revision=current or None,
-                                revisions=entries)
+                                revisions=entries, source=combine([d_source, rs_source]))
 
 
 # --------------------------------------------------------------------------- shared write helpers

@@ -21,3 +21,9 @@ MAX_OUTPUT_BYTES: Final = 4 << 20
 def replica_range_ok(low: int | None, high: int | None) -> bool:
     """Whether a replica range is in order: min <= max, or either end not given."""
     return low is None or high is None or low <= high
+
+
+#: The watch cache (tools/informer): objects one (namespace, kind) may hold before its reads go to the API
+#: server instead, and how many (namespace, kind) watches one set of credentials may keep open at once.
+MAX_CACHED_OBJECTS: Final = 2000
+MAX_WATCHES: Final = 16

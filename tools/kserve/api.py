@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..context import CallContext
+from ..informer import Resource
 from ..kube import Kube, KubeApiError
-from .services import GROUP, JSON, PLURAL, VERSION
+from .services import GROUP, JSON, KIND, PLURAL, VERSION
 
 if TYPE_CHECKING:
     from kubernetes.client import CustomObjectsApi
@@ -16,6 +17,11 @@ def custom_api(kube: Kube) -> CustomObjectsApi:
     from kubernetes.client import CustomObjectsApi
 
     return CustomObjectsApi(kube.connect())
+
+
+#: InferenceServices in the watch cache (model_status, list_workloads), listed and watched like any custom object.
+INFERENCE_SERVICES = Resource(KIND, lambda kube, ns: (custom_api(kube).list_namespaced_custom_object,
+                                                      (GROUP, VERSION, ns, PLURAL)))
 
 
 def read_service(kube: Kube, name: str, namespace: str, ctx: CallContext) -> JSON:

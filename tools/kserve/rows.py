@@ -5,19 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 
 from ..context import CallContext
+from ..informer import read_all
 from ..kube import Kube, KubeApiError
+from ..structs.freshness import Freshness
 from ..structs.objects import age_seconds
 from ..workload_types import (
     WorkloadRow,
 )
-from .api import custom_api, no_kserve
+from .api import INFERENCE_SERVICES, custom_api, no_kserve
 from .services import GROUP, JSON, KIND, PLURAL, VERSION, as_json, predictor_of, revision_number
 from .status import status_result
 
 
-def inference_service_rows(kube: Kube, namespace: str, ctx: CallContext, now: datetime,
-                           required: bool) -> list[WorkloadRow]:
-    """InferenceServices as workload rows. Where KServe is not installed: none, or an error if ``required``."""
+def _list_services(kube: Kube, namespace: str, ctx: CallContext, required: bool) -> list[JSON]:
+    """Every InferenceService in the namespace from the API server, in chunks."""
     items: list[JSON] = []
     token: str | None = None
     custom = custom_api(kube)
@@ -32,7 +33,15 @@ def inference_service_rows(kube: Kube, namespace: str, ctx: CallContext, now: da
         items.extend(i for i in chunk.get("items") or [] if isinstance(i, dict))
         token = as_json(chunk.get("metadata")).get("continue") or None
         if not token:
-            break
+            return items
+
+
+def inference_service_rows(kube: Kube, namespace: str, ctx: CallContext, now: datetime,
+                           required: bool) -> tuple[list[WorkloadRow], Freshness]:
+    """InferenceServices as workload rows (from the watch cache when it is on). Where KServe is not installed:
+    none, or an error if ``required``."""
+    items, source = read_all(kube, INFERENCE_SERVICES, namespace,
+                             lambda: _list_services(kube, namespace, ctx, required))
     rows = []
     for obj in items:
         s = status_result(obj)
@@ -44,4 +53,4 @@ def inference_service_rows(kube: Kube, namespace: str, ctx: CallContext, now: da
             revision=revision_number(s.latest_ready_revision or s.latest_created_revision),
             age_seconds=age_seconds(obj, now),
         ))
-    return rows
+    return rows, source

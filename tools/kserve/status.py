@@ -13,7 +13,9 @@ from opsgate.policies.bounds import BoundAttrs
 
 from ..context import CallContext
 from ..errors import ToolError
+from ..informer import read_one
 from ..kube import Kube
+from ..structs.freshness import SOURCE, Freshness
 from ..structs.objects import meta
 from ..structs.ownership import Owner, ownership
 from ..workload_types import (
@@ -23,7 +25,7 @@ from ..workload_types import (
     Namespace,
     Result,
 )
-from .api import read_service
+from .api import INFERENCE_SERVICES, read_service
 from .services import RAW, ServiceName, as_json, component_of, mode_of, model_of, predictor_of, protocol_of
 
 
@@ -71,6 +73,7 @@ class ModelStatusResult(Result):
     summary: str
     owner: Owner | None = Field(default=None, description="Who applies it from Git (Argo CD, Flux); direct writes "
                                 "are refused.")
+    source: Freshness | None = Field(default=None, description=SOURCE)
 
     def audit_summary(self) -> dict[str, Any]:
         return {"ready": self.ready, "done": self.done, "latest_ready": self.latest_ready_revision,
@@ -188,7 +191,11 @@ def failure_of(model: ModelState) -> str:
 
 def model_status(kube: Kube, args: ModelStatusArgs, ctx: CallContext) -> ModelStatusResult:
     """One InferenceService: URL, Ready (or the failing condition), model state, revisions, traffic split."""
-    return status_result(read_service(kube, args.name, args.namespace, ctx))
+    obj, source = read_one(kube, INFERENCE_SERVICES, args.namespace, args.name,
+                           lambda: read_service(kube, args.name, args.namespace, ctx))
+    result = status_result(obj)
+    result.source = source
+    return result
 
 
 def replica_ceiling(obj: Mapping[str, Any] | None) -> int:
