@@ -274,7 +274,14 @@ def api_error(status: int, http_reason: str | None, body: str | None, what: str,
 
 def cluster_refusal(error: KubeApiError, user: str) -> KubeApiError:
     """A 403 to a request made as ``user`` (impersonated): the cluster's RBAC refused the person, which is not
-    opsgate's policy; rule ``cluster-rbac`` says so, and the message says whom the cluster judged."""
+    opsgate's policy; rule ``cluster-rbac`` says so, and the message says whom the cluster judged. When the
+    cluster refused opsgate's own account the ``impersonate`` verb, that is a setup fault, said as one."""
+    if "cannot impersonate" in error.message:
+        return KubeApiError(
+            _clip(f"the cluster does not let opsgate's account impersonate {name_in_text(user)} (it needs the "
+                  f"impersonate verb on users and groups): {error.message}"),
+            status=403, reason=error.reason, rule="impersonation-forbidden", audit_id=error.audit_id,
+        )
     return KubeApiError(
         _clip(f"the cluster's RBAC refused {name_in_text(user)} (opsgate's policy allowed the call): {error.message}"),
         status=403, reason=error.reason, rule="cluster-rbac", field=error.field, causes=error.causes,
