@@ -3,6 +3,7 @@
     python bench/run.py              # every part: prints a table and writes bench/RESULTS.md
     python bench/run.py PART [PART]  # only these, printed, nothing written; PART is one of
                                      # cold-start tools-list infer per-call polls kserve policy audit memory
+                                     # telemetry
 
 Figures, not tests: nothing here fails on a busy machine; read them in context.
 """
@@ -227,7 +228,8 @@ async def infer_and_gate(tmp: Path, ours: list[str]) -> None:
     row("gate overhead per call p95, in process", f"{pct(gated, 0.95):.3f} ms")
 
 
-PARTS = ("cold-start", "tools-list", "infer", "per-call", "polls", "kserve", "policy", "audit", "memory")
+PARTS = ("cold-start", "tools-list", "infer", "per-call", "polls", "kserve", "policy", "audit", "memory",
+         "telemetry")
 
 
 async def main(parts: list[str]) -> None:
@@ -264,6 +266,10 @@ async def main(parts: list[str]) -> None:
             audit(row)
         if "memory" in chosen:
             await memory(tmp)
+        if "telemetry" in chosen:
+            from bench.telemetry_bench import run as telemetry_cost
+
+            await telemetry_cost(tmp, row)
     if not parts:
         write_results()
 

@@ -1,0 +1,121 @@
+"""What telemetry costs a call: off (the default) and on, taking turns call by call in one process.
+
+The gate in process (no stdio, so the difference is not lost in the transport's noise), on a no-op tool
+(policy, two fsynced records) and on ``list_workloads`` against a sandbox in this process (one API request,
+so one HTTP span). On: every span exported through a batch processor to an exporter that drops them, and
+every metric aggregated (an in-memory reader, never collected during the runs), as a collector would cost
+minus the network. Off: ``telemetry.ON`` is False, as in a server started without OTEL_* or
+--metrics-address; the hooks it passes are counted and timed apart (``hooks_off_ns``), since the tree
+without them cannot run in the same process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import timeit
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+Row = Callable[..., None]
+
+
+class Discard(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def hooks_off_ns() -> float:
+    """The off path of one call's hooks, in ns: the flag tests (answer, each append, the fsync) and the no-op
+    span of the policy decision, as a call with two appends passes them."""
+    from opsgate import telemetry
+
+    def once() -> None:
+        if telemetry.ON:
+            pass
+        with telemetry.span("opsgate.policy.decide"):
+            pass
+        for _ in range(2):
+            if telemetry.ON:
+                pass
+            if telemetry.ON:
+                pass
+
+    runs = 200_000
+    return min(timeit.repeat(once, number=runs, repeat=5)) / runs * 1e9
+
+
+async def run(tmp: Path, row: Row, n: int = 1500) -> None:
+    from pydantic import BaseModel, ConfigDict
+
+    from opsgate import telemetry
+    from opsgate.audit import AuditLog
+    from opsgate.policies import load_policy
+    from opsgate.sandbox import SandboxCluster
+    from opsgate.server.catalog import server_tools
+    from opsgate.server.config import Settings
+    from opsgate.server.gate import Gate
+    from opsgate.server.logs import configure_logging
+    from opsgate.server.records import Caller
+    from opsgate.server.toolspec import ToolSpec
+    from opsgate.telemetry.sdk import Telemetry
+    from opsgate.tools.context import CallContext
+    from opsgate.tools.kube import Kube
+
+    class NoArgs(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class Ok(BaseModel):
+        ok: bool = True
+
+    async def noop(_: NoArgs, ctx: CallContext) -> Ok:
+        return Ok()
+
+    configure_logging("info")
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(Discard()))
+    on = Telemetry(tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    with SandboxCluster(rollout_delay=0.01, namespaces=("team-a",)) as cluster:
+        telemetry.install(on)  # the Kube is built with telemetry on (its request hook); turned off per call below
+        kube = Kube.from_kubeconfig_dict(cluster.kubeconfig())
+        caller = Caller("bench", "config", "bench", "bench", "0", uuid.uuid4().hex)
+        admin = tmp / "telemetry-admin.csv"
+        admin.write_text("p, bench, *, *, *, allow\n")
+        policy = load_policy(admin, known_tools={"noop": "read", "list_workloads": "read"})
+        gate = Gate(policy=policy, audit=AuditLog(tmp / "telemetry.jsonl"), caller=caller)
+        specs = [s for s in server_tools(Settings(audit_log=tmp / "x.jsonl"), kube, lambda: gate)
+                 if s.name == "list_workloads"]
+        gate.register([*specs, ToolSpec(name="noop", description="", args_model=NoArgs, result_model=Ok, run=noop)])
+        calls: dict[str, tuple[str, dict[str, Any]]] = {
+            "noop": ("noop", {}), "list_workloads": ("list_workloads", {"namespace": "team-a"}),
+        }
+        for label, (tool, arguments) in calls.items():
+            times: dict[str, list[float]] = {"off": [], "on": []}
+            for i in range(n + 100):
+                for mode in ("off", "on") if i % 2 else ("on", "off"):  # alternate which goes first
+                    if mode == "on":
+                        telemetry.install(on)
+                    else:
+                        telemetry._impl, telemetry.ON = None, False
+                    started = time.perf_counter_ns()
+                    result = await gate.call(tool, arguments, caller)
+                    if i >= 100:
+                        times[mode].append((time.perf_counter_ns() - started) / 1e6)
+                    assert not result.is_error, result.content
+            off, on_ = statistics.median(times["off"]), statistics.median(times["on"])
+            row(f"telemetry: {label} per call p50, off / on (in process)", f"{off:.3f} / {on_:.3f} ms",
+                f"+{(on_ - off) * 1000:.0f} us on", f"{n} calls each, taking turns")
+        telemetry._impl, telemetry.ON = None, False
+        kube.close()
+        gate.audit.close()
+    tracer_provider.shutdown()
+    hooks = hooks_off_ns()
+    row("telemetry: off, the hooks one call passes", f"{hooks:.0f} ns", "",
+        "no added cost beyond noise: compare with the p50s above")
