@@ -261,8 +261,8 @@ def _verify_lines(args: argparse.Namespace) -> tuple[int, list[str]]:
 
             report = pg_verify(args.audit_db, keys=keys)
         else:
-            with _progress("verify", _log_bytes(args.path), counted=False):
-                report = verify_audit(args.path, keys=keys, checkpoints=args.checkpoints)
+            with _progress("verify", _log_bytes(args.path)) as advance:
+                report = verify_audit(args.path, keys=keys, checkpoints=args.checkpoints, progress=advance)
     except BrokenPipeError:
         raise
     except OSError as exc:
@@ -434,23 +434,17 @@ def progress_wanted(stderr_is_terminal: bool, term: str | None, total_bytes: int
 
 
 @contextmanager
-def _progress(what: str, total_bytes: int, *, counted: bool = True) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr while the block runs, when :func:`progress_wanted`; yields ``advance(bytes)``.
-
-    ``counted=False``: the reader cannot say how far it is (verify checks in worker processes), so the
-    bar only shows that it works and for how long.
-    """
+def _progress(what: str, total_bytes: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr while the block runs, when :func:`progress_wanted`; yields ``advance(bytes)``."""
     if not progress_wanted(sys.stderr.isatty(), os.environ.get("TERM"), total_bytes):
         yield lambda _: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = [TextColumn(f"{what} {total_bytes / (1 << 20):.0f} MiB"), BarColumn(), TimeElapsedColumn()]
-    if counted:
-        columns = [TextColumn(what), BarColumn(), DownloadColumn(), TimeRemainingColumn()]
+    columns = [TextColumn(what), BarColumn(), DownloadColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
-        task = bar.add_task(what, total=total_bytes if counted else None)
+        task = bar.add_task(what, total=total_bytes)
         yield lambda done: bar.advance(task, done)
 
 

@@ -50,7 +50,7 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -463,6 +463,8 @@ PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 MIN_RANGE_BYTES = 1 << 20
 """Smallest piece of a file handed to one worker process."""
 RANGES_PER_WORKER = 2
+PROGRESS_RANGES = 32
+"""Ranges a file checked in this process is cut into when someone watches a progress bar."""
 
 
 def _workers(total: int, requested: int | None) -> int:
@@ -477,12 +479,23 @@ def _workers(total: int, requested: int | None) -> int:
     return max(1, min(cores, 8))
 
 
-def _run(ranges: list[_Range], wanted: frozenset[int], workers: int) -> list[_Outcome]:
+def _run(
+    ranges: list[_Range], wanted: frozenset[int], workers: int, progress: Callable[[int], None] | None = None
+) -> list[_Outcome]:
+    """Check each range; ``progress(bytes)`` after each one, in order (a reviewer's progress bar)."""
+    done = progress or (lambda _: None)
+    outcomes: list[_Outcome] = []
     if workers <= 1 or len(ranges) <= 1:
-        return [_check_range(part, wanted) for part in ranges]
+        for part in ranges:
+            outcomes.append(_check_range(part, wanted))
+            done(part.stop - part.start)
+        return outcomes
     context = multiprocessing.get_context("fork")  # the children inherit the snapshot's open files
     with ProcessPoolExecutor(max_workers=min(workers, len(ranges)), mp_context=context) as pool:
-        return list(pool.map(_check_range_task, ranges, [wanted] * len(ranges)))
+        for part, outcome in zip(ranges, pool.map(_check_range_task, ranges, [wanted] * len(ranges)), strict=True):
+            outcomes.append(outcome)
+            done(part.stop - part.start)
+    return outcomes
 
 
 def _missing_segment_detail(path: Path, live: Path, previous: int | None, found: Any, expected: int) -> str:
@@ -496,8 +509,17 @@ def _missing_segment_detail(path: Path, live: Path, previous: int | None, found:
     return f"{what}: {path.name} starts at seq {found!r}, the chain before it ends at seq {expected - 1}"
 
 
-def _walk(live: Path, snapshot: _Snapshot, expect: _Expect, workers: int | None = None) -> VerifyReport:
-    """Check every file in chain order: ranges are checked alone (maybe in parallel), then linked here."""
+def _walk(
+    live: Path,
+    snapshot: _Snapshot,
+    expect: _Expect,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Check every file in chain order: ranges are checked alone (maybe in parallel), then linked here.
+
+    With ``progress``, a file checked in this process is still cut into ranges, so it can be told as they finish.
+    """
     files = tuple(path for path, _, _ in snapshot.files)
     total = sum(size for _, _, size in snapshot.files)
     count = _workers(total, workers)
@@ -505,9 +527,11 @@ def _walk(live: Path, snapshot: _Snapshot, expect: _Expect, workers: int | None 
     for index, (_, stream, size) in enumerate(snapshot.files):
         fd = stream.fileno()
         parts = max(1, min(count * RANGES_PER_WORKER, size // MIN_RANGE_BYTES)) if count > 1 else 1
+        if progress is not None and count == 1:
+            parts = max(1, min(PROGRESS_RANGES, size // MIN_RANGE_BYTES))
         ranges = _split(fd, size, parts) if parts > 1 else [_Range(fd, 0, size, size, 0)]
         plan.extend((index, part) for part in ranges)
-    outcomes = _run([part for _, part in plan], frozenset(expect.by_seq), count)
+    outcomes = _run([part for _, part in plan], frozenset(expect.by_seq), count, progress)
 
     records = 0
     seq, prev = 0, GENESIS_HASH
@@ -597,7 +621,12 @@ def _checkpoint_lines(data: bytes) -> Iterator[tuple[int, SignedCheckpoint | Non
 
 
 def verify_audit(
-    path: Path, *, keys: KeyRing | None = None, checkpoints: Path | None = None, workers: int | None = None
+    path: Path,
+    *,
+    keys: KeyRing | None = None,
+    checkpoints: Path | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Check the chain and the checkpoints (default: ``<path>.checkpoints``, absent is allowed).
 
@@ -608,7 +637,7 @@ def verify_audit(
     one signed by another key too), and a non-empty log needs at least one.
     Whatever the keys, a non-empty log with no checkpoint to compare is damaged
     when its HMAC key lies beside it or a start record says it is checkpointed.
-    Raises OSError when the log cannot be read.
+    ``progress(bytes)`` is called as parts of the log are checked. Raises OSError when the log cannot be read.
     """
     live = Path(path)
     cp_path = checkpoints if checkpoints is not None else checkpoints_path(live)
@@ -651,7 +680,7 @@ def verify_audit(
             max(expect.by_seq, default=0),
             tuple(keys.key_ids()) if keys else (),
         )
-        report = _walk(live, snapshot, expect, workers)
+        report = _walk(live, snapshot, expect, workers, progress)
     finally:
         snapshot.close()
     if report.ok and bad_checkpoint is not None:

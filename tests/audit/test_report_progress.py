@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from opsgate.audit import verify_audit
 from opsgate.audit.chain import GENESIS_HASH, seal_line
 from opsgate.audit.cli import PROGRESS_MIN_BYTES, progress_wanted
 
@@ -95,3 +96,18 @@ def test_verify_bar_on_a_terminal_only(big_log: Path, terminal: bool, tmp_path: 
     assert code == 0, stdout + stderr
     assert stdout.decode().startswith("ok: ")
     assert (BAR in stderr.decode("utf-8", "replace")) is terminal
+
+
+def test_verify_told_as_it_goes_finds_the_same(big_log: Path, tmp_path: Path) -> None:
+    """With a progress callback a log checked in this process is cut into ranges: same verdict, same line."""
+    told: list[int] = []
+    plain, watched = verify_audit(big_log), verify_audit(big_log, progress=told.append)
+    assert plain.ok and watched == plain
+    assert len(told) > 1 and sum(told) == big_log.stat().st_size
+    data = big_log.read_bytes()
+    middle = data.index(b'"principal":"alice"', len(data) // 2)
+    damaged = tmp_path / "audit.jsonl"
+    damaged.write_bytes(data[:middle] + b'"principal":"alicf"' + data[middle + 19 :])
+    plain, watched = verify_audit(damaged), verify_audit(damaged, progress=told.append)
+    assert not plain.ok and plain.problem == "hash-mismatch"
+    assert (watched, watched.file, watched.bad_seq) == (plain, plain.file, plain.bad_seq)
