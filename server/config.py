@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     kube_timeout_seconds: float = Field(
         default=10.0, gt=0, le=300, description="How long one Kubernetes API request may take to answer."
     )
+    # Named for turning it off: a bool flag switches its setting away from the default (cli_implicit_flags).
+    disable_read_cache: bool = Field(
+        default=False, description="Read list_workloads, rollout_status, rollout_history and model_status from the "
+        "API server every call, instead of a watch cache (list+watch per namespace and kind).",
+    )
+    read_cache_idle_seconds: float = Field(
+        default=300.0, gt=0, le=86400, description="Stop a namespace's watch after this long without a read."
+    )
     read_only: bool = Field(default=False, description="Refuse every tool that changes something.")
     disable_destructive: bool = Field(
         default=False, description="Refuse (and hide) every tool marked destructive; reads and safe writes stay."
@@ -111,14 +119,6 @@ class Settings(BaseSettings):
         default=None, json_schema_extra={"metavar": "HOST:PORT"},
         description="Serve Prometheus metrics on this address (also while serving over stdio); needs opsgate[otel]. "
         "Traces and OTLP export are set with the standard OTEL_* variables.",
-    )
-    # Named for turning it off: a bool flag switches its setting away from the default (cli_implicit_flags).
-    disable_read_cache: bool = Field(
-        default=False, description="Read list_workloads, rollout_status, rollout_history and model_status from the "
-        "API server every call, instead of a watch cache (list+watch per namespace and kind).",
-    )
-    read_cache_idle_seconds: float = Field(
-        default=300.0, gt=0, le=86400, description="Stop a namespace's watch after this long without a read."
     )
     # NoDecode: the environment's value is the comma-separated string, not JSON.
     sandbox_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -78,6 +78,8 @@ def load_policy(
 
 def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
     cluster = open_cluster(settings)
+    if not settings.disable_read_cache:  # the read tools from watches (tools/informer); stopped by cluster.close()
+        cluster.kube.use_read_cache(idle_seconds=settings.read_cache_idle_seconds)
     try:
         ask = None if cluster.is_sandbox else partial(cluster_username, cluster.kube)  # the sandbox is nobody's
         identity = resolve_identity(settings.principal, ask)
@@ -92,8 +94,6 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
         client_version=None,
         session_id=uuid.uuid4().hex,
     )
-    if not settings.disable_read_cache:  # the read tools from watches (tools/informer); stopped by cluster.close()
-        cluster.kube.use_read_cache(idle_seconds=settings.read_cache_idle_seconds)
     gates: list[Gate] = []  # the access tools describe the gate built below, from a policy checked against them
     try:
         specs = server_tools(settings, cluster.kube, lambda: gates[0], cluster.describe)
