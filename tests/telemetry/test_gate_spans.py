@@ -29,6 +29,7 @@ from opsgate.server.gate import Gate
 from opsgate.server.records import Caller
 from opsgate.telemetry.sdk import Telemetry
 from opsgate.tools.kube import Kube
+from opsgate.tools.tensors import MODELS_DIR_DEFAULT
 
 pytestmark = pytest.mark.anyio
 
@@ -40,8 +41,10 @@ g, alice, role:operator, team-*
 """
 BOUNDS = """\
 [subject."role:operator"]
-rate_limit_per_minute = 1
+rate_limit_per_minute = 2
+confirm = ["rollback"]
 """
+IRIS = f"file://{MODELS_DIR_DEFAULT}/iris.onnx"
 DEPLOY = {"namespace": "team-a", "name": "web", "image": "nginx:1.27", "replicas": 2}
 
 
@@ -162,14 +165,20 @@ async def test_denials_invalid_calls_and_the_rate_limit_are_counted_and_marked(
     spans, reader = otel
     gate, kube, _ = make_gate(tmp_path, cluster)
     try:
-        first = await gate.call("deploy", DEPLOY, gate.caller)  # the one write the minute allows
+        first = await gate.call("deploy", DEPLOY, gate.caller)  # the first of the two writes the minute allows
+
+        async def decline(question: str) -> str:
+            return "decline"
+
+        declined = await gate.call("rollback", {"namespace": "team-a", "name": "web"}, gate.caller, ask=decline)
         denied = await gate.call("deploy", {**DEPLOY, "namespace": "prod"}, gate.caller)  # no grant in prod
         limited = await gate.call("deploy", DEPLOY, gate.caller)  # the second write within the minute
         invalid = await gate.call("deploy", {"namespace": "team-a"}, gate.caller)
         unknown = await gate.call("sudo-make-me-admin", {}, gate.caller)
     finally:
         kube.close()
-    assert not first.is_error and denied.is_error and limited.is_error and invalid.is_error and unknown.is_error
+    assert not first.is_error
+    assert all(r.is_error for r in (declined, denied, limited, invalid, unknown))
 
     finished = list(spans.get_finished_spans())
     calls = [s for s in finished if s.name.startswith("execute_tool")]
@@ -191,6 +200,39 @@ async def test_denials_invalid_calls_and_the_rate_limit_are_counted_and_marked(
     decisions = {(attrs_of(p)["opsgate.decision"], attrs_of(p)["opsgate.denial"]): p.value
                  for p in points["opsgate.policy.decisions"]}
     assert decisions[("deny", "policy")] == 1 and decisions[("deny", "rate-limit")] == 1
+    assert decisions[("deny", "confirmation")] == 1
+    confirmations = points["opsgate.confirmations"]
+    assert [(p.attributes, p.value) for p in confirmations] == [
+        ({"gen_ai.tool.name": "rollback", "opsgate.answer": "decline"}, 1)
+    ]
+
+
+async def test_a_model_server_request_is_a_client_span_with_its_sizes(
+    tmp_path: Path, cluster: SandboxCluster, otel: tuple[InMemorySpanExporter, InMemoryMetricReader]
+) -> None:
+    spans, reader = otel
+    gate, kube, _ = make_gate(tmp_path, cluster)
+    service = {"namespace": "team-a", "name": "iris"}
+    try:
+        deployed = await gate.call("deploy_model", {**service, "storage_uri": IRIS, "wait": True}, gate.caller)
+        assert not deployed.is_error, deployed.content
+        spans.clear()
+        answer = await gate.call("kserve_infer", {**service, "inputs": {"features": [[5.1, 3.5, 1.4, 0.2]]}},
+                                 gate.caller)
+    finally:
+        kube.close()
+    assert not answer.is_error, answer.content
+    finished = list(spans.get_finished_spans())
+    call = next(s for s in finished if s.name == "execute_tool kserve_infer")
+    model = [s for s in finished if s.kind == SpanKind.CLIENT and "/v2/models/" in attrs_of(s)["url.full"]]
+    assert model and all(s.parent is not None and s.parent.span_id == call.context.span_id for s in model)
+    assert {attrs_of(s)["http.request.method"] for s in model} >= {"POST"}
+    assert all(attrs_of(s)["http.response.status_code"] == 200 for s in model)
+    points = metric_points(reader)
+    posts = [p for p in points["opsgate.inference.requests"] if attrs_of(p)["http.request.method"] == "POST"]
+    assert sum(p.value for p in posts) == 1
+    sent = [p for p in points["opsgate.inference.request.size"] if attrs_of(p)["http.request.method"] == "POST"]
+    assert sent[0].count == 1 and sent[0].sum > 0
 
 
 def test_off_by_default_nothing_of_the_sdk_is_imported_and_a_call_costs_no_span(tmp_path: Path) -> None:
