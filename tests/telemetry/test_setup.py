@@ -7,12 +7,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from opsgate.telemetry import TelemetryUnavailable, split_address, wanted
 from opsgate.telemetry.sdk import url_without_secrets
 from tests.harness import server_env
+
+pytestmark = pytest.mark.anyio
 
 
 def test_unset_means_off_and_none_is_no_exporter() -> None:
@@ -82,3 +85,40 @@ def test_a_metrics_port_taken_refuses_to_start(tmp_path: Path) -> None:
         run = _serve(tmp_path, "--metrics-address", f"127.0.0.1:{port}", env={})
     assert run.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in run.stderr, run.stderr
+
+
+async def test_the_exposition_for_an_http_transport_text_and_asgi() -> None:
+    """What an HTTP transport mounts: ``prometheus_text`` and ``metrics_asgi_app`` serve the same counters."""
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from opentelemetry.sdk.metrics import MeterProvider
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from opsgate import telemetry
+    from opsgate.telemetry.sdk import Telemetry
+
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    telemetry.install(Telemetry(None, provider, registry))
+    try:
+        telemetry.add(telemetry.POLICY_RELOADS, 2, {"opsgate.result": "reloaded"})
+        text = telemetry.prometheus_text().decode()
+        app = telemetry.metrics_asgi_app()
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/metrics", "query_string": b"", "headers": []}
+        await app(scope, receive, send)
+    finally:
+        telemetry.shutdown()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    [sample] = [s for s in families["opsgate_policy_reloads"].samples if s.name.endswith("_total")]
+    assert sample.labels["opsgate_result"] == "reloaded" and sample.value == 2.0
+    assert sent[0]["status"] == 200
+    assert b'opsgate_policy_reloads_total{' in b"".join(m.get("body", b"") for m in sent)
+    assert telemetry.prometheus_text() == b"" and telemetry.metrics_asgi_app() is None  # off again
