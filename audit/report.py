@@ -35,7 +35,10 @@ MAX_ROWS = 2000
 TOP = 10
 EFFECTS = ("allow", "deny", "invalid")
 COLOURS = {"allow": "#3a8d4f", "deny": "#c0392b", "invalid": "#d68910"}
-_STEPS = [timedelta(minutes=m) for m in (1, 5, 15, 60, 360, 1440, 10080)]
+_STEPS = (1, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+"""Bar widths in seconds: the narrowest that fits the range in ``_MAX_BARS`` bars is taken."""
+_MAX_SLOTS = 100_000
+"""Time slots counted at most: past that, counts are merged into slots 60 (then 24) times wider."""
 _MAX_BARS = 60
 
 
@@ -53,7 +56,8 @@ def _short(value: Any) -> str:
 class _Tally:
     """What the page shows, gathered in one pass over the calls."""
 
-    per_minute: dict[int, Counter[str]] = field(default_factory=dict)
+    slots: dict[int, Counter[str]] = field(default_factory=dict)  # time // resolution -> counts by decision
+    resolution: int = 1  # seconds a slot spans: 1, then 60, 3600, 86400 as a long log needs
     principals: dict[str, Counter[str]] = field(default_factory=dict)
     tools: dict[str, Counter[str]] = field(default_factory=dict)
     events: Counter[str] = field(default_factory=Counter)
@@ -72,6 +76,14 @@ class _Tally:
         else:
             self.more[name] += 1
 
+    def coarsen(self) -> None:
+        """Merge the slots into slots 60 times (from an hour on, 24 times) wider: memory stays bounded."""
+        wider = self.resolution * (24 if self.resolution >= 3600 else 60)
+        merged: dict[int, Counter[str]] = {}
+        for slot, counts in self.slots.items():
+            merged.setdefault(slot * self.resolution // wider, Counter()).update(counts)
+        self.slots, self.resolution = merged, wider
+
     def add(self, call: Call) -> None:
         if not call.is_call:
             self.events[str(call.first.record.get("stage"))] += 1
@@ -81,8 +93,10 @@ class _Tally:
         if when is not None:
             self.first = when if self.first is None or when < self.first else self.first
             self.last = when if self.last is None or when > self.last else self.last
-            minute = int(when.timestamp() // 60)
-            self.per_minute.setdefault(minute, Counter())[effect] += 1
+            slot = int(when.timestamp() // self.resolution)
+            self.slots.setdefault(slot, Counter())[effect] += 1
+            if len(self.slots) > _MAX_SLOTS:
+                self.coarsen()
         self.calls += 1
         self.errors += call.status == "error"
         self.principals.setdefault(str(call.get("principal") or "-"), Counter())[effect] += 1
@@ -98,17 +112,17 @@ class _Tally:
 # --- charts (inline SVG) --------------------------------------------------------------------------
 
 
-def _buckets(tally: _Tally) -> tuple[timedelta, list[tuple[datetime, Counter[str]]]]:
-    """The per-minute counts regrouped into at most ``_MAX_BARS`` bars of a round width."""
-    if not tally.per_minute:
+def _buckets(tally: _Tally) -> tuple[int, list[tuple[datetime, Counter[str]]]]:
+    """The counted slots regrouped into at most ``_MAX_BARS`` bars of a round width (seconds)."""
+    if not tally.slots:
         return _STEPS[0], []
-    low, high = min(tally.per_minute), max(tally.per_minute)
-    step = next((s for s in _STEPS if (high - low) * 60 // s.total_seconds() < _MAX_BARS), _STEPS[-1])
-    width = int(step.total_seconds() // 60)
-    start = low - low % width
-    bars = [(datetime.fromtimestamp(m * 60, UTC), Counter[str]()) for m in range(start, high + 1, width)]
-    for minute, counts in tally.per_minute.items():
-        bars[(minute - start) // width][1].update(counts)
+    res = tally.resolution
+    low, high = min(tally.slots) * res, max(tally.slots) * res
+    step = next((s for s in _STEPS if s >= res and (high - low) // s < _MAX_BARS), _STEPS[-1])
+    start = low - low % step
+    bars = [(datetime.fromtimestamp(t, UTC), Counter[str]()) for t in range(start, high + 1, step)]
+    for slot, counts in tally.slots.items():
+        bars[(slot * res - start) // step][1].update(counts)
     return step, bars
 
 
@@ -117,6 +131,7 @@ def _time_chart(tally: _Tally) -> str:
     if not bars:
         return "<p>No calls in this range.</p>"
     width, height, left, bottom = 900, 220, 40, 30
+    shape = "%Y-%m-%d %H:%M:%S" if step < 60 else "%Y-%m-%d %H:%M"
     peak = max(sum(c.values()) for _, c in bars) or 1
     slot = min((width - left) / len(bars), 48.0)
     shapes = []
@@ -131,18 +146,19 @@ def _time_chart(tally: _Tally) -> str:
             shapes.append(
                 f'<rect class="bar-{effect}" x="{left + index * slot + 1:.1f}" y="{y:.1f}" '
                 f'width="{max(slot - 2, 1):.1f}" height="{h:.1f}" fill="{COLOURS[effect]}">'
-                f"<title>{_e(when.strftime('%Y-%m-%d %H:%M'))} {effect}: {n}</title></rect>"
+                f"<title>{_e(when.strftime(shape))} {effect}: {n}</title></rect>"
             )
+    end = max(left + len(bars) * slot, left + 320.0)  # room for both time labels
     labels = [
-        f'<text x="{left}" y="{height - 8}" class="axis">{_e(bars[0][0].strftime("%Y-%m-%d %H:%M"))}</text>',
-        f'<text x="{width}" y="{height - 8}" class="axis" text-anchor="end">'
-        f'{_e(bars[-1][0].strftime("%Y-%m-%d %H:%M"))}</text>',
+        f'<text x="{left}" y="{height - 8}" class="axis">{_e(bars[0][0].strftime(shape))}</text>',
+        f'<text x="{end:.1f}" y="{height - 8}" class="axis" text-anchor="end">'
+        f"{_e((bars[-1][0] + timedelta(seconds=step)).strftime(shape))}</text>",
         f'<text x="{left - 6}" y="18" class="axis" text-anchor="end">{peak}</text>',
         f'<text x="{left - 6}" y="{height - bottom}" class="axis" text-anchor="end">0</text>',
-        f'<line x1="{left}" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" stroke="#888"/>',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{end:.1f}" y2="{height - bottom}" stroke="#888"/>',
     ]
-    minutes = int(step.total_seconds() // 60)
-    per = f"{minutes} min" if minutes < 60 else f"{minutes // 60} h" if minutes < 1440 else f"{minutes // 1440} d"
+    per = (f"{step} s" if step < 60 else f"{step // 60} min" if step < 3600 else f"{step // 3600} h" if step < 86400
+           else f"{step // 86400} d")
     return (
         f'<svg id="calls-over-time" role="img" aria-label="calls over time by decision" width="{width}" '
         f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">'
@@ -334,7 +350,7 @@ def build_report(
     for call in calls:
         tally.add(call)
     totals = Counter[str]()
-    for counts in tally.per_minute.values():
+    for counts in tally.slots.values():
         totals.update(counts)
     cards = [("calls", tally.calls), *((e, totals.get(e, 0)) for e in EFFECTS), ("errors", tally.errors)]
     events = _table("events", ["event", "count"], [[_e(k), str(v)] for k, v in sorted(tally.events.items())], "none")

@@ -150,3 +150,33 @@ def test_screenshot_shows_the_chart_and_the_denials(report: Path, tmp_path: Path
     for effect, colour in COLOURS.items():  # the chart's stacked bars and the tables' bars, in each colour
         assert pixels[colour] > 500, (effect, pixels[colour])
     shutil.copy(shot, "/tmp/opsgate_report.png")
+
+
+def test_a_long_log_keeps_bounded_counts_and_at_most_60_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts start per second (a short session gets seconds-wide bars); past the slot cap they merge into
+    minutes, then hours, with no call lost."""
+    from datetime import UTC, datetime, timedelta
+
+    from opsgate.audit import report
+    from opsgate.audit.query import Call, Located
+
+    monkeypatch.setattr(report, "_MAX_SLOTS", 50)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    tally = report._Tally()
+    for i in range(3000):
+        when = (start + timedelta(seconds=i * 301)).isoformat().replace("+00:00", "Z")  # ~10 days
+        effect = ("allow", "deny", "invalid")[i % 3]
+        record = {"stage": "decision", "time": when, "principal": "p", "tool": "t", "verb": "read",
+                  "decision": {"effect": effect}}
+        tally.add(Call(decision=Located(Path("audit.jsonl"), i + 1, record, b"")))
+    assert tally.resolution == 86400 and len(tally.slots) <= 50  # 250 hours are more than 50 slots: days
+    step, bars = report._buckets(tally)
+    assert step == 86400 and len(bars) == 11
+    assert sum(sum(c.values()) for _, c in bars) == 3000
+    assert sum(c["deny"] for _, c in bars) == 1000
+    short = report._Tally()
+    for i in range(30):
+        record = {"stage": "decision", "time": (start + timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
+                  "principal": "p", "tool": "t", "decision": {"effect": "allow"}}
+        short.add(Call(decision=Located(Path("audit.jsonl"), i + 1, record, b"")))
+    assert report._buckets(short)[0] == 1 and "one bar per 1 s" in report._time_chart(short)
