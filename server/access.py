@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
+from opsgate.policies import BoundAttrs
+from opsgate.policies.bounds import check_bounds
 from opsgate.tools.context import CallContext
-from opsgate.vocab.names import DNS1123_LABEL
+from opsgate.tools.structs.ownership import Owner, owner_text
+from opsgate.vocab.kinds import DEPLOYMENT, INFERENCE_SERVICE
+from opsgate.vocab.names import DNS1123_LABEL, dns1123_problem
 
 from .cluster import cluster_text
 from .toolspec import ToolSpec
@@ -61,12 +66,21 @@ class WhoamiResult(BaseModel):
     )
 
 
+def _object_name(value: str) -> str:
+    why = dns1123_problem(value, "subdomain")
+    if why is not None:
+        raise PydanticCustomError("dns1123_subdomain", why)
+    return value
+
+
 class ExplainAccessArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tool: str = Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$", description="e.g. 'deploy'")
     namespace: str = Field(
         default="-", max_length=63, pattern=NAMESPACE_PATTERN, description="'-' for tools that take none",
     )
+    name: Annotated[str, AfterValidator(_object_name)] | None = Field(
+        default=None, description="Also say who owns this object.")
 
 
 class ExplainAccessResult(BaseModel):
@@ -78,6 +92,8 @@ class ExplainAccessResult(BaseModel):
     rule: str | None = None
     source: str | None = Field(default=None, description="policy file and line of the rule")
     policy_hash: str | None = None
+    owner: Owner | None = Field(default=None, description="Who applies the object from Git; its direct writes are "
+                                "refused unless allow_gitops_owned_writes")
     allowed_in: list[str] | None = Field(default=None, description="when denied: the namespace patterns where this "
                                          "call would be allowed for you (empty: nowhere)")
 
@@ -103,7 +119,8 @@ def own_records(path: Path, principal: str, limit: int) -> list[dict[str, Any]]:
 
 
 def access_tools(
-    gate_of: Callable[[], Gate], cluster: Callable[[], Mapping[str, Any]] | None = None
+    gate_of: Callable[[], Gate], cluster: Callable[[], Mapping[str, Any]] | None = None,
+    owner_of: Callable[[str, str, str, CallContext], Owner | None] | None = None,
 ) -> list[ToolSpec[Any, Any]]:
     """The gate's own tools. ``gate_of`` names the gate they describe when they run: the gate is built from
     a policy checked against these very specs, so it does not exist yet when they are made."""
@@ -149,9 +166,19 @@ def access_tools(
         # Only for the policy's own denials (a --read-only refusal has no policy hash): where it would allow.
         policy_denied = not d.allowed and d.policy_hash is not None and args.namespace != "-"
         where = gate.policy.allowed_in(ctx.principal, args.tool, verb) if policy_denied else None
+        reason, owner = d.reason, None
+        if args.name is not None and owner_of is not None and args.namespace != "-":
+            kind = INFERENCE_SERVICE if args.tool in ("deploy_model", "model_status") else DEPLOYMENT
+            owner = await anyio.to_thread.run_sync(owner_of, kind, args.namespace, args.name, ctx)
+            if owner is not None and owner.certain and d.allowed and verb == "write":
+                bounds = gate.policy.bounds_for(d.subject)
+                held = check_bounds(d.subject or "", bounds, BoundAttrs(gitops_owned=True)) is None
+                reason += (f"; {args.name} is reconciled by {owner_text(owner)} from Git: a direct write is "
+                           + ("allowed as an override (allow_gitops_owned_writes)" if held else
+                              "refused (gitops-owned): change it in Git, or use gitops mode"))
         return ExplainAccessResult(
-            tool=args.tool, namespace=args.namespace, verb=verb, allowed=d.allowed, reason=d.reason,
-            rule=d.rule, source=d.source, policy_hash=d.policy_hash, allowed_in=where,
+            tool=args.tool, namespace=args.namespace, verb=verb, allowed=d.allowed, reason=reason,
+            rule=d.rule, source=d.source, policy_hash=d.policy_hash, allowed_in=where, owner=owner,
         )
 
     async def audit_log(args: OwnRecordsArgs, ctx: CallContext) -> OwnRecordsResult:

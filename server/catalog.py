@@ -163,6 +163,17 @@ def rendered_in_git(gitops: GitOpsTarget | None) -> Callable[[str], tuple[list[d
     return rendered
 
 
+def owners_in(kube: Kube) -> Callable[[str, str, str, CallContext], Any]:
+    """explain_access's read of who owns an object (Argo CD, Flux), imported on its first use."""
+
+    def owner(kind: str, namespace: str, name: str, ctx: CallContext) -> Any:
+        from opsgate.tools.ownership import object_owner
+
+        return object_owner(kube, kind, namespace, name, ctx)
+
+    return owner
+
+
 def drift_against(rendered: Callable[[str], tuple[list[dict[str, Any]], str]] | None) -> Callable[..., Any]:
     """The drift tool, given what Git renders."""
 
@@ -357,8 +368,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT,
         ),
         ToolSpec(
             name="drift",
-            description="Where a namespace's Deployments and InferenceServices differ from Git (GitOps repo), "
-            "per field, and who changed it.",
+            description="How a namespace's workloads differ from Git, per field, and who changed them.",
             args_model=deferred(_DRIFT, "DriftArgs"), result_model=deferred(_DRIFT, "DriftResult"),
             run=bind(drift_against(rendered_in_git(gitops))), namespace_of=ns, open_world=True,
         ),
@@ -381,7 +391,7 @@ def server_tools(
     settings = settings if settings is not None else Settings()
     models = settings.models or MODELS_DIR_DEFAULT
     kube = kube if kube is not None else Kube()
-    specs = [*access_tools(gate_of, cluster), *inference_tools(models),
+    specs = [*access_tools(gate_of, cluster, owners_in(kube)), *inference_tools(models),
              *workload_tools(kube, models, gitops_target(settings))]
     schemas = prebuilt_schemas()
     return [dataclasses.replace(spec, schema=schemas[spec.name]) if spec.name in schemas else spec for spec in specs]

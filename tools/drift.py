@@ -14,7 +14,6 @@ from typing import Any, Final
 from pydantic import Field
 
 from opsgate.vocab.kinds import DEPLOYMENT, INFERENCE_SERVICE, WORKLOAD_KINDS
-from opsgate.vocab.names import DNS1123_SUBDOMAIN_MAX
 
 from .context import CallContext
 from .errors import ToolError
@@ -22,7 +21,7 @@ from .kserve.api import custom_api
 from .kserve.services import GROUP, PLURAL, VERSION
 from .kube import Kube, KubeApiError
 from .structs.drift import ObjectDrift, compare
-from .workload_types import Args, Namespace, Result
+from .workload_types import Args, Namespace, ObjectName, Result
 
 __all__ = ["DriftArgs", "DriftResult", "Rendered", "drift"]
 
@@ -35,8 +34,7 @@ OBJECTS_MAX: Final = 100
 
 class DriftArgs(Args):
     namespace: Namespace
-    app: str | None = Field(default=None, max_length=DNS1123_SUBDOMAIN_MAX,
-                            description="Argo CD Application or Flux Kustomization: only its objects.")
+    app: ObjectName | None = Field(default=None, description="Only this Argo CD/Flux app's objects.")
 
 
 class DriftResult(Result):

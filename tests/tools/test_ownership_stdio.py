@@ -74,6 +74,12 @@ def gitops_objects(k: Kubectl, tmp_path: Path) -> None:
           "--server-side", "--field-manager=kustomize-controller")
     apply(k, tmp_path, manifest("helm-web"), "--server-side", "--field-manager=helm-controller")
     apply(k, tmp_path, manifest("plain"))
+    apply(k, tmp_path, {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "iris", "namespace": NS, "labels": {
+            "helm.toolkit.fluxcd.io/name": "models", "helm.toolkit.fluxcd.io/namespace": "flux-system"}},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "onnx"}, "storageUri": "iris"}}},
+    }, "--server-side", "--field-manager=helm-controller")
 
 
 def policy_with_sre(tmp_path: Path) -> Path:
@@ -110,6 +116,19 @@ async def test_git_owned_objects_are_refused_naming_the_owner(
         assert 'Flux (field manager "helm-controller")' in helm["message"], helm["message"]
         rolled = err(await s.call("rollback", {"name": "argo-web", "namespace": NS}))
         assert rolled["errors"][0]["rule"] == "gitops-owned"
+        model = err(await s.call("deploy_model", {"name": "iris", "namespace": NS, "storage_uri": "iris-v2"}))
+        assert model["errors"][0]["rule"] == "gitops-owned"
+        assert 'inferenceservice shop/iris is reconciled by Flux HelmRelease "flux-system/models"' in model["message"]
+        model_scale = err(await s.call("scale", {"name": "iris", "namespace": NS, "kind": "InferenceService",
+                                                 "max_replicas": 3}))
+        assert model_scale["errors"][0]["rule"] == "gitops-owned"
+        assert ok(await s.call("model_status", {"name": "iris", "namespace": NS}))["owner"]["kind"] == "flux-helm"
+
+        explained = ok(await s.call("explain_access", {"tool": "deploy", "namespace": NS, "name": "argo-web"}))
+        assert explained["allowed"] and explained["owner"]["name"] == "storefront"
+        assert "a direct write is refused (gitops-owned)" in explained["reason"]
+        plain = ok(await s.call("explain_access", {"tool": "scale", "namespace": NS, "name": "plain"}))
+        assert plain.get("owner") is None and "gitops" not in plain["reason"]
 
         status = ok(await s.call("rollout_status", {"name": "argo-web", "namespace": NS}))
         assert status["owner"]["kind"] == "argocd" and status["owner"]["name"] == "storefront"
@@ -122,6 +141,8 @@ async def test_git_owned_objects_are_refused_naming_the_owner(
 
     async with serve(tmp_path / "bob", "--principal", "bob", "--kubeconfig", str(kubeconfig),
                      "--policy", str(policy_with_sre(tmp_path / "bob"))) as s:
+        explained = ok(await s.call("explain_access", {"tool": "scale", "namespace": NS, "name": "argo-web"}))
+        assert "allowed as an override (allow_gitops_owned_writes)" in explained["reason"]
         scaled = ok(await s.call("scale", {"name": "argo-web", "namespace": NS, "replicas": 2}))
         assert scaled["replicas_after"] == 2
         assert scaled["gitops_override"]["kind"] == "argocd" and scaled["gitops_override"]["name"] == "storefront"
