@@ -352,9 +352,11 @@ class PgAuditSink:
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-                head = cur.execute("SELECT seq, hash FROM opsgate.audit_record ORDER BY seq DESC LIMIT 1").fetchone()
+                # The head, and (one round trip for both) the record this writer last wrote or saw.
+                head = cur.execute("SELECT seq, hash, (SELECT hash FROM opsgate.audit_record WHERE seq = %s) "
+                                   "FROM opsgate.audit_record ORDER BY seq DESC LIMIT 1", (self._last_seq,)).fetchone()
                 seq, prev = (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
-                self._check_known(cur, seq, prev)
+                self._check_known(seq, head[2] if head else None)
                 rows = _seal_rows(batch, seq, prev)
                 new_seq, new_hash = (rows[-1][0], rows[-1][2]) if rows else (seq, prev)
                 if rows:
@@ -372,8 +374,9 @@ class PgAuditSink:
             raise AuditWriteError(f"audit database {self._label}: {reason(exc)}") from None
         self._last_seq, self._last_hash = new_seq, new_hash
 
-    def _check_known(self, cur: Any, seq: int, prev: str) -> None:
-        """The head must not be behind what this writer saw, and the record it last wrote or saw is unchanged."""
+    def _check_known(self, seq: int, known: str | None) -> None:
+        """The head must not be behind what this writer saw, and the record it last wrote or saw (its hash now:
+        ``known``) is unchanged."""
         if self._last_seq == 0:
             return
         if seq < self._last_seq:
@@ -381,8 +384,7 @@ class PgAuditSink:
                 f"audit database {self._label} now ends at seq {seq}, behind seq {self._last_seq} written before: "
                 "records were removed; refusing to append"
             )
-        row = cur.execute("SELECT hash FROM opsgate.audit_record WHERE seq = %s", (self._last_seq,)).fetchone()
-        if row is None or row[0] != self._last_hash:
+        if known != self._last_hash:
             raise AuditWriteError(
                 f"audit database {self._label}: record {self._last_seq} is not the one this writer wrote or saw: "
                 "the table was rewritten; refusing to append; run `opsgate audit verify --audit-db`"

@@ -159,3 +159,21 @@ def test_an_unserialisable_body_fails_its_own_caller_only(pgdb: PgDb, key: tuple
         assert sink.append({"stage": "y"})["seq"] == 1
         pair = sink.append_many([{"stage": "decision"}, {"stage": "outcome"}])
         assert [r["seq"] for r in pair] == [2, 3] and pair[1]["prev"] == pair[0]["hash"]
+
+
+def test_a_running_writer_refuses_to_extend_a_table_rewritten_under_it(pgdb: PgDb, key: tuple[Path, Path]) -> None:
+    with PgAuditSink(pgdb.writer, signing_key=key[0]) as sink:
+        for i in range(5):
+            sink.append({"stage": "decision", "call_id": f"c{i}"})
+        with psycopg.connect(pgdb.superuser, autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")
+            conn.execute("DELETE FROM opsgate.audit_record WHERE seq = 5")
+        with pytest.raises(AuditWriteError, match="behind seq 5 written before"):
+            sink.append({"stage": "decision"})
+        with psycopg.connect(pgdb.superuser, autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")
+            conn.execute("UPDATE opsgate.audit_record SET hash = repeat('a', 64) WHERE seq = 4")
+            conn.execute("INSERT INTO opsgate.audit_record SELECT 5, repeat('a', 64), repeat('b', 64), NULL, "
+                         "'{}'::bytea")
+        with pytest.raises(AuditWriteError, match="not the one this writer wrote or saw"):
+            sink.append({"stage": "decision"})
