@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -164,10 +165,28 @@ def branch_name(target: GitOpsTarget, tool: str, obj: ObjectRef, call_id: str) -
     return f"{target.branch_prefix}{tool}-{obj.namespace}-{obj.name}-{call_id[:8]}"
 
 
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _repo_lock(repo: Path) -> threading.Lock:
+    """One change at a time per repository: concurrent calls would race on its refs and worktree list."""
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(repo.resolve(), threading.Lock())
+
+
 def make_change(target: GitOpsTarget, tool: str, obj: ObjectRef, ctx: CallContext, *, dry_run: bool,
                 edit: Edit | None = None, revert: str | None = None, dry_run_apply: DryRun | None = None,
                 subject: str | None = None) -> GitOpsResult:
     """Make one change in a fresh worktree (``edit``, or ``git revert`` of a commit) and commit, push, open."""
+    with _repo_lock(target.repo):
+        return _make_change(target, tool, obj, ctx, dry_run=dry_run, edit=edit, revert=revert,
+                            dry_run_apply=dry_run_apply, subject=subject)
+
+
+def _make_change(target: GitOpsTarget, tool: str, obj: ObjectRef, ctx: CallContext, *, dry_run: bool,
+                 edit: Edit | None, revert: str | None, dry_run_apply: DryRun | None,
+                 subject: str | None) -> GitOpsResult:
     base = prepare(target, obj.namespace)
     git = base.git
     branch = None if dry_run else branch_name(target, tool, obj, ctx.call_id)

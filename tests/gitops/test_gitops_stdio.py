@@ -4,6 +4,7 @@ renders, beside the same call made directly on another namespace."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -150,6 +151,12 @@ async def test_rollback_reverts_the_change_and_dry_run_commits_nothing(
         # an unmapped namespace is still changed directly; a GitOps rollback takes no cluster revision
         revision = err(await s.call("rollback", {"name": "web", "namespace": repo.overlay_ns, "to_revision": 1}))
         assert revision["errors"][0]["field"] == "to_revision"
+        # two changes at once: each its own branch and commit, one after the other on the repository
+        both = await asyncio.gather(
+            s.call("scale", {"name": "api", "namespace": repo.plain_ns, "replicas": 6}),
+            s.call("deploy", {"name": "web", "namespace": repo.overlay_ns, "image": "registry.example.com/web:4.0"}))
+        for result in map(ok, both):
+            assert git(repo.remote, "rev-list", "--count", f"main..{result['branch']}") == "1"
     assert repo.clean()
 
 
