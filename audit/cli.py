@@ -98,6 +98,14 @@ def add_audit_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     s.set_defaults(audit_action="show")
     _add_security_commands(subparsers)
 
+    d = subparsers.add_parser("db-init", help="create the audit tables in PostgreSQL (as their owner) for --audit-db",
+                              description="Run once, as the role that will own the tables (not the server's). "
+                              "Creates schema opsgate: append-only audit_record and audit_checkpoint, rate_bucket; "
+                              "grants WRITER INSERT and SELECT on the audit tables. Safe to run again.")
+    d.add_argument("--audit-db", metavar="DSN", required=True, help="the database, as the owner role")
+    d.add_argument("--writer", required=True, help="the role opsgate serve logs in as")
+    d.set_defaults(audit_action="db-init")
+
 
 def run_audit_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run the audit subcommand in ``args`` (as parsed by the parser ``add_audit_commands`` built)."""
@@ -111,6 +119,7 @@ def run_audit_command(args: argparse.Namespace, out: TextIO | None = None) -> in
         "show": _show,
         "export": _export,
         "report": _report,
+        "db-init": _db_init,
     }
     command = commands.get(str(action))
     if command is None:
@@ -278,6 +287,20 @@ def _verify_lines(args: argparse.Namespace) -> tuple[int, list[str]]:
         f"  intact before it: {report.records} records, up to seq {report.head_seq}",
     ]
     return EXIT_DAMAGED, [*lines, *_checkpoint_lines(report, note)]
+
+
+def _db_init(args: argparse.Namespace, out: TextIO) -> int:
+    from .pgschema import install_schema
+    from .pgsink import connect, dsn_label, reason
+
+    with connect(args.audit_db) as conn:
+        try:
+            install_schema(conn, writer=args.writer)
+        except Exception as exc:  # psycopg's errors: the role may not create, the writer role does not exist
+            _err(f"cannot install the audit schema in {dsn_label(args.audit_db)}: {reason(exc)}")
+            return EXIT_UNUSABLE
+    _say(out, f"audit schema ready in {dsn_label(args.audit_db)}; {args.writer} may INSERT and SELECT audit records")
+    return EXIT_OK
 
 
 # --- keygen ----------------------------------------------------------------------------------------

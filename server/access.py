@@ -7,13 +7,13 @@ gate's own state (identity, policy, mode); they still run through the gate.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from opsgate.audit.sink import AuditSink, sink_location
 from opsgate.policies import BoundAttrs
 from opsgate.policies.bounds import check_bounds
 from opsgate.tools.context import CallContext
@@ -51,7 +51,8 @@ class Grant(BaseModel):
 
 class WhoamiResult(BaseModel):
     principal: str
-    principal_source: str = Field(description="config (--principal), cluster (its SelfSubjectReview) or os-user")
+    principal_source: str = Field(description="config (--principal), cluster (its SelfSubjectReview), os-user, "
+                                  "or oauth (a verified token, over HTTP)")
     os_user: str
     client: str | None = Field(description="the MCP client's self-reported name/version (recorded, not trusted)")
     read_only: bool
@@ -108,14 +109,14 @@ class OwnRecordsResult(BaseModel):
     records: list[dict[str, Any]] = Field(description="newest last; decision and outcome records of this principal")
 
 
-def own_records(path: Path, principal: str, limit: int) -> list[dict[str, Any]]:
-    """The principal's own recent call records, read backwards across segments within a byte budget."""
-    from opsgate.audit.query import last_matching
+def own_records(sink: AuditSink, principal: str, limit: int) -> list[dict[str, Any]]:
+    """The principal's own recent call records, read backwards (file segments or table rows) within a byte budget."""
+    from opsgate.audit.sink import recent_records
 
     def mine(record: dict[str, Any]) -> bool:
         return record.get("principal") == principal and "call_id" in record
 
-    return last_matching(path, mine, limit, max_bytes=TAIL_BYTES)
+    return recent_records(sink, mine, limit, max_bytes=TAIL_BYTES)
 
 
 def access_tools(
@@ -148,7 +149,7 @@ def access_tools(
             policy_hash=gate.policy.hash,
             protected_namespaces=list(gate.policy.protected),
             bounds=gate.policy.bounds_note(),
-            audit_log=str(gate.audit.path),
+            audit_log=sink_location(gate.audit),
             cluster=dict(await anyio.to_thread.run_sync(cluster)) if cluster is not None else None,
         )
 
@@ -182,7 +183,7 @@ def access_tools(
         )
 
     async def audit_log(args: OwnRecordsArgs, ctx: CallContext) -> OwnRecordsResult:
-        records = await anyio.to_thread.run_sync(own_records, gate_of().audit.path, ctx.principal, args.limit)
+        records = await anyio.to_thread.run_sync(own_records, gate_of().audit, ctx.principal, args.limit)
         return OwnRecordsResult(principal=ctx.principal, records=records)
 
     def render_whoami(r: WhoamiResult) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
@@ -91,6 +91,19 @@ class Settings(BaseSettings):
     audit_max_segment_bytes: int | None = Field(
         default=None, ge=4096, description="Rotate the log into numbered segments past this size."
     )
+    audit_db: SecretStr | None = Field(
+        default=None, json_schema_extra={"metavar": "DSN"},
+        description="PostgreSQL database (libpq URL or key=value) holding the audit log that replicas share, "
+        "instead of --audit-log; needs --audit-signing-key. A secret: never logged; prefer OPSGATE_AUDIT_DB.",
+    )
+
+    @model_validator(mode="after")
+    def _audit_db_is_signed(self) -> Settings:
+        """Replicas share one chain: its checkpoints need one Ed25519 key they all hold (no HMAC key beside a table)."""
+        if self.audit_db is not None and self.audit_signing_key is None:
+            raise ValueError("audit_db needs audit_signing_key (an Ed25519 key every replica holds: "
+                             "opsgate audit keygen); checkpoints of a shared log cannot use a key kept beside it")
+        return self
     models: Path | None = Field(default=None, description="Folder of local ONNX models.")
     kubeconfig: Path | None = Field(default=None, description="Kubeconfig file.")
     context: str | None = Field(default=None, description="Kubeconfig context.")
@@ -173,7 +186,6 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
     # The team server (server/http.py, server/oauth.py): streamable HTTP, OAuth 2.1 resource server, impersonation.
     http: str | None = Field(
         default=None, json_schema_extra={"metavar": "[HOST:]PORT"},

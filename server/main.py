@@ -24,6 +24,7 @@ import structlog
 
 from opsgate import telemetry
 from opsgate.audit import AuditLog, AuditTrustError, AuditWriteError
+from opsgate.audit.sink import AuditSink, sink_location
 from opsgate.policies import POLICY_FILE, SHIPPED_DIR, BoundName, Policy
 from opsgate.policies.lint import format_findings, load_checked
 from opsgate.tools.kube import Impersonation
@@ -50,7 +51,20 @@ class StartupError(Exception):
     """A setup problem that stops the server before it serves anything."""
 
 
-def open_audit_log(settings: Settings) -> AuditLog:
+def open_audit_log(settings: Settings) -> AuditSink:
+    if settings.audit_db is not None:  # the team server: one chain in PostgreSQL that every replica writes
+        from opsgate.audit.pgsink import PgAuditSink, dsn_label
+
+        assert settings.audit_signing_key is not None  # the settings model requires it with audit_db
+        try:
+            return PgAuditSink(settings.audit_db.get_secret_value(), signing_key=settings.audit_signing_key,
+                               checkpoint_every=settings.audit_checkpoint_every)
+        except AuditTrustError as exc:
+            raise StartupError(str(exc)) from exc
+        except AuditWriteError as exc:  # its message names the database, never the password
+            raise StartupError(f"audit database cannot be written ({exc}); refusing to serve") from exc
+        except ValueError as exc:
+            raise StartupError(f"audit database {dsn_label(settings.audit_db.get_secret_value())}: {exc}") from exc
     path = settings.audit_log
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -104,6 +118,12 @@ def build_gate(settings: Settings) -> tuple[Gate, Cluster]:
         raise
     gate = Gate(policy=policy, audit=audit, caller=caller, read_only=settings.read_only,
                 disable_destructive=settings.disable_destructive)
+    if settings.audit_db is not None:  # replicas share one audit chain, and so one budget per principal
+        from opsgate.audit.pgbuckets import PgBucketStore
+        from opsgate.policies.ratelimit import SharedRateLimiter
+
+        store = PgBucketStore(settings.audit_db.get_secret_value())
+        gate.limiter, gate.read_limiter = SharedRateLimiter(store, "write"), SharedRateLimiter(store, "read")
     gates.append(gate)
     gate.register(specs)
     return gate, cluster
@@ -143,7 +163,7 @@ def banner(gate: Gate, cluster: Cluster, settings: Settings) -> str:
             f"  principal  {gate.caller.principal} ({gate.caller.principal_source})",
             f"  roles      {roles_line(gate)}",
             f"  policy     {', '.join(str(s) for s in gate.policy.sources)} (sha256 {gate.policy.hash[:12]})",
-            f"  audit log  {settings.audit_log}",
+            f"  audit log  {sink_location(gate.audit)}",
             f"  cluster    {describe_cluster(cluster)}",
             f"  tools      {', '.join(t.name for t in gate.list_tools(gate.caller.principal))}",
             *connect_lines(gate.caller.principal, settings),
@@ -214,7 +234,8 @@ def serve(settings: Settings) -> None:
     try:
         gate.audit.append(start)
     except AuditWriteError as exc:
-        raise StartupError(f"audit log {settings.audit_log} cannot be written ({exc}); refusing to serve") from exc
+        where = sink_location(gate.audit)
+        raise StartupError(f"audit log {where} cannot be written ({exc}); refusing to serve") from exc
     if sys.stdin.isatty() and listener is None:
         print(banner(gate, cluster, settings), file=sys.stderr, flush=True)
     if listener is not None:
@@ -223,7 +244,7 @@ def serve(settings: Settings) -> None:
                  " (loopback, no OAuth: every request acts as the server's own principal)"),
               file=sys.stderr, flush=True)
     log.info("serving", transport="stdio" if listener is None else "http", principal=gate.caller.principal,
-             audit_log=str(settings.audit_log),
+             audit_log=sink_location(gate.audit),
              policy_hash=gate.policy.hash, tools=len(gate.list_tools(gate.caller.principal)),
              tools_total=len(gate.tool_names))
 
