@@ -555,17 +555,25 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_UNUSABLE
     count = 0
     events = Events()
+    # --out is written whole or not at all: a SIEM must not ingest half an export as if it were all of it.
+    partial = args.out.with_name(f".{args.out.name}.partial") if args.out else None
     try:
-        target = args.out.open("w", encoding="utf-8", newline="") if args.out else nullcontext(out)
+        target = partial.open("w", encoding="utf-8", newline="") if partial else nullcontext(out)
         with target as stream, _progress("export", _log_bytes(args.path)) as advance:
             for located in _run_of_chain(_tracked(_records(args), advance), since, until):
                 stream.write(events.line(located.record, located.raw).decode("utf-8"))
                 count += 1
+        if partial:
+            os.replace(partial, args.out)
     except BrokenPipeError:
         raise
     except OSError as exc:
         _err(f"cannot export {args.path}: {exc.strerror or exc}")
         return EXIT_UNUSABLE
+    finally:
+        if partial:
+            with suppress(OSError):
+                partial.unlink()
     if args.out:
         _err(f"wrote {count} OCSF events to {args.out}")
     return EXIT_OK

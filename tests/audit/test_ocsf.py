@@ -247,3 +247,10 @@ def test_a_time_range_is_a_run_of_the_chain_that_verifies_alone(session_log: Pat
     assert verified.returncode == 0 and "a run of the chain" in verified.stdout, verified.stdout
     empty = opsgate("export", str(session_log), "--until", "2000-01-01T00:00:00Z")
     assert empty.returncode == 0 and empty.stdout == ""
+
+
+def test_export_to_a_file_is_whole_or_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "events.jsonl"
+    done = opsgate("export", str(tmp_path / "missing.jsonl"), "--out", str(out))
+    assert done.returncode == 2 and "cannot export" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a partial one
