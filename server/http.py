@@ -269,11 +269,8 @@ def build_app(server: Server[Any], gate: Gate, *, host: str, oauth: OAuthConfig 
         return PlainTextResponse("ok")
 
     async def readyz(_: Request) -> Response:
-        if verifier is not None and not verifier.keys_loaded:
-            try:
-                await verifier.refresh()
-            except Exception as exc:  # the issuer is down or misconfigured: not ready, and why
-                log.warning("oauth_keys_unavailable", error=str(exc)[:300])
+        if verifier is not None:
+            await verifier.load_keys()  # the issuer down or misconfigured: not ready (tried again every 30 s)
         ready, checks = await anyio.to_thread.run_sync(readiness, gate, verifier, cluster_ok)
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
@@ -355,10 +352,7 @@ async def serve_http(server: Server[Any], gate: Gate, listener: Listener, *, on_
     oauth = listener.oauth
     verifier = TokenVerifier(oauth) if oauth is not None else None
     if verifier is not None:
-        try:
-            await verifier.refresh()
-        except Exception as exc:  # tokens are refused until the keys load; /readyz says not ready
-            log.warning("oauth_keys_unavailable", issuer=oauth.issuer if oauth else None, error=str(exc)[:300])
+        await verifier.load_keys()  # without them tokens are refused and /readyz says not ready
     app = build_app(server, gate, host=listener.host, oauth=oauth, verifier=verifier, on_refused=on_refused,
                     cluster_ok=cluster_ok)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", server_header=False, http="h11",

@@ -190,6 +190,20 @@ class TokenVerifier:
     def keys_loaded(self) -> bool:
         return bool(self._keys.keys)
 
+    async def load_keys(self) -> bool:
+        """For start-up and readiness: fetch the keys unless they are loaded or were tried within
+        REFRESH_MIN_S (a probe, or anyone calling /readyz, must not become load on the issuer)."""
+        if self.keys_loaded:
+            return True
+        async with self._lock:
+            if not self.keys_loaded and time.monotonic() - self._keys.fetched_at >= REFRESH_MIN_S:
+                try:
+                    await self.refresh()
+                except (httpx.HTTPError, ValueError) as exc:
+                    log.warning("oauth_keys_unavailable", issuer=self.config.issuer, error=str(exc)[:300])
+                    self._keys = _Keys(self._keys.keys, time.monotonic(), self._keys.jwks_uri)
+        return self.keys_loaded
+
     async def refresh(self) -> None:
         """Discovery (once it worked, its jwks_uri is kept) and the key set; raises on any failure."""
         http = self._http()
@@ -232,9 +246,8 @@ class TokenVerifier:
                 except (httpx.HTTPError, ValueError) as exc:
                     log.warning("oauth_keys_unavailable", issuer=self.config.issuer, error=str(exc)[:300])
                     self._keys = _Keys(keys.keys, time.monotonic(), keys.jwks_uri)  # no retry storm either
-                    if kid not in keys.keys:
-                        raise TokenRefused("issuer-unavailable", "the issuer's keys could not be fetched",
-                                           kid=kid) from None
+        if not self._keys.keys:
+            raise TokenRefused("issuer-unavailable", "the issuer's keys could not be fetched", kid=kid)
         return self._keys.keys.get(kid)
 
     async def verify(self, token: str) -> Verified:

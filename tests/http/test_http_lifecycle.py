@@ -1,0 +1,53 @@
+"""The HTTP server's life: it stops on SIGTERM within a second or two with its stop record and a chain that
+verifies, and it is not ready (nor lets a token through) while the issuer's keys cannot be had."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from opsgate.audit import verify_log
+from tests.http.oidc import Issuer
+from tests.http.served import INITIALIZE, MCP_HEADERS, http_server, mcp_session
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_sigterm_stops_it_promptly_with_a_stop_record_and_a_sound_chain(tmp_path: Path) -> None:
+    with http_server(tmp_path) as server:
+        async with mcp_session(server.url) as session:
+            assert not (await session.call_tool("whoami", {})).is_error
+        with httpx.Client(timeout=10) as client:  # a session left open, as a client that just goes away
+            assert client.post(server.url, json=INITIALIZE, headers=MCP_HEADERS).status_code == 200
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(10) == 0
+        took = time.monotonic() - started
+        stages = [r["stage"] for r in server.records()]
+    assert took < 3.0, took
+    assert stages[0] == "start" and stages[-1] == "stop", stages
+    assert "decision" in stages and "outcome" in stages
+    assert verify_log(server.audit_log).ok
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_without_the_issuers_keys_it_is_not_ready_and_refuses_tokens(tmp_path: Path) -> None:
+    with Issuer() as issuer, http_server(tmp_path, "--oauth-issuer", _dead_url()) as server:
+        ready = httpx.get(server.base + "/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["oauth"] == "issuer keys not loaded"
+        token = issuer.mint(server.url, iss=server.url)  # any token: its issuer's keys are not to be had
+        answer = httpx.post(server.url, json=INITIALIZE, headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"},
+                            timeout=10)
+        assert answer.status_code == 401
+        records = server.records()
+    assert [r["rule"] for r in records if r["stage"] == "token_refused"] == ["issuer-unavailable"]
