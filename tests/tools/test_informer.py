@@ -19,7 +19,6 @@ import pytest
 from opsgate.sandbox import SandboxCluster
 from opsgate.sandbox.api import WatchStream
 from opsgate.sandbox.cluster import TOKEN, USER
-from opsgate.sandbox.kinds import NAMESPACE
 from opsgate.tools.context import CallContext
 from opsgate.tools.kserve import (
     DeployModelArgs,
@@ -143,11 +142,6 @@ def src(result: Any) -> Freshness:
     source = result.source
     assert isinstance(source, Freshness), result
     return source
-
-
-def labelled(value: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A store update that labels the object: one more event in the watch log."""
-    return lambda cur: {**cur, "metadata": {**cur["metadata"], "labels": {"n": value}}}
 
 
 def watch_threads(ns: str | None = None) -> list[str]:
@@ -279,29 +273,6 @@ def test_a_dropped_watch_watches_again_from_where_it_was(cluster: SandboxCluster
     assert seen.desired == 6
     assert requests.of("WATCH", f"/namespaces/{ns}/deployments") >= 1, "it watched again"
     assert requests.of("GET", f"/namespaces/{ns}/deployments") == 0, "from its last version: no new list"
-
-
-def test_a_410_gone_lists_again(cluster: SandboxCluster, kube: Kube, requests: Requests, ns: str) -> None:
-    deploy(kube, DeployArgs(name="web", namespace=ns, image="nginx:1", replicas=1), ctx())
-    live(kube, requests, ns)
-    # The watch goes down and cannot come back, while more than the sandbox's 10,000 events of watch log go by:
-    # the version it watched from is compacted away, so watching again from it answers 410 Gone.
-    cluster.inject_fault("GET", rf"/namespaces/{ns}/deployments$", drop=True, times=0)
-    assert cluster._server is not None
-    cluster._server.close_connections()
-    until(lambda: status(kube, ns).source.via == "api", "reads going to the API while the watch is down")
-    other = Kube.from_kubeconfig_dict(cluster.kubeconfig(), sandbox=True)
-    other.call(other.apps.patch_namespaced_deployment_scale, "web", ns, {"spec": {"replicas": 7}}, what="scale")
-    other.close()
-    for i in range(10_050):
-        cluster.store.update(NAMESPACE, "", ns, labelled(str(i)))
-    down = status(kube, ns)
-    assert down.desired == 7 and down.source.via == "api" and down.source.note == "the cache's watch is reconnecting"
-    requests.reset()
-    cluster.clear_faults()
-    seen = until(lambda: (s := status(kube, ns)).source.via == "cache" and s, "the cache back", timeout=15)
-    assert seen.desired == 7
-    assert requests.of("GET", f"/namespaces/{ns}/deployments") == 1, "a 410 lists again"
 
 
 def test_close_ends_every_watch_at_once(cluster: SandboxCluster, requests: Requests) -> None:

@@ -24,6 +24,7 @@ from opsgate.vocab.limits import MAX_CACHED_OBJECTS, MAX_WATCHES
 
 from ..errors import ToolError
 from ..structs.freshness import Freshness
+from ..untrusted import name_in_text
 from .reflector import WATCH_SECONDS, Reflector
 from .resources import Resource
 from .store import JSON
@@ -107,15 +108,16 @@ class ReadCache:
             return reflector
         if not reflector.started.wait(sum(self.kube.request_timeout)):
             return "the cache's first list has not answered"
+        if not reflector.live:  # no waiting: a poll during an outage costs what it cost before the cache
+            return f"over the cache's cap: {reflector.failed}" if reflector.failed else (
+                "the cache's watch is reconnecting")
         with self._lock:
             wanted = self._written.get(key)
-        if reflector.wait(lambda: wanted is None or reflector.store.seen.covers(wanted), self.write_wait):
+        if wanted is None or reflector.wait(lambda: reflector.store.seen.covers(wanted), self.write_wait):
             return reflector
-        if reflector.failed:
-            return f"over the cache's cap: {reflector.failed}"
-        if not reflector.live:
-            return "the cache's watch is reconnecting"
-        return f"the cache had not seen this server's write (resourceVersion {wanted}) after {self.write_wait:g} s"
+        # The version is the cluster's text: a name when it is one, else quoted.
+        return (f"the cache had not seen this server's write (resourceVersion {name_in_text(wanted)}) "
+                f"after {self.write_wait:g} s")
 
     def _reflector(self, resource: Resource, namespace: str, key: Key) -> Reflector | Miss:
         now = time.monotonic()
