@@ -17,7 +17,8 @@ a CRD), ``kinds`` (built-in kinds: defaults, columns), ``store`` (objects,
 resourceVersion, uid, generation, conflicts, watch log), ``patch`` and
 ``validation`` and ``selectors`` and ``rollout`` (pure), ``apply``
 (server-side apply and ``managedFields``, pure), ``reviews`` (access
-reviews), ``tls`` (the CA made at start), ``api`` (REST semantics),
+reviews), ``impersonation`` (who may impersonate, and the RBAC for impersonated users), ``tls`` (the CA
+made at start), ``api`` (REST semantics),
 ``http`` (the socket edge; why the standard library and not kmock is said
 there), ``protobuf`` (kubectl's protobuf request bodies),
 ``controllers`` (with ``events``: client-go's event aggregation), ``pods``
@@ -40,6 +41,9 @@ Differences from a real API server (on purpose, or not yet done):
   ``SubjectAccessReview``, ``LocalSubjectAccessReview``,
   ``SelfSubjectRulesReview``; ``reviews``) answer ``allowed: true`` with a
   reason saying so, for any user, as the ``AlwaysAllow`` authorizer would.
+  Impersonation (``Impersonate-User``/``-Group``; ``impersonation``) is
+  honoured for the named users only, and an optional RBAC (``api.impersonation.rbac``,
+  set by tests) authorizes impersonated requests, with the API server's 403 wording.
 - TLS (``tls``) with a CA made at start, in the kubeconfig as
   ``certificate-authority-data`` (no client certificates, no rotation); model
   servers stay on plain HTTP. Answers are always JSON whatever ``Accept`` says (no protobuf or
