@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from string import Template
 from typing import Any
 
-from .query import Call, record_time
+from .query import Call, denial_kind, record_time
 
 __all__ = ["MAX_ROWS", "build_report"]
 
@@ -227,7 +227,7 @@ def _denial_row(call: Call) -> list[str]:
     decision = _decision(call)
     rule = decision.get("rule") or "(no rule allows it: default deny)"
     where = f" <small>{_e(decision['source'])}</small>" if decision.get("source") else ""
-    kind = "bound" if decision.get("bound") else "policy"
+    kind = denial_kind(decision)
     return [*_who(call), _e(kind), _e(decision.get("bound") or "-"), _e(rule) + where, _e(decision.get("reason")),
             f"<code>{_e((call.call_id or '')[:12])}</code>"]
 

@@ -26,6 +26,7 @@ from pydantic_core.core_schema import ErrorType
 
 from opsgate import telemetry
 from opsgate.audit import AuditWriteError
+from opsgate.audit.query import denial_kind
 from opsgate.audit.redact import redact, redact_text
 from opsgate.audit.sink import AuditSink
 from opsgate.policies import BoundAttrs, BoundName, Decision, Policy, Rule
@@ -189,17 +190,6 @@ def confirmation_question(tool: str, arguments: Mapping[str, Any], limit: int = 
 def denial_rule(decision: GateDecision) -> str:
     """Which refusal this is, as the rule of the denied envelope: policy, bound, rate-limit or confirmation."""
     return denial_kind(decision.record())
-
-
-def denial_kind(decision: Mapping[str, Any]) -> str:
-    """:func:`denial_rule` of a decision in its audit form (``GateDecision.record``)."""
-    if decision.get("confirmation") is not None:
-        return "confirmation"
-    if str(decision.get("reason", "")).startswith("denied by rate limit"):
-        return "rate-limit"
-    if decision.get("bound") is not None:
-        return "bound"
-    return "policy"
 
 
 def tool_error_envelope(exc: ToolError, call_id: str) -> dict[str, Any]:
