@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from .checkpoint import KeyRing, generate_keypair, load_hmac_key, load_public_key
 from .log import AuditWriteError
@@ -444,6 +444,7 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
 
 # --- export, report (for the security team) --------------------------------------------------------
 
+_T = TypeVar("_T")
 PROGRESS_MIN_BYTES = 8 << 20
 """Below this much log a read takes well under a second: no progress bar."""
 
@@ -479,16 +480,20 @@ def _log_bytes(path: Path) -> int:
     return total
 
 
-def _tracked(records: Iterable[Located], advance: Callable[[int], None]) -> Iterator[Located]:
-    """The records, telling ``advance`` how many bytes were read (every 1000 records: the bar needs no more)."""
+def _tracked(items: Iterable[_T], size: Callable[[_T], int], advance: Callable[[int], None]) -> Iterator[_T]:
+    """The items (records, lines), telling ``advance`` how many bytes they took (every 1000: a bar needs no more)."""
     done = 0
-    for count, located in enumerate(records, start=1):
-        done += len(located.raw) + 1
+    for count, item in enumerate(items, start=1):
+        done += size(item)
         if count % 1000 == 0:
             advance(done)
             done = 0
-        yield located
+        yield item
     advance(done)
+
+
+def _record_bytes(located: Located) -> int:
+    return len(located.raw) + 1
 
 
 def _add_security_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -560,7 +565,7 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
     try:
         target = partial.open("w", encoding="utf-8", newline="") if partial else nullcontext(out)
         with target as stream, _progress("export", _log_bytes(args.path)) as advance:
-            for located in _run_of_chain(_tracked(_records(args), advance), since, until):
+            for located in _run_of_chain(_tracked(_records(args), _record_bytes, advance), since, until):
                 stream.write(events.line(located.record, located.raw).decode("utf-8"))
                 count += 1
         if partial:
@@ -628,7 +633,7 @@ def _verify_ocsf(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_UNUSABLE
     try:
         with args.path.open("rb") as stream, _progress("verify", _log_bytes(args.path)) as advance:
-            check = check_export(_advancing(stream, advance), anchors)
+            check = check_export(_tracked(stream, len, advance), anchors)
     except OSError as exc:
         _err(f"cannot read {args.path}: {exc.strerror or exc}")
         return EXIT_UNUSABLE
@@ -657,17 +662,6 @@ def _verify_ocsf(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_DAMAGED
 
 
-def _advancing(stream: Iterable[bytes], advance: Callable[[int], None]) -> Iterator[bytes]:
-    done = 0
-    for count, line in enumerate(stream, start=1):
-        done += len(line)
-        if count % 1000 == 0:
-            advance(done)
-            done = 0
-        yield line
-    advance(done)
-
-
 def _report(args: argparse.Namespace, out: TextIO) -> int:
     from .report import build_report
 
@@ -681,7 +675,7 @@ def _report(args: argparse.Namespace, out: TextIO) -> int:
         return code
     try:
         with _progress("report", _log_bytes(args.path)) as advance:
-            calls = join_calls(_tracked(_records(args), advance))
+            calls = join_calls(_tracked(_records(args), _record_bytes, advance))
             page = build_report(
                 (call for call in calls if matches(call, Filters(since=since, until=until))),
                 verified=code == EXIT_OK, verify_lines=lines, log=str(args.path), since=since, until=until,
