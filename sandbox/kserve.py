@@ -604,6 +604,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(413, {"error": f"request body over {BODY_MAX} bytes"}, None)
             return
         body = self.rfile.read(length) if length > 0 else b""
+        traceparent = self.headers.get("traceparent")
+        if traceparent:
+            endpoint.controller.traceparents.append((method, path, traceparent))
         header_length: int | None = None
         raw_length = self.headers.get(oip.HEADER_LENGTH)
         if raw_length is not None:
@@ -799,6 +802,8 @@ class KServeController(Controller):
         self.models_dir = Path(models_dir or MODELS_DIR_DEFAULT).resolve()
         self.default_mode = normalize_mode(default_mode) or SERVERLESS
         self.requests: deque[ModelRequest] = deque(maxlen=REQUEST_LOG)
+        # (method, path, traceparent) of the last requests that sent one: a test joins them to the client's spans.
+        self.traceparents: deque[tuple[str, str, str]] = deque(maxlen=REQUEST_LOG)
         self._services: dict[tuple[str, str], _Service] = {}
         self._stores: dict[Path, ModelStore] = {}
         self._faults: dict[tuple[str, str], FaultTable] = {}

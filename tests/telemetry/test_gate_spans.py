@@ -228,6 +228,9 @@ async def test_a_model_server_request_is_a_client_span_with_its_sizes(
     assert model and all(s.parent is not None and s.parent.span_id == call.context.span_id for s in model)
     assert {attrs_of(s)["http.request.method"] for s in model} >= {"POST"}
     assert all(attrs_of(s)["http.response.status_code"] == 200 for s in model)
+    assert cluster.kserve is not None  # the model server got each request's traceparent: the HTTP span's id
+    received = {tuple(tp.split("-")[1:3]) for _, _, tp in cluster.kserve.traceparents}
+    assert {(f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}") for s in model} <= received
     points = metric_points(reader)
     posts = [p for p in points["opsgate.inference.requests"] if attrs_of(p)["http.request.method"] == "POST"]
     assert sum(p.value for p in posts) == 1
