@@ -22,7 +22,15 @@ from hypothesis import strategies as st
 
 import opsgate.audit.verify as verify_module
 from opsgate.audit import AuditLog, canonical, verify_log
-from opsgate.audit.chain import loads, matches_canonical, prepare, seal_line, seal_next, unhashed_line
+from opsgate.audit.chain import (
+    canonical_object,
+    loads,
+    matches_canonical,
+    prepare,
+    seal_line,
+    seal_next,
+    unhashed_line,
+)
 
 keys = st.text(max_size=6) | st.sampled_from(["a", "é", "\uff61", "\U0001f600", "hash", "seq", "B", "a\u0000"])
 numbers = (
@@ -128,6 +136,53 @@ def test_verify_canonical_check_agrees_with_rfc8785_on_good_and_mangled_lines(bo
         except ValueError:
             fast = None
         assert fast == slow, candidate
+
+
+def _vouched_alike(candidate: bytes) -> None:
+    """canonical_object vouches only for a line that is the RFC 8785 form of what ``loads`` reads from it, and
+    returns that very object (same types: repr tells 1 from 1.0)."""
+    obj = canonical_object(candidate)
+    if obj is None:
+        return
+    reference = loads(candidate)
+    assert rfc8785.dumps(reference) == candidate
+    assert repr(obj) == repr(reference)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(keys.filter(lambda k: k not in ("seq", "prev", "hash")), values, max_size=6))
+def test_the_orjson_shortcut_vouches_only_for_canonical_lines(body: dict[str, Any]) -> None:
+    try:
+        _, line = seal_line(body, 3, "0" * 64)
+    except ValueError:
+        return
+    for candidate in [line, *_mutations(line)]:
+        _vouched_alike(candidate)
+
+
+def test_the_orjson_shortcut_leaves_the_hard_lines_to_the_exact_way() -> None:
+    hard = [
+        b'{"n":9007199254740992}',  # beyond 2**53 - 1: loads reads a float, RFC 8785 writes it so
+        b'{"n":9007199254740993}',
+        b'{"x":2.0}',  # integral float: RFC 8785 writes 2
+        b'{"x":1e-05}',
+        b'{"x":0.00001}',
+        b'{"x":-0.0}',
+        b'{"x":1e+16}',
+        b'{"a":1,"a":2}',  # duplicate keys
+        rb'{"\ue000":1,"\uff61":2}',
+        '{"\ue000":1,"\U0001f600":2}'.encode(),
+        '{"\U0001f600":1,"\ue000":2}'.encode(),
+        rb'{"s":"\ud800"}',
+        b'{"a":1} ',
+        b'[1,2]',
+        b'{"a":NaN}',
+    ]
+    for line in hard:
+        _vouched_alike(line)
+    assert canonical_object(b'{"a":1,"b":[1.5,"x",null,true]}') == {"a": 1, "b": [1.5, "x", None, True]}
+    for line in hard[:8]:
+        assert canonical_object(line) is None, line
 
 
 @given(st.dictionaries(keys.filter(lambda k: k not in ("seq", "prev", "hash")), values, max_size=6))
