@@ -34,9 +34,15 @@ log with no checkpoint at all is also ``no-checkpoints`` when an HMAC key lies
 beside it or a ``start`` record says the log was checkpointed: deleting the
 checkpoints file must not turn a cut or rewritten log into a passing one.
 
-Speed: each line is parsed once; whether it is canonical is decided by
-``orjson`` where that is exact (see ``chain.matches_canonical``), and the
-hash input is cut out of the line instead of re-serialised.
+Speed: each line is parsed once, by ``orjson``, which also shows it canonical
+where that is exact (``chain.canonical_object``; other lines go through
+``chain.matches_canonical`` and RFC 8785), and the hash input is cut out of
+the line instead of re-serialised. The canonical check is not skipped even
+though the hash is taken over the line's own bytes: that hash equals the one
+over the record's canonical bytes only when the line IS canonical. Without
+the check, a line rewritten with a hash over its own non-canonical bytes would
+pass, and an edited line would be reported as ``hash-mismatch`` rather than
+``not-canonical``.
 """
 
 from __future__ import annotations
