@@ -298,7 +298,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 .verify.ok { background: #e8f5e9; border: 1px solid #3a8d4f; }
 .verify.damaged { background: #fdecea; border: 2px solid #c0392b; }
 table { border-collapse: collapse; margin: 6px 0; } td, th { border-bottom: 1px solid #ddd; padding: 4px 8px;
-  text-align: left; vertical-align: top; overflow-wrap: anywhere; } th { background: #f4f4f4; }
+  text-align: left; vertical-align: top; } th { background: #f4f4f4; }
 table.changes td, table.changes th { border: none; padding: 0 6px; font-size: 12px; }
 td.before { color: #a33; } td.after { color: #2a6; }
 .axis { font-size: 11px; fill: #555; } .legend { color: #555; }
