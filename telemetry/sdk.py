@@ -50,6 +50,15 @@ def url_without_secrets(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
+def service_resource() -> Resource:
+    """The resource from ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` (the SDK reads them), named
+    ``opsgate`` when neither names the service (the SDK would say ``unknown_service``)."""
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "opsgate"}))
+    return resource
+
+
 def _span_exporters(exporter_names: Sequence[str], env: Mapping[str, str]) -> list[SpanExporter]:
     exporters: list[SpanExporter] = []
     for name in exporter_names:
@@ -150,7 +159,7 @@ class Telemetry:
             readers, prometheus = _metric_readers(metrics, env)
         except ValueError as exc:
             raise TelemetryUnavailable(str(exc)) from None
-        resource = Resource.create({"service.name": "opsgate"} if not env.get("OTEL_SERVICE_NAME") else {})
+        resource = service_resource()
         tracer_provider = None
         if span_exporters:
             tracer_provider = TracerProvider(resource=resource)

@@ -38,6 +38,19 @@ def test_addresses_and_urls() -> None:
     )
 
 
+def test_the_service_is_opsgate_unless_the_environment_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opsgate.telemetry.sdk import service_resource
+
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=prod")
+    assert service_resource().attributes["service.name"] == "opsgate"
+    assert service_resource().attributes["deployment.environment.name"] == "prod"
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=gate-eu")
+    assert service_resource().attributes["service.name"] == "gate-eu"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gate-us")
+    assert service_resource().attributes["service.name"] == "gate-us"
+
+
 def _serve(
     tmp_path: Path, *flags: str, env: dict[str, str], pythonpath: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
