@@ -55,9 +55,10 @@ _EVENT_TEXT = {
     "policy_reload": "policy reloaded",
     "policy_reload_failed": "policy reload failed; the previous policy stays in force",
     "input_rejected": "input line rejected before any decision",
+    "token_refused": "bearer token refused; nothing ran",
     "recovery": "a torn last line was sealed and named",
 }
-_EVENT_FAILED = frozenset({"policy_reload_failed", "input_rejected"})
+_EVENT_FAILED = frozenset({"policy_reload_failed", "input_rejected", "token_refused"})
 _MAPPED = frozenset({"time", "principal", "session_id", "call_id", "tool", "arguments", "object", "duration_ms",
                      "outcome"})
 """Record fields carried by OCSF attributes; all the others go to ``unmapped.opsgate`` as they are."""
@@ -113,7 +114,9 @@ def _status(record: Mapping[str, Any]) -> tuple[int, int, str | None, str | None
         error = _dict(outcome.get("error"))
         return FAILURE, LOW, _text(error.get("code")) or "error", _text(error.get("message"))
     if stage in _EVENT_FAILED:
-        return FAILURE, MEDIUM if stage == "policy_reload_failed" else LOW, str(stage), _text(record.get("error"))
+        severity = LOW if stage == "input_rejected" else MEDIUM
+        detail = _text(record.get("error")) or _text(record.get("message"))
+        return FAILURE, severity, _text(record.get("rule")) or str(stage), detail
     if stage == "recovery":
         return STATUS_OTHER, MEDIUM, "recovery", None
     if stage == "stop" and record.get("forced") is True:
@@ -173,7 +176,7 @@ def _api(record: Mapping[str, Any]) -> dict[str, Any]:
 def _actor(record: Mapping[str, Any]) -> dict[str, Any]:
     actor: dict[str, Any] = {}
     principal = _text(record.get("principal"))
-    if principal:
+    if principal and principal != "-":  # "-": no one known (a refused token)
         actor["user"] = {"name": principal, "uid": principal}
     session = _text(record.get("session_id"))
     if session:

@@ -254,3 +254,17 @@ def test_export_to_a_file_is_whole_or_nothing(tmp_path: Path) -> None:
     done = opsgate("export", str(tmp_path / "missing.jsonl"), "--out", str(out))
     assert done.returncode == 2 and "cannot export" in done.stderr
     assert list(tmp_path.iterdir()) == []  # neither the file nor a partial one
+
+
+def test_server_refusals_are_failures() -> None:
+    """A refused bearer token (the HTTP server) and a rejected input line: Failure, with their rule."""
+    token = {"v": 2, "stage": "token_refused", "time": "2026-01-01T00:00:00.000000Z", "principal": "-",
+             "principal_source": "oauth", "rule": "expired", "message": "the token expired", "seq": 5,
+             "prev": "0" * 64, "hash": "1" * 64}
+    event = to_ocsf(token, "{}")
+    assert (event["status"], event["status_code"]) == ("Failure", "expired")
+    assert event["status_detail"] == "the token expired"
+    assert event["severity_id"] == 3 and "user" not in event["actor"]
+    rejected = {**token, "stage": "input_rejected", "rule": "line-too-long", "message": None}
+    assert (to_ocsf(rejected, "{}")["status_code"], to_ocsf(rejected, "{}")["severity_id"]) == ("line-too-long", 2)
+    ApiActivity.model_validate(event)
