@@ -290,9 +290,20 @@ def build_app(server: Server[Any], gate: Gate, *, host: str, oauth: OAuthConfig 
             routes.append(Route(path, resource_metadata, methods=["GET"]))
     metrics = _metrics_app()
     if metrics is not None:
-        routes.append(Mount("/metrics", app=metrics))
+        routes.append(Route("/metrics", endpoint=AsgiEndpoint(metrics), methods=["GET"]))  # no redirect
 
     return Starlette(routes=routes, lifespan=lambda _: manager.run())
+
+
+class AsgiEndpoint:
+    """An ASGI app as a Route's endpoint at its exact path: Starlette would call a plain function (what
+    prometheus_client's app is) with a Request, and a Mount answers /metrics with a redirect to /metrics/."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 def _metrics_app() -> ASGIApp | None:

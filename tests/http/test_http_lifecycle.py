@@ -51,3 +51,12 @@ def test_without_the_issuers_keys_it_is_not_ready_and_refuses_tokens(tmp_path: P
         assert answer.status_code == 401
         records = server.records()
     assert [r["rule"] for r in records if r["stage"] == "token_refused"] == ["issuer-unavailable"]
+
+
+async def test_metrics_are_served_beside_mcp_when_prometheus_is_asked_for(tmp_path: Path) -> None:
+    with http_server(tmp_path, env={"OTEL_METRICS_EXPORTER": "prometheus"}) as server:
+        async with mcp_session(server.url) as session:
+            assert not (await session.call_tool("whoami", {})).is_error
+        metrics = httpx.get(server.base + "/metrics", timeout=10)
+    assert metrics.status_code == 200, metrics.text[:500]
+    assert "# TYPE" in metrics.text and "whoami" in metrics.text, metrics.text[:2000]
