@@ -141,7 +141,11 @@ def run_doctor(
     policy_holder: list[Policy] = []
     checks += _guarded("policy", lambda: _check_policy(settings, policy_holder, tools))
     checks += _guarded("principal", lambda: _check_principal(settings, policy_holder, cluster_user))
-    checks += _guarded("audit log", lambda: _check_audit_log(settings.audit_log))
+    if settings.audit_db is not None:
+        dsn = settings.audit_db.get_secret_value()
+        checks += _guarded("audit log", lambda: _check_audit_db(dsn))
+    else:
+        checks += _guarded("audit log", lambda: _check_audit_log(settings.audit_log))
     checks += _guarded("models", lambda: _check_models(settings.models))
     return checks
 
@@ -633,6 +637,36 @@ def _nearest_existing(path: Path) -> Path:
         if parent.exists():
             return parent
     return Path(path.anchor or ".")
+
+
+def _check_audit_db(dsn: str) -> list[Check]:
+    """The shared log in PostgreSQL: reachable, usable by this role as serve would use it, and its chain verifies
+    (signatures are not checked here: that needs the public key, ``opsgate audit verify --pubkey``)."""
+    from opsgate.audit import AuditWriteError
+    from opsgate.audit.pgread import pg_verify
+    from opsgate.audit.pgschema import check_writer
+    from opsgate.audit.pgsink import connect, dsn_label
+
+    where = dsn_label(dsn)
+    try:
+        with connect(dsn) as conn:
+            problems = check_writer(conn)
+    except AuditWriteError as exc:
+        return [Check("audit log", "error", str(exc), "check --audit-db (host, database, role, password)")]
+    if problems:
+        return [Check("audit log", "error", f"{where}: " + "; ".join(problems),
+                      "run `opsgate audit db-init` as the tables' owner, and serve as a role with INSERT and "
+                      "SELECT only")]
+    checks = [Check("audit log", "ok", f"{where}: tables present, this role may only insert and read")]
+    try:
+        report = pg_verify(dsn)
+    except AuditWriteError as exc:
+        return [*checks, Check("audit chain", "error", str(exc), "check the database")]
+    if report.ok:
+        return [*checks, Check("audit chain", "ok", f"{report.records} records, chain intact")]
+    return [*checks, Check("audit chain", "error", f"record {report.first_bad_line} (seq {report.bad_seq}): "
+                           f"{report.problem}: {report.detail}",
+                           "run `opsgate audit verify --audit-db` with --pubkey; keep the tables as evidence")]
 
 
 def _check_audit_log(path: Path) -> list[Check]:

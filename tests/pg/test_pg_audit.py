@@ -177,3 +177,22 @@ def test_a_running_writer_refuses_to_extend_a_table_rewritten_under_it(pgdb: PgD
                          "'{}'::bytea")
         with pytest.raises(AuditWriteError, match="not the one this writer wrote or saw"):
             sink.append({"stage": "decision"})
+
+
+def test_doctor_checks_the_audit_database(pgdb: PgDb, key: tuple[Path, Path], tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from opsgate.server.config import Settings
+    from opsgate.server.doctor import run_doctor
+
+    def audit_rows(dsn: str) -> dict[str, tuple[str, str]]:
+        checks = run_doctor(Settings(audit_db=SecretStr(dsn), audit_signing_key=key[0]), environ={}, home=tmp_path)
+        return {c.name: (c.status, c.detail) for c in checks if c.name.startswith("audit")}
+
+    with PgAuditSink(pgdb.writer, signing_key=key[0]) as sink:
+        sink.append({"stage": "decision"})
+    rows = audit_rows(pgdb.writer)
+    assert rows["audit log"][0] == "ok" and rows["audit chain"] == ("ok", "1 records, chain intact"), rows
+    owner = audit_rows(pgdb.owner)
+    assert owner["audit log"][0] == "error" and "INSERT and SELECT only" in owner["audit log"][1]
+    assert pgdb.cluster.passwords["opsgate_owner"] not in str(owner)
