@@ -316,8 +316,15 @@ def www_authenticate(config: OAuthConfig, refused: TokenRefused | None) -> str:
         parts.append(f'scope="{" ".join(config.scopes)}"')
     if refused is not None:
         code = "insufficient_scope" if refused.rule == "insufficient-scope" else "invalid_token"
-        parts.insert(0, f'error="{code}", error_description="{refused.message.replace(chr(34), chr(39))}"')
+        parts.insert(0, f'error="{code}", error_description="{header_text(refused.message)}"')
     return "Bearer " + ", ".join(parts)
+
+
+def header_text(text: str) -> str:
+    """Pure: a sentence as an RFC 6750 quoted-string holds it: printable ASCII, no quote or backslash (a
+    token's claimed values could bring anything, and a header is latin-1 at most)."""
+    ascii_only = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in ascii_only)
 
 
 def protected_resource_metadata(config: OAuthConfig) -> dict[str, Any]:

@@ -109,6 +109,8 @@ def test_challenge_and_metadata() -> None:
         'Bearer resource_metadata="https://ops.example/.well-known/oauth-protected-resource/mcp", scope="mcp"')
     refused = www_authenticate(config, TokenRefused("expired", 'the token has "expired"'))
     assert refused.startswith('Bearer error="invalid_token", error_description="the token has \'expired\'"')
+    odd = www_authenticate(config, TokenRefused("malformed", 'tokens signed with \'\u00e9\r\nX: "y"\\\' fail'))
+    assert odd.isascii() and "\r" not in odd and "\n" not in odd and odd.count('"') == 8, odd
     doc = protected_resource_metadata(config)
     assert doc["resource"] == "https://ops.example/mcp" and doc["authorization_servers"] == ["https://idp.example"]
     assert doc["scopes_supported"] == ["mcp"] and doc["bearer_methods_supported"] == ["header"]
