@@ -259,3 +259,23 @@ def test_off_by_default_nothing_of_the_sdk_is_imported_and_a_call_costs_no_span(
                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout  # logs go first (no structlog setup here)
+
+
+def test_policy_reloads_and_their_lint_findings_are_counted(
+    tmp_path: Path, cluster: SandboxCluster, otel: tuple[InMemorySpanExporter, InMemoryMetricReader]
+) -> None:
+    from opsgate.server.reload import reload_policy
+
+    _, reader = otel
+    gate, kube, _ = make_gate(tmp_path, cluster)
+    kube.close()
+    folder = tmp_path / "policy"
+    (folder / "policy.csv").write_text(POLICY + "p, alice, team-a, deploy, write, Deny\n")  # an effect Casbin ignores
+    assert reload_policy(gate, folder, gate.verbs) is False
+    (folder / "policy.csv").write_text(POLICY + "g, bob, role:operator, team-*\n")
+    assert reload_policy(gate, folder, gate.verbs) is True
+    points = metric_points(reader)
+    reloads = {attrs_of(p)["opsgate.result"]: p.value for p in points["opsgate.policy.reloads"]}
+    assert reloads == {"failed": 1, "reloaded": 1}
+    lint = {attrs_of(p)["opsgate.severity"]: p.value for p in points["opsgate.policy.lint_failures"]}
+    assert lint.get("error", 0) >= 1
