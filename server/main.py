@@ -87,6 +87,7 @@ def load_policy(
         raise StartupError(f"policy does not load:\n{format_findings(findings, path)}")
     for finding in findings:
         log.warning("policy_lint", finding=str(finding))
+        telemetry.add(telemetry.POLICY_LINT_FAILURES, 1, {"opsgate.severity": finding.severity})
     return policy
 
 
