@@ -285,19 +285,27 @@ class PgAuditSink:
     def _lead(self) -> None:
         with self._mutex:
             batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+        committed: list[_Pending] = []  # only these are told "written"
         try:
             try:
                 self._transaction(batch, None)
+                committed = batch
             except _Unsealable:  # one body cannot be written: it fails its own caller only
                 for entry in batch:
                     try:
                         self._transaction([entry], None)
+                        committed.append(entry)
                     except AuditWriteError as exc:
-                        entry.records, entry.error = None, str(exc)
+                        entry.error = str(exc)
             except AuditWriteError as exc:
                 for entry in batch:
-                    entry.records, entry.error = None, str(exc)
+                    entry.error = str(exc)
         finally:
+            written = {id(entry) for entry in committed}
+            for entry in batch:
+                if id(entry) not in written:  # whatever went wrong, even the unforeseen
+                    entry.records = None
+                    entry.error = entry.error or "audit record not written: the transaction did not complete"
             with self._mutex:
                 successor = self._queue[0] if self._queue else None
                 self._leading = successor is not None

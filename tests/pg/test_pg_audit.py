@@ -196,3 +196,16 @@ def test_doctor_checks_the_audit_database(pgdb: PgDb, key: tuple[Path, Path], tm
     owner = audit_rows(pgdb.owner)
     assert owner["audit log"][0] == "error" and "INSERT and SELECT only" in owner["audit log"][1]
     assert pgdb.cluster.passwords["opsgate_owner"] not in str(owner)
+
+
+def test_a_lost_connection_refuses_the_call_and_the_next_append_reconnects(pgdb: PgDb, key: tuple[Path, Path]) -> None:
+    with PgAuditSink(pgdb.writer, signing_key=key[0]) as sink:
+        sink.append({"stage": "decision", "call_id": "before"})
+        with psycopg.connect(pgdb.superuser, autocommit=True) as conn:  # the database drops the session
+            ended = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 "WHERE application_name = 'opsgate' AND datname = current_database()").fetchall()
+        assert ended == [(True,)]
+        with pytest.raises(AuditWriteError, match="audit database postgresql://opsgate_writer@"):
+            sink.append({"stage": "decision", "call_id": "lost"})
+        assert sink.append({"stage": "decision", "call_id": "after"})["seq"] == 2
+    assert [r.record.get("call_id") for r in pg_records(pgdb.writer)] == ["before", "after"]
