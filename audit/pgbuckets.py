@@ -49,12 +49,17 @@ class PgBucketStore:
 
         with self._lock:
             if self._conn is None or self._conn.closed:
-                self._conn = connect(self._dsn)
+                fresh = connect(self._dsn, autocommit=True)
+                try:
+                    fresh.execute("SET synchronous_commit = off")  # this session writes buckets only
+                except psycopg.Error as exc:
+                    fresh.close()
+                    raise AuditWriteError(f"rate-limit store {dsn_label(self._dsn)}: {reason(exc)}") from None
+                self._conn = fresh
             conn = self._conn
             try:
                 for _ in range(3):
                     with conn.transaction():
-                        conn.execute("SET LOCAL synchronous_commit = off")
                         row = conn.execute(
                             "SELECT tokens, stamp, extract(epoch FROM clock_timestamp())::float8 "
                             "FROM opsgate.rate_bucket WHERE key = %s FOR UPDATE", (key,)
