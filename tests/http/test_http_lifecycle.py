@@ -60,3 +60,38 @@ async def test_metrics_are_served_beside_mcp_when_prometheus_is_asked_for(tmp_pa
         metrics = httpx.get(server.base + "/metrics", timeout=10)
     assert metrics.status_code == 200, metrics.text[:500]
     assert "# TYPE" in metrics.text and "whoami" in metrics.text, metrics.text[:2000]
+
+
+def _events(text: str) -> list[tuple[str, str]]:
+    """(id, data) of each SSE event in a body."""
+    found = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "id" in fields:
+            found.append((fields["id"], fields.get("data", "")))
+    return found
+
+
+def test_a_dropped_stream_resumes_from_its_last_event(tmp_path: Path) -> None:
+    """What a client does when a POST's SSE stream drops after its first event: GET with Last-Event-ID, and the
+    rest of that stream (here the tool's result) is sent again from the event store."""
+    with http_server(tmp_path) as server, httpx.Client(timeout=10) as client:
+        opened = client.post(server.url, json=INITIALIZE, headers={**MCP_HEADERS, "MCP-Protocol-Version": "2025-11-25"})
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+        client.post(server.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                    headers={**MCP_HEADERS, **session})
+        call = client.post(server.url, json={"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                                             "params": {"name": "whoami", "arguments": {}}},
+                           headers={**MCP_HEADERS, **session})
+        events = _events(call.text)
+        assert len(events) >= 2 and '"id":7' in events[-1][1], events  # a priming event, then the result
+        with client.stream("GET", server.url, headers={"Accept": "text/event-stream", "Last-Event-ID": events[0][0],
+                                                       **session}) as resumed:
+            assert resumed.status_code == 200
+            seen = ""
+            for chunk in resumed.iter_text():
+                seen += chunk
+                if '"id":7' in seen:
+                    break
+        replayed = _events(seen)
+        assert replayed and replayed[0] == events[-1], (replayed, events)
