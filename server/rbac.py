@@ -49,11 +49,13 @@ TOOL_NEEDS: Final[Mapping[str, tuple[ApiAccess, ...]]] = {
     "rollout_status": (_DEPLOYMENT_READ,),
     "rollout_history": (_DEPLOYMENT_READ, _HISTORY),
     "deploy": (_needs(APPS, "deployments", "get", "create", "patch"), _SCALE_READ),
-    "scale": (_needs(APPS, "deployments/scale", "get", "patch"), _ISVC_WRITE),
+    # scale reads the Deployment itself (its owner: Argo CD, Flux), and its scale subresource for a bound
+    "scale": (_needs(APPS, "deployments/scale", "get", "patch"), _DEPLOYMENT_READ, _ISVC_WRITE),
     "rollback": (_needs(APPS, "deployments", "get", "patch"), _HISTORY, _ISVC_WRITE),
     "deploy_model": (_needs(KSERVE, "inferenceservices", "get", "create", "patch"),),
     "model_status": (_ISVC_READ,),
     "kserve_infer": (_ISVC_READ,),
+    "drift": (_needs(APPS, "deployments", "list"), _needs(KSERVE, "inferenceservices", "list")),
 }
 
 

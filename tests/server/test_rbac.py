@@ -4,9 +4,12 @@ apart by method and path, and the permissions it used must be the ones the table
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -76,8 +79,23 @@ def _declared(tool: str) -> set[tuple[str, str, str]]:
     return {(a.group, a.resource, verb) for a in TOOL_NEEDS.get(tool, ()) for verb in a.verbs}
 
 
-async def test_each_tool_uses_exactly_the_permissions_the_table_lists(cluster: SandboxCluster, kube: Kube) -> None:
-    specs: dict[str, ToolSpec[Any, Any]] = {s.name: s for s in server_tools(Settings(), kube)}
+def gitops_repo(folder: Path) -> Path:
+    """A Git repository whose one folder holds a Deployment: what drift compares the cluster with."""
+    (folder / "apps").mkdir(parents=True)
+    (folder / "apps" / "web.yaml").write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+                                              "spec: {replicas: 2}\n")
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@example.com"}
+    for argv in (["init", "-q", "-b", "main"], ["add", "."], ["commit", "-q", "-m", "manifests"]):
+        subprocess.run(["git", "-C", str(folder), *argv], check=True, env={**os.environ, **identity})
+    return folder
+
+
+async def test_each_tool_uses_exactly_the_permissions_the_table_lists(cluster: SandboxCluster, kube: Kube,
+                                                                      tmp_path: Path) -> None:
+    # GitOps mode only for a namespace no write below uses: drift reads the cluster against its folder
+    settings = Settings(gitops_repo=gitops_repo(tmp_path / "repo"), gitops_paths={"in-git": "apps"})
+    specs: dict[str, ToolSpec[Any, Any]] = {s.name: s for s in server_tools(settings, kube)}
     ns = f"rbac{next(_ids)}"
     kube.call(kube.core.create_namespace, {"metadata": {"name": ns}}, what="create namespace")
     recorder = Recorder(cluster)
@@ -114,6 +132,7 @@ async def test_each_tool_uses_exactly_the_permissions_the_table_lists(cluster: S
     await call("scale", name="iris", kind="InferenceService", min_replicas=1, max_replicas=2)
     await call("rollback", name="iris", kind="InferenceService")
     await call("list_workloads")
+    await call("drift", namespace="in-git")
 
     unused = {tool: sorted(_declared(tool) - used.get(tool, set())) for tool in TOOL_NEEDS}
     assert not {t: u for t, u in unused.items() if u}, f"listed in server/rbac.py but never called: {unused}"

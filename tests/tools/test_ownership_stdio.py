@@ -183,6 +183,16 @@ async def test_the_change_applied_with_kubectl_reproduces_the_write(
             "ports": [8080, 80], "labels": {"team": "a"}, "resources": {"limits": {"cpu": "500m"}}}))
         created = ok(await s.call("deploy", {"name": "fresh", "namespace": NS, "image": "registry.example.com/x:1"}))
         scaled = ok(await s.call("scale", {"name": "fresh", "namespace": NS, "replicas": 4}))
+        service: dict[str, Any] = {
+            "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "iris", "namespace": NS, "annotations": {"keep": "me"}},
+            "spec": {"predictor": {"minReplicas": 1, "canaryTrafficPercent": 20,
+                                   "model": {"modelFormat": {"name": "onnx"}, "storageUri": "iris"}}},
+        }
+        apply(k, tmp_path, service)
+        apply(kc, tmp_path, {**service, "metadata": {**service["metadata"], "namespace": COPY}})
+        model = ok(await s.call("deploy_model", {"name": "iris", "namespace": NS, "storage_uri": "iris-v2",
+                                                 "min_replicas": 2, "promote": True}))
 
     change = deployed["change"]
     assert change["type"] == "strategic" and change["omitted"] == []
@@ -204,3 +214,20 @@ async def test_the_change_applied_with_kubectl_reproduces_the_write(
     scale.write_text(json.dumps({**scaled["change"]["manifest"], "metadata": {"name": "fresh", "namespace": COPY}}))
     kc.run("patch", "-f", str(scale), "--type", scaled["change"]["type"], "--patch-file", str(scale))
     assert comparable(live(kc, "fresh")) == comparable(live(k, "fresh"))
+
+    change = model["change"]
+    assert change["type"] == "merge" and change["manifest"]["spec"]["predictor"]["canaryTrafficPercent"] is None
+    assert "opsgate.dev/previous-spec" not in json.dumps(change), "opsgate's own record is no part of the change"
+    merge = tmp_path / "model.json"
+    merge.write_text(json.dumps({**change["manifest"], "metadata": {**change["manifest"]["metadata"],
+                                                                     "namespace": COPY}}))
+    kc.run("patch", "-f", str(merge), "--type", "merge", "--patch-file", str(merge))
+
+    def service_of(k: Kubectl) -> dict[str, Any]:
+        obj = json.loads(k.run("get", "inferenceservice", "iris", "-o", "json").stdout)
+        notes = {a: v for a, v in obj["metadata"].get("annotations", {}).items()
+                 if a != "opsgate.dev/previous-spec" and not a.startswith("kubectl.kubernetes.io/")}
+        return {"spec": obj["spec"], "annotations": notes}
+
+    assert service_of(kc) == service_of(k)
+    assert service_of(k)["spec"]["predictor"]["model"]["storageUri"] == "iris-v2"
