@@ -82,14 +82,15 @@ def dsn_label(dsn: str) -> str:
 
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
-    """A connection with ``synchronous_commit=on`` (a commit returns once it is durable) and no prepared
-    statements kept across a pooler. Raises AuditWriteError naming the database, never the password."""
+    """A connection with ``synchronous_commit=on`` (a commit returns once it is durable) and no server-side
+    prepared statements (a transaction-mode pooler, PgBouncer say, would hand them to another session).
+    Raises AuditWriteError naming the database, never the password."""
     try:
         import psycopg
     except ImportError as exc:  # pragma: no cover - the extra not installed
         raise AuditWriteError("--audit-db needs psycopg: pip install 'opsgate[postgres]'") from exc
     try:
-        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10,
+        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10, prepare_threshold=None,
                                options="-c synchronous_commit=on", application_name="opsgate")
     except psycopg.Error as exc:
         raise AuditWriteError(f"cannot connect to audit database {dsn_label(dsn)}: {reason(exc)}") from None
