@@ -8,10 +8,11 @@ be audited. Here ``tools/list`` and ``tools/call`` belong to the gate alone.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import mcp_types as types
-from mcp.server.context import ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPError
 
@@ -57,6 +58,23 @@ def request_caller(ctx: ServerRequestContext[Any]) -> Caller | None:
 def caller_of(gate: Gate, ctx: ServerRequestContext[Any]) -> Caller:
     """Who a request is for, with its client's self-reported name and version."""
     return gate.with_client(*_client_of(ctx), base=request_caller(ctx))
+
+
+class OurToolNamesOnly:
+    """The MCP SDK's span of each request (its ``OpenTelemetryMiddleware``) shown ``-`` for a tool name that is
+    none of ours: such a name is the caller's text, of any length, perhaps a pasted secret, and would name an
+    exported span. The handler still gets the request as sent (and the gate refuses and audits it)."""
+
+    def __init__(self, inner: ServerMiddleware[Any], known: frozenset[str]) -> None:
+        self.inner = inner
+        self.known = known
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        name = ctx.params.get("name") if ctx.params is not None else None
+        if not isinstance(name, str) or name in self.known:
+            return await self.inner(ctx, call_next)
+        shown = replace(ctx, params={**ctx.params, "name": "-"} if ctx.params is not None else None)
+        return await self.inner(shown, lambda _shown: call_next(ctx))
 
 
 CONFIRM_SCHEMA = {
@@ -125,7 +143,7 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
             contents=[types.TextResourceContents(uri=OWN_RECORDS_URI, text=text, mime_type="application/json")]
         )
 
-    return Server(
+    server: Server[Any] = Server(
         "opsgate",
         version=version,
         instructions=INSTRUCTIONS,
@@ -134,3 +152,8 @@ def build_server(gate: Gate, *, version: str) -> Server[Any]:
         on_list_resources=list_resources,
         on_read_resource=read_resource,
     )
+    if telemetry.ON:  # the SDK's request spans are exported now: they may name only our tools
+        known = frozenset(gate.tool_names)
+        server.middleware = [OurToolNamesOnly(m, known) if type(m).__name__ == "OpenTelemetryMiddleware" else m
+                             for m in server.middleware]
+    return server

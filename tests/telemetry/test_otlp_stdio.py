@@ -34,6 +34,7 @@ pytestmark = pytest.mark.anyio
 AGENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 AGENT_SPAN = "00f067aa0ba902b7"
 SECRET = "s3cr3t-otlp-token-do-not-log"
+PASTED = "hunter2-pasted-into-a-tool-name"
 
 
 class Receiver(HTTPServer):
@@ -153,6 +154,8 @@ async def test_a_stdio_session_exports_its_spans_joined_to_the_agent_and_the_api
         ok(await served.call("list_workloads", {"namespace": "team-a"}))
         denied = err(await served.call("deploy", {"namespace": "prod", "name": "web", "image": "nginx:1.27"}))
         assert denied["code"] == "denied"
+        unknown = err(await served.call(f"deploy password={PASTED}", {}))  # the caller's text as a tool name
+        assert unknown["code"] == "invalid_arguments"
         wait_for(lambda: any(s["name"] == "tools/call deploy" and s["trace_id"] == AGENT_TRACE
                              for s in receiver.spans), "the deploy's request span")
 
@@ -163,10 +166,11 @@ async def test_a_stdio_session_exports_its_spans_joined_to_the_agent_and_the_api
         calls = {(s.labels["gen_ai_tool_name"], s.labels["opsgate_decision"], s.labels["opsgate_outcome"]): s.value
                  for s in families["opsgate_calls"].samples if s.name == "opsgate_calls_total"}
         assert calls == {("deploy", "allow", "ok"): 1.0, ("list_workloads", "allow", "ok"): 1.0,
-                         ("deploy", "deny", "denied"): 1.0}
+                         ("deploy", "deny", "denied"): 1.0, ("-", "invalid", "invalid_arguments"): 1.0}
         timed = {(s.labels["gen_ai_tool_name"], s.labels.get("error_type") or None): s.value
                  for s in families["mcp_server_operation_duration_seconds"].samples if s.name.endswith("_count")}
-        assert timed == {("deploy", None): 1.0, ("list_workloads", None): 1.0, ("deploy", "denied"): 1.0}, timed
+        assert timed == {("deploy", None): 1.0, ("list_workloads", None): 1.0, ("deploy", "denied"): 1.0,
+                         ("-", "invalid_arguments"): 1.0}, timed
         kube = sum(s.value for s in families["opsgate_kube_requests"].samples if s.name.endswith("_total"))
         assert kube >= 3  # the deploy's reads and its create, and the list
         records = served.records()
@@ -193,6 +197,11 @@ async def test_a_stdio_session_exports_its_spans_joined_to_the_agent_and_the_api
     assert [r["stage"] for r in mine] == ["decision", "outcome"]
     assert all(r["trace"] == {"trace_id": AGENT_TRACE, "span_id": call["span_id"]} for r in mine)
     assert call["attributes"]["opsgate.audit.seq"] == mine[0]["seq"]
+
+    # A tool name that is none of ours is the caller's text: no exported span is named by it, nor holds it.
+    assert not [s for s in spans if PASTED in json.dumps(s)]
+    assert any(s["name"] == "tools/call -" and s["attributes"]["gen_ai.tool.name"] == "-" for s in spans)
+    assert any(s["name"] == "execute_tool" and s["attributes"]["gen_ai.tool.name"] == "-" for s in spans)
 
     # The OTLP headers reached the receiver and nothing else: a secret, never logged nor audited.
     assert any(h.get("authorization") == f"Bearer {SECRET}" for h in receiver.headers_seen)
