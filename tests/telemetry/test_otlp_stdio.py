@@ -20,6 +20,10 @@ from typing import Any, cast
 
 import pytest
 from mcp_types import RequestParamsMeta
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -38,11 +42,12 @@ PASTED = "hunter2-pasted-into-a-tool-name"
 
 
 class Receiver(HTTPServer):
-    """An OTLP/HTTP trace receiver: every span it got, flattened, with the headers of the requests."""
+    """An OTLP/HTTP receiver: every span it got, flattened, the metrics' names, the headers of the requests."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.spans: list[dict[str, Any]] = []
+        self.metrics: list[str] = []  # names of the metrics exported to /v1/metrics
         self.headers_seen: list[dict[str, str]] = []
         self.lock = threading.Lock()
 
@@ -59,6 +64,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/v1/metrics":
+            metrics = ExportMetricsServiceRequest()
+            metrics.ParseFromString(body)
+            with self.server.lock:
+                self.server.metrics.extend(m.name for rm in metrics.resource_metrics for sm in rm.scope_metrics
+                                           for m in sm.metrics)
+            self._answer(ExportMetricsServiceResponse().SerializeToString())
+            return
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
         spans = []
@@ -76,7 +89,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.spans.extend(spans)
             self.server.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
-        answer = ExportTraceServiceResponse().SerializeToString()
+        self._answer(ExportTraceServiceResponse().SerializeToString())
+
+    def _answer(self, answer: bytes) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", str(len(answer)))
@@ -142,7 +157,8 @@ async def test_a_stdio_session_exports_its_spans_joined_to_the_agent_and_the_api
     env = {
         "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer {SECRET}", "OTEL_BSP_SCHEDULE_DELAY": "50",
-        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test", "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test",
+        "OTEL_METRICS_EXPORTER": "otlp", "OTEL_METRIC_EXPORT_INTERVAL": "200",
     }
     traceparent = f"00-{AGENT_TRACE}-{AGENT_SPAN}-01"
     async with serve(tmp_path, "--principal", "alice", "--kubeconfig", str(kubeconfig), "--policy", str(policy),
@@ -174,6 +190,8 @@ async def test_a_stdio_session_exports_its_spans_joined_to_the_agent_and_the_api
         kube = sum(s.value for s in families["opsgate_kube_requests"].samples if s.name.endswith("_total"))
         assert kube >= 3  # the deploy's reads and its create, and the list
         records = served.records()
+        wait_for(lambda: "opsgate.calls" in receiver.metrics, "the metrics over OTLP")
+        assert {"mcp.server.operation.duration", "opsgate.audit.append.duration"} <= set(receiver.metrics)
 
     spans = list(receiver.spans)
     request = next(s for s in spans if s["name"] == "tools/call deploy" and s["trace_id"] == AGENT_TRACE)
