@@ -152,7 +152,7 @@ def test_the_dockerfile_builds_a_non_root_read_only_image() -> None:
     assert final.startswith("python:3.11-slim")
     assert "USER 10001:10001" in final and "PYTHONDONTWRITEBYTECODE=1" in final
     assert 'ENTRYPOINT ["opsgate", "serve", "--http", "0.0.0.0:8080"]' in final
-    assert 'pip install ".[postgres]"' in text
+    assert 'pip install ".[postgres,otel]"' in text
     deployment = next(d for d in yaml.safe_load_all((DEPLOY / "base" / "deployment.yaml").read_text()))
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == 10001
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
