@@ -114,10 +114,10 @@ def check_http_settings(settings: Settings) -> tuple[str, int, OAuthConfig | Non
 
 
 class BoundedEventStore(EventStore):
-    """SSE events for resumption (``Last-Event-ID``), in memory, the newest :data:`MAX_EVENTS` kept.
-
-    Event ids are random, not counters: the SDK replays whichever stream an id belongs to, so an id must
-    not be guessable by another session's client.
+    """SSE events for resumption (``Last-Event-ID``), in memory, the newest :data:`MAX_EVENTS` kept over all
+    sessions. Each session sees it through its own :class:`SessionEvents`: the SDK names a stream by the
+    JSON-RPC id of its request, which every session's client counts from 1 alike. Event ids are random, not
+    counters, so none can be guessed either.
     """
 
     def __init__(self, limit: int = MAX_EVENTS) -> None:
@@ -131,6 +131,10 @@ class BoundedEventStore(EventStore):
             self._events.popitem(last=False)
         return event_id
 
+    def stream_of(self, event_id: EventId) -> StreamId | None:
+        known = self._events.get(event_id)
+        return known[0] if known is not None else None
+
     async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
         known = self._events.get(last_event_id)
         if known is None:
@@ -143,6 +147,37 @@ class BoundedEventStore(EventStore):
             elif after and stream_id == stream and message is not None:
                 await send_callback(EventMessage(message, event_id))
         return stream
+
+
+class SessionEvents(EventStore):
+    """One session's view of the shared store: its streams are prefixed with its session id, and an event id
+    of another session's stream replays nothing (another principal's results must never be sent here)."""
+
+    def __init__(self, store: BoundedEventStore, session_id: str) -> None:
+        self._store = store
+        self._prefix = f"{session_id}/"
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        return await self._store.store_event(self._prefix + stream_id, message)
+
+    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
+        stream = self._store.stream_of(last_event_id)
+        if stream is None or not stream.startswith(self._prefix):
+            return None
+        stream = await self._store.replay_events_after(last_event_id, send_callback)
+        return stream.removeprefix(self._prefix) if stream is not None else None
+
+
+class SessionManager(StreamableHTTPSessionManager):
+    """The SDK's session manager, giving each session its own view of the event store (SessionEvents). The
+    SDK hands one store to every session's transport; this swaps it for the session's view as the session is
+    admitted (tests/http/test_http_lifecycle.py fails if the SDK stops storing it where this looks)."""
+
+    def _admit_session(self, requestor: Any) -> Any:
+        transport = super()._admit_session(requestor)
+        if transport is not None and isinstance(self.event_store, BoundedEventStore):
+            transport._event_store = SessionEvents(self.event_store, str(transport.mcp_session_id))
+        return transport
 
 
 class BearerGate:
@@ -257,8 +292,8 @@ def build_app(server: Server[Any], gate: Gate, *, host: str, oauth: OAuthConfig 
             allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
             allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
         )
-    manager = StreamableHTTPSessionManager(app=server, event_store=BoundedEventStore(), security_settings=security,
-                                          retry_interval=RETRY_MS)
+    manager = SessionManager(app=server, event_store=BoundedEventStore(), security_settings=security,
+                             retry_interval=RETRY_MS)
     mcp: ASGIApp = StreamableHTTPASGIApp(manager)
     if oauth is not None:
         if verifier is None:

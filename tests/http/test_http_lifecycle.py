@@ -72,26 +72,45 @@ def _events(text: str) -> list[tuple[str, str]]:
     return found
 
 
-def test_a_dropped_stream_resumes_from_its_last_event(tmp_path: Path) -> None:
+def _session(client: httpx.Client, url: str) -> dict[str, str]:
+    opened = client.post(url, json=INITIALIZE, headers={**MCP_HEADERS, "MCP-Protocol-Version": "2025-11-25"})
+    session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+    client.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**MCP_HEADERS, **session})
+    return session
+
+
+def _whoami(client: httpx.Client, url: str, session: dict[str, str]) -> list[tuple[str, str]]:
+    call = client.post(url, json={"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                                  "params": {"name": "whoami", "arguments": {}}}, headers={**MCP_HEADERS, **session})
+    events = _events(call.text)
+    assert len(events) >= 2 and '"id":7' in events[-1][1], events  # a priming event, then the result
+    return events
+
+
+def test_a_dropped_stream_resumes_from_its_last_event_and_only_in_its_own_session(tmp_path: Path) -> None:
     """What a client does when a POST's SSE stream drops after its first event: GET with Last-Event-ID, and the
-    rest of that stream (here the tool's result) is sent again from the event store."""
+    rest of that stream (here the tool's result) is sent again from the event store. Every session's client
+    numbers its requests alike: another session's stream 7 is never replayed into this one, and an event id of
+    another session replays nothing."""
     with http_server(tmp_path) as server, httpx.Client(timeout=10) as client:
-        opened = client.post(server.url, json=INITIALIZE, headers={**MCP_HEADERS, "MCP-Protocol-Version": "2025-11-25"})
-        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
-        client.post(server.url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-                    headers={**MCP_HEADERS, **session})
-        call = client.post(server.url, json={"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-                                             "params": {"name": "whoami", "arguments": {}}},
-                           headers={**MCP_HEADERS, **session})
-        events = _events(call.text)
-        assert len(events) >= 2 and '"id":7' in events[-1][1], events  # a priming event, then the result
+        first, second = _session(client, server.url), _session(client, server.url)
+        events = _whoami(client, server.url, first)
+        others = _whoami(client, server.url, second)  # the same request id, stored after first's priming event
         with client.stream("GET", server.url, headers={"Accept": "text/event-stream", "Last-Event-ID": events[0][0],
-                                                       **session}) as resumed:
+                                                       **first}) as resumed:
             assert resumed.status_code == 200
             seen = ""
             for chunk in resumed.iter_text():
                 seen += chunk
                 if '"id":7' in seen:
                     break
-        replayed = _events(seen)
-        assert replayed and replayed[0] == events[-1], (replayed, events)
+        replayed = [event for event in _events(seen) if event[1]]
+        assert replayed == [events[-1]], (replayed, events, others)
+        with client.stream("GET", server.url, headers={"Accept": "text/event-stream", "Last-Event-ID": others[0][0],
+                                                       **first}) as stolen:
+            got = ""
+            for chunk in stolen.iter_text():  # a leak would come at once (the stream then stays open)
+                got += chunk
+                if '"id":7' in got:
+                    break
+        assert '"id":7' not in got, got
