@@ -133,7 +133,7 @@ def pg_verify(dsn: str, *, keys: KeyRing | None = None) -> VerifyReport:
                     cur.execute("SELECT line FROM opsgate.audit_record ORDER BY seq")
                     for (line,) in cur:
                         out.write(bytes(line) + b"\n")
-        report = verify_audit(log_path, keys=keys, checkpoints=cp_path, workers=1)
+        report = verify_audit(log_path, keys=keys, checkpoints=cp_path)  # in parallel when the copy is large
     summary = report.checkpoints
     if summary is not None:
         summary = dataclasses.replace(summary, path=CHECKPOINTS)
