@@ -209,3 +209,23 @@ def test_a_lost_connection_refuses_the_call_and_the_next_append_reconnects(pgdb:
             sink.append({"stage": "decision", "call_id": "lost"})
         assert sink.append({"stage": "decision", "call_id": "after"})["seq"] == 2
     assert [r.record.get("call_id") for r in pg_records(pgdb.writer)] == ["before", "after"]
+
+
+def test_tail_follow_emits_records_committed_after_it_started(pgdb: PgDb, key: tuple[Path, Path]) -> None:
+    import threading
+
+    from opsgate.audit.pgread import pg_follow
+    from opsgate.audit.query import Located
+
+    seen: list[Located] = []
+    with PgAuditSink(pgdb.writer, signing_key=key[0]) as sink:
+        sink.append({"stage": "decision", "call_id": "old"})  # before: not followed
+        follower = threading.Thread(target=pg_follow, args=(pgdb.writer, seen.append),
+                                    kwargs={"poll": 0.05, "stop": lambda: len(seen) >= 3})
+        follower.start()
+        time.sleep(0.5)
+        sink.append_many([{"stage": "decision", "call_id": "a"}, {"stage": "outcome", "call_id": "a"}])
+        sink.append({"stage": "decision", "call_id": "b"})
+        follower.join(timeout=10)
+    assert not follower.is_alive()
+    assert [(x.line, x.record["call_id"]) for x in seen] == [(2, "a"), (3, "a"), (4, "b")]
