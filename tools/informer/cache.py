@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from opsgate.vocab.limits import MAX_CACHED_OBJECTS, MAX_WATCHES
 
 from ..errors import ToolError
+from ..inline import no_wait
 from ..structs.freshness import Freshness
 from ..untrusted import name_in_text
 from .reflector import WATCH_SECONDS, Reflector
@@ -106,6 +107,8 @@ class ReadCache:
         reflector = self._reflector(resource, namespace, key)
         if isinstance(reflector, str):
             return reflector
+        if not reflector.started.is_set():
+            no_wait()
         if not reflector.started.wait(sum(self.kube.request_timeout)):
             return "the cache's first list has not answered"
         if not reflector.live:  # no waiting: a poll during an outage costs what it cost before the cache
@@ -113,8 +116,13 @@ class ReadCache:
                 "the cache's watch is reconnecting")
         with self._lock:
             wanted = self._written.get(key)
+        if wanted is not None and not reflector.wait(lambda: reflector.store.seen.covers(wanted), 0.0):
+            no_wait()  # the watch has yet to deliver this server's own write (looked at once, not waited for)
         if wanted is None or reflector.wait(lambda: reflector.store.seen.covers(wanted), self.write_wait):
             return reflector
+        with self._lock:  # this read goes to the API, which has it; the next ones need not wait for it again
+            if self._written.get(key) == wanted:
+                del self._written[key]
         # The version is the cluster's text: a name when it is one, else quoted.
         return (f"the cache had not seen this server's write (resourceVersion {name_in_text(wanted)}) "
                 f"after {self.write_wait:g} s")
@@ -131,6 +139,7 @@ class ReadCache:
                 return refused[1]
             if len(self._reflectors) >= self.max_watches:
                 return f"over the cache's cap: {self.max_watches} namespace/kind watches already"
+            no_wait()  # a new watch starts with a list, in the reader's thread
             reflector = Reflector(self.kube, resource, namespace, self.max_objects, self._exited, self.watch_seconds)
             self._reflectors[key] = reflector
             if self._janitor is None:
@@ -201,6 +210,7 @@ def read_one(kube: Kube, resource: Resource, namespace: str, name: str,
     hit = "" if cache is None else cache.get(resource, namespace, name)
     if not isinstance(hit, str):
         return hit
+    no_wait()
     obj = direct()
     rv = (obj.get("metadata") or {}).get("resourceVersion")
     return obj, Freshness(via="api", resource_version=str(rv) if rv else None, note=hit or None)
@@ -213,4 +223,5 @@ def read_all(kube: Kube, resource: Resource, namespace: str,
     hit = "" if cache is None else cache.items(resource, namespace)
     if not isinstance(hit, str):
         return hit
+    no_wait()
     return direct(), Freshness(via="api", note=hit or None)
