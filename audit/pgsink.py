@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
 __all__ = ["PgAuditSink", "connect", "dsn_label"]
 
 _MAX_BATCH = 512
+PROBE_EVERY_S = 5.0
+PROBE_TIMEOUT_S = 2.0
 
 log = logging.getLogger("opsgate.audit")
 
@@ -81,7 +84,7 @@ def dsn_label(dsn: str) -> str:
     return redact_text(f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}")
 
 
-def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+def connect(dsn: str, *, autocommit: bool = False, connect_timeout: float = 10) -> psycopg.Connection[Any]:
     """A connection with ``synchronous_commit=on`` (a commit returns once it is durable) and no server-side
     prepared statements (a transaction-mode pooler, PgBouncer say, would hand them to another session).
     Raises AuditWriteError naming the database, never the password."""
@@ -90,7 +93,8 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
     except ImportError as exc:  # pragma: no cover - the extra not installed
         raise AuditWriteError("--audit-db needs psycopg: pip install 'opsgate[postgres]'") from exc
     try:
-        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10, prepare_threshold=None,
+        conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=max(1, round(connect_timeout)),
+                               prepare_threshold=None,
                                options="-c synchronous_commit=on", application_name="opsgate")
     except psycopg.Error as exc:
         raise AuditWriteError(f"cannot connect to audit database {dsn_label(dsn)}: {reason(exc)}") from None
@@ -186,6 +190,7 @@ class PgAuditSink:
         self._conn: psycopg.Connection[Any] | None = None
         self._last_seq = 0
         self._last_hash = GENESIS_HASH
+        self._probed: tuple[float, str | None] | None = None  # (when, answer) of the last readiness probe
         self._conn = self._open()
         try:
             self._transaction([], "start")
@@ -220,6 +225,26 @@ class PgAuditSink:
     @property
     def last_hash(self) -> str:
         return self._last_hash
+
+    def problem(self) -> str | None:
+        """For ``/readyz``: None when the database takes this role's records, else why not. A new short
+        connection, at most every ``PROBE_EVERY_S`` (the answer is kept meanwhile): the writing connection
+        belongs to whichever thread leads, and a probe must not queue behind a commit."""
+        now = time.monotonic()
+        with self._mutex:
+            if self._probed is not None and now - self._probed[0] < PROBE_EVERY_S:
+                return self._probed[1]
+        try:
+            with connect(self._dsn, connect_timeout=PROBE_TIMEOUT_S, autocommit=True) as conn:
+                row = conn.execute("SELECT has_table_privilege('opsgate.audit_record', 'INSERT')").fetchone()
+            answer = None if row is not None and row[0] else f"{self._label}: this role may not insert records"
+        except AuditWriteError as exc:
+            answer = str(exc)
+        except Exception as exc:  # psycopg's errors (the table gone, ...)
+            answer = f"{self._label}: {reason(exc)}"
+        with self._mutex:
+            self._probed = (now, answer)
+        return answer
 
     def append(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Seal ``body`` as the next record of the shared chain; return it once its transaction committed."""

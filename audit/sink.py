@@ -8,12 +8,13 @@ functions below are what the server's own tools read back, from either sink.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .log import AuditLog
 
-__all__ = ["AuditSink", "recent_records", "sink_location"]
+__all__ = ["AuditSink", "recent_records", "sink_location", "sink_problem"]
 
 
 class AuditSink(Protocol):
@@ -34,6 +35,16 @@ def sink_location(sink: AuditSink) -> str:
     if isinstance(sink, AuditLog):
         return str(sink.path)
     return str(getattr(sink, "location", type(sink).__name__))
+
+
+def sink_problem(sink: AuditSink) -> str | None:
+    """For ``/readyz``: why the sink cannot take records now, or None. The file log: writable. The database:
+    reachable and this role may insert (``PgAuditSink.problem``, probed at most every few seconds). Blocking:
+    call it from a worker thread."""
+    if isinstance(sink, AuditLog):
+        return None if os.access(sink.path, os.W_OK) else f"not writable: {sink.path}"
+    probe = getattr(sink, "problem", None)
+    return probe() if callable(probe) else None
 
 
 def recent_records(sink: AuditSink, keep: Callable[[dict[str, Any]], bool], limit: int,

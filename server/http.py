@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from opsgate.audit.sink import sink_problem
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import Kube
 
@@ -240,13 +241,9 @@ def readiness(gate: Gate, verifier: TokenVerifier | None, cluster_ok: Callable[[
     (and every replica at once) out of the Service.
     """
     checks: dict[str, str] = {"policy": f"loaded, sha256 {gate.policy.hash[:12]}"}
-    ready = True
-    path = getattr(gate.audit, "path", None)
-    if path is not None and not os.access(path, os.W_OK):
-        checks["audit"] = f"not writable: {path}"
-        ready = False
-    else:
-        checks["audit"] = "writable"
+    problem = sink_problem(gate.audit)  # the file writable, or the audit database answering (audit/sink.py)
+    checks["audit"] = problem or "writable"
+    ready = problem is None
     if verifier is not None:
         checks["oauth"] = "issuer keys loaded" if verifier.keys_loaded else "issuer keys not loaded"
         ready = ready and verifier.keys_loaded

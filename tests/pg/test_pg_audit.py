@@ -229,3 +229,24 @@ def test_tail_follow_emits_records_committed_after_it_started(pgdb: PgDb, key: t
         follower.join(timeout=10)
     assert not follower.is_alive()
     assert [(x.line, x.record["call_id"]) for x in seen] == [(2, "a"), (3, "a"), (4, "b")]
+
+
+def test_readiness_says_when_the_database_stops_taking_records(
+    pgdb: PgDb, key: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opsgate.audit import pgsink
+    from opsgate.audit.sink import sink_problem
+
+    with PgAuditSink(pgdb.writer, signing_key=key[0]) as sink:
+        assert sink_problem(sink) is None
+        with psycopg.connect(pgdb.owner, autocommit=True) as conn:
+            conn.execute("REVOKE INSERT ON opsgate.audit_record FROM opsgate_writer")
+        assert sink_problem(sink) is None  # the last answer holds for PROBE_EVERY_S: probes are not load
+        monkeypatch.setattr(pgsink, "PROBE_EVERY_S", 0.0)
+        problem = sink_problem(sink)
+        assert problem is not None and "may not insert" in problem
+        with psycopg.connect(pgdb.superuser, autocommit=True) as conn:
+            conn.execute(f"REVOKE CONNECT ON DATABASE {pgdb.name} FROM PUBLIC")
+        problem = sink_problem(sink)
+        assert problem is not None and "cannot connect to audit database" in problem
+        assert pgdb.cluster.passwords["opsgate_writer"] not in problem
