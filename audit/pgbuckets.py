@@ -49,7 +49,7 @@ class PgBucketStore:
 
         with self._lock:
             if self._conn is None or self._conn.closed:
-                fresh = connect(self._dsn, autocommit=True)
+                fresh = connect(self._dsn, autocommit=True, connect_timeout=3)  # a refusal soon, not a stall
                 try:
                     fresh.execute("SET synchronous_commit = off")  # this session writes buckets only
                 except psycopg.Error as exc:

@@ -30,8 +30,8 @@ from opsgate.audit.query import denial_kind
 from opsgate.audit.redact import redact, redact_text
 from opsgate.audit.sink import AuditSink
 from opsgate.policies import BoundAttrs, BoundName, Decision, Policy, Rule
-from opsgate.policies.bounds import check_bounds
-from opsgate.policies.ratelimit import RateLimiter, SharedRateLimiter
+from opsgate.policies.bounds import SubjectBounds, check_bounds
+from opsgate.policies.ratelimit import RateLimitBound, RateLimiter, SharedRateLimiter
 from opsgate.telemetry import names as tnames
 from opsgate.tools.context import AuditSummarized, BoundsCheck, CallContext, ProgressFn
 from opsgate.tools.errors import ToolError
@@ -453,6 +453,15 @@ def readable_target(raw: Any, object_kind: str | None) -> tuple[str, dict[str, s
     return namespace, ref
 
 
+async def _limited(limiter: RateLimiter | SharedRateLimiter, principal: str, subject: str, bounds: SubjectBounds,
+                   bound: RateLimitBound) -> str | None:
+    """A limiter's answer: in this thread for the in-process buckets (a lock and some arithmetic), in a worker
+    thread for shared ones (a database round trip must not stall every other session's calls)."""
+    if isinstance(limiter, SharedRateLimiter):
+        return await anyio.to_thread.run_sync(limiter.check, principal, subject, bounds, time.monotonic(), bound)
+    return limiter.check(principal, subject, bounds, time.monotonic(), bound)
+
+
 class Gate:
     def __init__(
         self,
@@ -563,13 +572,13 @@ class Gate:
             if not decision.allowed:
                 return decision
         if spec.verb == "write" and not confirmed:
-            refusal = self.limiter.check(caller.principal, decision.subject or "", bounds, time.monotonic())
+            refusal = await _limited(self.limiter, caller.principal, decision.subject or "", bounds,
+                                     "rate_limit_per_minute")
             if refusal is not None:
                 return replace(decision, allowed=False, reason=f"denied by rate limit: {refusal}", bound=refusal)
         if spec.verb == "read" and spec.open_world and not confirmed:  # a read that reaches the cluster
-            refusal = self.read_limiter.check(
-                caller.principal, decision.subject or "", bounds, time.monotonic(), "read_rate_limit_per_minute"
-            )
+            refusal = await _limited(self.read_limiter, caller.principal, decision.subject or "", bounds,
+                                     "read_rate_limit_per_minute")
             if refusal is not None:
                 return replace(decision, allowed=False, reason=f"denied by rate limit: {refusal}", bound=refusal)
         if spec.name in bounds.confirm and not confirmed:

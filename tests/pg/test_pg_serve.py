@@ -17,8 +17,10 @@ import psycopg
 import pytest
 
 from opsgate.audit.checkpoint import generate_keypair
-from tests.harness import ok, serve
+from opsgate.audit.pgread import pg_records
+from tests.harness import ok, serve, write_policy
 
+from .conftest import PgDb
 from .pgcluster import OWNER, SUPERUSER, WRITER, PgCluster
 
 
@@ -80,3 +82,32 @@ async def test_serve_audits_to_postgres_and_the_audit_commands_read_it(pg: PgClu
     with psycopg.connect(dsn) as conn:
         lines = b"\n".join(bytes(row[0]) for row in conn.execute("SELECT line FROM opsgate.audit_record"))
     assert pg.passwords[WRITER].encode() not in lines
+
+
+@pytest.mark.anyio
+async def test_two_servers_on_one_database_share_a_principals_rate_limit(pgdb: PgDb, tmp_path: Path) -> None:
+    """Two replicas (two ``opsgate serve`` processes, one database): alice's 2 changing calls a minute are
+    spent across both; the third, on either, is refused by the rate limit, and both servers' records are
+    one chain."""
+    policy = write_policy(tmp_path / "policy", ["g, alice, role:operator, *", "g, role:operator, role:viewer, *",
+                                                "p, role:viewer, *, *, read, allow",
+                                                "p, role:operator, *, *, write, allow"])
+    (policy / "bounds.toml").write_text('[subject."role:operator"]\nrate_limit_per_minute = 2\n')
+    private, public, _ = generate_keypair(tmp_path / "audit.key")
+    flags = ("--principal", "alice", "--policy", str(policy), "--audit-signing-key", str(private))
+    env = {"OPSGATE_AUDIT_DB": pgdb.writer}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    scale = {"namespace": "team-a", "name": "web", "replicas": 1, "dry_run": True}
+    async with serve(tmp_path / "a", *flags, env=env) as a, serve(tmp_path / "b", *flags, env=env) as b:
+        first = await a.call("scale", scale)
+        second = await b.call("scale", scale)
+        third = await a.call("scale", scale)
+    for ran in (first, second):  # allowed: they ran (the sandbox has no Deployment web: a 404 from the cluster)
+        assert json.loads(ran.content[0].text)["error"]["code"] == "api_error", ran.content[0].text
+    refused = json.loads(third.content[0].text)["error"]
+    assert refused["code"] == "denied" and refused["errors"][0]["rule"] == "rate-limit", refused
+    verified = audit_cli("verify", "--pubkey", str(public), dsn=pgdb.writer)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    starts = [r for r in pg_records(pgdb.writer) if r.record.get("stage") == "start"]
+    assert len({r.record["session_id"] for r in starts}) == 2
