@@ -77,7 +77,11 @@ async def test_serve_audits_to_postgres_and_the_audit_commands_read_it(pg: PgClu
     exported = audit_cli("export", "--format", "ocsf", dsn=dsn)
     assert exported.returncode == 0, exported.stderr
     assert len(exported.stdout.splitlines()) == len(records)  # one event per record, start and stop included
-    everything = query.stdout + table.stdout + tail.stdout + shown.stdout + exported.stdout + verified.stdout
+    report = audit_cli("report", "--out", str(tmp_path / "report.html"), "--pubkey", str(public), dsn=dsn)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert "chain intact" in page and "list_workloads" in page
+    everything = query.stdout + table.stdout + tail.stdout + shown.stdout + exported.stdout + verified.stdout + page
     assert pg.passwords[WRITER] not in everything
     with psycopg.connect(dsn) as conn:
         lines = b"\n".join(bytes(row[0]) for row in conn.execute("SELECT line FROM opsgate.audit_record"))
