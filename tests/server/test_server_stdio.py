@@ -19,7 +19,7 @@ from tests.harness import err, serve, server_env, write_policy
 pytestmark = pytest.mark.anyio
 
 READ_TOOLS = {"whoami", "explain_access", "list_models", "infer", "list_workloads", "rollout_status", "rollout_history",
-              "model_status", "kserve_infer"}
+              "model_status", "kserve_infer", "drift"}
 WRITE_TOOLS = {"deploy", "scale", "rollback", "deploy_model"}
 EXPECTED_TOOLS = READ_TOOLS | WRITE_TOOLS
 ADMIN_POLICY = ["g, root, role:admin, *"]
