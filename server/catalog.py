@@ -16,6 +16,7 @@ import anyio
 from opsgate.policies import BoundAttrs, BoundName
 from opsgate.tools.bounded import localize_storage, with_models_dir
 from opsgate.tools.context import CallContext
+from opsgate.tools.inline import WouldWait, cache_only
 from opsgate.tools.kube import MAX_CONCURRENT_CALLS, Kube
 from opsgate.tools.tensors import (
     MODELS_DIR_DEFAULT,
@@ -244,6 +245,22 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT,
 
         return run
 
+    def bind_cached(fn: Callable[[Kube, Any, CallContext], Any]) -> Callable[[Any, CallContext], Awaitable[Any]]:
+        """A read the watch cache can serve: tried on the loop first, where a cache hit costs less than the
+        thread hop; wherever it would wait, it stops and runs in a worker thread instead (tools/inline.py)."""
+        threaded = bind(fn)
+
+        async def run(args: Any, ctx: CallContext) -> Any:
+            if kube.caching:
+                try:
+                    with cache_only():
+                        return fn(kube, args, ctx)
+                except WouldWait:
+                    pass
+            return await threaded(args, ctx)
+
+        return run
+
     def bind_waiting(fn: Callable[..., Any]) -> Callable[[Any, CallContext], Awaitable[Any]]:
         """Like bind, for tools that wait: their sync progress reports become MCP progress notifications."""
 
@@ -275,7 +292,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT,
             description="Deployments and InferenceServices in a namespace: replicas desired/ready, images or "
             "model, revision. Start here to find names.",
             args_model=deferred(_LISTING, "ListWorkloadsArgs"), result_model=deferred(_LISTING, "ListWorkloadsResult"),
-            run=bind(deferred_function(_LISTING, "list_workloads")),
+            run=bind_cached(deferred_function(_LISTING, "list_workloads")),
             namespace_of=ns, open_world=True, object_kind="Deployment", kind_of=lambda a: a.kind or DEPLOYMENT,
         ),
         ToolSpec(
@@ -283,7 +300,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT,
             description="Is a Deployment's rollout done, progressing or stuck, with its conditions. Use after a "
             "change.",
             args_model=deferred(_WL, "RolloutStatusArgs"), result_model=deferred(_WL, "RolloutStatusResult"),
-            run=bind(deferred_function(_WL, "rollout_status")),
+            run=bind_cached(deferred_function(_WL, "rollout_status")),
             namespace_of=ns, open_world=True, object_kind="Deployment",
             name_of=named,
         ),
@@ -291,7 +308,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT,
             name="rollout_history",
             description="A Deployment's revisions with change-cause and images: pick one for rollback.",
             args_model=deferred(_WL, "RolloutHistoryArgs"), result_model=deferred(_WL, "RolloutHistoryResult"),
-            run=bind(deferred_function(_WL, "rollout_history")),
+            run=bind_cached(deferred_function(_WL, "rollout_history")),
             namespace_of=ns, open_world=True, object_kind="Deployment",
             name_of=named,
         ),
@@ -350,7 +367,7 @@ def workload_tools(kube: Kube, models_dir: Path = MODELS_DIR_DEFAULT,
             description="One InferenceService: URL, Ready or why not, model state, revisions, traffic split. "
             "Use after deploy_model.",
             args_model=deferred(_KS, "ModelStatusArgs"), result_model=deferred(_KS, "ModelStatusResult"),
-            run=bind(deferred_function(_KS, "model_status")),
+            run=bind_cached(deferred_function(_KS, "model_status")),
             namespace_of=ns, open_world=True, object_kind="InferenceService",
             name_of=named,
         ),

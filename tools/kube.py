@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from opsgate import telemetry
 
 from .errors import ToolError
+from .inline import no_wait
 from .structs.patches import guard_broken
 from .untrusted import TEXT_MAX, name_in_text, quoted
 
@@ -394,6 +395,7 @@ class Kube:
         client = self._client
         if client is not None:
             return client
+        no_wait()  # building it reads files (and may run a credential plugin): not on the event loop
         with self._lock:
             if self._client is None:
                 self._client = self._build()
@@ -486,6 +488,11 @@ class Kube:
         self._read_caches = {}
 
     @property
+    def caching(self) -> bool:
+        """Whether the read tools are served from watch caches (:meth:`use_read_cache`)."""
+        return self._read_caches is not None
+
+    @property
     def cache_key(self) -> tuple[str, str, ActingFor | None]:
         """Whose view of which cluster a cached read is: (server URL, credentials fingerprint, impersonated identity).
 
@@ -554,6 +561,7 @@ class Kube:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError as Urllib3Error
 
+        no_wait()  # a request to the cluster: a read tried on the event loop goes to a worker thread instead
         self.connect()
         kwargs.setdefault("_request_timeout", self.request_timeout)
         kwargs["_preload_content"] = False
