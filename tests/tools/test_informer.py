@@ -336,6 +336,24 @@ def test_past_the_caps_reads_go_to_the_api_and_say_so(cluster: SandboxCluster, r
         k.close()
 
 
+def test_a_list_the_cluster_refuses_sends_reads_to_the_api_for_a_while(cluster: SandboxCluster, kube: Kube,
+                                                                       requests: Requests, ns: str) -> None:
+    """RBAC may grant get but not list or watch; a cluster may not serve InferenceServices: the reads still work."""
+    deploy(kube, DeployArgs(name="web", namespace=ns, image="nginx:1"), ctx())
+    forbidden = cluster.inject_fault("GET", rf"/namespaces/{ns}/deployments$", status=403, times=1)
+    missing = cluster.inject_fault("GET", rf"/namespaces/{ns}/inferenceservices$", status=404, times=0)
+    requests.reset()
+    for _ in range(3):
+        seen = status(kube, ns).source
+        assert seen.via == "api" and seen.note == "the cache could not list Deployments here (forbidden)"
+    assert forbidden.hits == 1 and requests.of("GET", f"/namespaces/{ns}/deployments") == 0, (
+        "the list is not tried again at every read")
+    page = list_workloads(kube, ListWorkloadsArgs(namespace=ns), ctx())
+    assert missing.hits == 2, "the cache's list, then the tool's own"
+    assert [w.kind for w in page.workloads] == ["Deployment"], "no InferenceServices here: none, as before"
+    assert src(page).via == "api" and src(page).note == "the cache could not list Deployments here (forbidden)"
+
+
 def test_memory_stays_flat_over_many_cached_reads(kube: Kube, ns: str) -> None:
     deploy(kube, DeployArgs(name="web", namespace=ns, image="nginx:1"), ctx())
     for _ in range(500):
