@@ -31,8 +31,8 @@ def test_argo_tracking_annotation_names_the_application() -> None:
 
 
 def test_argo_application_in_another_namespace() -> None:
-    owner = ownership(deployment(annotations={"argocd.argoproj.io/tracking-id": "team_payments:apps/Deployment:shop/web"},
-                                 managers=("argocd-controller",)))
+    tracking = {"argocd.argoproj.io/tracking-id": "team_payments:apps/Deployment:shop/web"}
+    owner = ownership(deployment(annotations=tracking, managers=("argocd-controller",)))
     assert owner is not None and (owner.name, owner.namespace) == ("payments", "team")
     assert owner.evidence == ["annotation argocd.argoproj.io/tracking-id", "field manager argocd-controller"]
 
