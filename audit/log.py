@@ -118,6 +118,7 @@ _COUNT_CHUNK = 1 << 20
 _MAX_BATCH = 1024
 _MAX_BATCH_BYTES = 8 * 1024 * 1024
 _KEEP_LOCK = 4  # batches in a row the file lock passes from leader to leader before other processes get a turn
+_CARRY_ON = 2  # fsyncs a caller runs for records written after its own, before it returns
 _SYNCS = 4  # fsyncs of one file in flight at once, each on a descriptor of its own (see _File)
 _CHAIN_OVERHEAD = 180  # bytes the chain members add to a line (hash, prev, seq up to 16 digits, commas)
 _FOLLOW_LIMIT = 16
@@ -780,36 +781,53 @@ class AuditLog:
 
     def _sync(self, file: _File, fd: int, covers: int) -> None:
         """fsync ``fd`` (one of ``file``'s own descriptors); settle every record it covers, or, if it failed,
-        every record of ``file`` not yet durable."""
-        error: OSError | None = None
-        try:
-            _fsync(fd)
-        except OSError as exc:
-            error = exc
-        wakes: list[threading.Lock | None] = []
-        with self._mutex:
-            file.syncing -= 1
-            self._active -= 1
-            if error is None:
-                file.spare.append(fd)
-                if file.failed is None and covers > file.durable:
-                    file.durable = covers
-            else:
-                file.opened -= 1
-                with contextlib.suppress(OSError):
-                    os.close(fd)  # never fsynced again: a retry can report success for pages that are gone
-                if file.failed is None:
-                    file.failed, file.cause = f"cannot write audit log {self._path}: {error}", error
-            self._settle(file, wakes)
-            self._hand_duty(file, wakes)
-            self._tidy(file)
-            if self._closed and not self._active:
-                self._idle.notify_all()
-        for wake in wakes:
-            if wake is not None:
-                wake.release()
-        if error is not None:
-            log.warning("audit log fsync failed; every record not yet durable refused, will reopen: %s", error)
+        every record of ``file`` not yet durable.
+
+        Records written meanwhile that no fsync covers get the next fsync from this thread, up to
+        ``_CARRY_ON`` times (its own record is durable already, so only its return waits): it is awake and
+        holds the GIL, where a woken caller would first have to win it. The callers just settled are woken
+        before that fsync, so they run while it holds no GIL."""
+        for extra in range(_CARRY_ON + 1):
+            error: OSError | None = None
+            try:
+                _fsync(fd)
+            except OSError as exc:
+                error = exc
+            wakes: list[threading.Lock | None] = []
+            job: tuple[int, int] | None = None
+            with self._mutex:
+                file.syncing -= 1
+                self._active -= 1
+                if error is None:
+                    file.spare.append(fd)
+                    if file.failed is None and covers > file.durable:
+                        file.durable = covers
+                else:
+                    file.opened -= 1
+                    with contextlib.suppress(OSError):
+                        os.close(fd)  # never fsynced again: a retry can report success for pages that are gone
+                    if file.failed is None:
+                        file.failed, file.cause = f"cannot write audit log {self._path}: {error}", error
+                self._settle(file, wakes)
+                if (extra < _CARRY_ON and file.failed is None and file.waiting and file.spare
+                        and file.waiting[-1].end > file.requested and file.syncing + file.duty < _SYNCS):
+                    file.syncing += 1
+                    self._active += 1
+                    file.requested = file.written
+                    job = file.spare.pop(), file.written
+                else:
+                    self._hand_duty(file, wakes)
+                    self._tidy(file)
+                    if self._closed and not self._active:
+                        self._idle.notify_all()
+            for wake in wakes:
+                if wake is not None:
+                    wake.release()
+            if error is not None:
+                log.warning("audit log fsync failed; every record not yet durable refused, will reopen: %s", error)
+            if job is None:
+                return
+            fd, covers = job
 
     def _drain(self) -> None:
         """Leader only: fsync the write descriptor, making everything written so far durable, or lose the file."""
