@@ -43,7 +43,10 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_")}
+    """No OPSGATE_* settings, and bytecode caching on, as in an install: with PYTHONDONTWRITEBYTECODE set
+    (some shells and CI images set it), every start would compile each edited module of ours from source
+    while the SDK's came compiled from site-packages, and the cold start would measure the compiler."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("OPSGATE_") and k != "PYTHONDONTWRITEBYTECODE"}
 
 
 @asynccontextmanager
