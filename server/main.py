@@ -38,7 +38,7 @@ from .identity import cluster_username, resolve_identity
 from .logs import configure_logging
 from .records import Caller, server_record
 from .reload import watch_policy
-from .wire import ScreenedStdin
+from .wire import ScreenedStdin, claim_stdout
 
 log = structlog.get_logger("opsgate.server")
 
@@ -309,8 +309,11 @@ def serve(settings: Settings) -> None:
                                              cluster_ok=ClusterProbe(cluster.kube, cluster.is_sandbox))
                         else:
                             stdin = ScreenedStdin(on_rejected=rejected)
-                            async with stdio_server(stdin=stdin) as (read_stream, write_stream):  # type: ignore[arg-type]
-                                await server.run(read_stream, write_stream, server.create_initialization_options())
+                            with claim_stdout() as stdout:  # answers written on the loop, not via two thread hops
+                                async with stdio_server(stdin=stdin, stdout=stdout) as (  # type: ignore[arg-type]
+                                    read_stream, write_stream
+                                ):
+                                    await server.run(read_stream, write_stream, server.create_initialization_options())
                         tasks.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
 
