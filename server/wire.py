@@ -19,8 +19,10 @@ read the id, method and tool name, the rest is only counted and hashed; a
 same way, another request gets the SDK's invalid-params error, and what cannot
 reach the gate is handed to ``on_rejected`` for the audit log.
 
-Stdin is read by a daemon thread, so a blocked read (a terminal waiting for
-Enter, a client holding the pipe open) never keeps the process from stopping.
+A pipe (what an MCP client gives) is read on the event loop when it is readable:
+no thread hop a request. Anything else (a file, /dev/null, a terminal) is read
+by a daemon thread, so a blocked read (a terminal waiting for Enter) never keeps
+the process from stopping.
 """
 
 from __future__ import annotations
@@ -346,7 +348,7 @@ Rejected = Callable[[dict[str, Any]], None]
 
 
 class ScreenedStdin:
-    """An async line source over stdin for ``stdio_server(stdin=...)``: bounded reads in a daemon thread.
+    """An async line source over stdin for ``stdio_server(stdin=...)``: bounded reads, on the loop or a thread.
 
     ``on_rejected`` is called (on the event loop) with the facts of each line that
     cannot reach the gate, for the audit log.
@@ -360,21 +362,55 @@ class ScreenedStdin:
         return self._lines()
 
     async def _lines(self) -> AsyncIterator[str]:
-        send: MemoryObjectSendStream[bytes | Oversized]
-        receive: MemoryObjectReceiveStream[bytes | Oversized]
-        send, receive = anyio.create_memory_object_stream[bytes | Oversized](1)
-        token = anyio.lowlevel.current_token()
-        threading.Thread(target=_pump, args=(self._fd, send, token), name="opsgate-stdin", daemon=True).start()
-        async with receive:
-            async for item in receive:
-                if isinstance(item, Oversized):
-                    line, facts = screen_oversized(item)
-                    if facts is not None and self._on_rejected is not None:
-                        self._on_rejected(facts)
-                    if line is not None:
-                        yield line
-                else:
-                    yield screen_line(item.decode("utf-8", "replace"))
+        async for item in _polled(self._fd) if _pollable(self._fd) else _pumped(self._fd):
+            if isinstance(item, Oversized):
+                line, facts = screen_oversized(item)
+                if facts is not None and self._on_rejected is not None:
+                    self._on_rejected(facts)
+                if line is not None:
+                    yield line
+            else:
+                yield screen_line(item.decode("utf-8", "replace"))
+
+
+def _pollable(fd: int) -> bool:
+    """A pipe or a socket (what an MCP client gives): the event loop can wait for it to be readable. A file,
+    /dev/null or a terminal is read by a thread instead (epoll refuses the first two)."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+async def _polled(fd: int) -> AsyncIterator[bytes | Oversized]:
+    """Lines read on the event loop once it sees the pipe readable: no thread, no hop a request. A read after
+    readiness does not block, and the next read waits until the server asks for a line (backpressure)."""
+    splitter = LineSplitter()
+    while True:
+        await anyio.wait_readable(fd)
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            chunk = b""  # a hung-up pipe reads as the end of input
+        for item in splitter.feed(chunk) if chunk else splitter.end():
+            yield item
+        if not chunk:
+            return
+
+
+async def _pumped(fd: int) -> AsyncIterator[bytes | Oversized]:
+    """Lines read by a daemon thread (blocking reads), handed to the loop one at a time."""
+    send: MemoryObjectSendStream[bytes | Oversized]
+    receive: MemoryObjectReceiveStream[bytes | Oversized]
+    send, receive = anyio.create_memory_object_stream[bytes | Oversized](1)
+    token = anyio.lowlevel.current_token()
+    threading.Thread(target=_pump, args=(fd, send, token), name="opsgate-stdin", daemon=True).start()
+    async with receive:
+        async for item in receive:
+            yield item
 
 
 class WireStdout:
