@@ -503,6 +503,8 @@ class AuditLog:
             if entry.lead:  # set under the mutex by whoever handed us the lead; cleared only here
                 entry.lead = False
                 self._lead(entry)
+            if entry.done:  # set under the mutex after the verdict; a bool read needs none (the common case)
+                break
             wake = None
             with self._mutex:
                 if entry.done:
@@ -606,11 +608,13 @@ class AuditLog:
                 self._fail(batch, f"audit log {self._path}: internal error ({type(exc).__name__})", exc)
                 raise
         finally:
-            with self._mutex:  # the file lock goes with the lead to a queued caller, a few batches at most
-                keep = self._locked and bool(self._queue) and self._kept < _KEEP_LOCK
-                if keep:
-                    self._kept += 1
-                    wake = self._leave_lead()
+            keep = False
+            if self._queue:  # a hint (nobody queued: the common case, one mutex section below)
+                with self._mutex:  # the file lock goes with the lead to a queued caller, a few batches at most
+                    keep = self._locked and bool(self._queue) and self._kept < _KEEP_LOCK
+                    if keep:
+                        self._kept += 1
+                        wake = self._leave_lead()
             if not keep:
                 self._kept = 0
                 self._release()  # first: the next leader must not find our lock taken; other processes get a turn
@@ -910,9 +914,8 @@ class AuditLog:
     def _open_sync_fd(self, file: _File) -> None:
         """Leader, file locked (so the path names our file): one more fsync descriptor, while fewer than
         ``_SYNCS`` are open and none is idle. Without any, the leader fsyncs each batch itself (``_drain``)."""
-        with self._mutex:
-            if file.spare or file.opened >= _SYNCS or file.failed is not None:
-                return
+        if file.spare or file.opened >= _SYNCS or file.failed is not None:  # read without the mutex: only
+            return  # the leader adds descriptors, so a stale answer at worst opens one more or one later
         try:
             fd = os.open(self._spath, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
