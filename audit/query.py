@@ -15,12 +15,13 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .denial import denial_kind
 from .segments import list_segments
 
 __all__ = [
@@ -353,21 +354,6 @@ class Call:
     def waiting(self) -> bool:
         """An allowed decision whose outcome has not been read (yet)."""
         return self.decision is not None and self.outcome is None and self.effect == "allow"
-
-
-def denial_kind(decision: Mapping[str, Any]) -> str:
-    """Which refusal a denied decision record's ``decision`` is: policy, bound, rate-limit or confirmation.
-
-    The gate names it so in the denied envelope (its rule), the telemetry in its attributes, the report in its
-    denial table.
-    """
-    if decision.get("confirmation") is not None:
-        return "confirmation"
-    if str(decision.get("reason", "")).startswith("denied by rate limit"):
-        return "rate-limit"
-    if decision.get("bound") is not None:
-        return "bound"
-    return "policy"
 
 
 def join_calls(records: Iterable[Located], *, window: int = OUTCOME_WINDOW) -> Iterator[Call]:

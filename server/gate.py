@@ -26,7 +26,7 @@ from pydantic_core.core_schema import ErrorType
 
 from opsgate import telemetry
 from opsgate.audit import AuditWriteError
-from opsgate.audit.query import denial_kind
+from opsgate.audit.denial import denial_kind
 from opsgate.audit.redact import redact, redact_text
 from opsgate.audit.sink import AuditSink
 from opsgate.policies import BoundAttrs, BoundName, Decision, Policy, Rule
