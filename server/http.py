@@ -43,6 +43,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opsgate.audit.sink import sink_problem
+from opsgate.policies.ratelimit import take_token
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import Kube
 
@@ -67,6 +68,9 @@ LOOPBACK_NAMES: Final = frozenset({"localhost"})
 #: The readiness probe's cluster check: at most this often, with this (connect, read) timeout.
 PROBE_EVERY_S: Final = 10.0
 PROBE_TIMEOUT: Final = (1.0, 2.0)
+#: Refused tokens that get an audit record of their own, per minute (a burst of this many, then one a second):
+#: anyone who can reach the port can send garbage tokens, and each record is an fsync and a line kept forever.
+REFUSALS_RECORDED_PER_MINUTE: Final = 60
 
 Refused = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -181,6 +185,26 @@ class SessionManager(StreamableHTTPSessionManager):
         return transport
 
 
+class RefusalRecords:
+    """Which refused tokens get an audit record: a token bucket of :data:`REFUSALS_RECORDED_PER_MINUTE` over the
+    whole server. Refusals past it are counted, and the next record says how many went unrecorded before it,
+    so the log still accounts for every refusal without one fsynced line per garbage token. Event loop only."""
+
+    def __init__(self, per_minute: float = REFUSALS_RECORDED_PER_MINUTE) -> None:
+        self._rate = per_minute
+        self._bucket: tuple[float, float] | None = None
+        self.unrecorded = 0
+
+    def admit(self, now: float) -> int | None:
+        """None: this refusal is only counted; else how many refusals went unrecorded since the last record."""
+        self._bucket, wait = take_token(self._bucket, self._rate, now)
+        if wait is not None:
+            self.unrecorded += 1
+            return None
+        skipped, self.unrecorded = self.unrecorded, 0
+        return skipped
+
+
 class BearerGate:
     """ASGI wrapper of ``/mcp``: a verified bearer token, or a 401 the client can act on (and, for a token
     that was refused, an audit record)."""
@@ -190,6 +214,7 @@ class BearerGate:
         self.verifier = verifier
         self.base = base
         self.on_refused = on_refused
+        self.refusals = RefusalRecords()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -204,9 +229,12 @@ class BearerGate:
         try:
             verified = await self.verifier.verify(token.strip())
         except TokenRefused as refused:
-            session = request.headers.get("mcp-session-id")
-            await self.on_refused({**refused.facts(), "path": scope.get("path", "")[:256],
-                                   "mcp_session_id": (session or "")[:128] or None})
+            skipped = self.refusals.admit(time.monotonic())
+            if skipped is not None:
+                session = request.headers.get("mcp-session-id")
+                facts = {**refused.facts(), "path": scope.get("path", "")[:256],
+                         "mcp_session_id": (session or "")[:128] or None}
+                await self.on_refused({**facts, "unrecorded_before": skipped} if skipped else facts)
             await self._deny(scope, receive, send, refused)
             return
         scope["user"] = AuthenticatedUser(access_token(token, verified, self.verifier.config.resource))
