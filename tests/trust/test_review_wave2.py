@@ -6,11 +6,18 @@ API server over HTTP+TLS, real git.
 
 from __future__ import annotations
 
+import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
+from opsgate.gitops.render import render
+from opsgate.tools.errors import ToolError
 from tests.harness import shipped_policy
 from tests.http.oidc import Issuer
 from tests.http.served import INITIALIZE, MCP_HEADERS, http_server
@@ -40,3 +47,62 @@ def test_garbage_tokens_cannot_flood_the_audit_log_yet_every_refusal_is_counted(
     assert len(refused) <= allowed, f"{len(refused)} audit records for {sent + 1} garbage tokens"
     assert refused[-1].get("unrecorded_before", 0) > 0
     assert len(refused) + sum(r.get("unrecorded_before", 0) for r in refused) == sent + 1
+
+
+class _Counting(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.paths.append(self.path)
+                body = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fetched}\n"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.parametrize("entry", [
+    "resources: [http://127.0.0.1:{port}/x.yaml]",
+    "patches: [{{path: 'http://127.0.0.1:{port}/p.yaml'}}]",
+    "resources: [../../../outside]",
+])
+def test_a_committed_kustomization_cannot_make_the_server_fetch_or_read_outside_the_repository(
+        tmp_path: Path, entry: str) -> None:
+    """Review item 3 (kustomize remote bases): a kustomization in Git is outside text, and ``kubectl kustomize``
+    fetches any URL (or git remote) it names as a resource or patch, and reads kustomizations outside the
+    repository: a commit to the GitOps repository made the server request an address of the committer's
+    choosing. Now the render refuses, naming the entry, and nothing is requested."""
+    listener = _Counting()
+    threading.Thread(target=listener.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "outside").mkdir()
+        (tmp_path / "outside" / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
+        (tmp_path / "outside" / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: out}\n")
+        repo = tmp_path / "repo"
+        folder = repo / "apps" / "web"
+        folder.mkdir(parents=True)
+        subprocess.run(["git", "init", "-q", str(repo)], check=True)
+        (folder / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: local}\n")
+        text = entry.format(port=listener.server_address[1])
+        (folder / "kustomization.yaml").write_text(f"resources: [cm.yaml]\n{text}\n"
+                                                   if not text.startswith("resources") else text + "\n")
+        with pytest.raises(ToolError) as refused:
+            render(folder)
+        assert refused.value.rule == "remote-base", refused.value.message
+        assert listener.paths == [], "kustomize fetched what the repository named"
+        (folder / "kustomization.yaml").write_text("resources: [cm.yaml, ../base]\n")  # a local base still renders
+        (repo / "apps" / "base").mkdir()
+        (repo / "apps" / "base" / "kustomization.yaml").write_text("resources: [cm.yaml]\n")
+        (repo / "apps" / "base" / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: base}\n")
+        assert sorted(d["metadata"]["name"] for d in render(folder)) == ["base", "local"]
+    finally:
+        listener.shutdown()
+        listener.server_close()
