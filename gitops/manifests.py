@@ -84,15 +84,31 @@ def plain_to_yaml(value: Any) -> Any:
     return value
 
 
+#: Nodes one document may have once its aliases are expanded: a committed file is outside text, and YAML aliases
+#: of aliases ("billion laughs") load as a few shared nodes that a copy expands exponentially.
+MAX_DOCUMENT_NODES: Final = 200_000
+
+
 def plain(value: Any) -> Any:
-    """A loaded document as plain dicts, lists and scalars (ruamel's string subclasses as str). Pure."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, str):
-        return str(value)
-    return value
+    """A loaded document as plain dicts, lists and scalars (ruamel's string subclasses as str). Pure.
+
+    ToolError ``bad-manifest`` past :data:`MAX_DOCUMENT_NODES` nodes, counted with aliases expanded."""
+    budget = [MAX_DOCUMENT_NODES]
+
+    def copy(node: Any) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ToolError(f"a manifest document has more than {MAX_DOCUMENT_NODES} nodes once its YAML aliases "
+                            "are expanded", code="gitops_error", rule="bad-manifest")
+        if isinstance(node, Mapping):
+            return {str(k): copy(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [copy(v) for v in node]
+        if isinstance(node, str):
+            return str(node)
+        return node
+
+    return copy(value)
 
 
 def merge_into(node: Any, want: Any) -> Any:

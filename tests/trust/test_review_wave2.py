@@ -106,3 +106,19 @@ def test_a_committed_kustomization_cannot_make_the_server_fetch_or_read_outside_
     finally:
         listener.shutdown()
         listener.server_close()
+
+
+def test_a_yaml_alias_bomb_in_a_committed_manifest_is_refused_not_expanded(tmp_path: Path) -> None:
+    """Review item 3 (YAML bombs): ruamel loads aliases of aliases as a few shared nodes, and the copy every
+    render and edit makes expanded them: nine levels of ten aliases is 10^9 nodes from a 1 KB file (this test
+    ran out of its 20 s before the fix). Now the copy stops at its node budget with a clear refusal."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for n in range(1, 10):
+        levels.append(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 10) + "]")
+    body = "\n".join(f"  {line}" for line in levels)
+    (tmp_path / "bomb.yaml").write_text(f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: bomb}}\ndata:\n{body}\n")
+    started = time.monotonic()
+    with pytest.raises(ToolError) as refused:
+        render(tmp_path)
+    assert refused.value.rule == "bad-manifest" and "aliases" in refused.value.message
+    assert time.monotonic() - started < 5
