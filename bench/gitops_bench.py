@@ -1,7 +1,7 @@
 """GitOps mode's cost (issue 19): time from tool call to pushed commit on a local bare remote, p50 over 50 changes,
 and the same call in direct mode beside it, taking turns call by call.
 
-    python bench/gitops_bench.py [N]
+    python bench/gitops_bench.py [N]    # or: python bench/run.py gitops
 
 One real server over stdio; the sandbox cluster in this process (reached through a kubeconfig, as a real one);
 a bare remote and a clone as in tests/gitops. Each GitOps call is ``scale`` of a plain manifest to a new count:
@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,16 @@ async def measure(n: int) -> dict[str, list[float]]:
                         if i >= 2:
                             times[mode].append(elapsed * 1000)
     return times
+
+
+async def run(row: Callable[[str, str, str, str], None], n: int = 50) -> None:
+    """``bench/run.py gitops``: the two p50s and p90s as rows, the direct call as the GitOps call's floor."""
+    times = await measure(n)
+    gitops, direct = sorted(times["gitops"]), sorted(times["direct"])
+    for q, label in ((0.5, "p50"), (0.9, "p90")):
+        g, d = gitops[int(len(gitops) * q)], direct[int(len(direct) * q)]
+        row(f"GitOps scale, call to pushed commit {label} (n={len(gitops)}; issue 19)", f"{g:.1f} ms",
+            f"{d:.1f} ms direct scale", "local bare remote; commit, fetch, push")
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python bench/run.py              # every part: prints a table and writes bench/RESULTS.md
     python bench/run.py PART [PART]  # only these, printed, nothing written; PART is one of
                                      # cold-start tools-list infer per-call polls kserve policy audit memory
-                                     # telemetry
+                                     # telemetry gitops
 
 Figures, not tests: nothing here fails on a busy machine; read them in context.
 """
@@ -232,7 +232,7 @@ async def infer_and_gate(tmp: Path, ours: list[str]) -> None:
 
 
 PARTS = ("cold-start", "tools-list", "infer", "per-call", "polls", "kserve", "policy", "audit", "memory",
-         "telemetry")
+         "telemetry", "gitops")
 
 
 async def main(parts: list[str]) -> None:
@@ -273,6 +273,10 @@ async def main(parts: list[str]) -> None:
             from bench.telemetry_bench import run as telemetry_cost
 
             await telemetry_cost(tmp, row)
+        if "gitops" in chosen:
+            from bench.gitops_bench import run as gitops_cost
+
+            await gitops_cost(row)
     if not parts:
         write_results()
 
