@@ -79,9 +79,11 @@ class Response:
 
 @dataclass
 class WatchStream:
-    """A streamed watch: the HTTP edge writes each yielded event as one JSON line."""
+    """A streamed watch: the HTTP edge writes each yielded event as one JSON line. A ``None`` is a tick of
+    a quiet watch (at most one per ``Api.watch_poll``): nothing to send, the edge checks the client is still
+    there, and ends the watch if it hung up, as the API server's request ends when its connection closes."""
 
-    events: Iterator[JSON]
+    events: Iterator[JSON | None]
     content_type: str = "application/json"
 
 
@@ -140,7 +142,10 @@ class Api:
         self.store = store
         self.server_address = server_address
         self.users: Mapping[str, str] = users or {}  # bearer token -> user name; others are anonymous
-        self.watch_poll = 1.0
+        self.watch_poll = 1.0  # seconds: how often a quiet watch looks for new events and for a client gone
+        # seconds between BOOKMARK events of a watch that asked for them (allowWatchBookmarks): the API
+        # server's watch cache sends one about every minute and one 2 s before the watch's timeout
+        self.watch_bookmark_seconds = 60.0
         self._apply_schemas: dict[str, ssa.Schema] = {}  # per kind, for server-side apply
         self.pod_logs = PodLogs()  # the stand-in kubelet writes here, ``pods/log`` reads
         self.impersonation = Impersonation(self.users.values())  # the named users (the admin token's) may impersonate
@@ -759,6 +764,7 @@ class Api:
         labels, fields = self._selectors(req, route.rt)
         rv_param = req.query.get("resourceVersion", "")
         send_initial = _bool(req.query.get("sendInitialEvents"))
+        bookmarks = _bool(req.query.get("allowWatchBookmarks"))
         try:
             timeout = float(req.query.get("timeoutSeconds") or 1800)
             start_rv = int(rv_param) if rv_param not in ("", "0") else None
@@ -785,7 +791,15 @@ class Api:
                 first[0] = False
             return {"type": kind, "object": obj}
 
-        def events() -> Iterator[JSON]:
+        def bookmark(rv: int | str) -> JSON:
+            return {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": {"resourceVersion": str(rv)}}
+
+        def next_bookmark(now: float, deadline: float) -> float:
+            """About every ``watch_bookmark_seconds``, and 2 s before the timeout (the watch cache's rule)."""
+            due = min(now + self.watch_bookmark_seconds, deadline - 2)
+            return due if due > now else now + self.watch_bookmark_seconds
+
+        def events() -> Iterator[JSON | None]:
             deadline = time.monotonic() + timeout
             cursor = start_rv
             if cursor is None or send_initial:
@@ -805,12 +819,17 @@ class Api:
                             },
                         },
                     )
+            now = time.monotonic()
+            bookmark_at = next_bookmark(now, deadline) if bookmarks else float("inf")
+            ticked = now  # when the edge last heard from this watch (an event or a tick)
             while not self.store.closed:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     return
                 try:
-                    batch = self.store.events_after(cursor, min(remaining, self.watch_poll))
+                    batch = self.store.events_after(cursor, max(0.0, min(remaining, self.watch_poll,
+                                                                         bookmark_at - now)))
                 except ApiError as exc:
                     yield {"type": "ERROR", "object": exc.status()}
                     return
@@ -820,7 +839,16 @@ class Api:
                         continue
                     kind = self._event_type(event, selected)
                     if kind is not None:
+                        ticked = time.monotonic()
                         yield wrap(kind, event.obj)
+                now = time.monotonic()
+                if now >= bookmark_at:  # what this watch has seen, events of other kinds included
+                    bookmark_at = next_bookmark(now, deadline)
+                    ticked = now
+                    yield wrap("BOOKMARK", bookmark(cursor))
+                elif now - ticked >= self.watch_poll:
+                    ticked = now
+                    yield None
 
         content_type = TABLE_CONTENT_TYPE if table else "application/json"
         return WatchStream(events(), content_type)

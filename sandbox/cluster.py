@@ -59,11 +59,15 @@ class SandboxCluster:
     ``namespaces`` (the property) lists those that exist now. The Node ``sandbox-node``
     and its Lease, ComponentStatuses, and (once the port is known) the ``kubernetes``
     Service with its Endpoints and EndpointSlice exist from the start too (``infra``).
+
+    ``watch_bookmark_seconds``: how often a watch that asked for bookmarks (``allowWatchBookmarks``) gets a
+    BOOKMARK event with the version it has reached (the API server's watch cache: about every minute).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, rollout_delay: float = 0.2,
                  kserve: bool = True, models_dir: Path | None = None,
-                 users: Mapping[str, str] | None = None, tls: bool = True, namespaces: Sequence[str] = ()) -> None:
+                 users: Mapping[str, str] | None = None, tls: bool = True, namespaces: Sequence[str] = (),
+                 watch_bookmark_seconds: float = 60.0) -> None:
         self.host = host
         self.rollout_delay = rollout_delay
         self._requested_port = port
@@ -77,6 +81,7 @@ class SandboxCluster:
         for review in REVIEW_TYPES:
             self.registry.register(review)
         self.api = Api(self.registry, self.store, lambda: f"{self.host}:{self.port}", self.users)
+        self.api.watch_bookmark_seconds = watch_bookmark_seconds
         self.controllers = ControllerManager(self.store, rollout_delay)
         for controller in builtin_controllers(self.api.pod_logs):
             self.controllers.add(controller)
@@ -164,6 +169,11 @@ class SandboxCluster:
             raise RuntimeError("the sandbox cluster is not started")
         scheme = "https" if self.tls is not None else "http"
         return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def baggage(self) -> list[str]:
+        """The W3C ``baggage`` headers of the last API requests that carried one, oldest first."""
+        return list(self._server.baggage) if self._server is not None else []
 
     @property
     def traceparents(self) -> list[tuple[str, str, str]]:

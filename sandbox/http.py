@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import ssl
 import sys
@@ -86,6 +87,7 @@ class SandboxHTTPServer(TrackingHTTPServer):
         self.log_requests = False
         # (method, path, traceparent) of the last requests that sent one: a test joins them to the client's spans.
         self.traceparents: deque[tuple[str, str, str]] = deque(maxlen=TRACEPARENTS_KEPT)
+        self.baggage: deque[str] = deque(maxlen=TRACEPARENTS_KEPT)  # W3C baggage headers received
         self.ssl_context = ssl_context
         super().__init__(address, Handler)
 
@@ -165,6 +167,8 @@ class Handler(BaseHTTPRequestHandler):
         traceparent = request.header("traceparent")
         if traceparent:
             self.server.traceparents.append((method, split.path, traceparent))
+        if request.header("baggage"):
+            self.server.baggage.append(request.header("baggage") or "")
         if fault is not None and fault.status is not None:
             error = generic(fault.status)
             headers = {"Retry-After": "1"} if fault.status == 429 else {}
@@ -207,6 +211,29 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         self.wfile.flush()
 
+    def _client_gone(self) -> bool:
+        """Whether the client has closed its end of a watch. A watch's client sends nothing more on its
+        connection, so a socket that reads at all has reached its end (FIN, TLS close_notify) or was reset: the
+        API server notices the same way (Go's server reads in the background and ends the request)."""
+        conn: socket.socket = self.connection
+        try:
+            readable, _, _ = select.select([conn], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        if not readable:
+            return False
+        timeout = conn.gettimeout()
+        try:
+            conn.settimeout(0)
+            return conn.recv(1) == b""
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False  # part of a TLS record: not an end
+        except OSError:
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                conn.settimeout(timeout)
+
     def _stream(self, stream: WatchStream, audit_id: str) -> None:
         """A watch: chunked transfer, one JSON event per line, flushed as it happens."""
         self.send_response(200)
@@ -218,6 +245,11 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         try:
             for event in stream.events:
+                if event is None:  # a quiet watch's tick
+                    if self._client_gone():
+                        self.close_connection = True
+                        return
+                    continue
                 line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
                 self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
                 self.wfile.flush()

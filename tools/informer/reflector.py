@@ -5,7 +5,8 @@ client-go's reflector, reduced to what the read tools need:
 - the first list runs in the thread of the read that needs it (its answer serves that read); the
   watch then runs in its own daemon thread, from the list's resourceVersion, with bookmarks asked for
   (``allowWatchBookmarks``) and a server-side timeout of 5-10 minutes (client-go's), after which it
-  simply watches again from where it was;
+  simply watches again from where it was; a BOOKMARK (about every minute, and 2 s before that timeout)
+  moves the store's resourceVersion and the read's age on when nothing in the namespace changes;
 - a dropped or failed watch is watched again from the last version applied (the API server replays
   what was missed); a ``410 Gone`` (that version was compacted away) or any ``ERROR`` event lists
   again; retries back off, jittered, up to 5 s;
