@@ -11,14 +11,16 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
+from mcp_types import RequestParamsMeta
 
 from opsgate.gitops.render import render
+from opsgate.sandbox import SandboxCluster
 from opsgate.tools.errors import ToolError
-from tests.harness import shipped_policy
+from tests.harness import ok, serve, shipped_policy
 from tests.http.oidc import Issuer
 from tests.http.served import INITIALIZE, MCP_HEADERS, http_server
 
@@ -122,3 +124,25 @@ def test_a_yaml_alias_bomb_in_a_committed_manifest_is_refused_not_expanded(tmp_p
         render(tmp_path)
     assert refused.value.rule == "bad-manifest" and "aliases" in refused.value.message
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.anyio
+async def test_a_callers_baggage_never_reaches_the_cluster(tmp_path: Path) -> None:
+    """Review item 4 (``_meta`` baggage): the SDK takes the caller's ``_meta`` through OpenTelemetry's global
+    propagators, W3C baggage included, and each cluster request injected them all again: the caller's text
+    (8 KB of it, a pasted secret perhaps) went to the API server in a ``baggage`` header of every request. Only
+    the trace context (traceparent, tracestate) is passed on now; the trace still joins."""
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+           "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    with SandboxCluster(rollout_delay=0.01, namespaces=("team-a",)) as cluster:
+        kubeconfig = tmp_path / "kubeconfig"
+        cluster.write_kubeconfig(kubeconfig)
+        policy = shipped_policy(tmp_path / "policy", "g, alice, role:operator, team-*")
+        async with serve(tmp_path, "--principal", "alice", "--kubeconfig", str(kubeconfig), "--policy", str(policy),
+                         env=env) as served:
+            meta = cast(RequestParamsMeta, {"traceparent": f"00-{trace_id}-{span_id}-01",
+                                            "baggage": f"pasted=hunter2-{'x' * 100}"})
+            ok(await served.session.call_tool("list_workloads", {"namespace": "team-a"}, meta=meta))
+        assert any(tp.split("-")[1] == trace_id for _, _, tp in cluster.traceparents), "the trace did not join"
+        assert cluster.baggage == [], cluster.baggage
