@@ -21,9 +21,11 @@ from opsgate.tools.untrusted import TEXT_MAX, quoted
 GIT_TIMEOUT_SECONDS: Final = 60.0
 # No prompt on a terminal nobody watches (a credential helper still answers), no pager, no user hooks on
 # opsgate's commits (a hook in the repository is code; the commit is checked by rendering it instead),
-# no advice lines in the errors we quote.
+# no advice lines in the errors we quote. core.fsmonitor in a repository's config is a command git runs on
+# status, diff and add, hooks path or not: it is off too.
 _ENV: Final = {"GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "GIT_ADVICE": "0", "LC_ALL": "C"}
-_NO_HOOKS: Final = ("-c", "core.hooksPath=/dev/null", "-c", "commit.gpgSign=false", "-c", "advice.detachedHead=false")
+_NO_HOOKS: Final = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "commit.gpgSign=false",
+                    "-c", "advice.detachedHead=false")
 
 
 class GitFailed(ToolError):

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from mcp_types import RequestParamsMeta
 
+from opsgate.gitops.git import Git
 from opsgate.gitops.render import render
 from opsgate.sandbox import SandboxCluster
 from opsgate.tools.errors import ToolError
@@ -146,3 +147,21 @@ async def test_a_callers_baggage_never_reaches_the_cluster(tmp_path: Path) -> No
             ok(await served.session.call_tool("list_workloads", {"namespace": "team-a"}, meta=meta))
         assert any(tp.split("-")[1] == trace_id for _, _, tp in cluster.traceparents), "the trace did not join"
         assert cluster.baggage == [], cluster.baggage
+
+
+def test_a_repositorys_fsmonitor_command_is_not_run(tmp_path: Path) -> None:
+    """Review item 3 (repository config executing code): ``core.fsmonitor`` in a checkout's config is a command
+    git runs on ``status``/``diff``/``add``; ``core.hooksPath=/dev/null`` does not stop it. The GitOps door runs
+    git with it off (git 2.39 here ran the script before the fix)."""
+    repo, ran = tmp_path / "repo", tmp_path / "ran"
+    script = tmp_path / "fsmonitor.sh"
+    script.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    script.chmod(0o755)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "config", "core.fsmonitor", str(script)], check=True)
+    (repo / "a.yaml").write_text("a: 1\n")
+    git = Git(repo)
+    git.run("add", "--all")
+    git.out("status", "--porcelain")
+    git.run("diff", "--cached", "--name-only")
+    assert not ran.exists(), "git ran the repository's fsmonitor command"
