@@ -238,18 +238,18 @@ def _make_change(target: GitOpsTarget, tool: str, obj: ObjectRef, ctx: CallConte
                 wt.run("push", "--porcelain", target.remote, f"refs/heads/{branch}:refs/heads/{branch}",
                        what=f"git push {target.remote} {branch}", rule="push-rejected")
                 pushed = True
-                keep = True
-                if target.forge is not None:
-                    link = open_merge_request(target.forge, MergeRequest(
-                        title=f"opsgate: {planned.subject}", branch=str(branch), base=base.branch,
-                        body=f"{body}\n\nPolicy rule: `{ctx.policy_rule or '-'}`\n\n```diff\n{result.diff}\n```"))
             commit = wt.out("rev-parse", "HEAD")
-            keep = True
+            keep = True  # committed (and pushed, when pushing): a forge's failure from here on leaves it
+            if pushed and target.forge is not None:
+                link = open_merge_request(target.forge, MergeRequest(
+                    title=f"opsgate: {planned.subject}", branch=str(branch), base=base.branch,
+                    body=f"{body}\n\nPolicy rule: `{ctx.policy_rule or '-'}`\n\n```diff\n{result.diff}\n```"))
             return result.model_copy(update={"commit": commit, "pushed": pushed, "link": link})
     except ToolError as exc:
-        if keep and branch is not None:  # pushed: the branch stays, and the error says so
-            raise ToolError(f"{exc.message} (the commit was pushed on branch {branch})", code=exc.code,
-                            rule=exc.rule, status=exc.status) from None
+        if keep and branch is not None:  # pushed: the branch stays, and the error (so the audit outcome) says so
+            raise ToolError(f"{exc.message}; commit {commit[:12]} was pushed to {target.remote} on branch {branch}: "
+                            f"open its merge request into {base.branch} by hand", code=exc.code, rule=exc.rule,
+                            status=exc.status) from None
         raise
     finally:
         if not keep and branch is not None:

@@ -82,6 +82,7 @@ class Forge(ThreadingHTTPServer):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
+        self.refuse: int | None = None  # answer every create with this status (GitHub's 422 "Validation Failed")
         super().__init__(("127.0.0.1", 0), ForgeHandler)
 
     @property
@@ -98,8 +99,10 @@ class ForgeHandler(BaseHTTPRequestHandler):
         github = self.server.kind == "github"
         answer = {"html_url": "https://github.example/acme/web/pull/7"} if github else {
             "web_url": "https://gitlab.example/acme/web/-/merge_requests/7"}
+        if self.server.refuse is not None:
+            answer = {"message": "Validation Failed: a pull request already exists"}
         data = json.dumps(answer).encode()
-        self.send_response(201)
+        self.send_response(self.server.refuse or 201)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -145,3 +148,24 @@ async def test_the_merge_request_is_opened_with_the_token_which_never_shows(
     assert "replicas: 3" in body["body" if forge.kind == "github" else "description"]
     everything = s.audit_log.read_text() + s.stderr_path.read_text() + json.dumps(result)
     assert TOKEN not in everything and "T0kenThatMustNeverShow" not in everything
+
+
+async def test_a_forge_that_fails_after_the_push_names_the_pushed_branch_and_commit(
+        tmp_path: Path, cluster: SandboxCluster, repo: Repo, forge: Forge) -> None:
+    forge.refuse = 422
+    settings = config_file(tmp_path / "opsgate.toml", repo, gitops_forge=forge.kind, gitops_forge_url=forge.url,
+                           gitops_forge_project="acme/web", gitops_forge_token_env="FORGE_TOKEN")
+    async with opsgate(tmp_path, cluster, settings, env={"FORGE_TOKEN": TOKEN}) as s:
+        error = err(await s.call("scale", {"name": "api", "namespace": repo.plain_ns, "replicas": 3}))
+        recorded = outcome(s, error["call_id"])
+    (branch,) = [b for b in repo.remote_branches() if b != "main"]  # the push stands: it is not undone
+    commit = git(repo.remote, "rev-parse", branch)
+    assert repo.trailers(branch)["Opsgate-Call-Id"] == error["call_id"]
+    assert error["errors"][0]["rule"] == "forge-refused" and error["http_status"] == 422
+    assert "Validation Failed" in error["message"]
+    for message in (error["message"], recorded["error"]["message"]):  # the caller and the audit log alike
+        assert f"commit {commit[:12]} was pushed to origin on branch {branch}" in message, message
+        assert "open its merge request into main by hand" in message
+    assert recorded["status"] == "error" and recorded["error"]["rule"] == "forge-refused"
+    assert len(forge.requests) == 1 and repo.clean()
+    assert TOKEN not in s.audit_log.read_text() + s.stderr_path.read_text() + json.dumps(error)
