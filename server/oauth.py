@@ -19,6 +19,7 @@ Every refusal is a :class:`TokenRefused` with a short rule word and a sentence; 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,11 @@ MAX_GROUPS: Final = 64
 #: Capped bytes of what a refused token claimed (kid, iss) in the audit record.
 MAX_CLAIMED: Final = 128
 FETCH_TIMEOUT_S: Final = 5.0
+#: The discovery document and the key set are read up to this many bytes (a key set of a few dozen keys is
+#: tens of KB); a longer answer is refused, not held in memory.
+MAX_DOCUMENT_BYTES: Final = 1 << 20
+#: What a failed key fetch may raise: the network, a bad answer, or the whole fetch past FETCH_TIMEOUT_S.
+_FETCH_FAILED: Final = (httpx.HTTPError, ValueError, TimeoutError)
 
 
 class TokenRefused(Exception):
@@ -199,29 +205,27 @@ class TokenVerifier:
             if not self.keys_loaded and time.monotonic() - self._keys.fetched_at >= REFRESH_MIN_S:
                 try:
                     await self.refresh()
-                except (httpx.HTTPError, ValueError) as exc:
+                except _FETCH_FAILED as exc:
                     log.warning("oauth_keys_unavailable", issuer=self.config.issuer, error=str(exc)[:300])
                     self._keys = _Keys(self._keys.keys, time.monotonic(), self._keys.jwks_uri)
         return self.keys_loaded
 
     async def refresh(self) -> None:
         """Discovery (once it worked, its jwks_uri is kept) and the key set; raises on any failure."""
-        http = self._http()
         uri = self._keys.jwks_uri
         if uri is None:
             url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            answer = await http.get(url)
-            answer.raise_for_status()
-            document = answer.json()
+            document = await self._get_json(url)
             if not isinstance(document, dict) or document.get("issuer") != self.config.issuer:
                 raise ValueError(f"{url} names another issuer than {self.config.issuer}")
             uri = document.get("jwks_uri")
             if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
                 raise ValueError(f"{url} has no jwks_uri")
-        answer = await http.get(uri)
-        answer.raise_for_status()
+        key_set = await self._get_json(uri)
+        if not isinstance(key_set, dict) or not isinstance(key_set.get("keys"), list):
+            raise ValueError(f"{uri} is not a JSON Web Key Set (an object with a keys list)")
         found: dict[str, jwt.PyJWK] = {}
-        for entry in answer.json().get("keys", []):
+        for entry in key_set["keys"]:
             if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or not entry.get("kid"):
                 continue
             try:
@@ -230,6 +234,18 @@ class TokenVerifier:
                 continue  # a key type or curve we do not take: another key may still do
         self._keys = _Keys(found, time.monotonic(), uri)
         log.info("oauth_keys_loaded", issuer=self.config.issuer, keys=len(found))
+
+    async def _get_json(self, url: str) -> Any:
+        """The JSON at ``url``: at most MAX_DOCUMENT_BYTES, within FETCH_TIMEOUT_S in all (not per read)."""
+        with anyio.fail_after(FETCH_TIMEOUT_S):
+            async with self._http().stream("GET", url) as answer:
+                answer.raise_for_status()
+                body = bytearray()
+                async for chunk in answer.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT_BYTES:
+                        raise ValueError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
+        return json.loads(body)
 
     async def _key(self, kid: str) -> jwt.PyJWK | None:
         """The issuer's key ``kid``; refetched when unknown (at most every REFRESH_MIN_S) or stale."""
@@ -243,7 +259,7 @@ class TokenVerifier:
             if age >= REFRESH_MIN_S or (age >= KEYS_MAX_AGE_S):
                 try:
                     await self.refresh()
-                except (httpx.HTTPError, ValueError) as exc:
+                except _FETCH_FAILED as exc:
                     log.warning("oauth_keys_unavailable", issuer=self.config.issuer, error=str(exc)[:300])
                     self._keys = _Keys(keys.keys, time.monotonic(), keys.jwks_uri)  # no retry storm either
         if not self._keys.keys:

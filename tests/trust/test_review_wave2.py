@@ -6,6 +6,8 @@ API server over HTTP+TLS, real git.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import subprocess
 import threading
 import time
@@ -22,7 +24,7 @@ from opsgate.gitops.render import render
 from opsgate.sandbox import SandboxCluster
 from opsgate.tools.errors import ToolError
 from tests.harness import ok, serve, shipped_policy
-from tests.http.oidc import Issuer
+from tests.http.oidc import Issuer, raw
 from tests.http.served import INITIALIZE, MCP_HEADERS, http_server
 
 
@@ -165,3 +167,58 @@ def test_a_repositorys_fsmonitor_command_is_not_run(tmp_path: Path) -> None:
     git.out("status", "--porcelain")
     git.run("diff", "--cached", "--name-only")
     assert not ran.exists(), "git ran the repository's fsmonitor command"
+
+
+class _OddIssuer(ThreadingHTTPServer):
+    """An issuer whose discovery is right and whose key set is ``keys`` (bytes as sent)."""
+
+    def __init__(self, keys: bytes) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/.well-known/openid-configuration":
+                    body = json.dumps({"issuer": outer.url, "jwks_uri": f"{outer.url}/keys"}).encode()
+                else:
+                    body = keys
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # the reader stopped at its cap
+                    self.wfile.write(body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.mark.parametrize(("keys", "words"), [
+    (b'["not", "a", "key", "set"]', "not a JSON Web Key Set"),
+    (b'{"keys": [], "pad": "' + b"x" * (3 << 20) + b'"}', "answered more than"),
+])
+def test_an_odd_key_set_leaves_the_server_serving_not_ready_and_refusing_tokens(
+        tmp_path: Path, keys: bytes, words: str) -> None:
+    """Review item 1 (JWKS fetch caps): a key set that was a JSON list raised AttributeError out of the key
+    fetch (the server died at start, or a request got a 500 with no audit record), and one of any size was
+    read whole into memory. Now both are a failed fetch: not ready, tokens refused and audited, the reason
+    logged."""
+    issuer = _OddIssuer(keys)
+    threading.Thread(target=issuer.serve_forever, daemon=True).start()
+    try:
+        with http_server(tmp_path, "--oauth-issuer", issuer.url) as server, httpx.Client(timeout=10) as client:
+            assert client.get(server.base + "/readyz").status_code == 503
+            answer = client.post(server.url, json=INITIALIZE,
+                                 headers={**MCP_HEADERS, "Authorization": "Bearer a.b.c"})
+            assert answer.status_code == 401
+            token = raw({"alg": "RS256", "kid": "r1", "typ": "JWT"}, {"sub": "alice"}, b"sig")  # reaches the keys
+            assert client.post(server.url, json=INITIALIZE,
+                               headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"}).status_code == 401
+            assert words in server.stderr()
+            refused = [r["rule"] for r in server.records() if r["stage"] == "token_refused"]
+            assert refused == ["malformed", "issuer-unavailable"], refused
+    finally:
+        issuer.shutdown()
+        issuer.server_close()
