@@ -64,47 +64,57 @@ def _rate(appenders: list[Callable[[], object]], seconds: float) -> float:
     return sum(counts) / (time.monotonic() - started)
 
 
+#: What each series of ``measure`` is.
+NAMES = {
+    "floor": "PostgreSQL floor: 1-row INSERT + COMMIT, 8 connections",
+    "pg-1": "PgAuditSink, 1 replica, 8 threads",
+    "pg-2": "PgAuditSink, 2 replicas x 4 threads, one chain",
+    "file": "AuditLog (file), 8 threads",
+}
+
+
+def measure(cluster: PgCluster) -> dict[str, list[float]]:
+    """Appends per second of each series of :data:`NAMES`, ROUNDS rounds taken in turns, on a new database of
+    ``cluster`` (bench/http_bench.py calls it with the cluster its part started)."""
+    with tempfile.TemporaryDirectory(prefix="opsgate-bench-") as folder:
+        key, _, _ = generate_keypair(Path(folder) / "audit.key")
+        dsn = cluster.dsn(WRITER, cluster.new_database())
+        with psycopg.connect(cluster.dsn("opsgate_owner", dsn.rsplit("/", 1)[1]), autocommit=True) as owner:
+            owner.execute("CREATE TABLE opsgate.floor (id bigserial PRIMARY KEY, line bytea NOT NULL)")
+            owner.execute(f"GRANT INSERT, SELECT ON opsgate.floor TO {WRITER}")
+            owner.execute(f"GRANT USAGE ON SEQUENCE opsgate.floor_id_seq TO {WRITER}")
+        floor_conns = [psycopg.connect(dsn, autocommit=True) for _ in range(THREADS)]
+        line = str(DECISION).encode()
+
+        def floor_of(conn: Any) -> Callable[[], object]:
+            return lambda: conn.execute("INSERT INTO opsgate.floor (line) VALUES (%s)", (line,))
+
+        one = PgAuditSink(dsn, signing_key=key)
+        two = [PgAuditSink(dsn, signing_key=key) for _ in range(2)]
+        log = AuditLog(Path(folder) / "audit.jsonl", signing_key=key)
+        rounds: dict[str, list[float]] = {"floor": [], "pg-1": [], "pg-2": [], "file": []}
+        for _ in range(ROUNDS):
+            rounds["floor"].append(_rate([floor_of(c) for c in floor_conns], ROUND_SECONDS))
+            rounds["pg-1"].append(_rate([lambda: one.append(DECISION)] * THREADS, ROUND_SECONDS))
+            rounds["pg-2"].append(_rate([lambda s=s: s.append(DECISION) for s in two  # type: ignore[misc]
+                                         for _ in range(THREADS // 2)], ROUND_SECONDS))
+            rounds["file"].append(_rate([lambda: log.append(DECISION)] * THREADS, ROUND_SECONDS))
+        for sink in (one, *two):
+            sink.close()
+        log.close()
+        for conn in floor_conns:
+            conn.close()
+    return rounds
+
+
 def main() -> None:
     cluster: PgCluster = start_cluster()
     try:
-        with tempfile.TemporaryDirectory(prefix="opsgate-bench-") as folder:
-            key, _, _ = generate_keypair(Path(folder) / "audit.key")
-            dsn = cluster.dsn(WRITER, cluster.new_database())
-            with psycopg.connect(cluster.dsn("opsgate_owner", dsn.rsplit("/", 1)[1]), autocommit=True) as owner:
-                owner.execute("CREATE TABLE opsgate.floor (id bigserial PRIMARY KEY, line bytea NOT NULL)")
-                owner.execute(f"GRANT INSERT, SELECT ON opsgate.floor TO {WRITER}")
-                owner.execute(f"GRANT USAGE ON SEQUENCE opsgate.floor_id_seq TO {WRITER}")
-            floor_conns = [psycopg.connect(dsn, autocommit=True) for _ in range(THREADS)]
-            line = str(DECISION).encode()
-
-            def floor_of(conn: Any) -> Callable[[], object]:
-                return lambda: conn.execute("INSERT INTO opsgate.floor (line) VALUES (%s)", (line,))
-
-            one = PgAuditSink(dsn, signing_key=key)
-            two = [PgAuditSink(dsn, signing_key=key) for _ in range(2)]
-            log = AuditLog(Path(folder) / "audit.jsonl", signing_key=key)
-            rounds: dict[str, list[float]] = {"floor": [], "pg-1": [], "pg-2": [], "file": []}
-            for _ in range(ROUNDS):
-                rounds["floor"].append(_rate([floor_of(c) for c in floor_conns], ROUND_SECONDS))
-                rounds["pg-1"].append(_rate([lambda: one.append(DECISION)] * THREADS, ROUND_SECONDS))
-                rounds["pg-2"].append(_rate([lambda s=s: s.append(DECISION) for s in two  # type: ignore[misc]
-                                             for _ in range(THREADS // 2)], ROUND_SECONDS))
-                rounds["file"].append(_rate([lambda: log.append(DECISION)] * THREADS, ROUND_SECONDS))
-            for sink in (one, *two):
-                sink.close()
-            log.close()
-            for conn in floor_conns:
-                conn.close()
+        rounds = measure(cluster)
     finally:
         cluster.stop()
-    names = {
-        "floor": "PostgreSQL floor: 1-row INSERT + COMMIT, 8 connections",
-        "pg-1": "PgAuditSink, 1 replica, 8 threads",
-        "pg-2": "PgAuditSink, 2 replicas x 4 threads, one chain",
-        "file": "AuditLog (file), 8 threads",
-    }
     for name, rates in rounds.items():
-        print(f"{names[name]:<52} {statistics.median(rates):>9,.0f} appends/s  (rounds: "
+        print(f"{NAMES[name]:<52} {statistics.median(rates):>9,.0f} appends/s  (rounds: "
               f"{', '.join(f'{r:,.0f}' for r in rates)})")
 
 

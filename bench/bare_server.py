@@ -1,8 +1,12 @@
-"""The floor for opsgate's figures: a bare SDK ``MCPServer`` with one no-op tool over stdio."""
+"""The floor for opsgate's figures: a bare SDK ``MCPServer`` with one no-op tool over stdio, or, with
+``http PORT``, over the SDK's streamable HTTP on 127.0.0.1:PORT (bench/http_bench.py)."""
+
+import sys
 
 from mcp.server.mcpserver import MCPServer
 
-server = MCPServer("bare")
+HTTP = sys.argv[1:2] == ["http"]
+server = MCPServer("bare", log_level="WARNING" if HTTP else "INFO")  # over HTTP, no uvicorn line per request
 
 
 @server.tool()
@@ -12,4 +16,7 @@ def noop() -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    if HTTP:
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")

@@ -3,7 +3,7 @@
     python bench/run.py              # every part: prints a table and writes bench/RESULTS.md
     python bench/run.py PART [PART]  # only these, printed, nothing written; PART is one of
                                      # cold-start tools-list infer per-call polls kserve policy audit memory
-                                     # telemetry gitops
+                                     # telemetry gitops http
 
 Figures, not tests: nothing here fails on a busy machine; read them in context.
 """
@@ -232,7 +232,7 @@ async def infer_and_gate(tmp: Path, ours: list[str]) -> None:
 
 
 PARTS = ("cold-start", "tools-list", "infer", "per-call", "polls", "kserve", "policy", "audit", "memory",
-         "telemetry", "gitops")
+         "telemetry", "gitops", "http")
 
 
 async def main(parts: list[str]) -> None:
@@ -277,6 +277,10 @@ async def main(parts: list[str]) -> None:
             from bench.gitops_bench import run as gitops_cost
 
             await gitops_cost(row)
+        if "http" in chosen:
+            from bench.http_bench import run as team_server
+
+            await team_server(tmp, row, session, opsgate_args)
     if not parts:
         write_results()
 
