@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from opsgate.audit import AuditWriteError
 from opsgate.audit.sink import sink_problem
 from opsgate.policies.ratelimit import take_token
 from opsgate.tools.errors import ToolError
@@ -51,7 +52,8 @@ from .app import CALLER_KEY
 from .config import Settings, http_address
 from .gate import Gate
 from .oauth import OAuthConfig, TokenRefused, TokenVerifier, Verified, protected_resource_metadata, www_authenticate
-from .records import Caller
+from .records import Caller, server_record
+from .wire import MAX_LINE_BYTES
 
 log = structlog.get_logger("opsgate.http")
 
@@ -249,6 +251,57 @@ class BearerGate:
         await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
 
 
+class BodyCap:
+    """ASGI wrapper of ``/mcp``: a request body longer than MAX_LINE_BYTES (the cap on one stdin line) is answered
+    413 and recorded (``input_rejected``, rule ``body-too-large``) without being held; the SDK reads a body
+    whole into memory whatever its length. A body within the cap is handed on as it came."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self.app = app
+        self.gate = gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Request(scope).headers.get("content-length", "")
+        body, more = bytearray(), True
+        size = int(declared) if declared.isdigit() else 0
+        while more and size <= MAX_LINE_BYTES:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            size = max(size, len(body))
+        if size > MAX_LINE_BYTES:
+            await self._reject(scope, receive, send, size)
+            return
+        handed = False
+
+        async def replay() -> Any:
+            nonlocal handed
+            if handed:
+                return await receive()
+            handed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, size: int) -> None:
+        caller = scope.get(CALLER_KEY) or self.gate.caller
+        facts = {"rule": "body-too-large", "bytes": size, "max_line_bytes": MAX_LINE_BYTES,
+                 "path": str(scope.get("path", ""))[:256]}
+        try:
+            await anyio.to_thread.run_sync(self.gate.audit.append, server_record("input_rejected", caller, **facts))
+        except AuditWriteError as exc:
+            log.error("audit_write_failed", stage="input_rejected", error=str(exc))
+        log.warning("input_rejected", **facts)
+        error = {"code": -32600, "message": f"the request body is longer than {MAX_LINE_BYTES} bytes"}
+        await JSONResponse({"jsonrpc": "2.0", "id": None, "error": error}, status_code=413,
+                           headers={"Connection": "close"})(scope, receive, send)
+
+
 def access_token(token: str, verified: Verified, resource: str) -> AccessToken:
     """What the SDK binds a session to (client id, issuer, subject): the same person's next token fits."""
     return AccessToken(token=token, client_id=verified.client_id, scopes=list(verified.scopes),
@@ -319,7 +372,7 @@ def build_app(server: Server[Any], gate: Gate, *, host: str, oauth: OAuthConfig 
         )
     manager = SessionManager(app=server, event_store=BoundedEventStore(), security_settings=security,
                              retry_interval=RETRY_MS)
-    mcp: ASGIApp = StreamableHTTPASGIApp(manager)
+    mcp: ASGIApp = BodyCap(StreamableHTTPASGIApp(manager), gate)
     if oauth is not None:
         if verifier is None:
             raise HttpSetupError("OAuth is configured without a token verifier")

@@ -222,3 +222,19 @@ def test_an_odd_key_set_leaves_the_server_serving_not_ready_and_refusing_tokens(
     finally:
         issuer.shutdown()
         issuer.server_close()
+
+
+def test_an_http_body_past_the_line_cap_is_refused_unread_and_recorded(tmp_path: Path) -> None:
+    """Review item 1 (request size caps): over stdio one line is capped (4 MiB), but the SDK's HTTP transport read
+    a POST body whole into memory whatever its length. Now a body past the same cap is answered 413 and
+    recorded (input_rejected, body-too-large), and the server goes on serving."""
+    cap = 4 * 1024 * 1024
+    big = b'{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "whoami", "arguments": {"x": "' \
+        + b"a" * (cap + 10) + b'"}}}'
+    with http_server(tmp_path) as server, httpx.Client(timeout=30) as client:
+        answer = client.post(server.url, content=big, headers=MCP_HEADERS)
+        assert answer.status_code == 413, answer.status_code
+        assert "longer than" in answer.json()["error"]["message"]
+        rejected = [r for r in server.records() if r["stage"] == "input_rejected"]
+        assert [(r["rule"], r["bytes"] > cap) for r in rejected] == [("body-too-large", True)], rejected
+        assert client.post(server.url, json=INITIALIZE, headers=MCP_HEADERS).status_code == 200
