@@ -136,7 +136,7 @@ def run_doctor(
     checks += _guarded("packages", _check_packages)
     cluster_user: list[str] = []  # what the cluster's SelfSubjectReview said, when it was asked and answered
     tools = _server_tools(settings)  # what serve would register: the policy and the cluster's RBAC are checked for it
-    needs = _cluster_needs(tools)
+    needs = _cluster_needs(tools, read_cache=not settings.disable_read_cache)
     checks += _guarded("cluster", lambda: _check_cluster(settings, env, home_dir, timeout, cluster_user, needs))
     policy_holder: list[Policy] = []
     checks += _guarded("policy", lambda: _check_policy(settings, policy_holder, tools))
@@ -456,7 +456,7 @@ def _check_discovery(kube: Kube, budget: _Budget, timeout: float, needs: Sequenc
     for res in (listing.get("resources") or []) if isinstance(listing, dict) else []:
         if isinstance(res, dict) and isinstance(res.get("name"), str):
             served[res["name"]] = {str(v) for v in res.get("verbs") or []}
-    apps = {a.resource: a.verbs for a in needs if a.group == APPS}
+    apps = {a.resource: a.verbs for a in needs if a.group == APPS and not a.optional}
     lacking = [f"{name} ({', '.join(v for v in verbs if v not in served.get(name, set()))})"
                for name, verbs in apps.items() if not set(verbs) <= served.get(name, set())]
     if lacking:
@@ -510,18 +510,35 @@ def _check_rbac(kube: Kube, namespace: str, budget: _Budget, timeout: float, nee
               if not (isinstance(ans, dict) and (ans.get("status") or {}).get("allowed") is True)]
     if not denied:
         return Check("rbac", "ok", f"the cluster identity may {_verbs(asks)} in namespace {namespace}")
+    cache_only = [d for d in denied if d[0].optional]
+    denied = [d for d in denied if not d[0].optional]
+    if not denied:  # only the watch cache's list/watch: the reads still work, with a get each
+        first, verb = cache_only[0]
+        kinds = " or ".join(dict.fromkeys(access.kind for access, _ in cache_only))
+        return Check("rbac", "warning",
+                     f"in namespace {namespace} the cluster identity may not {_verbs(cache_only)}, so the watch cache "
+                     f"cannot keep {kinds}: the read tools ask the API server at every call instead (checked with "
+                     "SelfSubjectAccessReview)",
+                     f"for the cache, ask a cluster admin for a Role in {namespace} granting {_role(cache_only)}; or "
+                     f"turn the cache off (disable_read_cache); verify with "
+                     f"`kubectl auth can-i {verb} {_resource_name(first)} -n {namespace}`")
     reads = [d for d in denied if d[1] in READ_VERBS]
     status: Status = "error" if reads else "warning"
     what = "read" if reads else "change"
     kinds = " or ".join(dict.fromkeys(access.kind for access, _ in (reads or denied)))
-    role = "; ".join(f"({access.group}) {access.resource}: {', '.join(v for a, v in denied if a == access)}"
-                     for access in dict.fromkeys(a for a, _ in denied))
+    role = _role(denied)
     first, verb = denied[0]
     return Check("rbac", status,
                  f"in namespace {namespace} the cluster identity may not {_verbs(denied)}, so opsgate cannot "
                  f"{what} {kinds} there (checked with SelfSubjectAccessReview)",
                  f"ask a cluster admin for a Role in {namespace} granting {role}; verify with "
                  f"`kubectl auth can-i {verb} {_resource_name(first)} -n {namespace}`")
+
+
+def _role(denied: Sequence[tuple[ApiAccess, str]]) -> str:
+    """The rules a Role would need, one a resource: ``(apps) deployments: list, watch``."""
+    return "; ".join(f"({access.group}) {access.resource}: {', '.join(v for a, v in denied if a == access)}"
+                     for access in dict.fromkeys(a for a, _ in denied))
 
 
 def _resource_name(access: ApiAccess) -> str:
@@ -536,9 +553,10 @@ def _verbs(pairs: Sequence[tuple[ApiAccess, str]]) -> str:
     return "; ".join(f"{'/'.join(verbs)} {res}" for res, verbs in by_res.items())
 
 
-def _cluster_needs(tools: list[ToolSpec[Any, Any]] | None) -> list[ApiAccess]:
-    """What the tools serve would register call on the cluster (every tool's, if that list could not be made)."""
-    return cluster_needs(TOOL_NEEDS if tools is None else [tool.name for tool in tools])
+def _cluster_needs(tools: list[ToolSpec[Any, Any]] | None, *, read_cache: bool) -> list[ApiAccess]:
+    """What the tools serve would register call on the cluster (every tool's, if that list could not be made),
+    and with the watch cache on, what it lists and watches (optional verbs)."""
+    return cluster_needs(TOOL_NEEDS if tools is None else [tool.name for tool in tools], read_cache=read_cache)
 
 
 # --------------------------------------------------------------------------- policy and principal

@@ -4,6 +4,11 @@ Keyed by tool name and read for the tools the server registers (``catalog.server
 tool added, removed or given a new kind changes what doctor checks. ``tests/server/test_rbac.py`` runs
 every tool against the sandbox and holds this table to the requests they really make: a call
 not listed here, or a permission listed that no call uses, fails it.
+
+``CACHE_NEEDS``: with the watch cache on (unless ``disable_read_cache``), four read tools list and watch
+what they read, per namespace and kind. Those verbs are optional: refused, the cache says so in the
+read's ``source.note`` and the reads go to the API server with ``get`` as before (one request a read,
+tried again in 30 s), so doctor warns about them and never fails.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class ApiAccess:
     group: str
     resource: str
     verbs: tuple[str, ...]
+    optional: bool = False  # the watch cache's: refused, reads fall back to get (slower, not broken)
 
     @property
     def kind(self) -> str:
@@ -59,11 +65,36 @@ TOOL_NEEDS: Final[Mapping[str, tuple[ApiAccess, ...]]] = {
 }
 
 
-def cluster_needs(tools: Iterable[str]) -> list[ApiAccess]:
-    """What these tools need together, one entry a resource (first seen first), verbs in RBAC's order."""
+def _cached(group: str, resource: str) -> ApiAccess:
+    return ApiAccess(group, resource, ("list", "watch"), optional=True)
+
+
+_CACHED_DEPLOYMENTS = _cached(APPS, "deployments")
+_CACHED_ISVCS = _cached(KSERVE, "inferenceservices")
+
+# What the watch cache lists and watches for each read tool it serves (tools/informer; optional verbs).
+CACHE_NEEDS: Final[Mapping[str, tuple[ApiAccess, ...]]] = {
+    "list_workloads": (_CACHED_DEPLOYMENTS, _CACHED_ISVCS),
+    "rollout_status": (_CACHED_DEPLOYMENTS,),
+    "rollout_history": (_CACHED_DEPLOYMENTS, _cached(APPS, "replicasets")),
+    "model_status": (_CACHED_ISVCS,),
+}
+
+
+def cluster_needs(tools: Iterable[str], *, read_cache: bool = False) -> list[ApiAccess]:
+    """What these tools need together, one entry a resource (first seen first), verbs in RBAC's order; with
+    ``read_cache``, then the watch cache's verbs not needed anyway, one optional entry a resource."""
+    names = list(tools)
     merged: dict[tuple[str, str], set[str]] = {}
-    for tool in tools:
+    for tool in names:
         for access in TOOL_NEEDS.get(tool, ()):
             merged.setdefault((access.group, access.resource), set()).update(access.verbs)
-    return [ApiAccess(group, resource, tuple(v for v in VERB_ORDER if v in verbs))
-            for (group, resource), verbs in merged.items()]
+    optional: dict[tuple[str, str], set[str]] = {}
+    for tool in names if read_cache else ():
+        for access in CACHE_NEEDS.get(tool, ()):
+            key = (access.group, access.resource)
+            optional.setdefault(key, set()).update(set(access.verbs) - merged.get(key, set()))
+    return [*(ApiAccess(group, resource, tuple(v for v in VERB_ORDER if v in verbs))
+              for (group, resource), verbs in merged.items()),
+            *(ApiAccess(group, resource, tuple(v for v in VERB_ORDER if v in verbs), optional=True)
+              for (group, resource), verbs in optional.items() if verbs)]

@@ -240,6 +240,23 @@ def test_rbac_denied_writes_warn_and_denied_reads_are_errors(
     assert doctor_exit_code(checks) == 1
 
 
+def test_rbac_without_list_and_watch_for_the_cache_warns_that_reads_fall_back_to_get(
+    tmp_path: Path, authz_api: tuple[str, type[_AuthzApi]]
+) -> None:
+    url, handler = authz_api
+    kubeconfig = _kubeconfig(tmp_path / "kc", url)
+    handler.denied = frozenset({"watch"})
+    checks = _doctor(tmp_path, kubeconfig=kubeconfig)
+    rbac = _by_name(checks)["rbac"]
+    assert rbac.status == "warning" and doctor_exit_code(checks) == 0
+    assert "watch deployments" in rbac.detail and "watch replicasets" in rbac.detail
+    assert "watch cache" in rbac.detail and "disable_read_cache" in rbac.fix and "(apps) deployments: watch" in rbac.fix
+    handler.reviews.clear()
+    rbac = _by_name(_doctor(tmp_path, kubeconfig=kubeconfig, disable_read_cache=True))["rbac"]
+    assert rbac.status == "ok"  # the cache off: watch is not needed, and not asked
+    assert "watch" not in {r["spec"]["resourceAttributes"]["verb"] for r in handler.reviews}
+
+
 def test_a_slow_api_is_cut_off_and_the_cluster_steps_share_one_budget(
     tmp_path: Path, authz_api: tuple[str, type[_AuthzApi]]
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 from opsgate.sandbox import SandboxCluster
 from opsgate.server.catalog import server_tools
 from opsgate.server.config import Settings
-from opsgate.server.rbac import APPS, KSERVE, TOOL_NEEDS, ApiAccess, cluster_needs
+from opsgate.server.rbac import APPS, CACHE_NEEDS, KSERVE, TOOL_NEEDS, ApiAccess, cluster_needs
 from opsgate.server.toolspec import ToolSpec
 from opsgate.tools.context import CallContext
 from opsgate.tools.kube import Kube
@@ -146,3 +146,60 @@ def test_needs_merge_by_resource_in_rbac_verb_order() -> None:
     assert ApiAccess(APPS, "deployments", ("get", "create", "patch")) in merged
     assert ApiAccess(KSERVE, "inferenceservices", ("get", "patch")) in merged
     assert cluster_needs(["whoami", "list_models"]) == []
+
+
+def _verb_of(request: Any) -> tuple[str, str, str] | None:
+    """(group, resource, verb) of a namespaced request as RBAC names it, from its method, path and query."""
+    match = re.match(r"^/apis?/(?:(?P<group>[^/]+)/)?[^/]+/namespaces/[^/]+/(?P<rest>.+)$", request.path)
+    if match is None or request.method != "GET":
+        return None
+    plural, _, name = match["rest"].partition("/")
+    group = "" if request.path.startswith("/api/") else match["group"]
+    watching = request.query.get("watch") in ("1", "true")
+    return (group, plural, "get" if name else "watch" if watching else "list")
+
+
+def test_with_the_watch_cache_the_reads_list_and_watch_what_cache_needs_lists(cluster: SandboxCluster,
+                                                                             kube: Kube) -> None:
+    ns = f"rbac{next(_ids)}"
+    kube.call(kube.core.create_namespace, {"metadata": {"name": ns}}, what="create namespace")
+    specs: dict[str, ToolSpec[Any, Any]] = {s.name: s for s in server_tools(Settings(), kube)}
+    for tool, args in (("deploy", {"name": "web", "image": "nginx:1.27"}), ("deploy_model", {"name": "iris",
+                                                                                           "storage_uri": IRIS})):
+        anyio.run(specs[tool].run, specs[tool].args_model.model_validate({"namespace": ns, **args}),
+                  CallContext(call_id=f"c{next(_ids)}", principal="alice"))
+    seen: list[tuple[str, str, str]] = []
+    handle = cluster.api.handle
+
+    def recording(request: Any) -> Any:
+        if (verb := _verb_of(request)) is not None:
+            seen.append(verb)
+        return handle(request)
+
+    cluster.api.handle = recording  # type: ignore[method-assign,assignment]
+    try:
+        for tool in CACHE_NEEDS:
+            cached = Kube.from_kubeconfig_dict(cluster.kubeconfig(), sandbox=True)  # a cache of its own
+            cached.use_read_cache(idle_seconds=60)
+            try:
+                spec = {s.name: s for s in server_tools(Settings(), cached)}[tool]
+                seen.clear()
+                name = {"list_workloads": {}, "model_status": {"name": "iris"}}.get(tool, {"name": "web"})
+                anyio.run(spec.run, spec.args_model.model_validate({"namespace": ns, **name}),
+                          CallContext(call_id=f"c{next(_ids)}", principal="alice"))
+                wanted = {(a.group, a.resource, v) for a in CACHE_NEEDS[tool] for v in a.verbs}
+                deadline = time.monotonic() + 10
+                while not wanted <= set(seen):  # the watch starts in its own thread, after the list
+                    assert time.monotonic() < deadline, f"{tool}: {sorted(wanted - set(seen))} never asked"
+                    time.sleep(0.02)
+                outside = set(seen) - wanted - _declared(tool)
+                assert not outside, f"{tool} with the cache calls {sorted(outside)}, which server/rbac.py does not list"
+            finally:
+                cached.close()
+    finally:
+        cluster.api.handle = handle  # type: ignore[method-assign]
+    assert set(CACHE_NEEDS) <= set(TOOL_NEEDS)
+    needs = cluster_needs(["list_workloads", "rollout_history", "scale"], read_cache=True)
+    assert ApiAccess(APPS, "deployments", ("watch",), optional=True) in needs  # list is needed anyway
+    assert ApiAccess(APPS, "replicasets", ("watch",), optional=True) in needs
+    assert not any(a.optional for a in cluster_needs(["list_workloads"]))
