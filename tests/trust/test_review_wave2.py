@@ -22,10 +22,16 @@ from mcp_types import RequestParamsMeta
 from opsgate.gitops.git import Git
 from opsgate.gitops.render import render
 from opsgate.sandbox import SandboxCluster
+from opsgate.sandbox.kinds import DEPLOYMENT
 from opsgate.tools.errors import ToolError
+from opsgate.tools.kube import Kube
+from opsgate.tools.workloads import DeployArgs, deploy
 from tests.harness import ok, serve, shipped_policy
 from tests.http.oidc import Issuer, raw
 from tests.http.served import INITIALIZE, MCP_HEADERS, http_server
+from tests.tools.test_informer import Requests, cluster, ctx, kube, live, ns, requests, status, until
+
+__all__ = ["cluster", "kube", "ns", "requests"]  # the watch cache's fixtures, used by name
 
 
 def test_garbage_tokens_cannot_flood_the_audit_log_yet_every_refusal_is_counted(tmp_path: Path) -> None:
@@ -238,3 +244,18 @@ def test_an_http_body_past_the_line_cap_is_refused_unread_and_recorded(tmp_path:
         rejected = [r for r in server.records() if r["stage"] == "input_rejected"]
         assert [(r["rule"], r["bytes"] > cap) for r in rejected] == [("body-too-large", True)], rejected
         assert client.post(server.url, json=INITIALIZE, headers=MCP_HEADERS).status_code == 200
+
+
+def test_a_watch_event_past_the_cap_drops_the_watch_and_reads_go_to_the_api(
+        cluster: SandboxCluster, kube: Kube, requests: Requests, ns: str) -> None:
+    """Review item 6 (a huge watch event): the watch cache joined the stream's bytes until a newline came, with
+    no bound and a copy of the whole pending line per 64 KB read, so one endless line (or a 20 MB object in a
+    stand-in that does not refuse it, as here) was held and applied. The API server refuses objects of ~3 MiB,
+    so a line past 16 MiB drops the watch: reads go to the API server, and the cache never holds it."""
+    deploy(kube, DeployArgs(name="web", namespace=ns, image="nginx:1", replicas=1), ctx())
+    live(kube, requests, ns)
+    huge = "x" * (20 << 20)
+    cluster.store.update(DEPLOYMENT, ns, "web",
+                         lambda cur: {**cur, "metadata": {**cur["metadata"], "annotations": {"huge": huge}}})
+    until(lambda: status(kube, ns).source.via == "api", "reads going to the API after the huge event", timeout=20)
+    assert status(kube, ns).source.via == "api"

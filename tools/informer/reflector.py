@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 WATCH_SECONDS: Final = (300, 600)
 _LIST_CHUNK: Final = 500
 _MAX_PAUSE_S: Final = 5.0
+#: One watch event (one line of the stream) at most: the API server refuses objects past ~3 MiB, so a longer
+#: line is a broken or hostile stream; the watch is dropped (reads go to the API) instead of holding it.
+MAX_EVENT_BYTES: Final = 16 << 20
 
 
 class Reflector:
@@ -225,10 +228,19 @@ class Reflector:
             self.heard = time.monotonic()
             self.cond.notify_all()
         try:
-            pending = b""
+            pending = bytearray()
             for chunk in response.stream(1 << 16):
                 pending += chunk
-                *lines, pending = pending.split(b"\n")
+                cut = chunk.rfind(b"\n")
+                if cut < 0:  # a line still coming: only this chunk is searched, so a long line is not quadratic
+                    if len(pending) > MAX_EVENT_BYTES:
+                        raise ValueError(f"a watch event longer than {MAX_EVENT_BYTES} bytes")
+                    continue
+                end = len(pending) - len(chunk) + cut
+                lines = pending[:end].split(b"\n")
+                del pending[:end + 1]
+                if len(pending) > MAX_EVENT_BYTES or any(len(line) > MAX_EVENT_BYTES for line in lines):
+                    raise ValueError(f"a watch event longer than {MAX_EVENT_BYTES} bytes")
                 for line in lines:
                     if not line.strip():
                         continue
