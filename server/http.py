@@ -112,11 +112,14 @@ def check_http_settings(settings: Settings) -> tuple[str, int, OAuthConfig | Non
                              "this server at, which their tokens must name as audience")
     shown = f"[{host}]" if ":" in host else host
     resource = settings.oauth_resource or f"http://{shown}:{port}{MCP_PATH}"
-    config = OAuthConfig(
-        issuer=settings.oauth_issuer, resource=resource, principal_claim=settings.oauth_principal_claim,
-        groups_claim=settings.oauth_groups_claim, group_prefix=settings.oauth_group_prefix,
-        algorithms=tuple(settings.oauth_algorithms), scopes=tuple(settings.oauth_scopes),
-    )
+    try:
+        config = OAuthConfig(
+            issuer=settings.oauth_issuer, resource=resource, principal_claim=settings.oauth_principal_claim,
+            groups_claim=settings.oauth_groups_claim, group_prefix=settings.oauth_group_prefix,
+            algorithms=tuple(settings.oauth_algorithms), scopes=tuple(settings.oauth_scopes),
+        )
+    except ValueError as exc:
+        raise HttpSetupError(f"--oauth-*: {exc}") from None
     return host, port, config
 
 

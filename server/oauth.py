@@ -94,6 +94,8 @@ class OAuthConfig:
         wrong = [alg for alg in self.algorithms if alg not in ALLOWED_ALGORITHMS]
         if wrong or not self.algorithms:
             raise ValueError(f"algorithms must be among {', '.join(ALLOWED_ALGORITHMS)}; got {', '.join(wrong)}")
+        if not self.group_prefix:  # groups and principals would share names: a user named as a group is one
+            raise ValueError("the group prefix must not be empty: a group's subject must differ from every principal")
 
     @property
     def metadata_url(self) -> str:
@@ -151,6 +153,8 @@ def identity_of(claims: Mapping[str, Any], config: OAuthConfig) -> Verified:
         raise TokenRefused("missing-claim", f"the token has no {config.principal_claim} claim naming its principal")
     try:
         principal = validate_principal(value)
+        if principal.casefold().startswith(config.group_prefix.casefold()):
+            raise ValueError(f"it starts with {config.group_prefix!r}, which names groups")
     except ValueError as exc:
         raise TokenRefused("principal-claim", f"the token's {config.principal_claim} cannot be a principal ({exc})",
                            iss=str(claims.get("iss"))) from None

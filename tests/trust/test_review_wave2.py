@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,9 +27,9 @@ from opsgate.sandbox.kinds import DEPLOYMENT
 from opsgate.tools.errors import ToolError
 from opsgate.tools.kube import Kube
 from opsgate.tools.workloads import DeployArgs, deploy
-from tests.harness import ok, serve, shipped_policy
+from tests.harness import ok, serve, server_env, shipped_policy
 from tests.http.oidc import Issuer, raw
-from tests.http.served import INITIALIZE, MCP_HEADERS, http_server
+from tests.http.served import INITIALIZE, MCP_HEADERS, http_server, mcp_session
 from tests.tools.test_informer import Requests, cluster, ctx, kube, live, ns, requests, status, until
 
 __all__ = ["cluster", "kube", "ns", "requests"]  # the watch cache's fixtures, used by name
@@ -259,3 +260,27 @@ def test_a_watch_event_past_the_cap_drops_the_watch_and_reads_go_to_the_api(
                          lambda cur: {**cur, "metadata": {**cur["metadata"], "annotations": {"huge": huge}}})
     until(lambda: status(kube, ns).source.via == "api", "reads going to the API after the huge event", timeout=20)
     assert status(kube, ns).source.via == "api"
+
+
+@pytest.mark.anyio
+async def test_a_principal_named_like_a_group_gets_no_grant_of_the_group(tmp_path: Path) -> None:
+    """Review item 1 (identity confusion): groups become policy subjects ``group:<name>``, and a token whose
+    principal claim said ``group:platform`` (a username the user picked, with ``--oauth-principal-claim
+    preferred_username``) was decided as that subject: the group's grants without being in it. Such a token is
+    refused now, as is an empty group prefix (groups and principals would share names), at start."""
+    with Issuer() as issuer:
+        policy = shipped_policy(tmp_path / "policy", "g, group:platform, role:operator, team-*")
+        flags = ("--oauth-issuer", issuer.url, "--policy", str(policy), "--oauth-principal-claim", "preferred_username")
+        with http_server(tmp_path, *flags) as server, httpx.Client(timeout=10) as client:
+            token = issuer.mint(server.url, preferred_username="Group:platform", groups=None)
+            answer = client.post(server.url, json=INITIALIZE,
+                                 headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"})
+            assert answer.status_code == 401, answer.text
+            assert [r["rule"] for r in server.records() if r["stage"] == "token_refused"] == ["principal-claim"]
+            async with mcp_session(server.url, issuer.mint(server.url, preferred_username="alice")) as session:
+                assert "deploy" in {t.name for t in (await session.list_tools()).tools}  # alice, in group platform
+        empty = subprocess.run([sys.executable, "-m", "opsgate.server", "serve", "--http", "127.0.0.1:0",
+                                "--oauth-issuer", issuer.url, "--oauth-group-prefix", "", "--audit-log",
+                                str(tmp_path / "other.jsonl")], capture_output=True, text=True, timeout=60,
+                               env=server_env({"HOME": str(tmp_path)}), stdin=subprocess.DEVNULL)
+        assert empty.returncode != 0 and "group prefix must not be empty" in empty.stderr, empty.stderr[-500:]
