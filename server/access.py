@@ -17,6 +17,7 @@ from opsgate.audit.sink import AuditSink, sink_location
 from opsgate.policies import BoundAttrs
 from opsgate.policies.bounds import check_bounds
 from opsgate.tools.context import CallContext
+from opsgate.tools.inline import at_once_or_in_thread
 from opsgate.tools.structs.ownership import Owner, owner_text
 from opsgate.vocab.kinds import DEPLOYMENT, INFERENCE_SERVICE
 from opsgate.vocab.names import DNS1123_LABEL, dns1123_problem
@@ -150,7 +151,7 @@ def access_tools(
             protected_namespaces=list(gate.policy.protected),
             bounds=gate.policy.bounds_note(),
             audit_log=sink_location(gate.audit),
-            cluster=dict(await anyio.to_thread.run_sync(cluster)) if cluster is not None else None,
+            cluster=dict(await at_once_or_in_thread(cluster)) if cluster is not None else None,  # no hop once started
         )
 
     async def explain_access(args: ExplainAccessArgs, ctx: CallContext) -> ExplainAccessResult:

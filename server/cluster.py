@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from opsgate.tools.inline import no_wait
 from opsgate.tools.kube import Kube, KubeTarget
 
 from .config import Settings
@@ -76,6 +77,8 @@ class Cluster:
         """What we were told, for whoami and the banner (the sandbox starts if it has not yet)."""
         info: dict[str, Any] = {"source": self.source, "sandbox": self.is_sandbox}
         if isinstance(self.kube, SandboxKube):
+            if self.kube.sandbox is None:
+                no_wait()  # starting it binds a port and builds a CA: not on the event loop (whoami)
             sandbox = self.kube.ensure_started()
             info["server"] = sandbox.url
             info["namespaces"] = sandbox.namespaces

@@ -667,6 +667,12 @@ class ModelStore:
             self._infos[name] = (loaded.stamp, loaded.info)
             return loaded
 
+    def loaded(self, name: str) -> bool:
+        """Whether ``name``'s session is built and its file unchanged since: an infer of it loads nothing."""
+        loaded = self._loaded.get(name)
+        found = self._regular_file(name) if loaded is not None else None
+        return found is not None and loaded is not None and loaded.stamp == _stamp(found[1])
+
     def input_elements(self, args: InferArgs) -> int:
         """Element count of the call's inputs, without touching the model (for policy bounds)."""
         return count_elements(args.inputs)

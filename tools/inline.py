@@ -10,9 +10,14 @@ thread, as it always did. Reads change nothing, so a read stopped half way leave
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TypeVar
+
+import anyio
+
+T = TypeVar("T")
 
 _CACHE_ONLY: ContextVar[bool] = ContextVar("opsgate_cache_only", default=False)
 
@@ -35,3 +40,14 @@ def no_wait() -> None:
     """Called where a read is about to wait: raises WouldWait under :func:`cache_only`, else nothing."""
     if _CACHE_ONLY.get():
         raise WouldWait
+
+
+async def at_once_or_in_thread(fn: Callable[..., T], *args: object, limiter: anyio.CapacityLimiter | None = None) -> T:
+    """``fn(*args)`` on the loop under :func:`cache_only`; where it would wait, again in a worker thread (``fn``
+    changes nothing before it would wait: a read)."""
+    try:
+        with cache_only():
+            return fn(*args)
+    except WouldWait:
+        pass
+    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
