@@ -408,7 +408,9 @@ def build_app(server: Server[Any], gate: Gate, *, host: str, oauth: OAuthConfig 
     if metrics is not None:
         routes.append(Route("/metrics", endpoint=AsgiEndpoint(metrics), methods=["GET"]))  # no redirect
 
-    return Starlette(routes=routes, lifespan=lambda _: manager.run())
+    app = Starlette(routes=routes, lifespan=lambda _: manager.run())
+    app.state.bearer = mcp if isinstance(mcp, BearerGate) else None  # its refusals still uncounted at stop
+    return app
 
 
 class AsgiEndpoint:
@@ -501,6 +503,11 @@ async def serve_http(server: Server[Any], gate: Gate, listener: Listener, *, on_
             finally:
                 web.should_exit = True
     finally:
+        bearer: BearerGate | None = app.state.bearer
+        if bearer is not None and bearer.refusals.unrecorded:  # the count the next record would have carried
+            with anyio.CancelScope(shield=True):
+                await on_refused({"rule": "unrecorded", "message": "refused tokens not recorded one by one, at stop",
+                                  "unrecorded_before": bearer.refusals.unrecorded})
         if verifier is not None:
             with anyio.CancelScope(shield=True):
                 await verifier.aclose()
