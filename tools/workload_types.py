@@ -96,6 +96,7 @@ class WorkloadRow(Result):
     revision: int | None = Field(description="Current rollout revision (an InferenceService: its latest ready "
                                  "revision's number); null before the first rollout.")
     age_seconds: int | None
+    owner: str | None = Field(default=None, description="Who applies it from Git (Argo CD, Flux); null: none seen.")
 
 
 class Condition(Result):

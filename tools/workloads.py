@@ -54,7 +54,7 @@ from .structs.objects import (
     spec_of,
     status_of,
 )
-from .structs.ownership import Owner, ownership
+from .structs.ownership import Owner, ownership, row_owner
 from .structs.patches import (
     DeploySpec,
     choose_rollback_revision,
@@ -153,7 +153,7 @@ def deployment_rows(kube: Kube, namespace: str, ctx: CallContext,
             name=str(meta(d).get("name")), kind="Deployment",
             desired=int(spec_of(d).get("replicas") or 0), ready=int(status.get("readyReplicas") or 0),
             images=images_of(spec_of(d).get("template")), revision=revision_of(d) or None,
-            age_seconds=age_seconds(d, now),
+            age_seconds=age_seconds(d, now), owner=row_owner(d, "Deployment"),
         ))
     return rows, source
 

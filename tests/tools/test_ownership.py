@@ -9,7 +9,7 @@ import pytest
 
 from opsgate.policies.bounds import BoundAttrs, SubjectBounds, check_bounds
 from opsgate.tools.structs.changes import manifest_change
-from opsgate.tools.structs.ownership import owner_text, ownership
+from opsgate.tools.structs.ownership import owner_text, ownership, row_owner
 
 
 def deployment(labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
@@ -42,6 +42,17 @@ def test_a_tracking_id_copied_from_another_object_is_ignored_as_argo_does() -> N
     assert ownership(copied) is None
     wrong_kind = deployment(annotations={"argocd.argoproj.io/tracking-id": "payments:/Service:shop/web"})
     assert ownership(wrong_kind) is None
+
+
+def test_a_list_row_names_the_owner_of_an_item_that_came_without_its_kind() -> None:
+    item = deployment(annotations={"argocd.argoproj.io/tracking-id": "payments:apps/Deployment:shop/web"})
+    del item["kind"]  # a list's items from the API carry no kind; the tracking id is checked against it
+    assert row_owner(item, "Deployment") == 'Argo CD application "payments"'
+    assert row_owner(item, "Service") is None and row_owner(deployment(), "Deployment") is None
+    item["metadata"] |= {"uid": "u-1", "resourceVersion": "7"}  # remembered per uid and version...
+    assert row_owner(item, "Deployment") == row_owner(item, "Deployment") == 'Argo CD application "payments"'
+    item["metadata"] |= {"annotations": {}, "resourceVersion": "8"}  # ...so a new version is read again
+    assert row_owner(item, "Deployment") is None
 
 
 def test_instance_label_alone_is_only_possibly_argo() -> None:

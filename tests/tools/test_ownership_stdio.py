@@ -133,6 +133,11 @@ async def test_git_owned_objects_are_refused_naming_the_owner(
         status = ok(await s.call("rollout_status", {"name": "argo-web", "namespace": NS}))
         assert status["owner"]["kind"] == "argocd" and status["owner"]["name"] == "storefront"
         assert ok(await s.call("rollout_status", {"name": "plain", "namespace": NS})).get("owner") is None
+        rows = ok(await s.call("list_workloads", {"namespace": NS}))["workloads"]
+        assert {r["name"]: r.get("owner") for r in rows} == {
+            "argo-web": 'Argo CD application "storefront"', "flux-web": 'Flux Kustomization "flux-system/apps"',
+            "helm-web": 'Flux (field manager "helm-controller")', "iris": 'Flux HelmRelease "flux-system/models"',
+            "plain": None}
 
         record = outcome_of(s, argo["call_id"])
         assert record["outcome"]["status"] == "error" and record["outcome"]["error"]["rule"] == "gitops-owned"

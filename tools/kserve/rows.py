@@ -9,6 +9,7 @@ from ..informer import read_all
 from ..kube import Kube, KubeApiError
 from ..structs.freshness import Freshness
 from ..structs.objects import age_seconds
+from ..structs.ownership import row_owner
 from ..workload_types import (
     WorkloadRow,
 )
@@ -51,6 +52,6 @@ def inference_service_rows(kube: Kube, namespace: str, ctx: CallContext, now: da
             name=s.name, kind=KIND, desired=desired, ready=desired if s.ready else 0,
             images=[s.storage_uri] if s.storage_uri else [],
             revision=revision_number(s.latest_ready_revision or s.latest_created_revision),
-            age_seconds=age_seconds(obj, now),
+            age_seconds=age_seconds(obj, now), owner=row_owner(obj, KIND),
         ))
     return rows, source

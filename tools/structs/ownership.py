@@ -23,7 +23,7 @@ write on the objects they apply:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +41,7 @@ __all__ = [
     "managers_of",
     "owner_text",
     "ownership",
+    "row_owner",
 ]
 
 OwnerKind = Literal["argocd", "flux-kustomize", "flux-helm"]
@@ -112,6 +113,10 @@ def ownership(obj: Mapping[str, Any] | None) -> Owner | None:
         return None
     m = meta(obj)
     labels, annotations = _dict(m.get("labels")), _dict(m.get("annotations"))
+    if (ARGO_TRACKING_ANNOTATION not in annotations and ARGO_INSTANCE_LABEL not in labels
+            and FLUX_KUSTOMIZE_LABELS[0] not in labels and FLUX_HELM_LABELS[0] not in labels
+            and not any(_dict(e).get("manager") in GITOPS_MANAGERS for e in m.get("managedFields") or ())):
+        return None  # no evidence at all, the common case, decided cheaply (list_workloads asks for every row)
     managers = managers_of(obj)
     by_manager = {kind: [n for n in managers if GITOPS_MANAGERS.get(n) == kind] for kind in _KINDS}
 
@@ -163,3 +168,28 @@ def owner_text(owner: Owner) -> str:
         return f"{who.rsplit(' ', 1)[0]} (field manager {quoted(manager)})"
     full = f"{owner.namespace}/{owner.name}" if owner.namespace else owner.name
     return f"{'possibly ' if not owner.certain else ''}{who} {quoted(full)}"
+
+
+_ROW_OWNERS: dict[tuple[str, str, str], str | None] = {}  # (uid, resourceVersion, kind) -> row_owner's answer
+_ROW_OWNERS_MAX: Final = 4096
+_UNKNOWN: Final = object()
+
+
+def row_owner(obj: Mapping[str, Any], kind: str) -> str | None:
+    """The owner in a few words for a list row (list_workloads), None when no reconciler is seen. ``kind``:
+    a list's items come without one from the API, and an Argo CD tracking id is checked against it.
+    Remembered by uid and resourceVersion (an object at one version is one content): a poll of a cached
+    namespace asks again for the same objects, and building an Owner costs ~5 us a row."""
+    m = meta(obj)
+    uid, rv = m.get("uid"), m.get("resourceVersion")
+    key = (str(uid), str(rv), kind) if uid and rv else None
+    known = _ROW_OWNERS.get(key, _UNKNOWN) if key is not None else _UNKNOWN  # one lookup: a clear may run between two
+    if known is not _UNKNOWN:
+        return cast("str | None", known)
+    owner = ownership(obj if obj.get("kind") else {**obj, "kind": kind})
+    text = owner_text(owner) if owner is not None else None
+    if key is not None:
+        if len(_ROW_OWNERS) >= _ROW_OWNERS_MAX:
+            _ROW_OWNERS.clear()
+        _ROW_OWNERS[key] = text
+    return text
