@@ -384,11 +384,20 @@ def build_app(server: Server[Any], gate: Gate, *, host: str, oauth: OAuthConfig 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
 
+    # Beyond loopback /readyz is anyone's to ask: it says ready or not, and what each check found (the cluster's
+    # version and error text, the audit database's user@host, file paths) goes to the log, when it changes.
+    detailed = is_loopback(host)
+    said: list[dict[str, str]] = [{}]
+
     async def readyz(_: Request) -> Response:
         if verifier is not None:
             await verifier.load_keys()  # the issuer down or misconfigured: not ready (tried again every 30 s)
         ready, checks = await anyio.to_thread.run_sync(readiness, gate, verifier, cluster_ok)
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        if checks != said[0]:
+            said[0] = checks
+            log.info("readiness", ready=ready, checks=checks)
+        body = {"ready": ready, "checks": checks} if detailed else {"ready": ready}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     routes: list[Route | Mount] = [
         Route(MCP_PATH, endpoint=mcp, methods=["GET", "POST", "DELETE"]),

@@ -146,3 +146,16 @@ async def test_a_principal_named_like_a_group_gets_no_grant_of_the_group(tmp_pat
                                 str(tmp_path / "other.jsonl")], capture_output=True, text=True, timeout=60,
                                env=server_env({"HOME": str(tmp_path)}), stdin=subprocess.DEVNULL)
         assert empty.returncode != 0 and "group prefix must not be empty" in empty.stderr, empty.stderr[-500:]
+
+
+def test_readyz_beyond_loopback_says_ready_or_not_and_nothing_of_what_it_found(tmp_path: Path) -> None:
+    """Review item 1 (health endpoints leaking data): /readyz is unauthenticated, and beyond loopback it told
+    anyone the cluster's version (or its error text, with the API server's address), the policy's hash, and the
+    audit sink's path or database user@host. It says ready or not there now; the checks go to the log."""
+    with Issuer() as issuer, http_server(tmp_path, "--oauth-issuer", issuer.url, "--oauth-resource",
+                                         "https://opsgate.example/mcp", address="0.0.0.0:0") as server:
+        port = server.base.rsplit(":", 1)[1]
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json() == {"ready": True}, ready.text
+        logged = [json.loads(line) for line in server.stderr().splitlines() if '"readiness"' in line]
+        assert logged and logged[-1]["checks"]["oauth"] == "issuer keys loaded", logged
