@@ -24,7 +24,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,32 +125,78 @@ def matches_canonical(obj: Any, line: bytes, *, floats_need_care: bool) -> bool:
     return canonical(obj) == line
 
 
+def _float_literal(literal: str) -> Any:
+    """A float as the decoder reads it for :func:`canonical_object`; one orjson cannot write as RFC 8785 does
+    becomes a value orjson refuses, so the line goes the exact way.
+
+    orjson writes a float with an exponent (``1e-6``, ``1e+16``: RFC 8785
+    ``0.000001``, ``10000000000000000``) or, when it is integral, with ``.0``
+    (``2.0``, ``-0.0``: RFC 8785 ``2``, ``0``); any other form of its output has
+    RFC 8785's digits (both write the shortest round trip; tested). In a line
+    that equals orjson's output, the literal is orjson's form.
+    """
+    value = float(literal)
+    if "e" in literal or "E" in literal or value.is_integer():
+        return _NOT_PLAIN
+    return value
+
+
+_NOT_PLAIN = object()
+
+
+_decode_line: Callable[[bytes], Any] | None = None
+
+
+def _line_decoder() -> Callable[[bytes], Any]:
+    global _decode_line
+    import msgspec  # only reading the log back needs it: serving does not pay for the import
+
+    _decode_line = msgspec.json.Decoder(float_hook=_float_literal).decode
+    return _decode_line
+
+
 def canonical_object(line: bytes) -> dict[str, Any] | None:
     """The object of ``line`` when ``orjson`` alone shows that the line is its RFC 8785 form, else None (then
     :func:`loads` and :func:`matches_canonical` decide, as they always did).
 
-    It does when orjson parses the line to a dict whose every value is plain
-    (:func:`_plain`: exact types, floats in the range where orjson and RFC 8785
-    write the same digits) and whose orjson output with sorted keys and strict
-    integers is the line itself, and no key holds a character from U+E000 up.
+    It does when the line decodes to a dict whose every float is one orjson
+    writes as RFC 8785 does (:func:`_float_literal`), whose orjson output with
+    sorted keys and strict integers is the line itself, and no key holds a
+    character from U+E000 up. Floats are all that can differ: the decoder
+    (``msgspec``, as fast as orjson's and the only one that shows each float's
+    literal, so no walk over the values is needed) gives exact JSON types.
     Such an object is also what :func:`loads` returns (its integers are in the
     exact range, its floats round alike), so the verdicts do not change: only
     lines this cannot vouch for take the slow way.
     """
     try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
+        obj = (_decode_line or _line_decoder())(line)
+    except (ValueError, RecursionError):  # msgspec.DecodeError is a ValueError
         return None
-    if type(obj) is not dict or not _plain(obj):
+    if type(obj) is not dict:
         return None
     try:
         if orjson.dumps(obj, option=_EXACT) != line:
             return None
-    except orjson.JSONEncodeError:  # an integer beyond 2**53 - 1: loads reads it as a float
+    except orjson.JSONEncodeError:  # an integer beyond 2**53 - 1 (loads reads it as a float), or _NOT_PLAIN
         return None
     if not line.isascii() and _HIGH_BYTES.search(line) is not None and not _keys_below_e000(obj):
         return None
     return obj
+
+
+def canonical_without_hash(obj: dict[str, Any]) -> bytes:
+    """The RFC 8785 bytes of an object :func:`canonical_object` returned, without its ``hash`` member (which it
+    must have): what the record's hash is taken over.
+
+    One orjson call, exact here: dropping a member leaves every value as
+    canonical_object found it. The member is put back before this returns.
+    """
+    digest = obj.pop("hash")
+    try:
+        return orjson.dumps(obj, option=_EXACT)
+    finally:
+        obj["hash"] = digest
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:

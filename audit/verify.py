@@ -34,15 +34,18 @@ log with no checkpoint at all is also ``no-checkpoints`` when an HMAC key lies
 beside it or a ``start`` record says the log was checkpointed: deleting the
 checkpoints file must not turn a cut or rewritten log into a passing one.
 
-Speed: each line is parsed once, by ``orjson``, which also shows it canonical
-where that is exact (``chain.canonical_object``; other lines go through
-``chain.matches_canonical`` and RFC 8785), and the hash input is cut out of
-the line instead of re-serialised. The canonical check is not skipped even
-though the hash is taken over the line's own bytes: that hash equals the one
-over the record's canonical bytes only when the line IS canonical. Without
-the check, a line rewritten with a hash over its own non-canonical bytes would
-pass, and an edited line would be reported as ``hash-mismatch`` rather than
-``not-canonical``.
+Speed: each line is decoded once and shown canonical by ``orjson`` where that
+is exact (``chain.canonical_object``; other lines go through
+``chain.matches_canonical`` and RFC 8785), and the hash input is that same
+object written again without ``hash`` (``chain.canonical_without_hash``).
+Lines are cut out of large chunks, and an honest line (one that, and whose
+next line, canonical_object vouched for) is checked inline with no per-line
+objects. The canonical check is not skipped even though the hash could be
+taken over the line's own bytes: that hash equals the one over the record's
+canonical bytes only when the line IS canonical. Without the check, a line
+rewritten with a hash over its own non-canonical bytes would pass, and an
+edited line would be reported as ``hash-mismatch`` rather than
+``not-canonical`` (tests/audit/test_audit_fastpath.py forges such lines).
 """
 
 from __future__ import annotations
@@ -62,7 +65,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .chain import GENESIS_HASH, canonical_object, is_hash, matches_canonical, record_hash, unhashed_line
+from .chain import (
+    GENESIS_HASH,
+    canonical_object,
+    canonical_without_hash,
+    is_hash,
+    matches_canonical,
+    record_hash,
+    unhashed_line,
+)
 from .checkpoint import KeyRing, SignedCheckpoint, parse_checkpoint_line
 from .log import MAX_LINE_BYTES
 from .segments import checkpoints_path, hmac_key_path, list_segments, segment_number
@@ -70,6 +81,7 @@ from .segments import checkpoints_path, hmac_key_path, list_segments, segment_nu
 __all__ = ["CheckpointSummary", "VerifyReport", "verify_audit", "verify_log"]
 
 _CHUNK = 1 << 20
+_TOO_LONG = f"line longer than {MAX_LINE_BYTES} bytes"
 _SAFE_INT = 2**53 - 1
 
 
@@ -156,6 +168,10 @@ class _Parser:
         fast = canonical_object(data)  # every honest line: parsed and shown canonical by orjson in one go
         if fast is not None:
             return _Line(number, data, terminated, fast, None, False, offset, True)
+        return self.exact(number, data, terminated, offset)
+
+    def exact(self, number: int, data: bytes, terminated: bool, offset: int) -> _Line:
+        """The line as ``chain.loads`` reads it, for a line ``canonical_object`` did not vouch for."""
         self.floats_need_care = False
         try:
             if data[:1] == b"{" and data[1:2] != b"\x00":  # what every record looks like: UTF-8, no padding
@@ -174,44 +190,6 @@ class _Parser:
         if not isinstance(obj, dict):
             return _Line(number, data, terminated, None, f"a JSON {type(obj).__name__}, not an object", False, offset)
         return _Line(number, data, terminated, obj, None, self.floats_need_care, offset)
-
-
-def _lines(fd: int, start: int, limit: int, base: int, parser: _Parser) -> Iterator[_Line]:
-    """Physical lines of bytes ``start``..``limit`` of ``fd`` (numbered from ``base`` + 1), each parsed once.
-
-    Reads with ``pread`` in large chunks, so ranges of one file can be read by
-    several processes at once. Verify looks one line ahead (recovery records).
-    """
-    number = base
-    offset = start  # where the next line starts
-    pos = start
-    partial: list[bytes] = []
-    partial_size = 0
-    while pos < limit:
-        chunk = os.pread(fd, min(_CHUNK, limit - pos), pos)
-        if not chunk:
-            break
-        pos += len(chunk)
-        pieces = chunk.split(b"\n")
-        last = pieces.pop()
-        for piece in pieces:
-            if partial:
-                piece = b"".join(partial) + piece
-                partial, partial_size = [], 0
-            number += 1
-            at, offset = offset, offset + len(piece) + 1
-            if len(piece) > MAX_LINE_BYTES:
-                yield _Line(number, b"", True, None, f"line longer than {MAX_LINE_BYTES} bytes", False, at)
-                return
-            yield parser.line(number, piece, True, at)
-        if last:
-            partial.append(last)
-            partial_size += len(last)
-            if partial_size > MAX_LINE_BYTES:
-                yield _Line(number + 1, b"", True, None, f"line longer than {MAX_LINE_BYTES} bytes", False, offset)
-                return
-    if partial:
-        yield parser.line(number + 1, b"".join(partial), False, offset)
 
 
 def _names_line(candidate: _Line, number: int) -> bool:
@@ -375,74 +353,176 @@ class _Outcome:
     checkpointed: str | None = None  # ``alg key_id`` a valid start record says signs this log's checkpoints
 
 
+class _LongWay:
+    """The long way through a range's lines, naming the problem; the short way in :func:`_check_range` hands
+    it the chain head (``seq``, ``prev``) for each line it cannot take itself."""
+
+    __slots__ = ("looked", "out", "parser", "prev", "records", "seq", "wanted")
+
+    def __init__(self, out: _Outcome, wanted: frozenset[int], base: int) -> None:
+        self.out = out
+        self.wanted = wanted
+        self.parser = _Parser()
+        self.seq: int | None = None
+        self.prev = GENESIS_HASH
+        self.records = 0  # records this way took
+        self.looked = base  # the last line it checked
+
+    def line(self, number: int, data: bytes, vouched: dict[str, Any] | None, offset: int,
+             terminated: bool = True) -> _Line:
+        """``data`` as a _Line, reusing what ``chain.canonical_object`` made of it (``vouched``)."""
+        if vouched is not None:
+            return _Line(number, data, terminated, vouched, None, False, offset, True)
+        return self.parser.exact(number, data, terminated, offset)
+
+    def check(self, current: _Line, following: _Line | None, seq: int | None, prev: str) -> bool:
+        """Check ``current`` after the chain head ``seq``/``prev`` (``following`` only tells whether a recovery
+        record seals it as torn). Leaves the new head in ``self.seq``/``self.prev``; False when the line is
+        bad: then ``out.error`` says why."""
+        out = self.out
+        self.seq, self.prev = seq, prev
+        self.looked = current.number
+        if (
+            following is not None
+            and following.obj is not None
+            and following.obj.get("stage") == "recovery"
+            and _names_line(following, current.number)
+        ):
+            mismatch = _torn_matches(current, following.obj)
+            if mismatch is not None:
+                out.error = (current.number, "torn-line", mismatch, None)
+                return False
+            return True  # the torn line is accounted for; the recovery record is checked next
+        record = current.obj
+        claimed = record.get("seq") if record is not None else None
+        try:
+            if not current.terminated:
+                raise _Bad("torn-line", "last line has no newline and no recovery record")
+            record = _content(current)
+            found = record.get("seq")
+            if self.seq is None:
+                out.first = (current.number, found, record.get("prev"))
+                if type(found) is not int:  # _walk reports this line (as seq-gap) when it checks out.first
+                    raise _Bad("seq-gap", f"expected an integer seq, found {found!r}")
+            else:
+                _position(found, record.get("prev"), self.seq + 1, self.prev)
+        except _Bad as exc:
+            out.error = (current.number, exc.problem, exc.detail, claimed)
+            return False
+        self.seq, self.prev = found, record["hash"]
+        self.records += 1
+        if out.checkpointed is None and record.get("stage") == "start" and "checkpoints" in record:
+            out.checkpointed = _key_named(record["checkpoints"])
+        if found in self.wanted:
+            out.hashes[found] = (self.prev, current.number)
+        return True
+
+
 def _check_range(part: _Range, wanted: frozenset[int]) -> _Outcome:
     """Check the records of one range: each line alone, and each link after the range's first record.
 
-    A line that ``chain.canonical_object`` vouched for and that hashes and links
-    as expected takes a short way (the same checks, inline); anything else goes
-    through ``_content`` and ``_position``, which name the problem.
+    Reads bytes ``part.start``..``part.limit`` with ``pread`` in large chunks (so
+    ranges of one file can be read by several processes at once) and looks at
+    each physical line once, one line ahead (a recovery record seals the line
+    before it). A line that ``chain.canonical_object`` vouched for, whose next
+    line it also vouched for and is no recovery record, and that hashes and
+    links as expected takes a short way: the same checks, inline, with no
+    per-line objects. Anything else goes the long way (:class:`_LongWay`),
+    which names the problem. Memory is bounded by the longest line, itself capped.
     """
     out = _Outcome()
-    lines = _lines(part.fd, part.start, part.limit, part.base, _Parser())
-    seq: int | None = None
+    long = _LongWay(out, wanted, part.base)
+    vouch, sha256, unhashed = canonical_object, hashlib.sha256, canonical_without_hash
+    fd, stop, limit = part.fd, part.stop, part.limit
+    seq: int | None = None  # the chain head as the short way left it
     prev = GENESIS_HASH
-    records = 0
-    sha256 = hashlib.sha256
-    current = next(lines, None)
+    records = 0  # records the short way took
+    looked = part.base  # the last line the short way took
+    number = part.base  # the last line read
+    at = part.start  # where the next line starts
+    pos = part.start  # where the next chunk starts
+    carry: list[bytes] = []  # the start of a line that goes on in the next chunk
+    carry_size = 0
+    # The line read last, waiting for the one after it: its bytes, number, offset, what canonical_object
+    # made of it, and its _Line when the long way already built one.
+    held: bytes | None = None
+    held_obj: dict[str, Any] | None = None
+    held_number = held_at = 0
+    held_line: _Line | None = None
+    tail: _Line | None = None  # a line that ends the range's bytes: over the length cap, or not ended
     try:
-        while current is not None and current.offset < part.stop:
-            following = next(lines, None)
-            out.lines = current.number
-            if (
-                following is not None
-                and following.obj is not None
-                and following.obj.get("stage") == "recovery"
-                and _names_line(following, current.number)
-            ):
-                mismatch = _torn_matches(current, following.obj)
-                if mismatch is not None:
-                    out.error = (current.number, "torn-line", mismatch, None)
+        while pos < limit:
+            chunk = os.pread(fd, min(_CHUNK, limit - pos), pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            pieces = chunk.split(b"\n")
+            last = pieces.pop()
+            if carry and pieces:
+                pieces[0] = b"".join(carry) + pieces[0]
+                carry, carry_size = [], 0
+            for data in pieces:
+                number += 1
+                data_at, at = at, at + len(data) + 1
+                if len(data) > MAX_LINE_BYTES:
+                    tail = _Line(number, b"", True, None, _TOO_LONG, False, data_at)
+                    break
+                obj = vouch(data)
+                if held is not None:
+                    if held_obj is not None and obj is not None and seq is not None and obj.get("stage") != "recovery":
+                        stored: Any = held_obj.get("hash")
+                        found = held_obj.get("seq")
+                        # a str whose SHA-256 check passes below is a valid hash: is_hash would add nothing
+                        if (
+                            type(found) is int
+                            and found == seq + 1
+                            and held_obj.get("prev") == prev
+                            and type(stored) is str
+                            and sha256(unhashed(held_obj)).hexdigest() == stored
+                        ):
+                            seq, prev = found, stored
+                            records += 1
+                            looked = held_number
+                            if found in wanted:
+                                out.hashes[found] = (stored, held_number)
+                            if "checkpoints" in held_obj and held_obj.get("stage") == "start":
+                                out.checkpointed = out.checkpointed or _key_named(held_obj["checkpoints"])
+                            if data_at >= stop:
+                                return out
+                            held, held_obj, held_number, held_at, held_line = data, obj, number, data_at, None
+                            continue
+                    following = long.line(number, data, obj, data_at)
+                    if held_line is None:
+                        held_line = long.line(held_number, held, held_obj, held_at)
+                    if not long.check(held_line, following, seq, prev):
+                        return out
+                    seq, prev, held_line = long.seq, long.prev, following
+                if data_at >= stop:
                     return out
-                current = following  # the torn line is accounted for; the recovery record is checked next
-                continue
-            record = current.obj
-            if current.canonical and current.terminated and seq is not None and record is not None:
-                stored: Any = record.get("hash")
-                found = record.get("seq")
-                # a str whose SHA-256 check passes below is a valid hash: is_hash would add nothing
-                if type(found) is int and found == seq + 1 and record.get("prev") == prev and type(stored) is str:
-                    unhashed = unhashed_line(current.data, stored)
-                    if unhashed is not None and sha256(unhashed).hexdigest() == stored:
-                        seq, prev = found, stored
-                        records += 1
-                        if seq in wanted:
-                            out.hashes[seq] = (prev, current.number)
-                        if "checkpoints" in record and out.checkpointed is None and record.get("stage") == "start":
-                            out.checkpointed = _key_named(record["checkpoints"])
-                        current = following
-                        continue
-            claimed = record.get("seq") if record is not None else None
-            try:
-                if not current.terminated:
-                    raise _Bad("torn-line", "last line has no newline and no recovery record")
-                record = _content(current)
-                if seq is None:
-                    out.first = (current.number, record.get("seq"), record.get("prev"))
-                else:
-                    _position(record.get("seq"), record.get("prev"), seq + 1, prev)
-            except _Bad as exc:
-                out.error = (current.number, exc.problem, exc.detail, claimed)
+                held, held_obj, held_number, held_at = data, obj, number, data_at
+            if tail is not None:
+                break
+            if last:
+                carry.append(last)
+                carry_size += len(last)
+                if carry_size > MAX_LINE_BYTES:
+                    tail = _Line(number + 1, b"", True, None, _TOO_LONG, False, at)
+                    break
+        if tail is None and carry:
+            rest = b"".join(carry)
+            tail = long.line(number + 1, rest, vouch(rest), at, terminated=False)
+        if held is not None:
+            current = held_line or long.line(held_number, held, held_obj, held_at)
+            if not long.check(current, tail, seq, prev):
                 return out
-            seq, prev = record["seq"], record["hash"]
-            records += 1
-            if out.checkpointed is None and record.get("stage") == "start" and "checkpoints" in record:
-                out.checkpointed = _key_named(record["checkpoints"])
-            if seq in wanted:
-                out.hashes[seq] = (prev, current.number)
-            current = following
+            seq, prev = long.seq, long.prev
+        if tail is not None and tail.offset < stop:
+            long.check(tail, None, seq, prev)
+            seq, prev = long.seq, long.prev
         return out
     finally:
-        out.records = records
+        out.records = records + long.records
+        out.lines = max(looked, long.looked)
         if seq is not None:
             out.last = (seq, prev)
 

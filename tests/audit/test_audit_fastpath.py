@@ -10,7 +10,10 @@ import hashlib
 import json
 import math
 import random
+import re
 import struct
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import opsgate.audit.verify as verify_module
 from opsgate.audit import AuditLog, canonical, verify_log
 from opsgate.audit.chain import (
     canonical_object,
+    canonical_without_hash,
     loads,
     matches_canonical,
     prepare,
@@ -166,9 +170,9 @@ def test_the_orjson_shortcut_leaves_the_hard_lines_to_the_exact_way() -> None:
         b'{"n":9007199254740993}',
         b'{"x":2.0}',  # integral float: RFC 8785 writes 2
         b'{"x":1e-05}',
-        b'{"x":0.00001}',
         b'{"x":-0.0}',
         b'{"x":1e+16}',
+        b'{"x":1e-6}',  # orjson's form of 1e-6; RFC 8785 writes 0.000001
         b'{"a":1,"a":2}',  # duplicate keys
         rb'{"\ue000":1,"\uff61":2}',
         '{"\ue000":1,"\U0001f600":2}'.encode(),
@@ -183,6 +187,10 @@ def test_the_orjson_shortcut_leaves_the_hard_lines_to_the_exact_way() -> None:
     assert canonical_object(b'{"a":1,"b":[1.5,"x",null,true]}') == {"a": 1, "b": [1.5, "x", None, True]}
     for line in hard[:8]:
         assert canonical_object(line) is None, line
+    # no exponent and no ".0" ending: orjson's digits are RFC 8785's, also below 1e-4 where orjson still writes
+    # a decimal (and in strings that hold exponent-like text, the values are looked at)
+    for line in (b'{"x":0.00001}', b'{"x":0.000099}', b'{"t":"1e-5","x":1.5}', b'{"s":"2.0,","x":[0.5]}'):
+        assert canonical_object(line) == loads(line) and rfc8785.dumps(loads(line)) == line, line
 
 
 @given(st.dictionaries(keys.filter(lambda k: k not in ("seq", "prev", "hash")), values, max_size=6))
@@ -194,6 +202,10 @@ def test_cut_out_hash_input_equals_the_record_without_hash(body: dict[str, Any])
     unhashed = unhashed_line(line, record["hash"])
     assert unhashed == canonical({k: v for k, v in record.items() if k != "hash"})
     assert hashlib.sha256(unhashed).hexdigest() == record["hash"]
+    vouched = canonical_object(line)
+    if vouched is not None:  # what verify's short way hashes: the same bytes, and the object is left whole
+        assert canonical_without_hash(vouched) == unhashed
+        assert vouched == loads(line)
 
 
 @given(st.dictionaries(keys.filter(lambda k: k not in ("seq", "prev", "hash")), values, max_size=6))
@@ -271,3 +283,145 @@ def test_ranges_agree_with_one_pass_on_every_single_line_mutation(
         one = verify_log(target, workers=1)
         ranged = verify_log(target, workers=2)
         assert _verdict(ranged) == _verdict(one), (one, ranged)
+
+
+# --- verify's short way and the exact way give the same verdict --------------------------------------
+
+edge_strings = st.text() | st.sampled_from(
+    ["\u2028", "\u2029", "a\u2028b", "\x00\x1f\x7f", "é\U0001f600", "\ufeff", "\\\"/", "a"]
+)
+edge_numbers = numbers | st.sampled_from([2**53 - 1, -(2**53) + 1, 1.5, 41.377, 1e-5, 9.9e-5, 1e15 + 0.5, 0.1 + 0.2])
+edge_values = st.recursive(
+    st.none() | st.booleans() | edge_numbers | edge_strings,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=3),
+    max_leaves=12,
+)
+bodies = st.dictionaries(keys.filter(lambda k: k not in ("seq", "prev", "hash")), edge_values, max_size=5)
+
+# Other spellings of the same value (or, for big integers, of a value RFC 8785 writes otherwise): each makes a
+# line that is not canonical unless RFC 8785 happens to write it so.
+_RESPELL: list[tuple[bytes, Callable[[re.Match[bytes]], bytes]]] = [
+    (rb"(?<=[:,\[])(-?\d+)(?=[,\]}])", lambda m: m.group(1) + b".0"),  # an integer as an integral float
+    (rb"(?<=[:,\[])(-?\d+)(?=[,\]}])", lambda m: m.group(1) + b"e0"),
+    (rb"(?<=[:,\[])(-?\d+)(?=[,\]}])", lambda _: b"9007199254740993"),  # beyond 2**53: loads reads a float
+    (rb"(?<=[:,\[])(-?\d+)(?=[,\]}])", lambda _: b"9007199254740992"),  # 2**53 read as a float: RFC 8785 agrees
+    (rb"(?<=[:,\[])(-?\d+)(?=[,\]}])", lambda _: b"18446744073709551616"),
+    (rb"(?<=[:,\[])0(?=[,\]}])", lambda _: b"-0"),
+    (rb"(?<=[:,\[])(-?\d+\.\d+)(?=[,\]}])", lambda m: repr(float(m.group(1))).encode()),  # Python's spelling
+    (rb"(?<=[:,\[])(-?\d+\.\d+)(?=[,\]}])", lambda m: b"%.17g" % float(m.group(1))),
+    (rb"(?<=[:,\[])(-?\d+(?:\.\d+)?)(?=[,\]}])", lambda m: b"%.3e" % float(m.group(1))),
+    (rb"(?<=[:,\[])(-?\d+(?:\.\d+)?)(?=[,\]}])", lambda m: m.group(1) + b"0" if b"." in m.group(1) else m.group(1)),
+    ("\u2028".encode(), lambda _: rb"\u2028"),
+    (rb"\\u00([01][0-9a-f])", lambda m: rb"\u00" + m.group(1).upper()),
+    (rb"\\n", lambda _: rb"\u000a"),
+    (rb'"a"', lambda _: rb'"\u0061"'),
+    ("é".encode(), lambda _: rb"\u00e9"),
+    ("\U0001f600".encode(), lambda _: rb"\ud83d\ude00"),
+    (rb"/", lambda _: rb"\/"),
+    (rb':"', lambda _: rb': "'),
+]
+
+
+def _forge(line: bytes, digest: str, respell: int, occurrence: int) -> bytes:
+    """``line`` with one token spelled otherwise and ``hash`` taken over the new bytes: a line only the
+    canonical check can tell from an honest one (the hash and the links are right)."""
+    pattern, replace = _RESPELL[respell]
+    member = b'"hash":"' + digest.encode() + b'"'
+    head, tail = line.split(member)
+    matches = [m for m in re.finditer(pattern, tail)]
+    if not matches:
+        return line
+    m = matches[occurrence % len(matches)]
+    tail = tail[: m.start()] + replace(m) + tail[m.end() :]
+    forged = head + member + tail
+    cut = unhashed_line(forged, digest)
+    assert cut is not None
+    return forged.replace(member, b'"hash":"' + hashlib.sha256(cut).hexdigest().encode() + b'"')
+
+
+def _exact_way(mp: pytest.MonkeyPatch) -> None:
+    """verify with no shortcut: every line read by ``chain.loads`` rules and compared with ``rfc8785`` itself."""
+    mp.setattr(verify_module, "canonical_object", lambda _: None)
+    mp.setattr(verify_module, "matches_canonical", lambda obj, line, floats_need_care: rfc8785.dumps(obj) == line)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(bodies, st.none() | st.tuples(st.integers(0, len(_RESPELL) - 1), st.integers(0, 5))),
+             min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_verify_short_way_and_exact_way_agree(records: list[tuple[dict[str, Any], Any]], torn: bool) -> None:
+    """Random records (floats, big integers, unicode, U+2028, escapes), some forged with another spelling of a
+    token and a hash over the forged bytes, chained: the verdict is the same with and without the shortcuts."""
+    prev, lines = "0" * 64, []
+    for seq, (body, respell) in enumerate(records, 1):
+        try:
+            record, line = seal_line(body, seq, prev)
+        except ValueError:
+            continue
+        if respell is not None:
+            line = _forge(line, record["hash"], *respell)
+        prev = json.loads(line)["hash"]
+        lines.append(line + b"\n")
+    if not lines:
+        return
+    if torn:
+        lines[-1] = lines[-1][: len(lines[-1]) // 2]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "audit.jsonl"
+        path.write_bytes(b"".join(lines))
+        short = verify_log(path, workers=1)
+        with pytest.MonkeyPatch.context() as mp:
+            _exact_way(mp)
+            exact = verify_log(path, workers=1)
+    assert _verdict(short) == _verdict(exact), (short, exact)
+
+
+def test_the_forged_lines_reach_the_canonical_check() -> None:
+    """The property above is not vacuous: forged spellings pass the hash and the links and are caught only as
+    not canonical (by both ways), and the honest log passes."""
+    body = {"n": 7, "f": 41.377, "s": "a\u2028é/\n", "l": [0, 1.5]}
+    for respell in range(len(_RESPELL)):
+        record, line = seal_line(body, 1, "0" * 64)
+        forged = _forge(line, record["hash"], respell, 0)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "audit.jsonl"
+            path.write_bytes(forged + b"\n")
+            short = verify_log(path, workers=1)
+            with pytest.MonkeyPatch.context() as mp:
+                _exact_way(mp)
+                exact = verify_log(path, workers=1)
+        assert _verdict(short) == _verdict(exact)
+        if forged != line and respell != 3:  # 2**53 written as an integer is how RFC 8785 writes that float
+            assert short.problem == "not-canonical", (respell, forged, short)
+
+
+def test_a_record_whose_seq_is_not_a_number_is_a_seq_gap() -> None:
+    """A first record with a valid hash and a string seq: reported (it used to stop verify with a TypeError)."""
+    first = {"v": 1, "seq": "1", "prev": "0" * 64}
+    first["hash"] = hashlib.sha256(canonical(first)).hexdigest()
+    second = {"v": 1, "seq": 2, "prev": first["hash"]}
+    second["hash"] = hashlib.sha256(canonical(second)).hexdigest()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "audit.jsonl"
+        path.write_bytes(canonical(first) + b"\n" + canonical(second) + b"\n")
+        report = verify_log(path, workers=1)
+    assert (report.ok, report.problem, report.first_bad_line) == (False, "seq-gap", 1)
+
+
+def test_orjson_writes_rfc8785_digits_near_every_change_of_notation() -> None:
+    """What chain._float_literal relies on, where it is likeliest to fail: next to each place where orjson or
+    RFC 8785 switches between decimal and exponent form, orjson's decimal form of a non-integral float is
+    RFC 8785's."""
+    for edge in (1e-7, 1e-6, 1e-5, 1e-4, 1.0, 1e15, 2.0**53, 1e16, 1e17, 1e21):
+        values = [edge * (1 + k / 1000) for k in range(-500, 500)]
+        down = up = edge
+        for _ in range(1000):
+            down, up = math.nextafter(down, 0), math.nextafter(up, math.inf)
+            values += [down, up]
+        for value in values:
+            for x in (value, -value):
+                written = orjson.dumps(x)
+                if b"e" not in written and not x.is_integer():
+                    assert written == rfc8785.dumps(x), x

@@ -24,7 +24,7 @@ from opsgate.tools.workloads import DeployArgs
 NOT_AT_START = (
     "opsgate.tools.workloads", "opsgate.tools.listing", "opsgate.tools.kserve", "opsgate.tools.workload_types",
     "opsgate.tools.oip", "opsgate.tools.inference", "opsgate.audit.cli", "opsgate.audit.query",
-    "kubernetes", "numpy", "onnxruntime", "casbin",
+    "kubernetes", "numpy", "onnxruntime", "casbin", "msgspec",
 )
 
 
