@@ -41,7 +41,9 @@ Rules, each held by a test in ``tests/pg/``:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -50,6 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from .chain import GENESIS_HASH, canonical, is_hash, loads, record_hash, seal_next
 from .checkpoint import Checkpoint, Signer, checkpoint_line, load_private_key, parse_checkpoint_line, ring_for
@@ -97,14 +100,43 @@ def connect(dsn: str, *, autocommit: bool = False, connect_timeout: float = 10) 
                                prepare_threshold=None,
                                options="-c synchronous_commit=on", application_name="opsgate")
     except psycopg.Error as exc:
-        raise AuditWriteError(f"cannot connect to audit database {dsn_label(dsn)}: {reason(exc)}") from None
+        raise AuditWriteError(f"cannot connect to audit database {dsn_label(dsn)}: {reason(exc, dsn)}") from None
     return conn
 
 
-def reason(exc: BaseException) -> str:
-    """A database error in one redacted line (libpq's message can echo connection parameters)."""
+def reason(exc: BaseException, dsn: str | None = None) -> str:
+    """A database error in one redacted line; given the ``dsn`` it was connecting with, with nothing of it."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return redact_text(text[:300])
+    if dsn is not None:
+        text = _without_dsn(text, dsn)
+    return redact_text(text[:300])  # cut after the DSN is out: half a quoted password would match nothing
+
+
+_QUOTED = re.compile(r""""[^"]*"|'[^']*'""")
+_DSN_SEPARATORS = re.compile(r"""[\s=&?/:@,;'"\\]+""")
+_DSN_WORDS = frozenset({"postgres", "postgresql", "true", "false", "disable", "allow", "prefer", "require"})
+
+
+def _without_dsn(text: str, dsn: str) -> str:
+    """libpq's and psycopg's connect errors quote what they complain about, and that can be the DSN's secret:
+    ``missing "=" after "passwordS3cret"`` (a mistyped ``key=value``), an option's value, the whole URI, a
+    host. Every quoted part goes (its host, user, port and database are in ``dsn_label`` anyway), and so does
+    any other run of four or more characters of the DSN that is not a libpq keyword."""
+    text = _QUOTED.sub(lambda m: m.group(0) if m.group(0) == '"="' else "(...)", text)
+    keywords = _libpq_keywords()
+    for piece in sorted(set(_DSN_SEPARATORS.split(dsn)) | {unquote(dsn)}, key=len, reverse=True):
+        if len(piece) >= 4 and piece.lower() not in keywords:
+            text = text.replace(piece, "(...)")
+            if "%" in piece:
+                text = text.replace(unquote(piece), "(...)")
+    return text
+
+
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    import psycopg
+
+    return _DSN_WORDS | {d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()}
 
 
 def _utc_now() -> str:
