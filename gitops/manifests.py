@@ -20,6 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from opsgate.tools.errors import ToolError
 from opsgate.tools.untrusted import quoted
+from opsgate.vocab.limits import MAX_MANIFEST_BYTES
 
 KUSTOMIZATION_NAMES: Final = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 _YAML_SUFFIXES: Final = (".yaml", ".yml")
@@ -48,7 +49,17 @@ class YamlFile:
 
     @classmethod
     def load(cls, path: Path) -> YamlFile:
-        text = path.read_text(encoding="utf-8")
+        """ToolError ``bad-manifest`` past :data:`MAX_MANIFEST_BYTES` (read no further) or when not UTF-8 YAML."""
+        with path.open("rb") as stream:
+            data = stream.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ToolError(f"{path.name} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; opsgate edits no manifest "
+                            "file that large", code="gitops_error", rule="bad-manifest")
+        try:
+            text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text would read it
+        except UnicodeDecodeError as exc:
+            raise ToolError(f"{path.name} is not UTF-8 text (byte {exc.start})", code="gitops_error",
+                            rule="bad-manifest") from None
         try:
             docs = [d for d in _yaml(text).load_all(text)]
         except Exception as exc:  # ruamel's parser and scanner errors share no base class worth naming

@@ -23,6 +23,11 @@ def replica_range_ok(low: int | None, high: int | None) -> bool:
     return low is None or high is None or low <= high
 
 
+#: One manifest or kustomization file opsgate reads from a GitOps repository (outside text: a committed file of
+#: any size would otherwise be read and parsed whole). The API server takes no object over 3 MiB.
+MAX_MANIFEST_BYTES: Final = 4 << 20
+
+
 #: The watch cache (tools/informer): objects one (namespace, kind) may hold before its reads go to the API
 #: server instead, and how many (namespace, kind) watches one set of credentials may keep open at once.
 MAX_CACHED_OBJECTS: Final = 2000
