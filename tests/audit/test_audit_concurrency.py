@@ -342,7 +342,8 @@ def test_fsyncs_overlap_up_to_the_bound_on_descriptors_of_their_own(
         descriptors = [*log._file.spare]
     assert verify_log(path).records == 320
     assert 1 < peak[0] <= log_module._SYNCS
-    assert disk.log_fsyncs <= 320 * 2 // 3, f"{disk.log_fsyncs} fsyncs for 320 records: none shared"
+    # Shared at all, not how well: the ratio depends on scheduling (a CI run under load saw 225 for 320).
+    assert disk.log_fsyncs <= 320 * 9 // 10, f"{disk.log_fsyncs} fsyncs for 320 records: hardly any shared"
     assert all(fd != other for fd, other in shared)  # never two at once on one descriptor
     assert len(descriptors) == len(set(descriptors)) == log_module._SYNCS
 
