@@ -239,12 +239,13 @@ def serve(settings: Settings) -> None:
         raise StartupError(f"audit log {where} cannot be written ({exc}); refusing to serve") from exc
     if sys.stdin.isatty() and listener is None:
         print(banner(gate, cluster, settings), file=sys.stderr, flush=True)
-    if listener is not None:
+    if listener is not None and sys.stderr.isatty():  # for a person; a pod's stderr stays JSON lines
         print(f"opsgate {__version__}: MCP over streamable HTTP at {listener.url}"
               + (f", OAuth tokens from {settings.oauth_issuer}" if settings.oauth_issuer else
                  " (loopback, no OAuth: every request acts as the server's own principal)"),
               file=sys.stderr, flush=True)
     log.info("serving", transport="stdio" if listener is None else "http", principal=gate.caller.principal,
+             url=None if listener is None else listener.url,
              audit_log=sink_location(gate.audit),
              policy_hash=gate.policy.hash, tools=len(gate.list_tools(gate.caller.principal)),
              tools_total=len(gate.tool_names))
