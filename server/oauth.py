@@ -271,7 +271,17 @@ class TokenVerifier:
         return self._keys.keys.get(kid)
 
     async def verify(self, token: str) -> Verified:
-        """The token's identity, or TokenRefused saying why not."""
+        """The token's identity, or TokenRefused saying why not (with the ``iss`` it claimed, read only then:
+        an accepted token is decoded once)."""
+        try:
+            return await self._verify(token)
+        except TokenRefused as refused:
+            if len(token) <= MAX_TOKEN_BYTES:  # one that is not a JWT claims nothing: None
+                iss = _claimed_issuer(token)
+                refused.iss = iss[:MAX_CLAIMED] if iss is not None else None
+            raise
+
+    async def _verify(self, token: str) -> Verified:
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRefused("malformed", f"the token is longer than {MAX_TOKEN_BYTES} bytes")
         try:
@@ -280,40 +290,39 @@ class TokenVerifier:
             raise TokenRefused("malformed", "the bearer token is not a JWT") from None
         kid, alg = header.get("kid"), header.get("alg")
         kid = kid if isinstance(kid, str) else None
-        iss = _claimed_issuer(token)
         if alg not in self.config.algorithms:
             raise TokenRefused("alg-not-allowed", f"tokens signed with {str(alg)[:20]!r} are not accepted "
-                               f"(allowed: {', '.join(self.config.algorithms)})", kid=kid, iss=iss)
+                               f"(allowed: {', '.join(self.config.algorithms)})", kid=kid)
         if kid is None:
-            raise TokenRefused("unknown-key", "the token names no key (kid)", iss=iss)
+            raise TokenRefused("unknown-key", "the token names no key (kid)")
         key = await self._key(kid)
         if key is None:
-            raise TokenRefused("unknown-key", "the token's key (kid) is not one of the issuer's", kid=kid, iss=iss)
+            raise TokenRefused("unknown-key", "the token's key (kid) is not one of the issuer's", kid=kid)
         try:
             claims = jwt.decode(
                 token, key.key, algorithms=[alg], audience=self._audiences, issuer=self.config.issuer,
                 leeway=LEEWAY_S, options={"require": ["exp", "iss", "aud"], "verify_signature": True},
             )
         except jwt.ExpiredSignatureError:
-            raise TokenRefused("expired", "the token has expired", kid=kid, iss=iss) from None
+            raise TokenRefused("expired", "the token has expired", kid=kid) from None
         except jwt.ImmatureSignatureError:
-            raise TokenRefused("not-yet-valid", "the token is not valid yet (nbf or iat)", kid=kid, iss=iss) from None
+            raise TokenRefused("not-yet-valid", "the token is not valid yet (nbf or iat)", kid=kid) from None
         except jwt.InvalidAudienceError:
             raise TokenRefused("wrong-audience", f"the token was not issued for this server ({self.config.resource})",
-                               kid=kid, iss=iss) from None
+                               kid=kid) from None
         except jwt.InvalidIssuerError:
             raise TokenRefused("wrong-issuer", "the token's issuer is not the configured one",
-                               kid=kid, iss=iss) from None
+                               kid=kid) from None
         except jwt.MissingRequiredClaimError as exc:
-            raise TokenRefused("missing-claim", f"the token has no {exc.claim} claim", kid=kid, iss=iss) from None
+            raise TokenRefused("missing-claim", f"the token has no {exc.claim} claim", kid=kid) from None
         except jwt.InvalidSignatureError:
-            raise TokenRefused("bad-signature", "the token's signature does not verify", kid=kid, iss=iss) from None
+            raise TokenRefused("bad-signature", "the token's signature does not verify", kid=kid) from None
         except (jwt.PyJWTError, ValueError, TypeError):
-            raise TokenRefused("malformed", "the token could not be read", kid=kid, iss=iss) from None
+            raise TokenRefused("malformed", "the token could not be read", kid=kid) from None
         verified = identity_of(claims, self.config)
         missing = [s for s in self.config.scopes if s not in verified.scopes]
         if missing:
-            raise TokenRefused("insufficient-scope", f"the token lacks the scope {missing[0]!r}", kid=kid, iss=iss)
+            raise TokenRefused("insufficient-scope", f"the token lacks the scope {missing[0]!r}", kid=kid)
         if verified.dropped_groups:
             log.warning("oauth_groups_dropped", principal=verified.principal, dropped=verified.dropped_groups)
         return verified
