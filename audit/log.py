@@ -103,6 +103,7 @@ from .checkpoint import (
     parse_checkpoint_line,
     ring_for,
 )
+from .head import WriterHead
 from .segments import checkpoints_path, hmac_key_path, list_segments, segment_path
 
 __all__ = ["MAX_LINE_BYTES", "SCHEMA_VERSION", "AuditLog", "AuditTrustError", "AuditWriteError"]
@@ -359,7 +360,7 @@ class _File:
         self.retired = False  # the writer moved on: no more writes, descriptors closed once idle
 
 
-class AuditLog:
+class AuditLog(WriterHead):
     """Append-only writer of the hash-chained audit log at ``path``; safe across threads and processes.
 
     ``signing_key``: an Ed25519 private key (PEM, unencrypted) that signs the
@@ -428,26 +429,6 @@ class AuditLog:
     @property
     def checkpoints_path(self) -> Path:
         return checkpoints_path(self._path)
-
-    @property
-    def key_id(self) -> str:
-        """``alg key_id`` of the key that signs this writer's checkpoints."""
-        return f"{self._signer.alg} {self._signer.key_id}"
-
-    @property
-    def checkpoint_key(self) -> dict[str, str]:
-        """``{alg, key_id}`` of the checkpoint key, for the start record: tells verify that checkpoints must exist."""
-        return {"alg": self._signer.alg, "key_id": self._signer.key_id}
-
-    @property
-    def last_seq(self) -> int:
-        """Seq of the last record this writer wrote or saw (0 for an empty log)."""
-        return self._last_seq
-
-    @property
-    def last_hash(self) -> str:
-        """Hash of that record (``GENESIS_HASH`` for an empty log)."""
-        return self._last_hash
 
     def append(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Seal ``body`` as the next record and return it once it is fsynced.

@@ -56,6 +56,7 @@ from urllib.parse import unquote
 
 from .chain import GENESIS_HASH, canonical, is_hash, loads, record_hash, seal_next
 from .checkpoint import Checkpoint, Signer, checkpoint_line, load_private_key, parse_checkpoint_line, ring_for
+from .head import WriterHead
 from .log import MAX_LINE_BYTES, AuditTrustError, AuditWriteError
 from .pgschema import CHAIN_LOCK, check_writer
 from .redact import redact_text
@@ -195,7 +196,7 @@ def _seal_rows(batch: Sequence[_Pending], seq: int, prev: str) -> list[_Row]:
     return rows
 
 
-class PgAuditSink:
+class PgAuditSink(WriterHead):
     """The audit writer for ``--audit-db``: the gate's ``append``/``append_many``/``close`` on PostgreSQL.
 
     ``dsn``: a libpq URL or ``key=value`` string for the writer role (its password is a secret: only
@@ -241,22 +242,6 @@ class PgAuditSink:
     def dsn(self) -> str:
         """The DSN as given, for readers in this process (never to be logged: see ``location``)."""
         return self._dsn
-
-    @property
-    def key_id(self) -> str:
-        return f"{self._signer.alg} {self._signer.key_id}"
-
-    @property
-    def checkpoint_key(self) -> dict[str, str]:
-        return {"alg": self._signer.alg, "key_id": self._signer.key_id}
-
-    @property
-    def last_seq(self) -> int:
-        return self._last_seq
-
-    @property
-    def last_hash(self) -> str:
-        return self._last_hash
 
     def problem(self) -> str | None:
         """For ``/readyz``: None when the database takes this role's records, else why not. A new short
