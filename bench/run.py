@@ -103,29 +103,19 @@ def raw_session_run(n: int) -> list[float]:
 
 async def gate_overhead(tmp: Path, n: int) -> tuple[list[float], list[float]]:
     """In-process: Gate.call on a no-op tool (policy + two fsynced records) vs calling the no-op."""
-    from pydantic import BaseModel, ConfigDict
 
+    from bench.noop_tool import NoArgs, noop, noop_spec
     from opsgate.audit import AuditLog
     from opsgate.policies import default_policy
     from opsgate.server.gate import Gate
     from opsgate.server.logs import configure_logging
     from opsgate.server.records import Caller
-    from opsgate.server.toolspec import ToolSpec
     from opsgate.tools.context import CallContext
-
-    class NoArgs(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    class Ok(BaseModel):
-        ok: bool = True
-
-    async def noop(_: NoArgs, ctx: CallContext) -> Ok:
-        return Ok()
 
     configure_logging("info")  # as the server logs: structlog's default would print every debug line
     caller = Caller("bench", "config", "bench", "bench", "0", "s")
     gate = Gate(policy=default_policy(), audit=AuditLog(tmp / "gate.jsonl"), caller=caller)
-    gate.register([ToolSpec(name="noop", description="", args_model=NoArgs, result_model=Ok, run=noop)])
+    gate.register([noop_spec()])
     gated, direct = [], []
     ctx = CallContext(call_id="x", principal="bench")
     for i in range(n + 50):

@@ -79,8 +79,8 @@ def sdk_floor_us(on: Any) -> float:
 
 
 async def run(tmp: Path, row: Row, n: int = 1500) -> None:
-    from pydantic import BaseModel, ConfigDict
 
+    from bench.noop_tool import noop_spec
     from opsgate import telemetry
     from opsgate.audit import AuditLog
     from opsgate.policies import load_policy
@@ -90,19 +90,8 @@ async def run(tmp: Path, row: Row, n: int = 1500) -> None:
     from opsgate.server.gate import Gate
     from opsgate.server.logs import configure_logging
     from opsgate.server.records import Caller
-    from opsgate.server.toolspec import ToolSpec
     from opsgate.telemetry.sdk import Telemetry
-    from opsgate.tools.context import CallContext
     from opsgate.tools.kube import Kube
-
-    class NoArgs(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-
-    class Ok(BaseModel):
-        ok: bool = True
-
-    async def noop(_: NoArgs, ctx: CallContext) -> Ok:
-        return Ok()
 
     configure_logging("info")
     tracer_provider = TracerProvider()
@@ -118,7 +107,7 @@ async def run(tmp: Path, row: Row, n: int = 1500) -> None:
         gate = Gate(policy=policy, audit=AuditLog(tmp / "telemetry.jsonl"), caller=caller)
         specs = [s for s in server_tools(Settings(audit_log=tmp / "x.jsonl"), kube, lambda: gate)
                  if s.name == "list_workloads"]
-        gate.register([*specs, ToolSpec(name="noop", description="", args_model=NoArgs, result_model=Ok, run=noop)])
+        gate.register([*specs, noop_spec()])
         calls: dict[str, tuple[str, dict[str, Any]]] = {
             "noop": ("noop", {}), "list_workloads": ("list_workloads", {"namespace": "team-a"}),
         }
