@@ -35,7 +35,7 @@ from opsgate.vocab.names import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 from .bounded import enforce_bounds, enforce_ownership, restored_deployment_attrs
 from .context import CallContext
 from .errors import ToolError
-from .informer import DEPLOYMENTS, REPLICA_SETS, read_all, read_one
+from .informer import DEPLOYMENTS, REPLICA_SETS, read_all, read_for_write, read_one
 from .kube import Kube, KubeApiError, guarded_patch, retry_on_conflict
 from .structs.changes import ManifestChange, manifest_change
 from .structs.diff import FieldChange, diff_deployments, env_names
@@ -570,27 +570,47 @@ def scale_deployment(kube: Kube, args: ScaleArgs, ctx: CallContext) -> ScaleResu
     what = f"scale deployment {ns}/{name}"
     dry = "All" if args.dry_run else None
 
+    first = iter((True,))  # the first read may be the watch cache's copy; every later one is the API server's
+
     def attempt() -> ScaleResult:
         # The Deployment itself, not its scale subresource: the same replicas (and resourceVersion), and the
-        # labels, annotations and field managers that say whether Git owns it.
-        current = _read(kube, name, ns, ctx)
-        override = enforce_ownership(ctx, current, f"deployment {ns}/{name}")
+        # labels, annotations and field managers that say whether Git owns it. From the watch cache when its
+        # copy is current: one request instead of two.
+        cached = next(first, False)
+        if cached:
+            current, cached = read_for_write(kube, DEPLOYMENTS, ns, name, lambda: _read(kube, name, ns, ctx))
+        else:
+            current = _read(kube, name, ns, ctx)
         before = int(spec_of(current).get("replicas") or 0)
-        # The bound on the count this write is guarded by: a change since the gate read it is re-checked.
-        enforce_bounds(ctx, BoundAttrs(replicas=args.replicas, current_replicas=before),
-                       f"deployment {ns}/{name} as read just before the write")
+        try:
+            override = enforce_ownership(ctx, current, f"deployment {ns}/{name}")
+            # The bound on the count this write is guarded by: a change since the gate read it is re-checked.
+            enforce_bounds(ctx, BoundAttrs(replicas=args.replicas, current_replicas=before),
+                           f"deployment {ns}/{name} as read just before the write")
+        except ToolError:
+            if cached:  # a refusal is never made on a cached copy: the API server's decides
+                return attempt()
+            raise
         if before == args.replicas:
+            if cached:  # nor a no-op
+                return attempt()
             return ScaleResult(name=name, namespace=ns, action="unchanged", replicas_before=before,
                                replicas_after=before, dry_run=args.dry_run, gitops_override=override)
         # Guarded on the replica count read (and bounded), not on the resourceVersion the controller's
         # status writes keep changing.
         # "add", not "replace": a real Scale omits spec.replicas when it is 0 (omitempty), and replace needs it.
         # The Scale omits a replica count of 0, where a test of it cannot apply: then the resourceVersion guards.
-        guarded = current if before else {"metadata": meta(current)}
+        # A cached copy may be behind by the watch's latency (ownership included): its resourceVersion guards.
+        guarded = current if before and not cached else {"metadata": meta(current)}
         ops = [*guard(guarded, "/spec/replicas"), {"op": "add", "path": "/spec/replicas", "value": args.replicas}]
-        after = guarded_patch(kube, kube.apps.patch_namespaced_deployment_scale, name, ns, ops=ops,
-                              reread=lambda: _read(kube, name, ns, ctx),
-                              what=what, audit_id=ctx.call_id, dry_run=dry)
+        try:
+            after = guarded_patch(kube, kube.apps.patch_namespaced_deployment_scale, name, ns, ops=ops,
+                                  reread=lambda: _read(kube, name, ns, ctx),
+                                  what=what, audit_id=ctx.call_id, dry_run=dry)
+        except KubeApiError as exc:
+            if cached and (exc.status == 409 or exc.rule == "conflict"):
+                return attempt()  # the cached copy was behind: again at once from the API server (not a retry)
+            raise
         replicas = int(spec_of(after).get("replicas") or 0)
         return ScaleResult(name=name, namespace=ns, action="dry-run" if args.dry_run else "scaled",
                            replicas_before=before, replicas_after=replicas, dry_run=args.dry_run,

@@ -22,6 +22,7 @@ from opsgate.sandbox import SandboxCluster
 from opsgate.sandbox.api import WatchStream
 from opsgate.sandbox.cluster import TOKEN, USER
 from opsgate.tools.context import CallContext
+from opsgate.tools.errors import ToolError
 from opsgate.tools.kserve import (
     DeployModelArgs,
     ModelStatusArgs,
@@ -30,6 +31,7 @@ from opsgate.tools.kserve import (
     rollback_inference_service,
     scale_inference_service,
 )
+from opsgate.tools.kserve.api import custom_api
 from opsgate.tools.kube import ActingFor, Impersonation, Kube, acting_for
 from opsgate.tools.listing import ListWorkloadsArgs, list_workloads
 from opsgate.tools.structs.freshness import Freshness
@@ -254,6 +256,91 @@ def test_a_write_the_watch_does_not_deliver_in_time_is_read_from_the_api(kube: K
     assert seen.desired == 5 and seen.source.via == "api"
     assert seen.source.note and "had not seen this server's write" in seen.source.note
     assert time.monotonic() - started < cache.write_wait + 1.0
+
+
+# --------------------------------------------------------------------------- a write computed from the cache
+
+
+def behind_our_back(cluster: SandboxCluster, ns: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch of deployment/web by someone else (not through our cache); the Deployment as it is now."""
+    other = Kube.from_kubeconfig_dict(cluster.kubeconfig(), sandbox=True)
+    try:
+        return dict(other.call(other.apps.patch_namespaced_deployment, "web", ns, patch, what="patch behind our back"))
+    finally:
+        other.close()
+
+
+def lagging_cache(kube: Kube, requests: Requests, ns: str, replicas: int) -> None:
+    """deployment/web cached at ``replicas``, its watch opened with every event held back 3 s: a cached copy that
+    stays behind whatever is changed next."""
+    deploy(kube, DeployArgs(name="web", namespace=ns, image="nginx:1", replicas=replicas), ctx())
+    until(lambda: status(kube, ns).source.via == "cache", "the deploy in the cache")
+    requests.event_delay = 3.0
+    assert kube.read_cache is not None
+    kube.read_cache.close()  # its next read lists again and opens a watch that lags
+    live(kube, requests, ns)
+
+
+def test_scale_from_a_current_cache_sends_only_the_guarded_patch(kube: Kube, requests: Requests, ns: str) -> None:
+    deploy(kube, DeployArgs(name="web", namespace=ns, image="nginx:1", replicas=1), ctx())
+    live(kube, requests, ns)
+    until(lambda: status(kube, ns).source.via == "cache", "the deploy in the cache")
+    requests.reset()
+    result = scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=3), ctx())
+    assert (result.action, result.replicas_before, result.replicas_after) == ("scaled", 1, 3)
+    assert requests.counts == {f"PATCH /apis/apps/v1/namespaces/{ns}/deployments/web/scale": 1}
+    assert status(kube, ns).desired == 3
+
+
+def test_scale_from_a_cache_behind_the_cluster_is_computed_again_from_the_api(
+        cluster: SandboxCluster, kube: Kube, requests: Requests, ns: str) -> None:
+    lagging_cache(kube, requests, ns, replicas=1)
+    behind_our_back(cluster, ns, {"spec": {"replicas": 4}})
+    requests.reset()
+    result = scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())
+    assert (result.action, result.replicas_before, result.replicas_after) == ("scaled", 4, 2), result
+    assert requests.of("PATCH", "/deployments/web/scale") == 2, "the patch from the old copy was refused"
+    assert requests.of("GET", "/deployments/web") == 1, "then read from the API server"
+
+
+def test_a_no_op_on_a_cached_copy_is_confirmed_by_the_api(cluster: SandboxCluster, kube: Kube, requests: Requests,
+                                                         ns: str) -> None:
+    lagging_cache(kube, requests, ns, replicas=1)
+    behind_our_back(cluster, ns, {"spec": {"replicas": 3}})
+    result = scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=1), ctx())
+    assert (result.action, result.replicas_before, result.replicas_after) == ("scaled", 3, 1), result
+
+
+def test_git_taking_over_behind_a_cached_copy_still_refuses_the_scale(
+        cluster: SandboxCluster, kube: Kube, requests: Requests, ns: str) -> None:
+    lagging_cache(kube, requests, ns, replicas=1)
+    tracking = {"argocd.argoproj.io/tracking-id": f"payments:apps/Deployment:{ns}/web"}
+    behind_our_back(cluster, ns, {"metadata": {"annotations": tracking}})
+    with pytest.raises(ToolError) as refused:
+        scale_deployment(kube, ScaleArgs(name="web", namespace=ns, replicas=2), ctx())
+    assert refused.value.rule == "gitops-owned"
+    assert behind_our_back(cluster, ns, {})["spec"]["replicas"] == 1, "nothing was written"
+
+
+def test_kserve_infer_reads_the_service_from_the_cache_and_sees_it_go_unready(
+        cluster: SandboxCluster, kube: Kube, requests: Requests, ns: str) -> None:
+    deploy_model(kube, DeployModelArgs(name="iris", namespace=ns, storage_uri=IRIS, wait=True), ctx())
+    assert src(model_status(kube, ModelStatusArgs(name="iris", namespace=ns), ctx())).via == "cache"
+    until(lambda: requests.of("WATCH", f"/namespaces/{ns}/inferenceservices"), "the watch request")
+    requests.reset()
+    for _ in range(5):
+        assert kserve_scenarios.infer(kube, ns).outputs
+    assert requests.of("GET", "/inferenceservices/iris") == 0 and requests.of("GET", "/inferenceservices") == 0
+    # Someone deletes it behind our back: the watch brings the deletion, and infer reports the service gone.
+    other = Kube.from_kubeconfig_dict(cluster.kubeconfig(), sandbox=True)
+    other.call(custom_api(other).delete_namespaced_custom_object, "serving.kserve.io", "v1beta1", ns,
+               "inferenceservices", "iris", what="delete it behind our back")
+    other.close()
+    until(lambda: not list_workloads(kube, ListWorkloadsArgs(namespace=ns, kind="InferenceService"), ctx()).workloads,
+          "the deletion in the cache")
+    with pytest.raises(ToolError) as gone:
+        kserve_scenarios.infer(kube, ns)
+    assert gone.value.status == 404
 
 
 # --------------------------------------------------------------------------- drops, 410, stop

@@ -82,8 +82,11 @@ class ReadCache:
                 return
             _remember(self._written, key, rv)
 
-    def get(self, resource: Resource, namespace: str, name: str) -> tuple[JSON, Freshness] | Miss:
-        reflector = self._ready(resource, namespace)
+    def get(self, resource: Resource, namespace: str, name: str, *,
+            peek: bool = False) -> tuple[JSON, Freshness] | Miss:
+        """``peek``: only from a watch already live and already caught up with this server's writes there
+        (no watch started, no waiting): the read a write is computed from (:func:`read_for_write`)."""
+        reflector = self._ready(resource, namespace, peek=peek)
         if isinstance(reflector, str):
             return reflector
         obj, fresh = reflector.get(name)
@@ -101,9 +104,19 @@ class ReadCache:
         with self._lock:
             return list(self._reflectors)
 
-    def _ready(self, resource: Resource, namespace: str) -> Reflector | Miss:
+    def _ready(self, resource: Resource, namespace: str, peek: bool = False) -> Reflector | Miss:
         """The live reflector for this pair, caught up with this server's writes there; or why not."""
         key = (resource.key, namespace)
+        if peek:
+            with self._lock:
+                found = self._reflectors.get(key)
+                wanted = self._written.get(key)
+            if found is None or not found.started.is_set() or not found.live:
+                return "not watched now"
+            if wanted is not None and not found.store.seen.covers(wanted):
+                return "the cache has yet to see this server's last write here"
+            found.last_read = time.monotonic()
+            return found
         reflector = self._reflector(resource, namespace, key)
         if isinstance(reflector, str):
             return reflector
@@ -214,6 +227,22 @@ def read_one(kube: Kube, resource: Resource, namespace: str, name: str,
     obj = direct()
     rv = (obj.get("metadata") or {}).get("resourceVersion")
     return obj, Freshness(via="api", resource_version=str(rv) if rv else None, note=hit or None)
+
+
+def read_for_write(kube: Kube, resource: Resource, namespace: str, name: str,
+                   direct: Callable[[], JSON]) -> tuple[JSON, bool]:
+    """The object a write is computed from, and whether it came from the watch cache.
+
+    From the cache only when its watch is live and has delivered this server's own writes there
+    (nothing is started or waited for: otherwise ``direct()``, the API server). A cached copy can be
+    behind the cluster by the watch's latency, so the caller guards its write with that copy's
+    resourceVersion (client-go's lister-then-update): a copy that is behind costs one conflict and a
+    read of the API server, never a write computed from an old object."""
+    cache = kube.read_cache
+    hit = None if cache is None else cache.get(resource, namespace, name, peek=True)
+    if hit is None or isinstance(hit, str):
+        return direct(), False
+    return hit[0], True
 
 
 def read_all(kube: Kube, resource: Resource, namespace: str,

@@ -16,6 +16,7 @@ from ..bounded import enforce_bounds
 from ..clients import modelserver
 from ..context import CallContext
 from ..errors import ToolError
+from ..informer import read_one
 from ..kube import Kube
 from ..oip import (
     OipTensorIn,
@@ -31,7 +32,7 @@ from ..workload_types import (
     Args,
     Namespace,
 )
-from .api import read_service
+from .api import INFERENCE_SERVICES, read_service
 from .services import ServiceName, model_of, protocol_of
 from .status import status_result
 
@@ -109,7 +110,9 @@ def kserve_infer(kube: Kube, args: KServeInferArgs, ctx: CallContext) -> KServeI
     against the model's metadata first when it lists inputs (Triton does); when it does not (KServe's
     custom predictors), they are sent as given and the result says so."""
     ns, name = args.namespace, args.name
-    obj = read_service(kube, name, ns, ctx)
+    # Readiness, URL and model from the watch cache when it is current (as model_status reads them): the
+    # model server's answer is live either way, and the call costs the API server nothing.
+    obj, _ = read_one(kube, INFERENCE_SERVICES, ns, name, lambda: read_service(kube, name, ns, ctx))
     uri = model_of(obj).get("storageUri")
     if isinstance(uri, str):  # the `models` bound named the service; this bounds the model it actually serves
         enforce_bounds(ctx, BoundAttrs(storage_uri=uri), f"inferenceservice {ns}/{name} serves a model")
