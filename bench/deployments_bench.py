@@ -17,8 +17,18 @@ The Go reference server (containers/kubernetes-mcp-server: ``resources_list``, `
 ``resources_scale``) takes its turn when its npm package is installed
 (``npm ci --prefix tests/interop-go``, or ``OPSGATE_KUBERNETES_MCP_SERVER=/path/to/binary``). client-go
 limits its own requests (5/s, burst 10): called back to back, the Go server answers in about 200 ms
-per request, all of it waiting on that limiter. So it is compared in paced rounds (one round per
-0.22 s per request it makes), in which all three clients take turns again.
+per request, all of it waiting on that limiter. So it is compared two ways, all clients taking turns:
+
+* **paced rounds** (one round per 0.22 s per request it makes): each client's call comes after a fraction
+  of a second of quiet, as an agent's calls do. Then the disk's flush after idle is most of what a durable
+  record costs (1-1.5 ms here, against 0.2 ms back to back), so two floors take their turn too: the bare
+  SDK server's no-op, and the same no-op with one fsynced record-sized append (bench/bare_server.py
+  ``--durable``), the least any server that records a call durably before answering it can take;
+* **bursts** inside client-go's token bucket: every 2.2 s (the bucket full again), each client makes a few
+  calls back to back (8 of the Go server's requests at most); the first of each burst is not counted.
+
+For scale, a second direct floor sends only the one guarded JSON Patch that opsgate sends when its
+watch cache holds the Deployment (the replica count the patch tests is known to the bench).
 """
 
 from __future__ import annotations
@@ -53,6 +63,13 @@ OPS = ("list", "get", "scale")
 POLLS = 100
 GO_ROUNDS = 40
 GO_SECONDS_PER_REQUEST = 0.22  # client-go: 5 requests/s
+BURST_ROUNDS = 15
+GO_BUCKET = 8  # requests of the Go server's per burst, of client-go's 10: room for a conflict it retries
+GO_REFILL_SECONDS = 2.2  # 10 tokens at 5/s, and a margin
+BARE = "bare SDK no-op"
+DURABLE = "bare SDK no-op + one fsynced append"
+ONE_PATCH = "direct, one guarded patch"
+HERE = Path(__file__).resolve().parent
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower(), "")
 _PACKAGE = f"kubernetes-mcp-server-{platform.system().lower()}-{_ARCH}"
@@ -62,7 +79,7 @@ GO_BINARY = Path(os.environ.get("OPSGATE_KUBERNETES_MCP_SERVER") or Path(__file_
 Call = Callable[[int], Awaitable[None]]  # one call of an operation; the argument is the replica count to set
 # p50 in ms, by way of running ("back to back": opsgate and direct; "paced": all three), client, operation:
 # the issue-style table bench/run.py writes under the rows.
-TABLE: dict[str, dict[str, dict[str, float]]] = {"back to back": {}, "paced": {}}
+TABLE: dict[str, dict[str, dict[str, float]]] = {"back to back": {}, "paced": {}, "bursts": {}}
 SHM = Path("/dev/shm")
 TMPFS = "opsgate, audit log on tmpfs"
 
@@ -154,6 +171,28 @@ def _direct_calls(apps: Any) -> dict[str, Call]:
     return {"list": list_, "get": get, "scale": scale}
 
 
+def _one_patch(apps: Any) -> dict[str, Call]:
+    """Scale as opsgate does when its watch cache holds the Deployment: one guarded JSON Patch, no read (the
+    count it tests is the one the last call set: every call flips 2 and 3)."""
+
+    async def scale(n: int) -> None:
+        ops = [{"op": "test", "path": "/spec/replicas", "value": 5 - n}, {"op": "add", "path": "/spec/replicas",
+                                                                          "value": n}]
+        response = apps.patch_namespaced_deployment_scale(NAME, NS, ops, _content_type=JSON_PATCH,
+                                                          _preload_content=False, _request_timeout=30,
+                                                          _headers={"Audit-ID": uuid.uuid4().hex})
+        try:
+            json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    return {"scale": scale}
+
+
+def _noop_calls(s: ClientSession) -> dict[str, Call]:
+    return dict.fromkeys(OPS, lambda _: _tool(s, "noop", {}))
+
+
 class _Replicas:
     """Every scale call, whoever makes it, flips the Deployment between 2 and 3 replicas: none is a no-op."""
 
@@ -184,6 +223,26 @@ async def _interleaved(clients: dict[str, dict[str, Call]], op: str, n: int, fli
     return times
 
 
+async def _bursts(clients: dict[str, dict[str, Call]], op: str, rounds: int, calls: int,
+                  flip: _Replicas) -> dict[str, list[float]]:
+    """Every ``GO_REFILL_SECONDS``, each client (the first rotating) makes ``calls`` calls back to back; the
+    first of each burst is not counted (it comes after the quiet that refilled client-go's bucket)."""
+    names = list(clients)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        began = time.perf_counter()
+        turn = i % len(names)
+        for name in names[turn:] + names[:turn]:
+            for j in range(calls):
+                replicas = flip.next()
+                started = time.perf_counter()
+                await clients[name][op](replicas)
+                if j:
+                    times[name].append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(max(0.0, GO_REFILL_SECONDS - (time.perf_counter() - began)))
+    return times
+
+
 async def _requests_per_call(sandbox: SandboxProcess, calls: dict[str, Call], op: str, flip: _Replicas,
                              k: int = 10) -> tuple[float, Counter[str]]:
     sandbox.reset()
@@ -195,7 +254,8 @@ async def _requests_per_call(sandbox: SandboxProcess, calls: dict[str, Call], op
 
 def table() -> list[str]:
     """The per-call p50s as the issue's table: one line per client, list / get one / scale."""
-    names = {"opsgate": "opsgate", "Go": "Go reference server", "direct": "direct Python `kubernetes` client"}
+    names = {"opsgate": "opsgate", "Go": "Go reference server", "direct": "direct Python `kubernetes` client",
+             BARE: "bare SDK server, no-op (floor)", DURABLE: "bare SDK server, no-op + one fsynced append (floor)"}
     lines = []
     for mode, by_client in TABLE.items():
         if not by_client:
@@ -234,6 +294,16 @@ async def run(tmp: Path, row: Row, opsgate_args: Callable[..., list[str]], n: in
                     *opsgate_args(shm, "--principal", PRINCIPAL, "--kubeconfig", str(sandbox.kubeconfig),
                                   "--policy", str(_policy(tmp)))], env, tmp / "opsgate-tmpfs.stderr"))
                 clients[TMPFS] = _opsgate_calls(fast)
+            floors: dict[str, dict[str, Call]] = {}
+            if "per-call" in parts:
+                bare = str(HERE / "bare_server.py")
+                floors[BARE] = _noop_calls(await stack.enter_async_context(
+                    _stdio(sys.executable, [bare], env, tmp / "bare.stderr")))
+                # Its record goes to the disk opsgate's audit log is on.
+                floors[DURABLE] = _noop_calls(await stack.enter_async_context(
+                    _stdio(sys.executable, [bare, "--durable", str(tmp / "bare-durable.log")], env,
+                           tmp / "bare-durable.stderr")))
+                clients[ONE_PATCH] = _one_patch(apps)
             if GO_BINARY.exists():
                 home = tmp / "go-home"
                 home.mkdir(exist_ok=True)
@@ -246,7 +316,7 @@ async def run(tmp: Path, row: Row, opsgate_args: Callable[..., list[str]], n: in
                     f"npm ci --prefix tests/interop-go ({GO_BINARY.name})")
             flip = _Replicas()
             if "per-call" in parts:
-                await _per_call(sandbox, clients, row, n, flip)
+                await _per_call(sandbox, clients, floors, row, n, flip)
             if "polls" in parts:
                 # Fresh opsgate servers: the per-call part has already started the first one's watch cache.
                 pollers: dict[str, tuple[str, dict[str, Call]]] = {}
@@ -273,12 +343,13 @@ async def run(tmp: Path, row: Row, opsgate_args: Callable[..., list[str]], n: in
         api_client.close()
 
 
-async def _per_call(sandbox: SandboxProcess, clients: dict[str, dict[str, Call]], row: Row, n: int,
-                    flip: _Replicas) -> None:
+async def _per_call(sandbox: SandboxProcess, clients: dict[str, dict[str, Call]], floors: dict[str, dict[str, Call]],
+                    row: Row, n: int, flip: _Replicas) -> None:
     labels = {"list": "list Deployments (list_workloads)", "get": "get one (rollout_status)", "scale": "scale"}
     for op in OPS:
-        per_call = {name: await _requests_per_call(sandbox, calls, op, flip) for name, calls in clients.items()}
-        tight = {name: calls for name, calls in clients.items() if name != "Go"}
+        these = {name: calls for name, calls in clients.items() if op in calls}
+        per_call = {name: await _requests_per_call(sandbox, calls, op, flip) for name, calls in these.items()}
+        tight = {name: calls for name, calls in these.items() if name != "Go"}
         times = await _interleaved(tight, op, n, flip)
         p50 = {name: statistics.median(t) for name, t in times.items()}
         for name, value in p50.items():
@@ -290,11 +361,14 @@ async def _per_call(sandbox: SandboxProcess, clients: dict[str, dict[str, Call]]
         if TMPFS in p50:
             row(f"  {op}: {TMPFS}", f"{p50[TMPFS]:.2f} ms", f"direct {p50['direct']:.2f} ms",
                 "<= direct + 1 ms" if op != "scale" else "")
-        if "Go" in clients:
+        if ONE_PATCH in p50:
+            row(f"  {op}: opsgate beside {ONE_PATCH}", f"{p50['opsgate']:.2f} ms", f"{p50[ONE_PATCH]:.2f} ms",
+                f"opsgate {p50['opsgate'] - p50[ONE_PATCH]:+.2f} ms: the one request it sends, when its cache is live")
+        if "Go" in these:
             # client-go limits its own requests (5/s, burst 10, unless the program raises it): back to back, the
             # Go server's calls wait for it. Paced rounds measure its per-call cost, all three taking turns.
             pace = GO_SECONDS_PER_REQUEST * per_call["Go"][0]
-            paced = await _interleaved(clients, op, GO_ROUNDS, flip, round_seconds=pace, warmup=3)
+            paced = await _interleaved({**these, **floors}, op, GO_ROUNDS, flip, round_seconds=pace, warmup=3)
             q = {name: statistics.median(t) for name, t in paced.items()}
             for name, value in q.items():
                 TABLE["paced"].setdefault(name, {})[op] = value
@@ -303,8 +377,24 @@ async def _per_call(sandbox: SandboxProcess, clients: dict[str, dict[str, Call]]
             if TMPFS in q:
                 row(f"  {op}, paced: {TMPFS}", f"{q[TMPFS]:.2f} ms", f"Go {q['Go']:.2f} ms",
                     f"<= Go: x{q[TMPFS] / q['Go']:.2f}")
+            if DURABLE in q:
+                row(f"  {op}, paced: floors, a tools/call of a no-op", f"{q[DURABLE]:.2f} ms with one fsynced append",
+                    f"{q[BARE]:.2f} ms bare SDK",
+                    f"the floor with a durable record beside Go: x{q[DURABLE] / q['Go']:.2f}")
             row(f"  {op}: ratios (paced)", f"opsgate/Go x{q['opsgate'] / q['Go']:.2f}",
                 f"opsgate/direct x{q['opsgate'] / q['direct']:.2f}",
                 f"Go's scale met {GO_CONFLICTS[0]} conflicts (retried, in its time)" if op == "scale" else "")
+            calls = max(2, int(GO_BUCKET // per_call["Go"][0]) if per_call["Go"][0] else GO_BUCKET)
+            burst = await _bursts({**these, **floors}, op, BURST_ROUNDS, calls, flip)
+            b = {name: statistics.median(t) for name, t in burst.items()}
+            for name, value in b.items():
+                TABLE["bursts"].setdefault(name, {})[op] = value
+            row(f"  {op}, bursts ({BURST_ROUNDS} of {calls} calls, one per {GO_REFILL_SECONDS:g} s): opsgate beside Go",
+                f"{b['opsgate']:.2f} ms", f"Go {b['Go']:.2f} ms; direct {b['direct']:.2f} ms",
+                f"<= Go: x{b['opsgate'] / b['Go']:.2f}")
+            if DURABLE in b:
+                row(f"  {op}, bursts: floors, a tools/call of a no-op", f"{b[DURABLE]:.2f} ms with one fsynced append",
+                    f"{b[BARE]:.2f} ms bare SDK", "")
         row(f"  {op}: API requests per call", "; ".join(f"{name} {r:g}" for name, (r, _) in per_call.items()),
-            "", "opsgate = direct (the direct client does what the tool does)")
+            "", "opsgate = direct (the direct client does what the tool does)" if op != "scale" else
+            f"opsgate = {ONE_PATCH} (its watch cache holds the Deployment); direct reads first, as without it")
