@@ -93,9 +93,9 @@ def _raw_rate(directory: Path, line: bytes, seconds: float) -> float:
         os.close(fd)
 
 
-def _raw_threads_rate(directory: Path, line: bytes, seconds: float, threads: int) -> float:
-    """``threads`` writers, each doing write + fsync on one shared O_APPEND file: plain concurrent fsync."""
-    path = _fresh(directory, f"raw-{threads}.bin")
+def _threads_rate(path: Path, seconds: float, threads: int, step: Callable[[int], None]) -> float:
+    """Records per second from ``threads`` threads each calling ``step(fd)`` in a loop (one record each) on one
+    shared O_APPEND file, started together."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     counts = [0] * threads
     stop = threading.Event()
@@ -104,8 +104,7 @@ def _raw_threads_rate(directory: Path, line: bytes, seconds: float, threads: int
     def work(index: int) -> None:
         start_line.wait()
         while not stop.is_set():
-            os.write(fd, line)
-            os.fsync(fd)
+            step(fd)
             counts[index] += 1
 
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
@@ -121,43 +120,33 @@ def _raw_threads_rate(directory: Path, line: bytes, seconds: float, threads: int
         return sum(counts) / (time.perf_counter() - start)
     finally:
         os.close(fd)
+
+
+def _raw_threads_rate(directory: Path, line: bytes, seconds: float, threads: int) -> float:
+    """``threads`` writers, each doing write + fsync on one shared O_APPEND file: plain concurrent fsync."""
+
+    def step(fd: int) -> None:
+        os.write(fd, line)
+        os.fsync(fd)
+
+    return _threads_rate(_fresh(directory, f"raw-{threads}.bin"), seconds, threads, step)
 
 
 def _sealed_threads_rate(directory: Path, seconds: float, threads: int) -> float:
     """``threads`` writers doing the least a hash-chained log needs, without group commit: seal the next record
     and write it under one lock (the chain's order), then each its own fsync of the shared file, outside it.
     The raw threads' floor plus the sealing CPU, which under the GIL no thread can do beside another."""
-    path = _fresh(directory, f"sealed-{threads}.bin")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    counts = [0] * threads
-    stop = threading.Event()
-    start_line = threading.Barrier(threads + 1)
     lock = threading.Lock()
     head: list[Any] = [0, GENESIS_HASH]
 
-    def work(index: int) -> None:
-        start_line.wait()
-        while not stop.is_set():
-            with lock:
-                record, line = seal_next(DECISION, head[0] + 1, head[1])
-                os.write(fd, line + b"\n")
-                head[0], head[1] = head[0] + 1, record["hash"]
-            os.fsync(fd)
-            counts[index] += 1
+    def step(fd: int) -> None:
+        with lock:
+            record, line = seal_next(DECISION, head[0] + 1, head[1])
+            os.write(fd, line + b"\n")
+            head[0], head[1] = head[0] + 1, record["hash"]
+        os.fsync(fd)
 
-    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    try:
-        start_line.wait()
-        start = time.perf_counter()
-        time.sleep(seconds)
-        stop.set()
-        for worker in workers:
-            worker.join()
-        return sum(counts) / (time.perf_counter() - start)
-    finally:
-        os.close(fd)
+    return _threads_rate(_fresh(directory, f"sealed-{threads}.bin"), seconds, threads, step)
 
 
 def _orjson_floor(path: Path) -> float:
