@@ -41,32 +41,42 @@ def test_opaque_versions_are_seen_only_by_equality() -> None:
 
 def test_store_applies_events_in_order_and_relists_on_error() -> None:
     store = ObjectStore(cap=10)
-    assert store.replace([obj("a", "1"), obj("b", "2")], "5")
-    assert store.apply({"type": "MODIFIED", "object": obj("a", "6")}) == "applied"
-    assert store.apply({"type": "ADDED", "object": obj("c", "7")}) == "applied"
-    assert store.apply({"type": "DELETED", "object": obj("b", "8")}) == "applied"
-    assert store.apply({"type": "BOOKMARK", "object": obj("", "9")}) == "applied"
+    assert store.replace([obj("a", "1"), obj("b", "2")], "5", 0.0)
+    assert store.apply({"type": "MODIFIED", "object": obj("a", "6")}, 1.0) == "applied"
+    assert store.apply({"type": "ADDED", "object": obj("c", "7")}, 1.0) == "applied"
+    assert store.apply({"type": "DELETED", "object": obj("b", "8")}, 1.0) == "applied"
+    assert store.apply({"type": "BOOKMARK", "object": obj("", "9")}, 1.0) == "applied"
     assert sorted(store.objects) == ["a", "c"] and store.objects["a"]["metadata"]["resourceVersion"] == "6"
     assert store.seen.latest == "9" and store.seen.covers("8")
     gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
-    assert store.apply(gone) == "relist"
-    assert store.apply({"type": "SURPRISE", "object": obj("a", "10")}) == "relist"
+    assert store.apply(gone, 1.0) == "relist"
+    assert store.apply({"type": "SURPRISE", "object": obj("a", "10")}, 1.0) == "relist"
+
+
+def test_store_knows_when_each_object_last_changed() -> None:
+    store = ObjectStore(cap=10)
+    store.replace([obj("a", "1"), obj("b", "2")], "2", 10.0)
+    assert store.changed == {"a": 10.0, "b": 10.0}  # a list says nothing of before: all changed then
+    store.apply({"type": "MODIFIED", "object": obj("a", "3")}, 12.5)
+    store.apply({"type": "BOOKMARK", "object": obj("", "4")}, 13.0)  # a bookmark changes nothing
+    store.apply({"type": "DELETED", "object": obj("b", "5")}, 14.0)
+    assert store.changed == {"a": 12.5}
 
 
 def test_store_drops_field_sets_but_keeps_the_managers() -> None:
     managed = [{"manager": "argocd-controller", "operation": "Apply", "fieldsV1": {"f:spec": {}}}]
     store = ObjectStore(cap=10)
-    store.replace([obj("a", "1", managedFields=managed)], "1")
+    store.replace([obj("a", "1", managedFields=managed)], "1", 0.0)
     assert store.objects["a"]["metadata"]["managedFields"] == [{"manager": "argocd-controller", "operation": "Apply"}]
 
 
 def test_store_refuses_more_than_its_cap() -> None:
     store = ObjectStore(cap=2)
-    assert not store.replace([obj("a", "1"), obj("b", "2"), obj("c", "3")], "3")
+    assert not store.replace([obj("a", "1"), obj("b", "2"), obj("c", "3")], "3", 0.0)
     assert store.objects == {}
-    assert store.replace([obj("a", "1"), obj("b", "2")], "3")
-    assert store.apply({"type": "MODIFIED", "object": obj("b", "4")}) == "applied"  # a known name: fine
-    assert store.apply({"type": "ADDED", "object": obj("c", "5")}) == "over-cap"
+    assert store.replace([obj("a", "1"), obj("b", "2")], "3", 0.0)
+    assert store.apply({"type": "MODIFIED", "object": obj("b", "4")}, 1.0) == "applied"  # a known name: fine
+    assert store.apply({"type": "ADDED", "object": obj("c", "5")}, 1.0) == "over-cap"
     assert sorted(store.objects) == ["a", "b"]
 
 

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 RETRY_SECONDS: Final = 30.0
 #: How long a read waits for the cache to see this server's own write before reading the API server.
 WRITE_WAIT_SECONDS: Final = 2.0
+#: How long an object must have gone unchanged in the cache before a write is computed from its cached copy:
+#: one still changing (a rollout's status writes) would most likely fail the copy's resourceVersion guard.
+WRITE_QUIET_SECONDS: Final = 1.0
 #: Remembered writes and refusals, at most (the oldest are forgotten first).
 _REMEMBERED: Final = 1024
 
@@ -56,8 +59,9 @@ class ReadCache:
 
     def __init__(self, kube: Kube, *, idle_seconds: float, max_watches: int = MAX_WATCHES,
                  max_objects: int = MAX_CACHED_OBJECTS, write_wait: float = WRITE_WAIT_SECONDS,
-                 watch_seconds: tuple[int, int] = WATCH_SECONDS) -> None:
+                 watch_seconds: tuple[int, int] = WATCH_SECONDS, write_quiet: float = WRITE_QUIET_SECONDS) -> None:
         self.kube = kube
+        self.write_quiet = write_quiet
         self.idle_seconds = idle_seconds
         self.max_watches = max_watches
         self.max_objects = max_objects
@@ -85,10 +89,13 @@ class ReadCache:
     def get(self, resource: Resource, namespace: str, name: str, *,
             peek: bool = False) -> tuple[JSON, Freshness] | Miss:
         """``peek``: only from a watch already live and already caught up with this server's writes there
-        (no watch started, no waiting): the read a write is computed from (:func:`read_for_write`)."""
+        (no watch started, no waiting), and an object unchanged for ``write_quiet`` seconds: the read a
+        write is computed from (:func:`read_for_write`)."""
         reflector = self._ready(resource, namespace, peek=peek)
         if isinstance(reflector, str):
             return reflector
+        if peek and reflector.quiet_for(name) < self.write_quiet:
+            return "changed (or listed) in the cache too recently to write from"
         obj, fresh = reflector.get(name)
         if obj is None:
             return "not in the cache"  # the API's own answer: a 404 as the tool has always reported it
@@ -233,8 +240,9 @@ def read_for_write(kube: Kube, resource: Resource, namespace: str, name: str,
                    direct: Callable[[], JSON]) -> tuple[JSON, bool]:
     """The object a write is computed from, and whether it came from the watch cache.
 
-    From the cache only when its watch is live and has delivered this server's own writes there
-    (nothing is started or waited for: otherwise ``direct()``, the API server). A cached copy can be
+    From the cache only when its watch is live and has delivered this server's own writes there, and the
+    object has not changed for :data:`WRITE_QUIET_SECONDS` (nothing is started or waited for: otherwise
+    ``direct()``, the API server). A cached copy can be
     behind the cluster by the watch's latency, so the caller guards its write with that copy's
     resourceVersion (client-go's lister-then-update): a copy that is behind costs one conflict and a
     read of the API server, never a write computed from an old object."""

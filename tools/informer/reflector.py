@@ -101,6 +101,12 @@ class Reflector:
             rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
             return obj, self.freshness(str(rv) if rv else None)
 
+    def quiet_for(self, name: str) -> float:
+        """Seconds since the list or an event last set ``name`` (0 when it is not held)."""
+        with self.cond:
+            changed = self.store.changed.get(name)
+        return 0.0 if changed is None else time.monotonic() - changed
+
     def items(self) -> tuple[list[JSON], Freshness]:
         with self.cond:
             return list(self.store.objects.values()), self.freshness()
@@ -160,7 +166,7 @@ class Reflector:
     def _relist(self) -> bool:
         items, list_rv = self._list()
         with self.cond:
-            if not self.store.replace(items, list_rv):
+            if not self.store.replace(items, list_rv, time.monotonic()):
                 self.failed = f"more than {self.store.cap} {self.what}"
                 self.live = False
                 return False
@@ -246,7 +252,7 @@ class Reflector:
                         continue
                     event = orjson.loads(line)
                     with self.cond:
-                        outcome = self.store.apply(event if isinstance(event, dict) else {})
+                        outcome = self.store.apply(event if isinstance(event, dict) else {}, time.monotonic())
                         self.heard = time.monotonic()
                         self.cond.notify_all()
                     if outcome != "applied":

@@ -45,10 +45,12 @@ class ObjectStore:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.objects: dict[str, JSON] = {}
+        self.changed: dict[str, float] = {}  # name -> when (a monotonic clock's reading) a list or event last set it
         self.seen = Seen()
 
-    def replace(self, items: Iterable[JSON], list_rv: str | None) -> bool:
-        """A list's answer replaces everything; False (and nothing kept) when it holds more than the cap."""
+    def replace(self, items: Iterable[JSON], list_rv: str | None, now: float) -> bool:
+        """A list's answer replaces everything; False (and nothing kept) when it holds more than the cap.
+        Every object counts as changed ``now``: what happened to it before the list is not known."""
         objects: dict[str, JSON] = {}
         for item in items:
             name = _name(item)
@@ -58,13 +60,15 @@ class ObjectStore:
                     self.objects = {}
                     return False
         self.objects = objects
+        self.changed = dict.fromkeys(objects, now)
         self.seen.reset(list_rv)
         for obj in objects.values():
             self.seen.recent.append(_rv(obj) or "")
         return True
 
-    def apply(self, event: JSON) -> Applied:
-        """One watch event. ``relist``: an ERROR (410 Gone: the version we watch from is compacted away)."""
+    def apply(self, event: JSON, now: float) -> Applied:
+        """One watch event, arrived ``now``. ``relist``: an ERROR (410 Gone: the version we watch from is
+        compacted away)."""
         kind, obj = event.get("type"), event.get("object")
         if not isinstance(obj, dict) or kind == "ERROR":
             return "relist"
@@ -74,8 +78,10 @@ class ObjectStore:
             if name not in self.objects and len(self.objects) >= self.cap:
                 return "over-cap"
             self.objects[name] = _trim(obj)
+            self.changed[name] = now
         elif kind == "DELETED" and name is not None:
             self.objects.pop(name, None)
+            self.changed.pop(name, None)
         elif kind != "BOOKMARK":
             return "relist"  # an event type we do not know: start over from a list rather than guess
         self.seen.add(rv)
