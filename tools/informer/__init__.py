@@ -5,8 +5,9 @@
 seen this server's own writes there, else from the API server, and their result says which
 (``source``, :class:`~opsgate.tools.structs.freshness.Freshness`). ``scale`` computes its write from a
 cached copy when one is current and has been quiet for a second (:func:`read_for_write`), and then guards
-the write with that copy's resourceVersion; every other write reads the API server. ``store`` and ``versions`` are pure; ``reflector``
-holds the one watch thread per (namespace, kind); ``cache`` the bounds, idle drop and read-your-write.
+the write with that copy's resourceVersion; every other write reads the API server. ``store`` and
+``versions`` are pure; ``reflector`` holds the one watch thread per (namespace, kind); ``cache`` the bounds,
+idle drop and read-your-write.
 One cache per cluster and per credentials (:attr:`Kube.cache_key <opsgate.tools.kube.Kube.cache_key>`).
 """
 
