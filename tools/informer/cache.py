@@ -242,10 +242,9 @@ def read_for_write(kube: Kube, resource: Resource, namespace: str, name: str,
 
     From the cache only when its watch is live and has delivered this server's own writes there, and the
     object has not changed for :data:`WRITE_QUIET_SECONDS` (nothing is started or waited for: otherwise
-    ``direct()``, the API server). A cached copy can be
-    behind the cluster by the watch's latency, so the caller guards its write with that copy's
-    resourceVersion (client-go's lister-then-update): a copy that is behind costs one conflict and a
-    read of the API server, never a write computed from an old object."""
+    ``direct()``, the API server). A cached copy can be behind the cluster by the watch's latency, so the
+    caller guards its write with that copy's resourceVersion (client-go's lister-then-update): a copy that
+    is behind costs one conflict and a read of the API server, never a write computed from an old object."""
     cache = kube.read_cache
     hit = None if cache is None else cache.get(resource, namespace, name, peek=True)
     if hit is None or isinstance(hit, str):

@@ -57,7 +57,7 @@ class ObjectStore:
             if name is not None:
                 objects[name] = _trim(item)
                 if len(objects) > self.cap:
-                    self.objects = {}
+                    self.objects, self.changed = {}, {}
                     return False
         self.objects = objects
         self.changed = dict.fromkeys(objects, now)
